@@ -1,0 +1,203 @@
+//! Validation of what goes into an SMS: E.164 numbers and bodies.
+//!
+//! A body is encoded in GSM-7 when every character is in the GSM 03.38
+//! default alphabet or its extension table (extension characters take two
+//! septets), otherwise in UCS-2 (UTF-16 code units). A single SMS holds 160
+//! septets or 70 code units; a multipart SMS holds 153 septets or 67 code
+//! units per segment, and a two-septet character or a surrogate pair is never
+//! split across segments.
+
+use crate::Error;
+
+/// Most segments a body may take.
+pub const MAX_SEGMENTS: u32 = 10;
+/// Longest `client_ref` accepted, in bytes.
+pub const MAX_CLIENT_REF: usize = 256;
+
+/// How a body is encoded on the air.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// The GSM 03.38 7-bit alphabet.
+    Gsm7,
+    /// UCS-2 / UTF-16.
+    Ucs2,
+}
+
+/// The size of a body as SMS segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segments {
+    /// Encoding the body needs.
+    pub encoding: Encoding,
+    /// Septets (GSM-7) or code units (UCS-2) of the whole body.
+    pub units: u32,
+    /// Number of SMS segments.
+    pub count: u32,
+}
+
+const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\u{1b}ÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?\
+¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+const GSM7_EXTENSION: &str = "\u{0c}^{}\\[~]|€";
+
+/// Septets a character takes in GSM-7, or `None` if it has no GSM-7 form.
+fn gsm7_septets(c: char) -> Option<u32> {
+    if c.is_ascii_alphanumeric() || c == ' ' {
+        return Some(1);
+    }
+    if c != '\u{1b}' && GSM7_BASIC.contains(c) {
+        Some(1)
+    } else if GSM7_EXTENSION.contains(c) {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+/// Counts the segments of `body`.
+pub fn segments(body: &str) -> Segments {
+    let gsm: Option<Vec<u32>> = body.chars().map(gsm7_septets).collect();
+    let (encoding, costs, single, multi) = match gsm {
+        Some(costs) => (Encoding::Gsm7, costs, 160, 153),
+        None => (
+            Encoding::Ucs2,
+            body.chars().map(|c| c.len_utf16() as u32).collect(),
+            70,
+            67,
+        ),
+    };
+    let units: u32 = costs.iter().sum();
+    let count = if units == 0 {
+        0
+    } else if units <= single {
+        1
+    } else {
+        let (mut count, mut used) = (1, 0);
+        for cost in costs {
+            if used + cost > multi {
+                count += 1;
+                used = 0;
+            }
+            used += cost;
+        }
+        count
+    };
+    Segments {
+        encoding,
+        units,
+        count,
+    }
+}
+
+/// Checks that `to` is an E.164 number: '+', then 7 to 15 digits, the first not 0.
+pub fn validate_e164(field: &str, to: &str) -> Result<(), Error> {
+    let digits = to.strip_prefix('+').unwrap_or("");
+    let ok = to.starts_with('+')
+        && (7..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{field}: {to:?} is not an E.164 phone number (expected '+' then 7 to 15 digits, the first not 0, e.g. \"+14155550123\")"
+        )))
+    }
+}
+
+/// Checks that `body` is not empty and fits in [`MAX_SEGMENTS`] segments.
+pub fn validate_body(field: &str, body: &str) -> Result<Segments, Error> {
+    if body.is_empty() {
+        return Err(Error::invalid(format!("{field}: the body is empty")));
+    }
+    let s = segments(body);
+    if s.count > MAX_SEGMENTS {
+        let (enc, unit) = match s.encoding {
+            Encoding::Gsm7 => ("GSM-7", "septets"),
+            Encoding::Ucs2 => ("UCS-2", "code units"),
+        };
+        return Err(Error::invalid(format!(
+            "{field}: the body needs {} SMS segments ({enc}, {} {unit}); at most {MAX_SEGMENTS} are allowed",
+            s.count, s.units
+        )));
+    }
+    Ok(s)
+}
+
+/// Checks a whole message: number, body and client reference.
+pub fn validate_message(i: usize, to: &str, body: &str, client_ref: &str) -> Result<(), Error> {
+    validate_e164(&format!("messages[{i}].to"), to)?;
+    validate_body(&format!("messages[{i}].body"), body)?;
+    if client_ref.len() > MAX_CLIENT_REF {
+        return Err(Error::invalid(format!(
+            "messages[{i}].client_ref: {} bytes long; at most {MAX_CLIENT_REF} are allowed",
+            client_ref.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gsm7_single_and_multipart() {
+        assert_eq!(segments("").count, 0);
+        let s = segments(&"a".repeat(160));
+        assert_eq!((s.encoding, s.units, s.count), (Encoding::Gsm7, 160, 1));
+        assert_eq!(segments(&"a".repeat(161)).count, 2);
+        assert_eq!(segments(&"a".repeat(306)).count, 2);
+        assert_eq!(segments(&"a".repeat(307)).count, 3);
+        assert_eq!(segments(&"a".repeat(1530)).count, 10);
+        assert_eq!(segments(&"a".repeat(1531)).count, 11);
+    }
+
+    #[test]
+    fn gsm7_extension_counts_two_and_is_not_split() {
+        let s = segments(&"€".repeat(80));
+        assert_eq!((s.encoding, s.units, s.count), (Encoding::Gsm7, 160, 1));
+        // 152 plain septets then '€' (2 septets) does not fit in 153: it starts segment 2.
+        let body = format!("{}€{}", "a".repeat(152), "a".repeat(10));
+        let s = segments(&body);
+        assert_eq!(s.units, 164);
+        assert_eq!(s.count, 2);
+        let body = format!("{}€{}", "a".repeat(152), "a".repeat(152));
+        // 152 | 2+151 | 1 -> 3 segments, although 306 septets would fit two unsplit.
+        assert_eq!(segments(&body).units, 306);
+        assert_eq!(segments(&body).count, 3);
+        assert_eq!(segments("Ünïcode? ñ ß £ Δ").encoding, Encoding::Ucs2); // 'ï' is not GSM-7
+        assert_eq!(segments("Ün ñ ß £ Δ {}").encoding, Encoding::Gsm7);
+    }
+
+    #[test]
+    fn ucs2_counts_code_units_and_keeps_surrogates_whole() {
+        let s = segments(&"ж".repeat(70));
+        assert_eq!((s.encoding, s.count), (Encoding::Ucs2, 1));
+        assert_eq!(segments(&"ж".repeat(71)).count, 2);
+        assert_eq!(segments(&"ж".repeat(670)).count, 10);
+        assert_eq!(segments(&"ж".repeat(671)).count, 11);
+        // 66 units then an emoji (2 units) does not fit in 67: next segment.
+        let body = format!("{}😀{}", "ж".repeat(66), "ж".repeat(5));
+        assert_eq!(segments(&body).units, 73);
+        assert_eq!(segments(&body).count, 2);
+        assert_eq!(segments(&"😀".repeat(35)).count, 1);
+    }
+
+    #[test]
+    fn e164() {
+        for ok in ["+14155550123", "+4930123456", "+2901234", "+123456789012345"] {
+            validate_e164("to", ok).unwrap();
+        }
+        for bad in ["", "14155550123", "+", "+0123456789", "+1415555012a", "+1234567890123456", "+123456", "+1 415 555"] {
+            let e = validate_e164("to", bad).unwrap_err();
+            assert!(e.to_string().contains("E.164"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn bodies() {
+        assert!(validate_body("b", "").unwrap_err().to_string().contains("empty"));
+        let e = validate_body("messages[2].body", &"ж".repeat(700)).unwrap_err().to_string();
+        assert!(e.contains("messages[2].body") && e.contains("11 SMS segments") && e.contains("UCS-2"), "{e}");
+        validate_body("b", &"a".repeat(1530)).unwrap();
+    }
+}
