@@ -1,1 +1,23 @@
-//! placeholder
+//! The smsmesh coordinator: accepts batches from clients and pushes their
+//! messages to sender nodes, never more to a node than it granted credit for.
+//!
+//! # Layout
+//! - [`config`]: what can be tuned, with defaults.
+//! - [`batch`]: one batch's per-message state, queues and statistics.
+//! - [`core`]: the reactor's state and its `on_*` event functions; dispatch.
+//! - [`reactor`]: the task that owns the core, and the [`reactor::Handle`] to it.
+//! - [`api`]: the client-facing `Coordinator` gRPC service and request validation.
+//! - [`link`]: the `NodeLink` gRPC service, one bidirectional stream per node.
+//! - [`server`]: everything served together on one listener ([`run`]).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod batch;
+pub mod config;
+pub mod core;
+pub mod link;
+pub mod reactor;
+pub mod server;
+
+pub use config::Config;
+pub use server::run;

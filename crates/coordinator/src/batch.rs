@@ -1,0 +1,436 @@
+//! One batch's state: what each message is doing, what waits to be sent, and
+//! the counters and latency statistics that `GetStatus` reports.
+//!
+//! Per message the batch keeps only a 6-byte [`Slot`]. Messages never
+//! dispatched are a range (`next_fresh..total`), not a queue; messages to
+//! send again (their node was lost, or their backoff is over) wait in
+//! `ready`; failed attempts wait in a heap ordered by when they may retry.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
+use smsmesh::BatchId;
+use smsmesh::pb::{self, BatchState, MessageState};
+
+/// What the messages of a batch are.
+#[derive(Debug)]
+pub enum Content {
+    /// Messages given by the client.
+    Explicit(Vec<pb::SmsMessage>),
+    /// Messages generated from a seed (see [`smsmesh::synth`]).
+    Synthetic {
+        /// Seed of the generator.
+        seed: u64,
+        /// Body of every message, or `None` for random bodies.
+        body: Option<String>,
+    },
+}
+
+/// State of one message, packed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Slot {
+    /// One of the `ST_*` constants.
+    pub state: u8,
+    /// Dispatches so far; the attempt number of the last job.
+    pub attempts: u8,
+    /// Failed attempts so far.
+    pub failures: u8,
+    /// Node (index in the coordinator's node-name table) of the last attempt, +1; 0 = none.
+    pub node: u16,
+}
+
+/// Waiting for dispatch.
+pub const ST_PENDING: u8 = 0;
+/// On a node.
+pub const ST_IN_FLIGHT: u8 = 1;
+/// Failed; waiting for its backoff.
+pub const ST_RETRY_WAIT: u8 = 2;
+/// Final: sent.
+pub const ST_SENT: u8 = 3;
+/// Final: failed after all attempts.
+pub const ST_FAILED: u8 = 4;
+/// Final: not sent because the batch was cancelled.
+pub const ST_CANCELLED: u8 = 5;
+
+/// Whether a slot state is final.
+pub fn is_final(state: u8) -> bool {
+    state >= ST_SENT
+}
+
+/// One node's share of a batch.
+#[derive(Debug)]
+pub struct NodeShare {
+    /// Messages sent by the node.
+    pub sent: u64,
+    /// Attempts that failed on the node.
+    pub failed_attempts: u64,
+    /// Jobs of this batch on the node now.
+    pub in_flight: u64,
+    /// Gateway latency of the node's attempts, microseconds.
+    pub latency: Histogram<u32>,
+}
+
+/// Counters of a batch; `pending` is derived.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Messages in the batch.
+    pub total: u64,
+    /// Messages on a node now.
+    pub in_flight: u64,
+    /// Final: sent.
+    pub sent: u64,
+    /// Final: failed after all attempts.
+    pub failed: u64,
+    /// Final: cancelled before being sent.
+    pub cancelled: u64,
+    /// Failed attempts scheduled again.
+    pub retried: u64,
+    /// Jobs put back because their node went away.
+    pub requeued: u64,
+    /// Results for messages that already had a final outcome (re-sends).
+    pub duplicates: u64,
+}
+
+impl Counts {
+    /// Messages with a final outcome.
+    pub fn finished(&self) -> u64 {
+        self.sent + self.failed + self.cancelled
+    }
+
+    /// Messages waiting for dispatch (including retries in backoff).
+    pub fn pending(&self) -> u64 {
+        self.total - self.finished() - self.in_flight
+    }
+}
+
+/// A batch and all its messages' state.
+#[derive(Debug)]
+pub struct Batch {
+    /// The batch's id.
+    pub id: BatchId,
+    /// Running, completed, cancelling or cancelled.
+    pub state: BatchState,
+    /// The messages.
+    pub content: Content,
+    /// Attempts per message before it fails for good.
+    pub max_attempts: u8,
+    /// Per-message state, indexed by message index.
+    pub slots: Vec<Slot>,
+    /// Every index below this was dispatched at least once (or cancelled).
+    pub next_fresh: u32,
+    /// Messages to dispatch again before fresh ones.
+    pub ready: VecDeque<u32>,
+    /// Failed messages waiting for their backoff, earliest first.
+    pub retries: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// Counters.
+    pub counts: Counts,
+    /// Gateway latency of every attempt, microseconds.
+    pub latency: Histogram<u32>,
+    /// Per node (by node-name index): its share of this batch.
+    pub nodes: Vec<Option<NodeShare>>,
+    /// Last error of each message that failed at least once: index into `error_texts`.
+    pub last_error: FxHashMap<u32, u32>,
+    /// Distinct error texts of this batch.
+    pub error_texts: Vec<String>,
+    error_index: FxHashMap<String, u32>,
+    /// When the batch was accepted.
+    pub accepted_at: Instant,
+    /// When the batch reached a final state.
+    pub ended_at: Option<Instant>,
+    /// Smoothed finish rate, messages per second.
+    pub rate: f64,
+    /// `finished()` and time at the last rate sample.
+    pub rate_sample: (u64, Instant),
+}
+
+/// A latency histogram: 1 µs to 1 hour, 2 significant digits.
+pub fn new_histogram() -> Histogram<u32> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds")
+}
+
+impl Batch {
+    /// A new running batch.
+    pub fn new(id: BatchId, content: Content, total: u32, max_attempts: u8, now: Instant) -> Self {
+        Batch {
+            id,
+            state: BatchState::Running,
+            content,
+            max_attempts,
+            slots: vec![Slot::default(); total as usize],
+            next_fresh: 0,
+            ready: VecDeque::new(),
+            retries: BinaryHeap::new(),
+            counts: Counts {
+                total: u64::from(total),
+                ..Counts::default()
+            },
+            latency: new_histogram(),
+            nodes: Vec::new(),
+            last_error: FxHashMap::default(),
+            error_texts: Vec::new(),
+            error_index: FxHashMap::default(),
+            accepted_at: now,
+            ended_at: None,
+            rate: 0.0,
+            rate_sample: (0, now),
+        }
+    }
+
+    /// Whether the batch may still dispatch.
+    pub fn is_running(&self) -> bool {
+        self.state == BatchState::Running
+    }
+
+    /// Whether the batch has ended (completed or cancelled).
+    pub fn is_ended(&self) -> bool {
+        matches!(self.state, BatchState::Completed | BatchState::Cancelled)
+    }
+
+    /// Moves retries whose backoff is over to `ready`.
+    pub fn promote_due_retries(&mut self, now: Instant) {
+        while let Some(Reverse((due, index))) = self.retries.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.retries.pop();
+            if self.slots[index as usize].state == ST_RETRY_WAIT {
+                self.slots[index as usize].state = ST_PENDING;
+                self.ready.push_back(index);
+            }
+        }
+    }
+
+    /// When the earliest retry is due.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.retries.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Whether there is anything to dispatch now.
+    pub fn has_ready_work(&self) -> bool {
+        self.is_running() && (!self.ready.is_empty() || (self.next_fresh as u64) < self.counts.total)
+    }
+
+    /// Takes the next message to dispatch, avoiding `avoid_node` for retries
+    /// when `others_available` (another node could take it).
+    pub fn take_next(&mut self, avoid_node: u16, others_available: bool) -> Option<u32> {
+        if !self.is_running() {
+            return None;
+        }
+        // Resends first. When another node could take it, a retry goes preferably to a
+        // node other than the one that last tried it: look at a few, then take fresh work.
+        let (mut i, mut fallback) = (0, None);
+        while i < self.ready.len() && i < 8 {
+            let index = self.ready[i];
+            if self.slots[index as usize].state != ST_PENDING {
+                self.ready.remove(i); // finished meanwhile by a handed-in result
+                continue;
+            }
+            if !others_available || self.slots[index as usize].node != avoid_node + 1 {
+                return self.ready.remove(i);
+            }
+            fallback.get_or_insert(i);
+            i += 1;
+        }
+        while (self.next_fresh as u64) < self.counts.total {
+            let index = self.next_fresh;
+            self.next_fresh += 1;
+            if self.slots[index as usize].state == ST_PENDING {
+                return Some(index);
+            }
+        }
+        fallback.and_then(|i| self.ready.remove(i))
+    }
+
+    /// Marks `index` as dispatched to `node` and returns its attempt number.
+    pub fn mark_dispatched(&mut self, index: u32, node: u16) -> u32 {
+        let slot = &mut self.slots[index as usize];
+        slot.state = ST_IN_FLIGHT;
+        slot.attempts = slot.attempts.saturating_add(1);
+        slot.node = node + 1;
+        let attempt = u32::from(slot.attempts);
+        self.counts.in_flight += 1;
+        self.share(node).in_flight += 1;
+        attempt
+    }
+
+    /// Puts a message that was in flight on a lost node back in the queue.
+    pub fn requeue(&mut self, index: u32, node: u16) {
+        let slot = &mut self.slots[index as usize];
+        if slot.state != ST_IN_FLIGHT {
+            return; // already finished by a handed-in result
+        }
+        self.counts.in_flight -= 1;
+        self.share(node).in_flight -= 1;
+        if self.state == BatchState::Running {
+            self.slots[index as usize].state = ST_PENDING;
+            self.ready.push_back(index);
+            self.counts.requeued += 1;
+        } else {
+            self.slots[index as usize].state = ST_CANCELLED;
+            self.counts.cancelled += 1;
+        }
+    }
+
+    /// The share of `node` in this batch.
+    pub fn share(&mut self, node: u16) -> &mut NodeShare {
+        let n = node as usize;
+        if self.nodes.len() <= n {
+            self.nodes.resize_with(n + 1, || None);
+        }
+        self.nodes[n].get_or_insert_with(|| NodeShare {
+            sent: 0,
+            failed_attempts: 0,
+            in_flight: 0,
+            latency: new_histogram(),
+        })
+    }
+
+    /// Records the outcome of an attempt made by `node`. `held` says whether
+    /// the node held the job in its current session (so it was counted in flight
+    /// on it). Returns true if the result was a duplicate of a final outcome.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_result(
+        &mut self,
+        index: u32,
+        attempt: u32,
+        node: u16,
+        held: bool,
+        sent: bool,
+        error: &str,
+        latency_us: u64,
+        retry_delay: impl FnOnce(u8) -> Duration,
+        now: Instant,
+    ) -> bool {
+        let lat = latency_us.max(1);
+        let _ = self.latency.record(lat);
+        let share = self.share(node);
+        let _ = share.latency.record(lat);
+        if held {
+            share.in_flight -= 1;
+        }
+        if sent {
+            share.sent += 1;
+        } else {
+            share.failed_attempts += 1;
+        }
+
+        let slot = self.slots[index as usize];
+        if is_final(slot.state) {
+            self.counts.duplicates += 1;
+            return true;
+        }
+        let current = slot.state == ST_IN_FLIGHT && u32::from(slot.attempts) == attempt && slot.node == node + 1;
+        if !sent && !current {
+            // A failure of an older attempt: the message is already on its way again.
+            return false;
+        }
+        if slot.state == ST_IN_FLIGHT {
+            // When not `current`, this is a "sent" handed in by an earlier holder while
+            // another node holds the message: that node's result will be a duplicate.
+            self.counts.in_flight -= 1;
+        }
+        // A message in `ready` or in the retry heap that ends here is skipped when popped.
+        let slot = &mut self.slots[index as usize];
+        if sent {
+            slot.state = ST_SENT;
+            self.counts.sent += 1;
+            return false;
+        }
+        slot.failures = slot.failures.saturating_add(1);
+        let failures = slot.failures;
+        self.set_error(index, error);
+        if self.state != BatchState::Running {
+            self.slots[index as usize].state = ST_CANCELLED;
+            self.counts.cancelled += 1;
+        } else if failures >= self.max_attempts {
+            self.slots[index as usize].state = ST_FAILED;
+            self.counts.failed += 1;
+        } else {
+            self.slots[index as usize].state = ST_RETRY_WAIT;
+            self.counts.retried += 1;
+            self.retries.push(Reverse((now + retry_delay(failures), index)));
+        }
+        false
+    }
+
+    fn set_error(&mut self, index: u32, error: &str) {
+        let error = if error.is_empty() { "unknown error" } else { error };
+        let id = match self.error_index.get(error) {
+            Some(&id) => id,
+            None => {
+                let id = self.error_texts.len() as u32;
+                self.error_texts.push(error.to_owned());
+                self.error_index.insert(error.to_owned(), id);
+                id
+            }
+        };
+        self.last_error.insert(index, id);
+    }
+
+    /// Cancels everything not yet dispatched. Returns true if the batch changed state.
+    pub fn cancel(&mut self, now: Instant) -> bool {
+        if self.state != BatchState::Running {
+            return false;
+        }
+        let mut cancelled = 0;
+        for slot in &mut self.slots {
+            if matches!(slot.state, ST_PENDING | ST_RETRY_WAIT) {
+                slot.state = ST_CANCELLED;
+                cancelled += 1;
+            }
+        }
+        self.counts.cancelled += cancelled;
+        self.next_fresh = self.counts.total as u32;
+        self.ready.clear();
+        self.retries.clear();
+        self.state = BatchState::Cancelling;
+        self.check_end(now);
+        true
+    }
+
+    /// Moves the batch to its final state once nothing is left. Returns true if it ended now.
+    pub fn check_end(&mut self, now: Instant) -> bool {
+        let done = self.counts.finished() == self.counts.total && self.counts.in_flight == 0;
+        let next = match self.state {
+            BatchState::Running if done => BatchState::Completed,
+            BatchState::Cancelling if self.counts.in_flight == 0 => BatchState::Cancelled,
+            _ => return false,
+        };
+        self.state = next;
+        self.ended_at = Some(now);
+        true
+    }
+
+    /// State of one message as the API shows it.
+    pub fn message_state(&self, index: u32) -> MessageState {
+        match self.slots[index as usize].state {
+            ST_PENDING => MessageState::Pending,
+            ST_IN_FLIGHT => MessageState::InFlight,
+            ST_RETRY_WAIT => MessageState::RetryWait,
+            ST_SENT => MessageState::Sent,
+            ST_FAILED => MessageState::Failed,
+            _ => MessageState::Cancelled,
+        }
+    }
+
+    /// The number, body and client reference of message `index`.
+    pub fn message(&self, index: u32, to: &mut String, body: &mut String) -> Option<String> {
+        match &self.content {
+            Content::Explicit(msgs) => {
+                let m = &msgs[index as usize];
+                to.clear();
+                to.push_str(&m.to);
+                body.clear();
+                body.push_str(&m.body);
+                Some(m.client_ref.clone())
+            }
+            Content::Synthetic { seed, body: fixed } => {
+                smsmesh::synth::message(*seed, index, fixed.as_deref(), to, body);
+                None
+            }
+        }
+    }
+}

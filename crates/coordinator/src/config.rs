@@ -1,0 +1,51 @@
+//! Coordinator configuration, as the library takes it (the binary fills it from flags).
+
+use std::time::Duration;
+
+/// Everything the coordinator can be tuned with. [`Config::default`] gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Largest batch accepted, in messages. Default: 50,000,000.
+    pub max_batch_size: u64,
+    /// Largest `max_attempts` a batch may ask for. Default: 20.
+    pub max_attempts_limit: u32,
+    /// Attempts per message when the request gives none. Default: 3.
+    pub default_max_attempts: u32,
+    /// Backoff before the first retry; doubles each failure, with jitter. Default: 200 ms.
+    pub retry_base: Duration,
+    /// Longest backoff. Default: 30 s.
+    pub retry_max: Duration,
+    /// How often nodes send heartbeats. Default: 1 s.
+    pub heartbeat_interval: Duration,
+    /// A node silent this long is dropped and its jobs go elsewhere. Default: 5 s.
+    pub node_timeout: Duration,
+    /// Most jobs in one frame to a node. Default: 512.
+    pub max_jobs_per_frame: usize,
+    /// Largest concurrency a node may declare. Default: 100,000.
+    pub max_node_concurrency: u32,
+    /// How often progress snapshots are published to watchers. Default: 200 ms.
+    pub publish_interval: Duration,
+    /// Largest gRPC request accepted, in bytes (a SubmitBatch with explicit messages). Default: 64 MiB.
+    pub max_request_bytes: usize,
+    /// How long an ended batch stays in the all-batches progress stream. Default: 60 s.
+    pub keep_ended_in_progress: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_batch_size: 50_000_000,
+            max_attempts_limit: 20,
+            default_max_attempts: 3,
+            retry_base: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(5),
+            max_jobs_per_frame: 512,
+            max_node_concurrency: 100_000,
+            publish_interval: Duration::from_millis(200),
+            max_request_bytes: 64 << 20,
+            keep_ended_in_progress: Duration::from_secs(60),
+        }
+    }
+}

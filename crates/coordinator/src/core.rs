@@ -1,0 +1,712 @@
+//! The coordinator's reactor: the one owner of batches, nodes and credits.
+//!
+//! Everything that changes scheduling state is an `on_*` function on [`Core`],
+//! synchronous and given the current time, which talks to nodes only through
+//! an [`Outbox`]. [`dispatch`](Core::dispatch) then hands pending messages to
+//! nodes with free credit, many jobs to a frame. The async loop that feeds
+//! events in lives in [`crate::reactor`]; tests drive `Core` directly.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rustc_hash::{FxHashMap, FxHashSet};
+use smsmesh::pb::{self, coordinator_to_node, node_to_coordinator};
+use smsmesh::{BatchId, Error, MessageId};
+use tokio::sync::watch;
+use tonic::Status;
+
+use crate::Config;
+use crate::batch::{Batch, Content};
+
+/// Id of one node stream (a reconnect is a new session).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// The outbound side of node streams, as the reactor sees it.
+pub trait Outbox {
+    /// Queues `msg` for the session. Fails if the node's queue is full or gone.
+    fn send(&mut self, session: SessionId, msg: pb::CoordinatorToNode) -> Result<(), ()>;
+    /// Ends the session's stream: with `status` as the error, or cleanly.
+    fn close(&mut self, session: SessionId, status: Option<Status>);
+}
+
+/// A batch as validated by the API layer, ready to be accepted.
+#[derive(Debug)]
+pub struct NewBatch {
+    /// The messages.
+    pub content: Content,
+    /// How many messages.
+    pub total: u32,
+    /// Attempts per message.
+    pub max_attempts: u8,
+    /// Client's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+}
+
+/// What progress watchers see: every running batch and those ended recently.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Status of each batch in the snapshot.
+    pub batches: Vec<pb::BatchStatus>,
+    /// Nodes connected now.
+    pub nodes_connected: u32,
+}
+
+struct Session {
+    /// Index of the node's name in `Core::node_names`.
+    node: u16,
+    name: String,
+    instance_id: u64,
+    concurrency: u32,
+    credit: u32,
+    /// Jobs the node holds: (batch, index).
+    held: FxHashSet<(u64, u32)>,
+    going_away: bool,
+    last_seen: Instant,
+    /// Highest Results seq recorded and not yet acked.
+    ack_due: Option<u64>,
+}
+
+/// The coordinator's whole scheduling state.
+pub struct Core {
+    config: Config,
+    batches: FxHashMap<u64, Batch>,
+    /// Batches still dispatching, in submission order.
+    running: Vec<u64>,
+    /// Rotates which batch fills the next frame.
+    batch_cursor: usize,
+    sessions: BTreeMap<SessionId, Session>,
+    /// Rotates which node is served first.
+    node_cursor: usize,
+    next_session: u64,
+    node_names: Vec<String>,
+    node_index: FxHashMap<String, u16>,
+    idempotency: FxHashMap<String, BatchId>,
+    /// Batches that ended, for the progress snapshot.
+    recently_ended: VecDeque<(Instant, u64)>,
+    /// Set when something watchers should see at once happened.
+    publish_now: bool,
+    progress: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Core {
+    /// An empty coordinator.
+    pub fn new(config: Config) -> Self {
+        Core {
+            config,
+            batches: FxHashMap::default(),
+            running: Vec::new(),
+            batch_cursor: 0,
+            sessions: BTreeMap::new(),
+            node_cursor: 0,
+            next_session: 1,
+            node_names: Vec::new(),
+            node_index: FxHashMap::default(),
+            idempotency: FxHashMap::default(),
+            recently_ended: VecDeque::new(),
+            publish_now: false,
+            progress: watch::Sender::new(Arc::new(Snapshot::default())),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A receiver of progress snapshots.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.progress.subscribe()
+    }
+
+    /// Nodes connected now.
+    pub fn nodes_connected(&self) -> usize {
+        self.sessions.len()
+    }
+
+    // === client requests ===
+
+    /// Accepts a batch.
+    pub fn on_submit(&mut self, new: NewBatch, now: Instant) -> pb::SubmitBatchResponse {
+        if let Some(key) = &new.idempotency_key
+            && let Some(id) = self.idempotency.get(key)
+        {
+            let accepted = self.batches.get(&id.0).map_or(0, |b| b.counts.total);
+            return pb::SubmitBatchResponse {
+                batch_id: id.to_string(),
+                accepted,
+            };
+        }
+        let id = loop {
+            let id = BatchId::random();
+            if !self.batches.contains_key(&id.0) {
+                break id;
+            }
+        };
+        if let Some(key) = new.idempotency_key {
+            self.idempotency.insert(key, id);
+        }
+        let batch = Batch::new(id, new.content, new.total, new.max_attempts, now);
+        tracing::info!(batch = %id, total = new.total, "batch accepted");
+        self.batches.insert(id.0, batch);
+        self.running.push(id.0);
+        self.publish_now = true;
+        pb::SubmitBatchResponse {
+            batch_id: id.to_string(),
+            accepted: u64::from(new.total),
+        }
+    }
+
+    /// Status of a batch.
+    pub fn on_batch_status(&self, id: BatchId, now: Instant) -> Result<pb::BatchStatus, Error> {
+        let batch = self.batch(id)?;
+        Ok(self.batch_status(batch, now))
+    }
+
+    /// Status of a message.
+    pub fn on_message_status(&self, id: MessageId) -> Result<pb::MessageStatus, Error> {
+        let batch = self.batch(id.batch)?;
+        if u64::from(id.index) >= batch.counts.total {
+            return Err(Error::NotFound(format!(
+                "message {id} not found: batch {} has {} messages (indexes 0 to {})",
+                id.batch,
+                batch.counts.total,
+                batch.counts.total - 1
+            )));
+        }
+        let slot = batch.slots[id.index as usize];
+        let (mut to, mut body) = (String::new(), String::new());
+        let client_ref = batch.message(id.index, &mut to, &mut body).unwrap_or_default();
+        let node = slot
+            .node
+            .checked_sub(1)
+            .map(|n| self.node_names[n as usize].clone())
+            .unwrap_or_default();
+        let last_error = batch
+            .last_error
+            .get(&id.index)
+            .map(|&e| batch.error_texts[e as usize].clone())
+            .unwrap_or_default();
+        Ok(pb::MessageStatus {
+            message_id: id.to_string(),
+            state: batch.message_state(id.index) as i32,
+            attempts: u32::from(slot.attempts),
+            node,
+            last_error,
+            to,
+            client_ref,
+        })
+    }
+
+    /// Cancels a batch: nothing more of it is dispatched.
+    pub fn on_cancel(&mut self, id: BatchId, now: Instant) -> Result<pb::BatchStatus, Error> {
+        let batch = self
+            .batches
+            .get_mut(&id.0)
+            .ok_or_else(|| not_found(id))?;
+        if batch.cancel(now) {
+            tracing::info!(batch = %id, in_flight = batch.counts.in_flight, "batch cancelled");
+            self.running.retain(|&b| b != id.0);
+            if batch.is_ended() {
+                self.recently_ended.push_back((now, id.0));
+            }
+            self.publish_now = true;
+        }
+        self.on_batch_status(id, now)
+    }
+
+    fn batch(&self, id: BatchId) -> Result<&Batch, Error> {
+        self.batches.get(&id.0).ok_or_else(|| not_found(id))
+    }
+
+    // === nodes ===
+
+    /// A node said hello on a new stream; `outbox` can already reach `session`.
+    pub fn on_node_joined(
+        &mut self,
+        session: SessionId,
+        hello: pb::Hello,
+        now: Instant,
+        outbox: &mut impl Outbox,
+    ) -> Result<(), Error> {
+        validate_hello(&hello, self.config.max_node_concurrency)?;
+        let existing = self
+            .sessions
+            .iter()
+            .find(|(_, s)| s.name == hello.name)
+            .map(|(id, s)| (*id, s.instance_id));
+        if let Some((old, instance)) = existing {
+            if instance != hello.instance_id {
+                return Err(Error::AlreadyExists(format!(
+                    "a node named {:?} is already connected (another process uses that name; node names must be unique)",
+                    hello.name
+                )));
+            }
+            // The same process reconnected before its old stream was noticed dead.
+            self.drop_session(old, Some(Status::aborted("replaced by a new stream of the same node")), outbox);
+        }
+        let node = match self.node_index.get(&hello.name) {
+            Some(&n) => n,
+            None => {
+                let n = u16::try_from(self.node_names.len())
+                    .map_err(|_| Error::ResourceExhausted("too many distinct node names".into()))?;
+                self.node_names.push(hello.name.clone());
+                self.node_index.insert(hello.name.clone(), n);
+                n
+            }
+        };
+        let welcome = pb::CoordinatorToNode {
+            update: Some(coordinator_to_node::Update::Welcome(pb::Welcome {
+                session_id: session.0,
+                heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+            })),
+        };
+        outbox
+            .send(session, welcome)
+            .map_err(|()| Error::Unavailable("node stream closed during hello".into()))?;
+        tracing::info!(node = %hello.name, session = session.0, concurrency = hello.concurrency, gateway = %hello.gateway, "node joined");
+        self.sessions.insert(
+            session,
+            Session {
+                node,
+                name: hello.name,
+                instance_id: hello.instance_id,
+                concurrency: hello.concurrency,
+                credit: 0,
+                held: FxHashSet::default(),
+                going_away: false,
+                last_seen: now,
+                ack_due: None,
+            },
+        );
+        self.publish_now = true;
+        Ok(())
+    }
+
+    /// A new session id.
+    pub fn next_session_id(&mut self) -> SessionId {
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        id
+    }
+
+    /// A frame from a node.
+    pub fn on_node_message(
+        &mut self,
+        sid: SessionId,
+        msg: pb::NodeToCoordinator,
+        now: Instant,
+        outbox: &mut impl Outbox,
+    ) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return; // a session already dropped: ignore what it still says
+        };
+        session.last_seen = now;
+        use node_to_coordinator::Update;
+        let result = match msg.update {
+            Some(Update::Hello(_)) => Err("Hello sent twice on one stream".to_string()),
+            Some(Update::Grant(g)) => self.on_credit(sid, g.credits),
+            Some(Update::Results(r)) => self.on_results(sid, r, now),
+            Some(Update::Heartbeat(_)) => Ok(()),
+            Some(Update::GoingAway(_)) => {
+                session.going_away = true;
+                session.credit = 0;
+                tracing::info!(node = %session.name, held = session.held.len(), "node going away");
+                let drained = pb::CoordinatorToNode {
+                    update: Some(coordinator_to_node::Update::Drained(pb::Drained {})),
+                };
+                if outbox.send(sid, drained).is_err() {
+                    Err("node's queue is full (it does not read its stream)".to_string())
+                } else {
+                    Ok(())
+                }
+            }
+            None => Err("empty message (no update set)".to_string()),
+        };
+        if let Err(why) = result {
+            tracing::warn!(session = sid.0, %why, "node broke the protocol; dropping it");
+            self.drop_session(sid, Some(Status::failed_precondition(why)), outbox);
+        }
+    }
+
+    fn on_credit(&mut self, sid: SessionId, credits: u32) -> Result<(), String> {
+        let s = self.sessions.get_mut(&sid).expect("caller checked");
+        if s.going_away {
+            return Ok(()); // leaving: credit is ignored
+        }
+        let total = u64::from(s.credit) + u64::from(credits) + s.held.len() as u64;
+        if total > u64::from(s.concurrency) {
+            return Err(format!(
+                "credit overflow: granting {credits} with {} credits unused and {} jobs held exceeds the concurrency of {} said in Hello",
+                s.credit,
+                s.held.len(),
+                s.concurrency
+            ));
+        }
+        s.credit += credits;
+        Ok(())
+    }
+
+    fn on_results(&mut self, sid: SessionId, r: pb::Results, now: Instant) -> Result<(), String> {
+        let retry_base = self.config.retry_base;
+        let retry_max = self.config.retry_max;
+        let session = self.sessions.get_mut(&sid).expect("caller checked");
+        let node = session.node;
+        for res in &r.results {
+            let held = session.held.remove(&(res.batch, res.index));
+            let id = MessageId {
+                batch: BatchId(res.batch),
+                index: res.index,
+            };
+            if !held && !r.handoff {
+                return Err(format!(
+                    "result for message {id} (attempt {}) which this node does not hold",
+                    res.attempt
+                ));
+            }
+            let sent = match pb::Outcome::try_from(res.outcome) {
+                Ok(pb::Outcome::Sent) => true,
+                Ok(pb::Outcome::Failed) => false,
+                _ => return Err(format!("result for message {id} has no outcome")),
+            };
+            let Some(batch) = self.batches.get_mut(&res.batch) else {
+                continue; // handed in for a batch this coordinator does not know
+            };
+            if u64::from(res.index) >= batch.counts.total {
+                continue; // handoff naming a message that does not exist
+            }
+            batch.on_result(
+                res.index,
+                res.attempt,
+                node,
+                held,
+                sent,
+                &res.error,
+                res.latency_us,
+                |failures| retry_delay(retry_base, retry_max, failures),
+                now,
+            );
+            if batch.check_end(now) {
+                tracing::info!(batch = %batch.id, sent = batch.counts.sent, failed = batch.counts.failed, cancelled = batch.counts.cancelled, "batch ended");
+                self.running.retain(|&b| b != res.batch);
+                self.recently_ended.push_back((now, res.batch));
+                self.publish_now = true;
+            }
+        }
+        if r.seq > 0 {
+            session.ack_due = Some(session.ack_due.map_or(r.seq, |s| s.max(r.seq)));
+        }
+        self.on_credit(sid, r.grant)
+    }
+
+    /// A node's stream ended (cleanly or not): its jobs go back to the queue.
+    pub fn on_node_lost(&mut self, sid: SessionId, reason: &str, outbox: &mut impl Outbox) {
+        if let Some(s) = self.sessions.get(&sid) {
+            if s.held.is_empty() {
+                tracing::info!(node = %s.name, %reason, "node left");
+            } else {
+                tracing::warn!(node = %s.name, %reason, held = s.held.len(), "node lost; requeueing its jobs");
+            }
+        }
+        self.drop_session(sid, None, outbox);
+    }
+
+    fn drop_session(&mut self, sid: SessionId, status: Option<Status>, outbox: &mut impl Outbox) {
+        outbox.close(sid, status);
+        let Some(session) = self.sessions.remove(&sid) else {
+            return;
+        };
+        let now = Instant::now();
+        for (batch, index) in session.held {
+            if let Some(b) = self.batches.get_mut(&batch) {
+                b.requeue(index, session.node);
+                if b.check_end(now) {
+                    self.recently_ended.push_back((now, batch));
+                }
+            }
+        }
+        self.publish_now = true;
+    }
+
+    /// The coordinator is stopping: every node stream is closed.
+    pub fn on_shutdown(&mut self, outbox: &mut impl Outbox) {
+        let all: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for sid in all {
+            self.drop_session(sid, Some(Status::unavailable("coordinator shutting down")), outbox);
+        }
+    }
+
+    /// Periodic work: drops nodes that went silent.
+    pub fn on_tick(&mut self, now: Instant, outbox: &mut impl Outbox) {
+        let timeout = self.config.node_timeout;
+        let silent: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.last_seen) > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for sid in silent {
+            let name = self.sessions[&sid].name.clone();
+            tracing::warn!(node = %name, "node silent for longer than {timeout:?}; dropping it");
+            self.drop_session(
+                sid,
+                Some(Status::unavailable(format!("no message from the node for {timeout:?}"))),
+                outbox,
+            );
+        }
+    }
+
+    /// When the next retry backoff ends, if any.
+    pub fn next_retry_due(&self) -> Option<Instant> {
+        self.running
+            .iter()
+            .filter_map(|b| self.batches[b].next_retry())
+            .min()
+    }
+
+    /// Sends acks for the Results frames recorded since the last call.
+    pub fn flush_acks(&mut self, outbox: &mut impl Outbox) {
+        let mut broken = Vec::new();
+        for (sid, s) in &mut self.sessions {
+            if let Some(seq) = s.ack_due.take() {
+                let ack = pb::CoordinatorToNode {
+                    update: Some(coordinator_to_node::Update::Ack(pb::Ack { seq })),
+                };
+                if outbox.send(*sid, ack).is_err() {
+                    broken.push(*sid);
+                }
+            }
+        }
+        for sid in broken {
+            self.drop_session(sid, Some(Status::resource_exhausted("node's queue is full")), outbox);
+        }
+    }
+
+    // === dispatch ===
+
+    /// Hands pending messages to nodes with free credit.
+    pub fn dispatch(&mut self, now: Instant, outbox: &mut impl Outbox) {
+        let mut any = false;
+        for b in &self.running {
+            let batch = self.batches.get_mut(b).expect("running batch exists");
+            batch.promote_due_retries(now);
+            any |= batch.has_ready_work();
+        }
+        if !any {
+            return;
+        }
+        let ready: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.credit > 0 && !s.going_away)
+            .map(|(id, _)| *id)
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        self.node_cursor = (self.node_cursor + 1) % ready.len();
+        let others_available = ready.len() > 1;
+        let mut broken = Vec::new();
+        let (mut to, mut body) = (String::new(), String::new());
+        'nodes: for k in 0..ready.len() {
+            let sid = ready[(self.node_cursor + k) % ready.len()];
+            let session = self.sessions.get_mut(&sid).expect("listed above");
+            while session.credit > 0 {
+                let want = (session.credit as usize).min(self.config.max_jobs_per_frame);
+                let mut jobs = Vec::with_capacity(want);
+                let n = self.running.len();
+                for step in 0..n {
+                    let bid = self.running[(self.batch_cursor + step) % n];
+                    let batch = self.batches.get_mut(&bid).expect("running batch exists");
+                    while jobs.len() < want {
+                        let Some(index) = batch.take_next(session.node, others_available) else {
+                            break;
+                        };
+                        let attempt = batch.mark_dispatched(index, session.node);
+                        batch.message(index, &mut to, &mut body);
+                        session.held.insert((bid, index));
+                        jobs.push(pb::Job {
+                            batch: bid,
+                            index,
+                            attempt,
+                            to: to.clone(),
+                            body: body.clone(),
+                        });
+                    }
+                    if jobs.len() == want {
+                        break;
+                    }
+                }
+                if n > 0 {
+                    self.batch_cursor = (self.batch_cursor + 1) % n;
+                }
+                if jobs.is_empty() {
+                    break 'nodes; // nothing left to send
+                }
+                session.credit -= jobs.len() as u32;
+                let frame = pb::CoordinatorToNode {
+                    update: Some(coordinator_to_node::Update::Jobs(pb::Jobs { jobs })),
+                };
+                if outbox.send(sid, frame).is_err() {
+                    broken.push(sid);
+                    continue 'nodes;
+                }
+            }
+        }
+        for sid in broken {
+            self.drop_session(
+                sid,
+                Some(Status::resource_exhausted("node's queue is full (it does not read its stream)")),
+                outbox,
+            );
+        }
+    }
+
+    // === progress ===
+
+    /// Whether a state change is waiting to be published.
+    pub fn publish_due(&self) -> bool {
+        self.publish_now
+    }
+
+    /// Publishes a progress snapshot to watchers.
+    pub fn publish(&mut self, now: Instant) {
+        self.publish_now = false;
+        let keep = self.config.keep_ended_in_progress;
+        while let Some((t, _)) = self.recently_ended.front() {
+            if now.saturating_duration_since(*t) <= keep {
+                break;
+            }
+            self.recently_ended.pop_front();
+        }
+        let mut ids: Vec<u64> = self
+            .batches
+            .iter()
+            .filter(|(_, b)| !b.is_ended())
+            .map(|(id, _)| *id)
+            .collect();
+        ids.extend(self.recently_ended.iter().map(|(_, id)| *id));
+        ids.sort_by_key(|id| self.batches[id].accepted_at);
+        ids.dedup();
+        for id in &ids {
+            update_rate(self.batches.get_mut(id).expect("listed"), now);
+        }
+        let batches = ids.iter().map(|id| self.batch_status(&self.batches[id], now)).collect();
+        self.progress.send_replace(Arc::new(Snapshot {
+            batches,
+            nodes_connected: self.sessions.len() as u32,
+        }));
+    }
+
+    fn batch_status(&self, b: &Batch, now: Instant) -> pb::BatchStatus {
+        let c = b.counts;
+        let connected: FxHashSet<u16> = self.sessions.values().map(|s| s.node).collect();
+        let nodes = b
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(n, share)| share.as_ref().map(|s| (n, s)))
+            .map(|(n, s)| pb::NodeBreakdown {
+                node: self.node_names[n].clone(),
+                sent: s.sent,
+                failed_attempts: s.failed_attempts,
+                in_flight: s.in_flight,
+                latency: Some(latency(&s.latency)),
+                connected: connected.contains(&(n as u16)),
+            })
+            .collect();
+        let remaining = c.total - c.finished();
+        let eta = if b.is_ended() || b.rate <= 0.0 {
+            0.0
+        } else {
+            remaining as f64 / b.rate
+        };
+        let end = b.ended_at.unwrap_or(now);
+        pb::BatchStatus {
+            batch_id: b.id.to_string(),
+            state: b.state as i32,
+            total: c.total,
+            pending: c.pending(),
+            in_flight: c.in_flight,
+            sent: c.sent,
+            failed: c.failed,
+            cancelled: c.cancelled,
+            retried: c.retried,
+            requeued: c.requeued,
+            latency: Some(latency(&b.latency)),
+            nodes,
+            max_attempts: u32::from(b.max_attempts),
+            rate_per_sec: if b.is_ended() { 0.0 } else { b.rate },
+            eta_seconds: eta,
+            elapsed_seconds: end.saturating_duration_since(b.accepted_at).as_secs_f64(),
+            synthetic_seed: match b.content {
+                Content::Synthetic { seed, .. } => Some(seed),
+                Content::Explicit(_) => None,
+            },
+        }
+    }
+}
+
+fn not_found(id: BatchId) -> Error {
+    Error::NotFound(format!("batch {id} not found"))
+}
+
+fn validate_hello(hello: &pb::Hello, max_concurrency: u32) -> Result<(), Error> {
+    if hello.name.is_empty() || hello.name.len() > 128 || hello.name.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(format!(
+            "Hello.name {:?} is not a node name (1 to 128 printable characters)",
+            hello.name
+        )));
+    }
+    if hello.concurrency == 0 || hello.concurrency > max_concurrency {
+        return Err(Error::invalid(format!(
+            "Hello.concurrency {} is out of range (1 to {max_concurrency})",
+            hello.concurrency
+        )));
+    }
+    Ok(())
+}
+
+/// Backoff before attempt `failures + 1`: `base * 2^(failures-1)`, at most `max`,
+/// with "equal jitter" (half fixed, half random) so retries of a burst spread out.
+pub fn retry_delay(base: Duration, max: Duration, failures: u8) -> Duration {
+    let exp = u32::from(failures.saturating_sub(1)).min(20);
+    let full = base.saturating_mul(1 << exp).min(max);
+    let half = full / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+fn update_rate(b: &mut Batch, now: Instant) {
+    let (prev, at) = b.rate_sample;
+    let dt = now.saturating_duration_since(at).as_secs_f64();
+    if dt < 0.05 {
+        return;
+    }
+    let finished = b.counts.finished();
+    let inst = (finished - prev) as f64 / dt;
+    // Smooth over about two seconds.
+    let alpha = 1.0 - (-dt / 2.0).exp();
+    b.rate = if prev == 0 && b.rate == 0.0 {
+        inst
+    } else {
+        alpha * inst + (1.0 - alpha) * b.rate
+    };
+    b.rate_sample = (finished, now);
+}
+
+fn latency(h: &hdrhistogram::Histogram<u32>) -> pb::Latency {
+    if h.is_empty() {
+        return pb::Latency::default();
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    pb::Latency {
+        count: h.len(),
+        mean_ms: h.mean() / 1000.0,
+        p50_ms: ms(h.value_at_quantile(0.50)),
+        p95_ms: ms(h.value_at_quantile(0.95)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        max_ms: ms(h.max()),
+    }
+}

@@ -1,0 +1,110 @@
+//! `smscoord`: runs the smsmesh coordinator.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use smsmesh_coordinator::Config;
+
+/// The smsmesh coordinator: accepts SMS batches over gRPC and dispatches them
+/// to sender nodes.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to serve gRPC on (clients and nodes).
+    #[arg(long, env = "SMSMESH_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Largest batch accepted, in messages.
+    #[arg(long, env = "SMSMESH_MAX_BATCH_SIZE", default_value_t = 50_000_000)]
+    max_batch_size: u64,
+    /// Attempts per message when a batch does not say.
+    #[arg(long, env = "SMSMESH_DEFAULT_MAX_ATTEMPTS", default_value_t = 3)]
+    default_max_attempts: u32,
+    /// Backoff before the first retry (doubles each failure, with jitter).
+    #[arg(long, env = "SMSMESH_RETRY_BASE", default_value = "200ms", value_parser = humantime::parse_duration)]
+    retry_base: Duration,
+    /// Longest retry backoff.
+    #[arg(long, env = "SMSMESH_RETRY_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
+    retry_max: Duration,
+    /// How often nodes must send a heartbeat.
+    #[arg(long, env = "SMSMESH_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// A node silent this long is dropped and its jobs go to other nodes.
+    #[arg(long, env = "SMSMESH_NODE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    node_timeout: Duration,
+    /// Most jobs in one frame to a node.
+    #[arg(long, env = "SMSMESH_MAX_JOBS_PER_FRAME", default_value_t = 512)]
+    max_jobs_per_frame: usize,
+}
+
+impl Args {
+    fn config(&self) -> Result<Config, String> {
+        if self.default_max_attempts == 0 {
+            return Err("--default-max-attempts must be at least 1".into());
+        }
+        if self.max_jobs_per_frame == 0 {
+            return Err("--max-jobs-per-frame must be at least 1".into());
+        }
+        if self.node_timeout <= self.heartbeat_interval {
+            return Err("--node-timeout must be longer than --heartbeat-interval".into());
+        }
+        Ok(Config {
+            max_batch_size: self.max_batch_size,
+            default_max_attempts: self.default_max_attempts,
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+            heartbeat_interval: self.heartbeat_interval,
+            node_timeout: self.node_timeout,
+            max_jobs_per_frame: self.max_jobs_per_frame,
+            ..Config::default()
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("smscoord: {e}");
+            return ExitCode::from(64); // EX_USAGE
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("smscoord: cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(69); // EX_UNAVAILABLE
+        }
+    };
+    match smsmesh_coordinator::run(config, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("smscoord: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,219 @@
+//! The task that owns [`Core`] and the [`Handle`] everyone else reaches it by.
+//!
+//! gRPC handlers turn a request into an [`Event`] with a `oneshot` for the
+//! reply; node reader tasks turn frames into events. The loop drains what is
+//! queued, then dispatches once, acks once and publishes progress when due.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+use smsmesh::pb;
+use smsmesh::{BatchId, Error, MessageId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tonic::Status;
+
+use crate::core::{Core, NewBatch, Outbox, SessionId, Snapshot};
+
+/// The sending half of a node's outbound stream.
+pub type NodeTx = mpsc::Sender<Result<pb::CoordinatorToNode, Status>>;
+
+type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// Something for the reactor to handle.
+pub enum Event {
+    /// SubmitBatch, validated.
+    Submit(NewBatch, Reply<pb::SubmitBatchResponse>),
+    /// GetStatus of a batch.
+    BatchStatus(BatchId, Reply<pb::BatchStatus>),
+    /// GetStatus of a message.
+    MessageStatus(MessageId, Reply<pb::MessageStatus>),
+    /// CancelBatch.
+    Cancel(BatchId, Reply<pb::BatchStatus>),
+    /// A node's Hello, with the sender of its outbound stream.
+    NodeJoin(pb::Hello, NodeTx, Reply<SessionId>),
+    /// A frame from a node.
+    NodeMessage(SessionId, pb::NodeToCoordinator),
+    /// A node's stream ended.
+    NodeClosed(SessionId, String),
+    /// Close every node stream and stop.
+    Shutdown,
+}
+
+/// A cheap, cloneable way to talk to the reactor.
+#[derive(Clone)]
+pub struct Handle {
+    events: mpsc::Sender<Event>,
+    progress: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl Handle {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Event) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.events
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Unavailable("coordinator is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("coordinator is shutting down".into()))?
+    }
+
+    /// Accepts a validated batch.
+    pub async fn submit(&self, b: NewBatch) -> Result<pb::SubmitBatchResponse, Error> {
+        self.ask(|r| Event::Submit(b, r)).await
+    }
+
+    /// Status of a batch.
+    pub async fn batch_status(&self, id: BatchId) -> Result<pb::BatchStatus, Error> {
+        self.ask(|r| Event::BatchStatus(id, r)).await
+    }
+
+    /// Status of a message.
+    pub async fn message_status(&self, id: MessageId) -> Result<pb::MessageStatus, Error> {
+        self.ask(|r| Event::MessageStatus(id, r)).await
+    }
+
+    /// Cancels a batch.
+    pub async fn cancel(&self, id: BatchId) -> Result<pb::BatchStatus, Error> {
+        self.ask(|r| Event::Cancel(id, r)).await
+    }
+
+    /// Registers a node stream.
+    pub async fn join(&self, hello: pb::Hello, tx: NodeTx) -> Result<SessionId, Error> {
+        self.ask(|r| Event::NodeJoin(hello, tx, r)).await
+    }
+
+    /// Forwards a node frame; false if the reactor is gone.
+    pub async fn node_message(&self, sid: SessionId, msg: pb::NodeToCoordinator) -> bool {
+        self.events.send(Event::NodeMessage(sid, msg)).await.is_ok()
+    }
+
+    /// Tells the reactor a node stream ended.
+    pub async fn node_closed(&self, sid: SessionId, reason: String) {
+        let _ = self.events.send(Event::NodeClosed(sid, reason)).await;
+    }
+
+    /// Closes every node stream and stops the reactor; watchers' streams end.
+    pub async fn shutdown(&self) {
+        let _ = self.events.send(Event::Shutdown).await;
+    }
+
+    /// A receiver of progress snapshots.
+    pub fn progress(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.progress.clone()
+    }
+}
+
+/// The outbox of the running coordinator: one bounded queue per node stream.
+#[derive(Default)]
+pub struct ChannelOutbox {
+    txs: FxHashMap<SessionId, NodeTx>,
+}
+
+impl Outbox for ChannelOutbox {
+    fn send(&mut self, session: SessionId, msg: pb::CoordinatorToNode) -> Result<(), ()> {
+        match self.txs.get(&session) {
+            Some(tx) => tx.try_send(Ok(msg)).map_err(|_| ()),
+            None => Err(()),
+        }
+    }
+
+    fn close(&mut self, session: SessionId, status: Option<Status>) {
+        if let (Some(tx), Some(status)) = (self.txs.remove(&session), status) {
+            let _ = tx.try_send(Err(status));
+        }
+    }
+}
+
+/// Starts the reactor task; it runs until every [`Handle`] is dropped.
+pub fn spawn(core: Core) -> (Handle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(4096);
+    let handle = Handle {
+        events: tx,
+        progress: core.subscribe(),
+    };
+    let task = tokio::spawn(run(core, rx)); // the reactor: ends when every Handle is gone
+    (handle, task)
+}
+
+const TICK: Duration = Duration::from_millis(250);
+
+async fn run(mut core: Core, mut rx: mpsc::Receiver<Event>) {
+    let mut outbox = ChannelOutbox::default();
+    let publish_interval = core.config().publish_interval;
+    let now = Instant::now();
+    let mut next_tick = now + TICK;
+    let mut next_publish = now + publish_interval;
+    let mut sleep = pin!(tokio::time::sleep_until(next_tick));
+    loop {
+        let wake = [Some(next_tick), Some(next_publish), core.next_retry_due().map(Instant::from_std)]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("at least one deadline");
+        sleep.as_mut().reset(wake);
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                if matches!(ev, Event::Shutdown) {
+                    core.on_shutdown(&mut outbox);
+                    break;
+                }
+                handle(&mut core, &mut outbox, ev);
+                // Drain what else is queued, then dispatch once for all of it.
+                for _ in 0..1024 {
+                    match rx.try_recv() {
+                        Ok(ev) => handle(&mut core, &mut outbox, ev),
+                        Err(_) => break,
+                    }
+                }
+            }
+            () = &mut sleep => {}
+        }
+        let now = Instant::now();
+        let std_now = now.into_std();
+        if now >= next_tick {
+            core.on_tick(std_now, &mut outbox);
+            next_tick = now + TICK;
+        }
+        core.dispatch(std_now, &mut outbox);
+        core.flush_acks(&mut outbox);
+        if core.publish_due() || now >= next_publish {
+            core.publish(std_now);
+            next_publish = now + publish_interval;
+        }
+    }
+    tracing::debug!("reactor stopped");
+}
+
+fn handle(core: &mut Core, outbox: &mut ChannelOutbox, ev: Event) {
+    let now = std::time::Instant::now();
+    match ev {
+        Event::Submit(b, reply) => {
+            let _ = reply.send(Ok(core.on_submit(b, now)));
+        }
+        Event::BatchStatus(id, reply) => {
+            let _ = reply.send(core.on_batch_status(id, now));
+        }
+        Event::MessageStatus(id, reply) => {
+            let _ = reply.send(core.on_message_status(id));
+        }
+        Event::Cancel(id, reply) => {
+            let _ = reply.send(core.on_cancel(id, now));
+        }
+        Event::NodeJoin(hello, tx, reply) => {
+            let sid = core.next_session_id();
+            outbox.txs.insert(sid, tx);
+            let res = core.on_node_joined(sid, hello, now, outbox);
+            if res.is_err() {
+                outbox.txs.remove(&sid);
+            }
+            let _ = reply.send(res.map(|()| sid));
+        }
+        Event::NodeMessage(sid, msg) => core.on_node_message(sid, msg, now, outbox),
+        Event::NodeClosed(sid, reason) => core.on_node_lost(sid, &reason, outbox),
+        Event::Shutdown => unreachable!("handled by the loop"),
+    }
+}

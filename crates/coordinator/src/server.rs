@@ -1,0 +1,73 @@
+//! Serves the coordinator: the client API, the node link, health and reflection
+//! on one listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use smsmesh::pb::coordinator_server::CoordinatorServer;
+use smsmesh::pb::node_link_server::NodeLinkServer;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::CoordinatorApi;
+use crate::core::Core;
+use crate::link::NodeLinkService;
+use crate::{Config, reactor};
+
+/// Runs the coordinator on `listener` until `shutdown` completes.
+///
+/// On shutdown every node stream and progress stream is closed, so the
+/// server can finish.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let addr: SocketAddr = listener.local_addr()?;
+    let (core, reactor_task) = reactor::spawn(Core::new(config.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CoordinatorServer<CoordinatorApi>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(smsmesh::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl before 1.9 asks the older v1alpha reflection service.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(smsmesh::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let api = CoordinatorServer::new(CoordinatorApi::new(core.clone(), config.clone()))
+        .max_decoding_message_size(config.max_request_bytes);
+    let link = NodeLinkServer::new(NodeLinkService::new(core.clone()))
+        .max_decoding_message_size(16 << 20);
+
+    tracing::info!(%addr, "coordinator listening");
+    let stop = {
+        let core = core.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("coordinator shutting down");
+            health.set_not_serving::<CoordinatorServer<CoordinatorApi>>().await;
+            core.shutdown().await;
+        }
+    };
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api)
+        .add_service(link)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
+        .await?;
+    drop(core);
+    let _ = reactor_task.await;
+    Ok(())
+}
