@@ -1,1 +1,186 @@
-//! placeholder
+//! The smsmesh monitor: follows `WatchProgress` and shows each batch's
+//! progress, as live bars on a terminal or as plain lines elsewhere.
+//!
+//! [`watch`] does the following and returns the last status of the watched
+//! batch; [`Display`] chooses and does the rendering.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use smsmesh::pb::{self, BatchState};
+
+/// Follows progress of `batch` (or of every batch when `None`) at
+/// `interval`, rendering each update on `display`. Returns when the stream
+/// ends, with the last status seen of the watched batch.
+pub async fn watch(
+    coordinator: &str,
+    batch: Option<&str>,
+    interval: Duration,
+    display: &mut Display,
+) -> anyhow::Result<Option<pb::BatchStatus>> {
+    let mut client = pb::coordinator_client::CoordinatorClient::connect(coordinator.to_string())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {coordinator}: {e}"))?;
+    let mut stream = client
+        .watch_progress(pb::WatchProgressRequest {
+            batch_id: batch.unwrap_or_default().to_string(),
+            interval_ms: interval.as_millis() as u32,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("WatchProgress: {}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut last = None;
+    while let Some(update) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("progress stream broke: {}: {}", s.code(), s.message()))?
+    {
+        display.show(&update);
+        if let Some(b) = update.batches.last() {
+            last = Some(b.clone());
+        }
+    }
+    display.finish();
+    Ok(last)
+}
+
+/// Where progress goes: bars on a terminal, lines otherwise.
+pub struct Display {
+    plain: bool,
+    multi: MultiProgress,
+    bars: HashMap<String, (ProgressBar, ProgressBar)>,
+}
+
+impl Display {
+    /// Bars if stderr is a terminal and `force_plain` is false; else plain lines on stdout.
+    pub fn new(force_plain: bool) -> Self {
+        let plain = force_plain || !std::io::stderr().is_terminal();
+        let target = if plain {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr_with_hz(10)
+        };
+        Display {
+            plain,
+            multi: MultiProgress::with_draw_target(target),
+            bars: HashMap::new(),
+        }
+    }
+
+    /// Shows one update.
+    pub fn show(&mut self, update: &pb::ProgressUpdate) {
+        for b in &update.batches {
+            if self.plain {
+                println!("{}", line(b));
+                if !b.nodes.is_empty() {
+                    println!("  {}", nodes_line(b));
+                }
+                continue;
+            }
+            let (bar, nodes) = self.bars.entry(b.batch_id.clone()).or_insert_with(|| {
+                let bar = self.multi.add(ProgressBar::new(b.total));
+                bar.set_style(
+                    ProgressStyle::with_template("{prefix} [{bar:30.cyan/blue}] {percent:>3}% {msg}")
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                );
+                bar.set_prefix(b.batch_id.clone());
+                let nodes = self.multi.add(ProgressBar::new(0));
+                nodes.set_style(ProgressStyle::with_template("  {msg}").expect("valid template"));
+                (bar, nodes)
+            });
+            bar.set_length(b.total);
+            bar.set_position(b.sent + b.failed + b.cancelled);
+            bar.set_message(summary(b));
+            nodes.set_message(nodes_line(b));
+            if is_ended(b) && !bar.is_finished() {
+                bar.finish();
+                nodes.finish();
+            }
+        }
+    }
+
+    /// Leaves the last bars on screen.
+    pub fn finish(&mut self) {
+        for (bar, nodes) in self.bars.values() {
+            bar.finish();
+            nodes.finish();
+        }
+    }
+}
+
+fn is_ended(b: &pb::BatchStatus) -> bool {
+    b.state == BatchState::Completed as i32 || b.state == BatchState::Cancelled as i32
+}
+
+/// Name of a batch state for people.
+pub fn state_name(state: i32) -> &'static str {
+    match BatchState::try_from(state) {
+        Ok(BatchState::Running) => "running",
+        Ok(BatchState::Completed) => "completed",
+        Ok(BatchState::Cancelling) => "cancelling",
+        Ok(BatchState::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+/// A count with a k/M suffix.
+pub fn human(n: f64) -> String {
+    if n >= 1e6 {
+        format!("{:.2}M", n / 1e6)
+    } else if n >= 1e4 {
+        format!("{:.1}k", n / 1e3)
+    } else {
+        format!("{n:.0}")
+    }
+}
+
+fn summary(b: &pb::BatchStatus) -> String {
+    let lat = b.latency.unwrap_or_default();
+    let mut s = format!(
+        "{} | sent {} failed {} pending {} in flight {} | {}/s | lat {:.1}ms",
+        state_name(b.state),
+        b.sent,
+        b.failed,
+        b.pending,
+        b.in_flight,
+        human(b.rate_per_sec),
+        lat.mean_ms,
+    );
+    if b.cancelled > 0 {
+        let _ = write!(s, " | cancelled {}", b.cancelled);
+    }
+    if b.eta_seconds > 0.0 {
+        let eta = Duration::from_secs(b.eta_seconds.ceil() as u64);
+        let _ = write!(s, " | ETA {}", humantime::format_duration(eta));
+    }
+    s
+}
+
+/// One line about a batch, for logs and pipes.
+pub fn line(b: &pb::BatchStatus) -> String {
+    let done = b.sent + b.failed + b.cancelled;
+    let pct = if b.total == 0 { 100.0 } else { done as f64 * 100.0 / b.total as f64 };
+    format!("{} {:5.1}% {}/{} {}", b.batch_id, pct, done, b.total, summary(b))
+}
+
+/// Each node's share of a batch on one line.
+pub fn nodes_line(b: &pb::BatchStatus) -> String {
+    let mut s = format!("{} nodes:", b.nodes.len());
+    for n in &b.nodes {
+        let lat = n.latency.unwrap_or_default();
+        let _ = write!(
+            s,
+            " {}{} {} ({:.1}ms)",
+            n.node,
+            if n.connected { "" } else { "(gone)" },
+            human(n.sent as f64),
+            lat.mean_ms
+        );
+    }
+    s
+}

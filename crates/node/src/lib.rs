@@ -1,1 +1,438 @@
-//! placeholder
+//! The smsmesh sender node: joins a coordinator over one bidirectional gRPC
+//! stream, grants credits for the jobs it can hold, sends each job through
+//! its gateway and returns one result per job.
+//!
+//! # Layout
+//! - [`gateway`]: the [`gateway::Gateway`] trait and the simulated gateway.
+//! - This module: [`Config`], [`run`] (the join/reconnect loop) and the
+//!   executor task that runs gateway sends.
+//!
+//! Gateway sends run in an executor task that outlives any one stream, so a
+//! send in progress when the coordinator goes away still finishes; its result
+//! is kept and handed in (`Results.handoff`) after the node reconnects. The
+//! node keeps every Results frame until the coordinator acks it.
+#![forbid(unsafe_code)]
+
+pub mod gateway;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use smsmesh::pb::{self, coordinator_to_node, node_to_coordinator};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+pub use gateway::{Gateway, Simulated};
+
+/// What a node needs to run.
+#[derive(Clone)]
+pub struct Config {
+    /// Coordinator URL, e.g. `http://127.0.0.1:50051`.
+    pub coordinator: String,
+    /// Node name, unique in the mesh.
+    pub name: String,
+    /// Most jobs held at once (credits never exceed it).
+    pub concurrency: u32,
+    /// The gateway messages go through.
+    pub gateway: Arc<dyn Gateway>,
+    /// First reconnect delay; doubles up to `reconnect_max`. Default: 100 ms.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay. Default: 5 s.
+    pub reconnect_max: Duration,
+    /// After a shutdown request, how long to keep trying to hand in results. Default: 30 s.
+    pub drain_timeout: Duration,
+    /// Most results in one frame. Default: 512.
+    pub max_results_per_frame: usize,
+}
+
+impl Config {
+    /// A config with the documented defaults.
+    pub fn new(coordinator: impl Into<String>, name: impl Into<String>, concurrency: u32, gateway: Arc<dyn Gateway>) -> Self {
+        Config {
+            coordinator: coordinator.into(),
+            name: name.into(),
+            concurrency,
+            gateway,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            max_results_per_frame: 512,
+        }
+    }
+}
+
+/// Counters a node keeps about itself (tests and the local runner read them).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Jobs received.
+    pub jobs: AtomicU64,
+    /// Attempts that the gateway sent.
+    pub sent: AtomicU64,
+    /// Attempts that failed.
+    pub failed: AtomicU64,
+    /// Most jobs held at once.
+    pub max_held: AtomicU64,
+    /// Jobs received beyond the credit granted (a coordinator bug if ever non-zero).
+    pub over_credit: AtomicU64,
+    /// Streams opened (1 + reconnects).
+    pub sessions: AtomicU64,
+}
+
+/// Why [`run`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The coordinator refused the node for a reason retrying will not fix.
+    #[error("the coordinator refused this node: {0}")]
+    Refused(String),
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Runs a node until `shutdown` completes and everything it holds is handed in.
+pub async fn run(
+    config: Config,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), NodeError> {
+    if config.concurrency == 0 {
+        return Err(NodeError::Config("concurrency must be at least 1".into()));
+    }
+    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+    let (results_tx, results_rx) = mpsc::unbounded_channel();
+    let executor = tokio::spawn(execute(config.gateway.clone(), jobs_rx, results_tx, stats.clone()));
+    let _abort = AbortOnDrop(executor);
+    let mut node = Node {
+        instance_id: rand::random(),
+        config,
+        stats,
+        jobs_tx,
+        results_rx,
+        epoch: 0,
+        held: 0,
+        done: Vec::new(),
+        unacked: BTreeMap::new(),
+        next_seq: 1,
+        leaving: false,
+    };
+    node.run(shutdown).await
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A finished job, tagged with the session (epoch) that handed it out.
+type Done = (u64, pb::JobResult);
+
+/// The executor: runs gateway sends concurrently, reports results in bunches.
+async fn execute(
+    gateway: Arc<dyn Gateway>,
+    mut jobs: mpsc::UnboundedReceiver<(u64, Vec<pb::Job>)>,
+    results: mpsc::UnboundedSender<Vec<Done>>,
+    stats: Arc<Stats>,
+) {
+    let mut running = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            got = jobs.recv() => {
+                let Some((epoch, batch)) = got else { break };
+                for job in batch {
+                    let send = gateway.send(&job);
+                    running.push(async move {
+                        let start = Instant::now();
+                        let outcome = send.await;
+                        let latency_us = start.elapsed().as_micros() as u64;
+                        let (outcome, error) = match outcome {
+                            Ok(()) => (pb::Outcome::Sent, String::new()),
+                            Err(e) => (pb::Outcome::Failed, e),
+                        };
+                        (epoch, pb::JobResult {
+                            batch: job.batch,
+                            index: job.index,
+                            attempt: job.attempt,
+                            outcome: outcome as i32,
+                            error,
+                            latency_us,
+                        })
+                    });
+                }
+            }
+            Some(first) = running.next(), if !running.is_empty() => {
+                let mut bunch = vec![first];
+                while bunch.len() < 4096 {
+                    match futures::FutureExt::now_or_never(running.next()) {
+                        Some(Some(r)) => bunch.push(r),
+                        _ => break,
+                    }
+                }
+                let sent = bunch.iter().filter(|(_, r)| r.outcome == pb::Outcome::Sent as i32).count() as u64;
+                stats.sent.fetch_add(sent, Ordering::Relaxed);
+                stats.failed.fetch_add(bunch.len() as u64 - sent, Ordering::Relaxed);
+                if results.send(bunch).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+struct Node {
+    config: Config,
+    stats: Arc<Stats>,
+    instance_id: u64,
+    jobs_tx: mpsc::UnboundedSender<(u64, Vec<pb::Job>)>,
+    results_rx: mpsc::UnboundedReceiver<Vec<Done>>,
+    /// Number of the current stream; results of earlier ones are handed in.
+    epoch: u64,
+    /// Jobs given to the executor and not finished.
+    held: u64,
+    /// Finished, not yet in a frame.
+    done: Vec<Done>,
+    /// Frames sent and not acked, by seq.
+    unacked: BTreeMap<u64, Vec<pb::JobResult>>,
+    next_seq: u64,
+    /// A shutdown was asked for.
+    leaving: bool,
+}
+
+/// How a stream ended.
+enum SessionEnd {
+    /// Left cleanly: everything handed in.
+    Done,
+    /// The stream broke or could not be opened.
+    Broken(String),
+}
+
+impl Node {
+    async fn run(&mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), NodeError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut delay = self.config.reconnect_min;
+        let mut leave_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let end = self.session(&mut shutdown).await?;
+            match end {
+                SessionEnd::Done => return Ok(()),
+                SessionEnd::Broken(why) => {
+                    self.epoch += 1;
+                    tracing::warn!(node = %self.config.name, %why, retry_in = ?delay, "not connected to the coordinator");
+                }
+            }
+            if self.leaving {
+                let deadline = *leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.config.drain_timeout);
+                if self.is_empty() {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let lost = self.held as usize + self.done.len() + self.unacked.values().map(Vec::len).sum::<usize>();
+                    tracing::error!(node = %self.config.name, results = lost, "giving up: could not hand in every result before the drain timeout");
+                    return Ok(());
+                }
+            }
+            // Wait out the backoff, still collecting finished sends.
+            let jitter = delay.mul_f64(rand::random::<f64>() * 0.5);
+            let until = tokio::time::sleep(delay + jitter);
+            tokio::pin!(until);
+            loop {
+                tokio::select! {
+                    () = &mut until => break,
+                    Some(bunch) = self.results_rx.recv() => self.collect(bunch),
+                    () = &mut shutdown, if !self.leaving => {
+                        self.leaving = true;
+                        if self.is_empty() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            delay = (delay * 2).min(self.config.reconnect_max);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held == 0 && self.done.is_empty() && self.unacked.is_empty()
+    }
+
+    fn collect(&mut self, bunch: Vec<Done>) {
+        self.held -= bunch.len() as u64;
+        self.done.extend(bunch);
+    }
+
+    /// One stream: connect, hello, then jobs in and results out until it ends.
+    async fn session(
+        &mut self,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<SessionEnd, NodeError> {
+        let channel = match tonic::transport::Endpoint::from_shared(self.config.coordinator.clone()) {
+            Ok(ep) => ep
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(20)),
+            Err(e) => return Err(NodeError::Config(format!("bad coordinator URL {:?}: {e}", self.config.coordinator))),
+        };
+        let channel = match channel.connect().await {
+            Ok(c) => c,
+            Err(e) => return Ok(SessionEnd::Broken(format!("cannot connect to {}: {e}", self.config.coordinator))),
+        };
+        let mut client = pb::node_link_client::NodeLinkClient::new(channel).max_decoding_message_size(64 << 20);
+        let (out, out_rx) = mpsc::channel::<pb::NodeToCoordinator>(1024);
+        let send = |m| pb::NodeToCoordinator { update: Some(m) };
+        // Hello, then hand in what earlier streams left unacked, then grant.
+        let _ = out
+            .send(send(node_to_coordinator::Update::Hello(pb::Hello {
+                name: self.config.name.clone(),
+                instance_id: self.instance_id,
+                concurrency: self.config.concurrency,
+                gateway: self.config.gateway.kind().to_string(),
+            })))
+            .await;
+        let mut inbound = match client.join(ReceiverStream::new(out_rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::InvalidArgument => return Err(NodeError::Refused(s.message().to_string())),
+            Err(s) => return Ok(SessionEnd::Broken(format!("join refused: {}: {}", s.code(), s.message()))),
+        };
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        let mut s = Session {
+            epoch: self.epoch,
+            out,
+            unused_credit: 0,
+            drained: false,
+        };
+        for (seq, results) in std::mem::take(&mut self.unacked) {
+            let frame = pb::Results { seq, results: results.clone(), grant: 0, handoff: true };
+            self.unacked.insert(seq, results);
+            if s.out.send(send(node_to_coordinator::Update::Results(frame))).await.is_err() {
+                return Ok(SessionEnd::Broken("stream closed".into()));
+            }
+        }
+        if self.leaving {
+            let _ = s.out.send(send(node_to_coordinator::Update::GoingAway(pb::GoingAway {}))).await;
+        }
+        if let Err(why) = self.flush(&mut s).await {
+            return Ok(SessionEnd::Broken(why));
+        }
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = inbound.message() => {
+                    let msg = match msg {
+                        Ok(Some(m)) => m,
+                        Ok(None) => return Ok(SessionEnd::Broken("coordinator closed the stream".into())),
+                        Err(st) => return Ok(SessionEnd::Broken(format!("stream ended: {}: {}", st.code(), st.message()))),
+                    };
+                    match msg.update {
+                        Some(coordinator_to_node::Update::Welcome(w)) => {
+                            let every = Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(50)));
+                            heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                            tracing::info!(node = %self.config.name, session = w.session_id, "joined the coordinator");
+                        }
+                        Some(coordinator_to_node::Update::Jobs(j)) => {
+                            let n = j.jobs.len() as u64;
+                            self.stats.jobs.fetch_add(n, Ordering::Relaxed);
+                            if n > s.unused_credit {
+                                self.stats.over_credit.fetch_add(n - s.unused_credit, Ordering::Relaxed);
+                                tracing::error!(node = %self.config.name, jobs = n, credit = s.unused_credit, "coordinator sent more jobs than granted");
+                            }
+                            s.unused_credit = s.unused_credit.saturating_sub(n);
+                            self.held += n;
+                            self.stats.max_held.fetch_max(self.held, Ordering::Relaxed);
+                            let _ = self.jobs_tx.send((s.epoch, j.jobs));
+                        }
+                        Some(coordinator_to_node::Update::Ack(a)) => {
+                            self.unacked = self.unacked.split_off(&(a.seq + 1));
+                        }
+                        Some(coordinator_to_node::Update::Drained(_)) => s.drained = true,
+                        None => {}
+                    }
+                }
+                Some(bunch) = self.results_rx.recv() => {
+                    self.collect(bunch);
+                    while let Ok(more) = self.results_rx.try_recv() {
+                        self.collect(more);
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if s.out.send(send(node_to_coordinator::Update::Heartbeat(pb::Heartbeat {}))).await.is_err() {
+                        return Ok(SessionEnd::Broken("stream closed".into()));
+                    }
+                }
+                () = &mut *shutdown, if !self.leaving => {
+                    tracing::info!(node = %self.config.name, held = self.held, "leaving: finishing jobs in flight");
+                    self.leaving = true;
+                    if s.out.send(send(node_to_coordinator::Update::GoingAway(pb::GoingAway {}))).await.is_err() {
+                        return Ok(SessionEnd::Broken("stream closed".into()));
+                    }
+                }
+            }
+            if let Err(why) = self.flush(&mut s).await {
+                return Ok(SessionEnd::Broken(why));
+            }
+            if self.leaving && s.drained && self.is_empty() {
+                tracing::info!(node = %self.config.name, "left cleanly; every result handed in");
+                return Ok(SessionEnd::Done);
+            }
+        }
+    }
+
+    /// Sends finished results and the credit that is free now.
+    async fn flush(&mut self, s: &mut Session) -> Result<(), String> {
+        let free = if self.leaving {
+            0
+        } else {
+            u64::from(self.config.concurrency).saturating_sub(self.held + s.unused_credit)
+        };
+        if self.done.is_empty() && free == 0 {
+            return Ok(());
+        }
+        let mut grant = free;
+        let done = std::mem::take(&mut self.done);
+        let (current, handoff): (Vec<Done>, Vec<Done>) = done.into_iter().partition(|(e, _)| *e == s.epoch);
+        for (results, handoff) in [(handoff, true), (current, false)] {
+            for chunk in results.chunks(self.config.max_results_per_frame) {
+                let results: Vec<pb::JobResult> = chunk.iter().map(|(_, r)| r.clone()).collect();
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.unacked.insert(seq, results.clone());
+                let g = if handoff { 0 } else { std::mem::take(&mut grant) };
+                s.unused_credit += g;
+                let frame = pb::Results { seq, results, grant: g as u32, handoff };
+                s.out
+                    .send(pb::NodeToCoordinator { update: Some(node_to_coordinator::Update::Results(frame)) })
+                    .await
+                    .map_err(|_| "stream closed".to_string())?;
+            }
+        }
+        if grant > 0 {
+            s.unused_credit += grant;
+            s.out
+                .send(pb::NodeToCoordinator {
+                    update: Some(node_to_coordinator::Update::Grant(pb::Grant { credits: grant as u32 })),
+                })
+                .await
+                .map_err(|_| "stream closed".to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// One open stream.
+struct Session {
+    epoch: u64,
+    out: mpsc::Sender<pb::NodeToCoordinator>,
+    /// Credit granted on this stream and not yet used by a job.
+    unused_credit: u64,
+    /// The coordinator confirmed no more jobs will come.
+    drained: bool,
+}

@@ -1,1 +1,266 @@
-//! placeholder
+//! An in-process smsmesh: a coordinator and nodes on `127.0.0.1:0`, each a
+//! task with a handle to stop it gracefully or kill it. Mesh tests use it, and
+//! so does the one-machine runner, `smsmesh-local`.
+//!
+//! Also [`wait_until`], to wait on a condition with a deadline instead of
+//! sleeping, and [`bin`] to find the programs for real-process tests.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smsmesh::pb;
+use smsmesh::pb::coordinator_client::CoordinatorClient;
+use smsmesh_node::{NodeError, Simulated, Stats};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub use smsmesh_coordinator::Config as CoordinatorConfig;
+
+/// A running in-process coordinator.
+pub struct Mesh {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Mesh {
+    /// Starts a coordinator on `127.0.0.1:0` (or `listen`).
+    pub async fn start(config: CoordinatorConfig) -> anyhow::Result<Mesh> {
+        Self::start_on("127.0.0.1:0".parse()?, config).await
+    }
+
+    /// Starts a coordinator on `listen`.
+    pub async fn start_on(listen: SocketAddr, config: CoordinatorConfig) -> anyhow::Result<Mesh> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(smsmesh_coordinator::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(Mesh {
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// The coordinator's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client of the Coordinator API.
+    pub async fn client(&self) -> anyhow::Result<CoordinatorClient<Channel>> {
+        Ok(CoordinatorClient::connect(self.url()).await?)
+    }
+
+    /// Starts a node with the simulated gateway.
+    pub fn node(&self, spec: NodeSpec) -> Node {
+        Node::start(&self.url(), spec)
+    }
+
+    /// Stops the coordinator and waits for it (5 s at most).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .map_err(|_| anyhow::anyhow!("coordinator did not stop within 5 s"))??
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// Node name.
+    pub name: String,
+    /// Most jobs held at once.
+    pub concurrency: u32,
+    /// Simulated gateway latency (mean).
+    pub mean_latency: Duration,
+    /// Simulated gateway failure probability.
+    pub failure_rate: f64,
+}
+
+impl NodeSpec {
+    /// A node named `name` with concurrency 100, no latency and no failures.
+    pub fn new(name: &str) -> Self {
+        NodeSpec {
+            name: name.into(),
+            concurrency: 100,
+            mean_latency: Duration::ZERO,
+            failure_rate: 0.0,
+        }
+    }
+
+    /// With this concurrency.
+    pub fn concurrency(mut self, c: u32) -> Self {
+        self.concurrency = c;
+        self
+    }
+
+    /// With this mean gateway latency.
+    pub fn latency(mut self, d: Duration) -> Self {
+        self.mean_latency = d;
+        self
+    }
+
+    /// With this failure probability.
+    pub fn failure_rate(mut self, p: f64) -> Self {
+        self.failure_rate = p;
+        self
+    }
+}
+
+/// A running in-process node.
+pub struct Node {
+    /// Its name.
+    pub name: String,
+    /// Its counters.
+    pub stats: Arc<Stats>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), NodeError>>,
+}
+
+impl Node {
+    /// Starts a node joining `coordinator`.
+    pub fn start(coordinator: &str, spec: NodeSpec) -> Node {
+        let gateway = Arc::new(Simulated {
+            mean_latency: spec.mean_latency,
+            failure_rate: spec.failure_rate,
+        });
+        let mut config = smsmesh_node::Config::new(coordinator, spec.name.clone(), spec.concurrency, gateway);
+        config.reconnect_min = Duration::from_millis(20);
+        config.reconnect_max = Duration::from_millis(500);
+        let stats = Arc::new(Stats::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(smsmesh_node::run(config, stats.clone(), async {
+            let _ = stopped.await;
+        }));
+        Node {
+            name: spec.name,
+            stats,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Kills the node: its stream breaks with no goodbye, like `kill -9`.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    /// Asks the node to leave cleanly and waits for it (`within` at most).
+    pub async fn stop(mut self, within: Duration) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        Ok(tokio::time::timeout(within, &mut self.task)
+            .await
+            .map_err(|_| anyhow::anyhow!("node {} did not stop within {within:?}", self.name))???)
+    }
+
+    /// Messages this node's gateway sent or failed.
+    pub fn handled(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.sent.load(Relaxed) + self.stats.failed.load(Relaxed)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, or fails after `deadline`
+/// saying `what` was awaited.
+pub async fn wait_until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= end {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Status of a batch.
+pub async fn batch_status(client: &mut CoordinatorClient<Channel>, batch_id: &str) -> anyhow::Result<pb::BatchStatus> {
+    let resp = client
+        .get_status(pb::GetStatusRequest {
+            target: Some(pb::get_status_request::Target::BatchId(batch_id.into())),
+        })
+        .await?
+        .into_inner();
+    match resp.status {
+        Some(pb::get_status_response::Status::Batch(b)) => Ok(b),
+        other => anyhow::bail!("unexpected status {other:?}"),
+    }
+}
+
+/// Waits until the batch has ended (completed or cancelled) and returns its status.
+pub async fn wait_ended(client: &mut CoordinatorClient<Channel>, batch_id: &str, deadline: Duration) -> anyhow::Result<pb::BatchStatus> {
+    wait_until(deadline, &format!("batch {batch_id} to end"), || {
+        let mut client = client.clone();
+        async move {
+            let b = batch_status(&mut client, batch_id).await.ok()?;
+            let ended = b.state == pb::BatchState::Completed as i32 || b.state == pb::BatchState::Cancelled as i32;
+            ended.then_some(b)
+        }
+    })
+    .await
+}
+
+/// A synthetic batch request of `count` messages.
+pub fn synthetic(count: u64, seed: u64) -> pb::SubmitBatchRequest {
+    pb::SubmitBatchRequest {
+        synthetic: Some(pb::SyntheticBatch {
+            count,
+            body: None,
+            seed: Some(seed),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Path of one of the workspace's programs (`smscoord`, `smsnode`, `smsmon`),
+/// built by `cargo test --workspace` next to the test executables. Builds it
+/// with cargo if it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    if !path.exists() {
+        let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
+        let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--bin", name]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --bin {name} failed");
+    }
+    path
+}

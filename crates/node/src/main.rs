@@ -1,0 +1,95 @@
+//! `smsnode`: runs one smsmesh sender node.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use smsmesh_node::{Config, Simulated, Stats};
+
+/// A smsmesh sender node: joins the coordinator and sends the SMS it is given
+/// through its gateway.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Coordinator URL.
+    #[arg(long, env = "SMSMESH_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    coordinator: String,
+    /// Node name, unique in the mesh. Default: the host name and process id.
+    #[arg(long, env = "SMSMESH_NODE_NAME")]
+    name: Option<String>,
+    /// Most messages in flight at once.
+    #[arg(long, env = "SMSMESH_CONCURRENCY", default_value_t = 100)]
+    concurrency: u32,
+    /// Gateway kind. Only "simulated" exists for now.
+    #[arg(long, env = "SMSMESH_GATEWAY", default_value = "simulated")]
+    gateway: String,
+    /// Simulated gateway: mean send latency (exponentially distributed); 0ms for none.
+    #[arg(long, env = "SMSMESH_MEAN_LATENCY", default_value = "50ms", value_parser = humantime::parse_duration)]
+    mean_latency: Duration,
+    /// Simulated gateway: probability (0 to 1) that an attempt fails.
+    #[arg(long, env = "SMSMESH_FAILURE_RATE", default_value_t = 0.0)]
+    failure_rate: f64,
+    /// On SIGTERM, how long to keep trying to hand in finished results.
+    #[arg(long, env = "SMSMESH_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    if args.gateway != "simulated" {
+        eprintln!("smsnode: unknown --gateway {:?} (only \"simulated\" exists for now)", args.gateway);
+        return ExitCode::from(64);
+    }
+    if !(0.0..=1.0).contains(&args.failure_rate) {
+        eprintln!("smsnode: --failure-rate must be between 0 and 1, got {}", args.failure_rate);
+        return ExitCode::from(64);
+    }
+    if args.concurrency == 0 {
+        eprintln!("smsnode: --concurrency must be at least 1");
+        return ExitCode::from(64);
+    }
+    let gateway = Arc::new(Simulated {
+        mean_latency: args.mean_latency,
+        failure_rate: args.failure_rate,
+    });
+    let mut config = Config::new(
+        args.coordinator,
+        args.name.unwrap_or_else(default_name),
+        args.concurrency,
+        gateway,
+    );
+    config.drain_timeout = args.drain_timeout;
+    match smsmesh_node::run(config, Arc::new(Stats::default()), shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("smsnode: {e}");
+            ExitCode::from(64)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
