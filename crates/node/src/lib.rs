@@ -396,32 +396,37 @@ impl Node {
         if self.done.is_empty() && free == 0 {
             return Ok(());
         }
-        let mut grant = free;
         let done = std::mem::take(&mut self.done);
         let (current, handoff): (Vec<Done>, Vec<Done>) = done.into_iter().partition(|(e, _)| *e == s.epoch);
+        let mut frames: Vec<pb::Results> = Vec::new();
         for (results, handoff) in [(handoff, true), (current, false)] {
             for chunk in results.chunks(self.config.max_results_per_frame) {
                 let results: Vec<pb::JobResult> = chunk.iter().map(|(_, r)| r.clone()).collect();
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.unacked.insert(seq, results.clone());
-                let g = if handoff { 0 } else { std::mem::take(&mut grant) };
-                s.unused_credit += g;
-                let frame = pb::Results { seq, results, grant: g as u32, handoff };
-                s.out
-                    .send(pb::NodeToCoordinator { update: Some(node_to_coordinator::Update::Results(frame)) })
-                    .await
-                    .map_err(|_| "stream closed".to_string())?;
+                frames.push(pb::Results { seq, results, grant: 0, handoff });
             }
         }
-        if grant > 0 {
-            s.unused_credit += grant;
-            s.out
-                .send(pb::NodeToCoordinator {
-                    update: Some(node_to_coordinator::Update::Grant(pb::Grant { credits: grant as u32 })),
-                })
-                .await
-                .map_err(|_| "stream closed".to_string())?;
+        // The grant counts capacity freed by every result above, so it rides on the last
+        // frame (the coordinator applies results before the grant), or goes alone.
+        s.unused_credit += free;
+        let last = match frames.last_mut() {
+            Some(f) if !f.handoff => {
+                f.grant = free as u32;
+                None
+            }
+            _ if free > 0 => Some(pb::NodeToCoordinator {
+                update: Some(node_to_coordinator::Update::Grant(pb::Grant { credits: free as u32 })),
+            }),
+            _ => None,
+        };
+        let msgs = frames
+            .into_iter()
+            .map(|f| pb::NodeToCoordinator { update: Some(node_to_coordinator::Update::Results(f)) })
+            .chain(last);
+        for m in msgs {
+            s.out.send(m).await.map_err(|_| "stream closed".to_string())?;
         }
         Ok(())
     }
