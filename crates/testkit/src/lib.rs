@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use smsmesh::pb;
 use smsmesh::pb::coordinator_client::CoordinatorClient;
-use smsmesh_node::{NodeError, Simulated, Stats};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use smsmesh_node::{Gateway, NodeError, Simulated, Stats};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -93,6 +95,8 @@ pub struct NodeSpec {
     pub mean_latency: Duration,
     /// Simulated gateway failure probability.
     pub failure_rate: f64,
+    /// Where to record every attempt, if anywhere.
+    pub recorder: Option<Recorder>,
 }
 
 impl NodeSpec {
@@ -103,7 +107,14 @@ impl NodeSpec {
             concurrency: 100,
             mean_latency: Duration::ZERO,
             failure_rate: 0.0,
+            recorder: None,
         }
+    }
+
+    /// Recording every attempt into `recorder`.
+    pub fn record(mut self, recorder: &Recorder) -> Self {
+        self.recorder = Some(recorder.clone());
+        self
     }
 
     /// With this concurrency.
@@ -138,10 +149,18 @@ pub struct Node {
 impl Node {
     /// Starts a node joining `coordinator`.
     pub fn start(coordinator: &str, spec: NodeSpec) -> Node {
-        let gateway = Arc::new(Simulated {
+        let simulated = Simulated {
             mean_latency: spec.mean_latency,
             failure_rate: spec.failure_rate,
-        });
+        };
+        let gateway: Arc<dyn Gateway> = match &spec.recorder {
+            Some(r) => Arc::new(Recording {
+                inner: simulated,
+                node: spec.name.clone(),
+                log: r.clone(),
+            }),
+            None => Arc::new(simulated),
+        };
         let mut config = smsmesh_node::Config::new(coordinator, spec.name.clone(), spec.concurrency, gateway);
         config.reconnect_min = Duration::from_millis(20);
         config.reconnect_max = Duration::from_millis(500);
@@ -183,6 +202,64 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// One attempt as a gateway saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// Node that made it.
+    pub node: String,
+    /// Batch id (numeric).
+    pub batch: u64,
+    /// Message index.
+    pub index: u32,
+    /// Attempt number from the job.
+    pub attempt: u32,
+    /// Whether the gateway sent it.
+    pub sent: bool,
+}
+
+/// A shared log of attempts, filled by nodes started with [`NodeSpec::record`].
+#[derive(Clone, Debug, Default)]
+pub struct Recorder(Arc<std::sync::Mutex<Vec<Attempt>>>);
+
+impl Recorder {
+    /// Every attempt recorded so far.
+    pub fn attempts(&self) -> Vec<Attempt> {
+        self.0.lock().expect("recorder lock").clone()
+    }
+}
+
+/// A gateway that records each attempt's outcome, once it is known.
+struct Recording {
+    inner: Simulated,
+    node: String,
+    log: Recorder,
+}
+
+impl Gateway for Recording {
+    fn kind(&self) -> &'static str {
+        "simulated"
+    }
+
+    fn send(&self, job: &pb::Job) -> BoxFuture<'static, Result<(), String>> {
+        let log = self.log.clone();
+        let mut a = Attempt {
+            node: self.node.clone(),
+            batch: job.batch,
+            index: job.index,
+            attempt: job.attempt,
+            sent: false,
+        };
+        self.inner
+            .send(job)
+            .map(move |r| {
+                a.sent = r.is_ok();
+                log.0.lock().expect("recorder lock").push(a);
+                r
+            })
+            .boxed()
     }
 }
 
