@@ -18,6 +18,8 @@ use crate::{Config, reactor};
 
 /// Runs the coordinator on `listener` until `shutdown` completes.
 ///
+/// Prints `smscoord listening on ADDR` on stdout once it accepts connections.
+///
 /// On shutdown every node stream and progress stream is closed, so the
 /// server can finish.
 pub async fn run(
@@ -48,6 +50,7 @@ pub async fn run(
         .max_decoding_message_size(16 << 20);
 
     tracing::info!(%addr, "coordinator listening");
+    println!("smscoord listening on {addr}");
     let stop = {
         let core = core.clone();
         async move {

@@ -321,23 +321,96 @@ pub fn synthetic(count: u64, seed: u64) -> pb::SubmitBatchRequest {
     }
 }
 
-/// Path of one of the workspace's programs (`smscoord`, `smsnode`, `smsmon`),
-/// built by `cargo test --workspace` next to the test executables. Builds it
-/// with cargo if it is missing.
+/// Path of one of the workspace's programs (`smscoord`, `smsnode`, `smsmon`).
+///
+/// `cargo test --workspace` builds them next to the test executables, because
+/// each program's crate has integration tests of its own.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let path = dir.join(name);
-    if !path.exists() {
-        let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
-        let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--bin", name]);
-        if profile == "release" {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build --bin {name} failed");
-    }
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` (or `cargo build --workspace --bins` first)",
+        path.display()
+    );
     path
+}
+
+/// A child process of one of our programs, killed when dropped.
+pub struct Proc {
+    /// The child.
+    pub child: std::process::Child,
+}
+
+impl Proc {
+    /// Starts `smscoord --listen 127.0.0.1:0 <args>` and returns it with its address.
+    pub fn coordinator(args: &[&str]) -> anyhow::Result<(Proc, SocketAddr)> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin("smscoord"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let proc = Proc { child };
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("smscoord exited before listening"))??;
+        let addr = line
+            .strip_prefix("smscoord listening on ")
+            .ok_or_else(|| anyhow::anyhow!("unexpected first line from smscoord: {line:?}"))?
+            .parse()?;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok((proc, addr))
+    }
+
+    /// Starts `smsnode --coordinator <url> --name <name> <args>`.
+    pub fn node(url: &str, name: &str, args: &[&str]) -> anyhow::Result<Proc> {
+        let child = std::process::Command::new(bin("smsnode"))
+            .args(["--coordinator", url, "--name", name])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .spawn()?;
+        Ok(Proc { child })
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM.
+    pub fn term(&self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to exit, `deadline` at most.
+    pub async fn wait(&mut self, deadline: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let child = &mut self.child;
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= end {
+                anyhow::bail!("process {} still running after {deadline:?}", child.id());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
