@@ -4,7 +4,10 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/smsmesh/v1/coordinator.proto", "proto/smsmesh/v1/node.proto"];
+    let files = [
+        "proto/smsmesh/v1/coordinator.proto",
+        "proto/smsmesh/v1/node.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

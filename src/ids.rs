@@ -97,17 +97,32 @@ mod tests {
         let b = BatchId(0x3f2a_9c0d_11e4_b7a5);
         assert_eq!(b.to_string(), "3f2a9c0d11e4b7a5");
         assert_eq!("3f2a9c0d11e4b7a5".parse::<BatchId>().unwrap(), b);
-        let m = MessageId { batch: b, index: 42 };
+        let m = MessageId {
+            batch: b,
+            index: 42,
+        };
         assert_eq!(m.to_string(), "3f2a9c0d11e4b7a5.42");
         assert_eq!(m.to_string().parse::<MessageId>().unwrap(), m);
     }
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "xyz", "3f2a9c0d11e4b7a", "3f2a9c0d11e4b7a5z", "+f2a9c0d11e4b7a5"] {
+        for s in [
+            "",
+            "xyz",
+            "3f2a9c0d11e4b7a",
+            "3f2a9c0d11e4b7a5z",
+            "+f2a9c0d11e4b7a5",
+        ] {
             assert!(s.parse::<BatchId>().is_err(), "{s}");
         }
-        for s in ["3f2a9c0d11e4b7a5", "3f2a9c0d11e4b7a5.", "3f2a9c0d11e4b7a5.-1", "x.1", "3f2a9c0d11e4b7a5.99999999999"] {
+        for s in [
+            "3f2a9c0d11e4b7a5",
+            "3f2a9c0d11e4b7a5.",
+            "3f2a9c0d11e4b7a5.-1",
+            "x.1",
+            "3f2a9c0d11e4b7a5.99999999999",
+        ] {
             assert!(s.parse::<MessageId>().is_err(), "{s}");
         }
     }

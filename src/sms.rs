@@ -184,10 +184,24 @@ mod tests {
 
     #[test]
     fn e164() {
-        for ok in ["+14155550123", "+4930123456", "+2901234", "+123456789012345"] {
+        for ok in [
+            "+14155550123",
+            "+4930123456",
+            "+2901234",
+            "+123456789012345",
+        ] {
             validate_e164("to", ok).unwrap();
         }
-        for bad in ["", "14155550123", "+", "+0123456789", "+1415555012a", "+1234567890123456", "+123456", "+1 415 555"] {
+        for bad in [
+            "",
+            "14155550123",
+            "+",
+            "+0123456789",
+            "+1415555012a",
+            "+1234567890123456",
+            "+123456",
+            "+1 415 555",
+        ] {
             let e = validate_e164("to", bad).unwrap_err();
             assert!(e.to_string().contains("E.164"), "{bad}: {e}");
         }
@@ -195,9 +209,19 @@ mod tests {
 
     #[test]
     fn bodies() {
-        assert!(validate_body("b", "").unwrap_err().to_string().contains("empty"));
-        let e = validate_body("messages[2].body", &"ж".repeat(700)).unwrap_err().to_string();
-        assert!(e.contains("messages[2].body") && e.contains("11 SMS segments") && e.contains("UCS-2"), "{e}");
+        assert!(
+            validate_body("b", "")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        let e = validate_body("messages[2].body", &"ж".repeat(700))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("messages[2].body") && e.contains("11 SMS segments") && e.contains("UCS-2"),
+            "{e}"
+        );
         validate_body("b", &"a".repeat(1530)).unwrap();
     }
 }

@@ -68,7 +68,13 @@ pub fn body(g: &mut SplitMix64, body: &mut String) {
 
 /// Message `index` of a synthetic batch: its number, and its body unless the
 /// batch has a fixed one.
-pub fn message(seed: u64, index: u32, fixed_body: Option<&str>, to: &mut String, out_body: &mut String) {
+pub fn message(
+    seed: u64,
+    index: u32,
+    fixed_body: Option<&str>,
+    to: &mut String,
+    out_body: &mut String,
+) {
     let mut g = SplitMix64::for_message(seed, index);
     phone(&mut g, to);
     match fixed_body {

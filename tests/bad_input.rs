@@ -11,89 +11,232 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 fn msg(to: &str, body: &str) -> pb::SmsMessage {
-    pb::SmsMessage { to: to.into(), body: body.into(), client_ref: String::new() }
+    pb::SmsMessage {
+        to: to.into(),
+        body: body.into(),
+        client_ref: String::new(),
+    }
 }
 
 fn explicit(messages: Vec<pb::SmsMessage>) -> pb::SubmitBatchRequest {
-    pb::SubmitBatchRequest { messages, ..Default::default() }
+    pb::SubmitBatchRequest {
+        messages,
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_disturb_nothing() {
-    let config = CoordinatorConfig { max_batch_size: 1_000_000, ..CoordinatorConfig::default() };
+    let config = CoordinatorConfig {
+        max_batch_size: 1_000_000,
+        ..CoordinatorConfig::default()
+    };
     let mesh = Mesh::start(config).await.unwrap();
-    let node = mesh.node(NodeSpec::new("n").concurrency(20).latency(Duration::from_millis(2)));
+    let node = mesh.node(
+        NodeSpec::new("n")
+            .concurrency(20)
+            .latency(Duration::from_millis(2)),
+    );
     let mut client = mesh.client().await.unwrap();
-    let good = client.submit_batch(synthetic(3_000, 11)).await.unwrap().into_inner();
+    let good = client
+        .submit_batch(synthetic(3_000, 11))
+        .await
+        .unwrap()
+        .into_inner();
 
     let both = pb::SubmitBatchRequest {
         messages: vec![msg("+14155550100", "hi")],
-        synthetic: Some(pb::SyntheticBatch { count: 5, ..Default::default() }),
+        synthetic: Some(pb::SyntheticBatch {
+            count: 5,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let synth = |count, body: Option<&str>| pb::SubmitBatchRequest {
-        synthetic: Some(pb::SyntheticBatch { count, body: body.map(Into::into), seed: None }),
+        synthetic: Some(pb::SyntheticBatch {
+            count,
+            body: body.map(Into::into),
+            seed: None,
+        }),
         ..Default::default()
     };
-    let with_attempts = |n| pb::SubmitBatchRequest { max_attempts: Some(n), ..synthetic(5, 1) };
+    let with_attempts = |n| pb::SubmitBatchRequest {
+        max_attempts: Some(n),
+        ..synthetic(5, 1)
+    };
     let cases: Vec<(&str, pb::SubmitBatchRequest, &str)> = vec![
-        ("empty batch", pb::SubmitBatchRequest::default(), "empty batch"),
+        (
+            "empty batch",
+            pb::SubmitBatchRequest::default(),
+            "empty batch",
+        ),
         ("both", both, "not both"),
-        ("not E.164", explicit(vec![msg("+14155550100", "ok"), msg("0044 20 7183", "hi")]), "messages[1].to"),
+        (
+            "not E.164",
+            explicit(vec![msg("+14155550100", "ok"), msg("0044 20 7183", "hi")]),
+            "messages[1].to",
+        ),
         ("no plus", explicit(vec![msg("14155550100", "hi")]), "E.164"),
-        ("leading zero", explicit(vec![msg("+04155550100", "hi")]), "E.164"),
-        ("too long number", explicit(vec![msg("+1234567890123456", "hi")]), "E.164"),
-        ("empty body", explicit(vec![msg("+14155550100", "")]), "messages[0].body: the body is empty"),
-        ("11 GSM-7 segments", explicit(vec![msg("+14155550100", &"a".repeat(1531))]), "11 SMS segments (GSM-7"),
-        ("11 UCS-2 segments", explicit(vec![msg("+14155550100", &"ж".repeat(671))]), "11 SMS segments (UCS-2"),
-        ("count 0", synth(0, None), "synthetic.count must be at least 1"),
-        ("count over max", synth(1_000_001, None), "exceeds the maximum of 1000000"),
+        (
+            "leading zero",
+            explicit(vec![msg("+04155550100", "hi")]),
+            "E.164",
+        ),
+        (
+            "too long number",
+            explicit(vec![msg("+1234567890123456", "hi")]),
+            "E.164",
+        ),
+        (
+            "empty body",
+            explicit(vec![msg("+14155550100", "")]),
+            "messages[0].body: the body is empty",
+        ),
+        (
+            "11 GSM-7 segments",
+            explicit(vec![msg("+14155550100", &"a".repeat(1531))]),
+            "11 SMS segments (GSM-7",
+        ),
+        (
+            "11 UCS-2 segments",
+            explicit(vec![msg("+14155550100", &"ж".repeat(671))]),
+            "11 SMS segments (UCS-2",
+        ),
+        (
+            "count 0",
+            synth(0, None),
+            "synthetic.count must be at least 1",
+        ),
+        (
+            "count over max",
+            synth(1_000_001, None),
+            "exceeds the maximum of 1000000",
+        ),
         ("bad synthetic body", synth(5, Some("")), "synthetic.body"),
         ("max_attempts 0", with_attempts(0), "max_attempts 0"),
-        ("max_attempts too big", with_attempts(1000), "max_attempts 1000"),
+        (
+            "max_attempts too big",
+            with_attempts(1000),
+            "max_attempts 1000",
+        ),
     ];
     for (name, req, want) in cases {
         let err = client.submit_batch(req).await.expect_err(name);
         assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
-        assert!(err.message().contains(want), "{name}: {:?} should say {want:?}", err.message());
+        assert!(
+            err.message().contains(want),
+            "{name}: {:?} should say {want:?}",
+            err.message()
+        );
     }
     // Ten GSM-7 segments and ten UCS-2 segments are fine.
-    let ten = explicit(vec![msg("+14155550100", &"a".repeat(1530)), msg("+14155550101", &"ж".repeat(670))]);
-    assert_eq!(client.submit_batch(ten).await.unwrap().into_inner().accepted, 2);
+    let ten = explicit(vec![
+        msg("+14155550100", &"a".repeat(1530)),
+        msg("+14155550101", &"ж".repeat(670)),
+    ]);
+    assert_eq!(
+        client
+            .submit_batch(ten)
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted,
+        2
+    );
 
-    let status = |target| pb::GetStatusRequest { target: Some(target) };
+    let status = |target| pb::GetStatusRequest {
+        target: Some(target),
+    };
     use pb::get_status_request::Target;
     let status_cases = vec![
-        ("unknown batch", status(Target::BatchId("00000000000000ff".into())), Code::NotFound, "batch 00000000000000ff not found"),
-        ("malformed batch", status(Target::BatchId("nope".into())), Code::InvalidArgument, "not a batch id"),
-        ("no target", pb::GetStatusRequest { target: None }, Code::InvalidArgument, "batch_id"),
-        ("unknown message's batch", status(Target::MessageId("00000000000000ff.1".into())), Code::NotFound, "not found"),
-        ("message past the end", status(Target::MessageId(format!("{}.3000", good.batch_id))), Code::NotFound, "has 3000 messages"),
-        ("malformed message", status(Target::MessageId("abc".into())), Code::InvalidArgument, "not a message id"),
+        (
+            "unknown batch",
+            status(Target::BatchId("00000000000000ff".into())),
+            Code::NotFound,
+            "batch 00000000000000ff not found",
+        ),
+        (
+            "malformed batch",
+            status(Target::BatchId("nope".into())),
+            Code::InvalidArgument,
+            "not a batch id",
+        ),
+        (
+            "no target",
+            pb::GetStatusRequest { target: None },
+            Code::InvalidArgument,
+            "batch_id",
+        ),
+        (
+            "unknown message's batch",
+            status(Target::MessageId("00000000000000ff.1".into())),
+            Code::NotFound,
+            "not found",
+        ),
+        (
+            "message past the end",
+            status(Target::MessageId(format!("{}.3000", good.batch_id))),
+            Code::NotFound,
+            "has 3000 messages",
+        ),
+        (
+            "malformed message",
+            status(Target::MessageId("abc".into())),
+            Code::InvalidArgument,
+            "not a message id",
+        ),
     ];
     for (name, req, code, want) in status_cases {
         let err = client.get_status(req).await.expect_err(name);
         assert_eq!(err.code(), code, "{name}: {err:?}");
-        assert!(err.message().contains(want), "{name}: {:?} should say {want:?}", err.message());
+        assert!(
+            err.message().contains(want),
+            "{name}: {:?} should say {want:?}",
+            err.message()
+        );
     }
-    let err = client.cancel_batch(pb::CancelBatchRequest { batch_id: "00000000000000ff".into() }).await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
-    let err = client.cancel_batch(pb::CancelBatchRequest { batch_id: String::new() }).await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "batch_id is empty"));
     let err = client
-        .watch_progress(pb::WatchProgressRequest { batch_id: "00000000000000ff".into(), interval_ms: 0 })
+        .cancel_batch(pb::CancelBatchRequest {
+            batch_id: "00000000000000ff".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = client
-        .watch_progress(pb::WatchProgressRequest { batch_id: good.batch_id.clone(), interval_ms: 1 })
+        .cancel_batch(pb::CancelBatchRequest {
+            batch_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "batch_id is empty")
+    );
+    let err = client
+        .watch_progress(pb::WatchProgressRequest {
+            batch_id: "00000000000000ff".into(),
+            interval_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .watch_progress(pb::WatchProgressRequest {
+            batch_id: good.batch_id.clone(),
+            interval_ms: 1,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // The batch accepted before all this completes exactly.
-    let b = wait_ended(&mut client, &good.batch_id, Duration::from_secs(60)).await.unwrap();
-    assert_eq!((b.state, b.sent, b.failed), (BatchState::Completed as i32, 3_000, 0));
+    let b = wait_ended(&mut client, &good.batch_id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        (b.state, b.sent, b.failed),
+        (BatchState::Completed as i32, 3_000, 0)
+    );
     assert_eq!(node.handled(), 3_002);
 }
 
@@ -103,21 +246,38 @@ struct RawNode {
     rx: tonic::Streaming<pb::CoordinatorToNode>,
 }
 
-async fn raw_join(mesh: &Mesh, first: node_to_coordinator::Update) -> Result<RawNode, tonic::Status> {
-    let mut client = pb::node_link_client::NodeLinkClient::connect(mesh.url()).await.unwrap();
+async fn raw_join(
+    mesh: &Mesh,
+    first: node_to_coordinator::Update,
+) -> Result<RawNode, tonic::Status> {
+    let mut client = pb::node_link_client::NodeLinkClient::connect(mesh.url())
+        .await
+        .unwrap();
     let (tx, rx) = mpsc::channel(16);
-    tx.send(pb::NodeToCoordinator { update: Some(first) }).await.unwrap();
+    tx.send(pb::NodeToCoordinator {
+        update: Some(first),
+    })
+    .await
+    .unwrap();
     let rx = client.join(ReceiverStream::new(rx)).await?.into_inner();
     Ok(RawNode { tx, rx })
 }
 
 fn hello(name: &str, concurrency: u32) -> node_to_coordinator::Update {
-    node_to_coordinator::Update::Hello(pb::Hello { name: name.into(), instance_id: 7, concurrency, gateway: "raw".into() })
+    node_to_coordinator::Update::Hello(pb::Hello {
+        name: name.into(),
+        instance_id: 7,
+        concurrency,
+        gateway: "raw".into(),
+    })
 }
 
 impl RawNode {
     async fn send(&self, u: node_to_coordinator::Update) {
-        self.tx.send(pb::NodeToCoordinator { update: Some(u) }).await.unwrap();
+        self.tx
+            .send(pb::NodeToCoordinator { update: Some(u) })
+            .await
+            .unwrap();
     }
 
     /// Reads until the stream ends with an error status.
@@ -151,9 +311,19 @@ async fn nodes_that_break_the_protocol_are_cut_off_and_their_jobs_go_elsewhere()
     let mut client = mesh.client().await.unwrap();
 
     // No Hello first.
-    let err = raw_join(&mesh, node_to_coordinator::Update::Heartbeat(pb::Heartbeat {})).await.err().unwrap();
+    let err = raw_join(
+        &mesh,
+        node_to_coordinator::Update::Heartbeat(pb::Heartbeat {}),
+    )
+    .await
+    .err()
+    .unwrap();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("first message on the stream must be Hello"), "{err:?}");
+    assert!(
+        err.message()
+            .contains("first message on the stream must be Hello"),
+        "{err:?}"
+    );
     // Bad Hello.
     let err = raw_join(&mesh, hello("zero", 0)).await.err().unwrap();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -163,27 +333,54 @@ async fn nodes_that_break_the_protocol_are_cut_off_and_their_jobs_go_elsewhere()
 
     // Credit beyond the declared concurrency.
     let greedy = raw_join(&mesh, hello("greedy", 5)).await.unwrap();
-    greedy.send(node_to_coordinator::Update::Grant(pb::Grant { credits: 6 })).await;
+    greedy
+        .send(node_to_coordinator::Update::Grant(pb::Grant { credits: 6 }))
+        .await;
     let mut greedy = greedy;
     let err = greedy.ended().await;
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("credit overflow"), "{err:?}");
 
     // A node holding jobs, then reporting one it does not hold.
-    let id = client.submit_batch(synthetic(500, 3)).await.unwrap().into_inner().batch_id;
+    let id = client
+        .submit_batch(synthetic(500, 3))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
     let mut liar = raw_join(&mesh, hello("liar", 10)).await.unwrap();
-    liar.send(node_to_coordinator::Update::Grant(pb::Grant { credits: 10 })).await;
+    liar.send(node_to_coordinator::Update::Grant(pb::Grant {
+        credits: 10,
+    }))
+    .await;
     let jobs = liar.next_jobs().await;
     assert_eq!(jobs.len(), 10, "exactly the credit granted");
-    let forged = pb::JobResult { batch: jobs[0].batch, index: 499, attempt: 1, outcome: pb::Outcome::Sent as i32, ..Default::default() };
-    liar.send(node_to_coordinator::Update::Results(pb::Results { seq: 1, results: vec![forged], grant: 0, handoff: false })).await;
+    let forged = pb::JobResult {
+        batch: jobs[0].batch,
+        index: 499,
+        attempt: 1,
+        outcome: pb::Outcome::Sent as i32,
+        ..Default::default()
+    };
+    liar.send(node_to_coordinator::Update::Results(pb::Results {
+        seq: 1,
+        results: vec![forged],
+        grant: 0,
+        handoff: false,
+    }))
+    .await;
     let err = liar.ended().await;
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains(&format!("{id}.499")) && err.message().contains("does not hold"), "{err:?}");
+    assert!(
+        err.message().contains(&format!("{id}.499")) && err.message().contains("does not hold"),
+        "{err:?}"
+    );
 
     // Its ten jobs (and the forged result) count for nothing; an honest node finishes the batch.
     let honest = mesh.node(NodeSpec::new("honest"));
-    let b = wait_ended(&mut client, &id, Duration::from_secs(30)).await.unwrap();
+    let b = wait_ended(&mut client, &id, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!((b.sent, b.requeued), (500, 10));
     assert_eq!(honest.handled(), 500);
 }
@@ -192,7 +389,12 @@ async fn nodes_that_break_the_protocol_are_cut_off_and_their_jobs_go_elsewhere()
 async fn a_second_process_with_the_same_name_is_refused() {
     let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
     let _first = raw_join(&mesh, hello("dup", 5)).await.unwrap();
-    let other = node_to_coordinator::Update::Hello(pb::Hello { name: "dup".into(), instance_id: 8, concurrency: 5, gateway: "raw".into() });
+    let other = node_to_coordinator::Update::Hello(pb::Hello {
+        name: "dup".into(),
+        instance_id: 8,
+        concurrency: 5,
+        gateway: "raw".into(),
+    });
     let err = raw_join(&mesh, other).await.err().unwrap();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert!(err.message().contains("\"dup\""), "{err:?}");
@@ -201,29 +403,55 @@ async fn a_second_process_with_the_same_name_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_services_and_health_says_serving() {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_request, server_reflection_response};
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_request, server_reflection_response,
+    };
     let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(mesh.url()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(mesh.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut refl = ServerReflectionClient::new(channel.clone());
     let req = ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(server_reflection_request::MessageRequest::ListServices(String::new())),
+        message_request: Some(server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
     };
-    let mut stream = refl.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let mut stream = refl
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
     let resp = stream.message().await.unwrap().unwrap();
-    let Some(server_reflection_response::MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+    let Some(server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        resp.message_response
+    else {
         panic!("unexpected {resp:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["smsmesh.v1.Coordinator", "smsmesh.v1.NodeLink", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    for want in [
+        "smsmesh.v1.Coordinator",
+        "smsmesh.v1.NodeLink",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
     }
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let resp = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "smsmesh.v1.Coordinator".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "smsmesh.v1.Coordinator".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(resp.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        resp.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use smsmesh::pb::{self, BatchState, MessageState};
-use smsmesh_testkit::{CoordinatorConfig, Mesh, NodeSpec, Recorder, batch_status, synthetic, wait_ended, wait_until};
+use smsmesh_testkit::{
+    CoordinatorConfig, Mesh, NodeSpec, Recorder, batch_status, synthetic, wait_ended, wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -14,8 +16,16 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-async fn submit(client: &mut pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>, req: pb::SubmitBatchRequest) -> String {
-    client.submit_batch(req).await.expect("submit").into_inner().batch_id
+async fn submit(
+    client: &mut pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    req: pb::SubmitBatchRequest,
+) -> String {
+    client
+        .submit_batch(req)
+        .await
+        .expect("submit")
+        .into_inner()
+        .batch_id
 }
 
 async fn message_status(
@@ -47,7 +57,14 @@ async fn every_message_has_exactly_one_outcome_under_failures() {
     let mesh = Mesh::start(fast_retries()).await.unwrap();
     let rec = Recorder::default();
     let nodes: Vec<_> = (0..3)
-        .map(|i| mesh.node(NodeSpec::new(&format!("n{i}")).concurrency(50).failure_rate(0.2).record(&rec)))
+        .map(|i| {
+            mesh.node(
+                NodeSpec::new(&format!("n{i}"))
+                    .concurrency(50)
+                    .failure_rate(0.2)
+                    .record(&rec),
+            )
+        })
         .collect();
     let mut client = mesh.client().await.unwrap();
     let total = 20_000u64;
@@ -71,12 +88,24 @@ async fn every_message_has_exactly_one_outcome_under_failures() {
         assert!(oks <= 1, "message {index} sent {oks} times");
         let mut nums: Vec<u32> = list.iter().map(|a| a.attempt).collect();
         nums.sort_unstable();
-        assert_eq!(nums, (1..=list.len() as u32).collect::<Vec<_>>(), "attempt numbers of {index}");
+        assert_eq!(
+            nums,
+            (1..=list.len() as u32).collect::<Vec<_>>(),
+            "attempt numbers of {index}"
+        );
         if oks == 1 {
-            assert!(list.iter().find(|a| a.sent).unwrap().attempt == list.len() as u32, "no attempt after a send");
+            assert!(
+                list.iter().find(|a| a.sent).unwrap().attempt == list.len() as u32,
+                "no attempt after a send"
+            );
             sent += 1;
         } else {
-            assert_eq!(list.len(), 3, "message {index} failed after {} attempts", list.len());
+            assert_eq!(
+                list.len(),
+                3,
+                "message {index} failed after {} attempts",
+                list.len()
+            );
             failed += 1;
         }
     }
@@ -86,8 +115,13 @@ async fn every_message_has_exactly_one_outcome_under_failures() {
     assert_eq!(b.retried, attempts.len() as u64 - total);
 
     // A failed message tells its story.
-    let (index, list) = per_msg.iter().find(|(_, l)| l.iter().all(|a| !a.sent)).unwrap();
-    let m = message_status(&mut client, &format!("{id}.{index}")).await.unwrap();
+    let (index, list) = per_msg
+        .iter()
+        .find(|(_, l)| l.iter().all(|a| !a.sent))
+        .unwrap();
+    let m = message_status(&mut client, &format!("{id}.{index}"))
+        .await
+        .unwrap();
     assert_eq!(m.state, MessageState::Failed as i32);
     assert_eq!(m.attempts, 3);
     assert!(m.last_error.contains("simulated gateway failure"), "{m:?}");
@@ -108,7 +142,12 @@ async fn a_node_never_holds_more_than_its_credit() {
     let b = wait_ended(&mut client, &id, LONG).await.unwrap();
     assert_eq!(b.sent, 5_000);
     for (n, cap) in [(&small, 7), (&big, 300)] {
-        assert_eq!(n.stats.over_credit.load(Relaxed), 0, "{} got jobs beyond its credit", n.name);
+        assert_eq!(
+            n.stats.over_credit.load(Relaxed),
+            0,
+            "{} got jobs beyond its credit",
+            n.name
+        );
         let max = n.stats.max_held.load(Relaxed);
         assert!(max <= cap, "{} held {max} > {cap}", n.name);
         assert!(max > 0);
@@ -139,16 +178,25 @@ async fn a_node_joining_mid_batch_gets_work_at_once() {
     let first = mesh.node(NodeSpec::new("first").concurrency(5).latency(ms(10)));
     let mut client = mesh.client().await.unwrap();
     let id = submit(&mut client, synthetic(3_000, 3)).await;
-    wait_until(LONG, "some progress", || async { (first.handled() > 100).then_some(()) }).await.unwrap();
-    let late = mesh.node(NodeSpec::new("late").concurrency(50).latency(ms(2)));
-    wait_until(Duration::from_secs(3), "the late node to get work", || async {
-        (late.handled() > 0).then_some(())
+    wait_until(LONG, "some progress", || async {
+        (first.handled() > 100).then_some(())
     })
+    .await
+    .unwrap();
+    let late = mesh.node(NodeSpec::new("late").concurrency(50).latency(ms(2)));
+    wait_until(
+        Duration::from_secs(3),
+        "the late node to get work",
+        || async { (late.handled() > 0).then_some(()) },
+    )
     .await
     .unwrap();
     let b = wait_ended(&mut client, &id, LONG).await.unwrap();
     assert_eq!(b.sent, 3_000);
-    assert!(late.handled() > first.handled(), "the faster late node did most of the rest");
+    assert!(
+        late.handled() > first.handled(),
+        "the faster late node did most of the rest"
+    );
     assert!(b.nodes.iter().any(|n| n.node == "late" && n.sent > 0));
 }
 
@@ -156,13 +204,24 @@ async fn a_node_joining_mid_batch_gets_work_at_once() {
 async fn a_killed_node_loses_nothing() {
     let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
     let rec = Recorder::default();
-    let doomed = mesh.node(NodeSpec::new("doomed").concurrency(100).latency(ms(30)).record(&rec));
-    let survivor = mesh.node(NodeSpec::new("survivor").concurrency(100).latency(ms(5)).record(&rec));
+    let doomed = mesh.node(
+        NodeSpec::new("doomed")
+            .concurrency(100)
+            .latency(ms(30))
+            .record(&rec),
+    );
+    let survivor = mesh.node(
+        NodeSpec::new("survivor")
+            .concurrency(100)
+            .latency(ms(5))
+            .record(&rec),
+    );
     let mut client = mesh.client().await.unwrap();
     let total = 8_000;
     let id = submit(&mut client, synthetic(total, 4)).await;
     wait_until(LONG, "the doomed node to hold jobs", || async {
-        (doomed.handled() > 200 && doomed.stats.jobs.load(Relaxed) > doomed.handled() + 20).then_some(())
+        (doomed.handled() > 200 && doomed.stats.jobs.load(Relaxed) > doomed.handled() + 20)
+            .then_some(())
     })
     .await
     .unwrap();
@@ -172,8 +231,17 @@ async fn a_killed_node_loses_nothing() {
     assert_eq!(b.sent, total, "{b:?}");
     assert!(b.requeued > 0, "the killed node's jobs were requeued");
     assert!(survivor.handled() > 0);
-    let ok: std::collections::HashSet<u32> = rec.attempts().iter().filter(|a| a.sent).map(|a| a.index).collect();
-    assert_eq!(ok.len() as u64, total, "every message was sent by some gateway");
+    let ok: std::collections::HashSet<u32> = rec
+        .attempts()
+        .iter()
+        .filter(|a| a.sent)
+        .map(|a| a.index)
+        .collect();
+    assert_eq!(
+        ok.len() as u64,
+        total,
+        "every message was sent by some gateway"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +253,8 @@ async fn a_node_leaving_cleanly_hands_everything_in() {
     let total = 6_000;
     let id = submit(&mut client, synthetic(total, 5)).await;
     wait_until(LONG, "the leaver to hold jobs", || async {
-        (leaver.handled() > 200 && leaver.stats.jobs.load(Relaxed) > leaver.handled() + 20).then_some(())
+        (leaver.handled() > 200 && leaver.stats.jobs.load(Relaxed) > leaver.handled() + 20)
+            .then_some(())
     })
     .await
     .unwrap();
@@ -195,8 +264,16 @@ async fn a_node_leaving_cleanly_hands_everything_in() {
     assert_eq!(b.sent, total);
     assert_eq!(b.requeued, 0, "a clean leave puts nothing back");
     let leaver_share = b.nodes.iter().find(|n| n.node == "leaver").unwrap();
-    assert_eq!(leaver_share.sent, stats.sent.load(Relaxed), "everything it sent was reported");
-    assert_eq!(stats.jobs.load(Relaxed), stats.sent.load(Relaxed), "it finished every job it took");
+    assert_eq!(
+        leaver_share.sent,
+        stats.sent.load(Relaxed),
+        "everything it sent was reported"
+    );
+    assert_eq!(
+        stats.jobs.load(Relaxed),
+        stats.sent.load(Relaxed),
+        "it finished every job it took"
+    );
     assert!(!leaver_share.connected);
     assert!(stayer.handled() > 0);
 }
@@ -208,9 +285,15 @@ async fn cancel_stops_dispatch_with_exact_counts() {
     let mut client = mesh.client().await.unwrap();
     let total = 50_000;
     let id = submit(&mut client, synthetic(total, 6)).await;
-    wait_until(LONG, "some progress", || async { (node.handled() > 100).then_some(()) }).await.unwrap();
+    wait_until(LONG, "some progress", || async {
+        (node.handled() > 100).then_some(())
+    })
+    .await
+    .unwrap();
     let resp = client
-        .cancel_batch(pb::CancelBatchRequest { batch_id: id.clone() })
+        .cancel_batch(pb::CancelBatchRequest {
+            batch_id: id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -224,14 +307,31 @@ async fn cancel_stops_dispatch_with_exact_counts() {
     assert_eq!(b.state, BatchState::Cancelled as i32);
     assert_eq!(b.sent + b.failed + b.cancelled, total);
     assert!(b.cancelled > 40_000, "{b:?}");
-    assert_eq!(b.sent, node.handled(), "every job given out was finished and counted");
+    assert_eq!(
+        b.sent,
+        node.handled(),
+        "every job given out was finished and counted"
+    );
     let jobs = node.stats.jobs.load(Relaxed);
     assert_eq!(jobs, b.sent, "nothing dispatched after the cancel");
     // Cancelling again is harmless and says the same.
-    let again = client.cancel_batch(pb::CancelBatchRequest { batch_id: id.clone() }).await.unwrap().into_inner().batch.unwrap();
-    assert_eq!((again.sent, again.cancelled, again.state), (b.sent, b.cancelled, b.state));
+    let again = client
+        .cancel_batch(pb::CancelBatchRequest {
+            batch_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batch
+        .unwrap();
+    assert_eq!(
+        (again.sent, again.cancelled, again.state),
+        (b.sent, b.cancelled, b.state)
+    );
     // A cancelled message says so.
-    let m = message_status(&mut client, &format!("{id}.{}", total - 1)).await.unwrap();
+    let m = message_status(&mut client, &format!("{id}.{}", total - 1))
+        .await
+        .unwrap();
     assert_eq!(m.state, MessageState::Cancelled as i32);
     assert_eq!(m.attempts, 0);
 }
@@ -246,11 +346,17 @@ async fn watch_progress_ends_at_completion() {
     // A watcher that never reads must not hold anything up.
     let mut stalled = client.clone();
     let _stalled = stalled
-        .watch_progress(pb::WatchProgressRequest { batch_id: id.clone(), interval_ms: 50 })
+        .watch_progress(pb::WatchProgressRequest {
+            batch_id: id.clone(),
+            interval_ms: 50,
+        })
         .await
         .unwrap();
     let mut stream = client
-        .watch_progress(pb::WatchProgressRequest { batch_id: id.clone(), interval_ms: 100 })
+        .watch_progress(pb::WatchProgressRequest {
+            batch_id: id.clone(),
+            interval_ms: 100,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -265,15 +371,25 @@ async fn watch_progress_ends_at_completion() {
     let last = updates.last().unwrap().batches[0].clone();
     assert_eq!(last.state, BatchState::Completed as i32);
     assert_eq!(last.sent, total);
-    assert!(updates.len() >= 3, "periodic updates came: {}", updates.len());
+    assert!(
+        updates.len() >= 3,
+        "periodic updates came: {}",
+        updates.len()
+    );
     let done: Vec<u64> = updates.iter().map(|u| u.batches[0].sent).collect();
-    assert!(done.windows(2).all(|w| w[0] <= w[1]), "progress never goes back: {done:?}");
+    assert!(
+        done.windows(2).all(|w| w[0] <= w[1]),
+        "progress never goes back: {done:?}"
+    );
     assert!(last.latency.unwrap().count >= total);
     assert_eq!(last.nodes.len(), 1);
 
     // Watching an ended batch gives its final status once and ends.
     let mut again = client
-        .watch_progress(pb::WatchProgressRequest { batch_id: id.clone(), interval_ms: 0 })
+        .watch_progress(pb::WatchProgressRequest {
+            batch_id: id.clone(),
+            interval_ms: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -288,7 +404,10 @@ async fn watching_all_batches_sees_each_one() {
     let _node = mesh.node(NodeSpec::new("n").concurrency(50));
     let mut client = mesh.client().await.unwrap();
     let mut stream = client
-        .watch_progress(pb::WatchProgressRequest { batch_id: String::new(), interval_ms: 50 })
+        .watch_progress(pb::WatchProgressRequest {
+            batch_id: String::new(),
+            interval_ms: 50,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -318,21 +437,44 @@ async fn explicit_messages_keep_their_content_and_ids() {
     let _node = mesh.node(NodeSpec::new("n"));
     let mut client = mesh.client().await.unwrap();
     let msgs = vec![
-        pb::SmsMessage { to: "+14155550100".into(), body: "Evacuate zone A now.".into(), client_ref: "a-1".into() },
-        pb::SmsMessage { to: "+442071838750".into(), body: "Шторм: оставайтесь дома".into(), client_ref: String::new() },
+        pb::SmsMessage {
+            to: "+14155550100".into(),
+            body: "Evacuate zone A now.".into(),
+            client_ref: "a-1".into(),
+        },
+        pb::SmsMessage {
+            to: "+442071838750".into(),
+            body: "Шторм: оставайтесь дома".into(),
+            client_ref: String::new(),
+        },
     ];
     let resp = client
-        .submit_batch(pb::SubmitBatchRequest { messages: msgs, max_attempts: Some(2), ..Default::default() })
+        .submit_batch(pb::SubmitBatchRequest {
+            messages: msgs,
+            max_attempts: Some(2),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(resp.accepted, 2);
     let b = wait_ended(&mut client, &resp.batch_id, LONG).await.unwrap();
     assert_eq!((b.sent, b.max_attempts), (2, 2));
-    let m = message_status(&mut client, &format!("{}.0", resp.batch_id)).await.unwrap();
-    assert_eq!((m.to.as_str(), m.client_ref.as_str(), m.node.as_str()), ("+14155550100", "a-1", "n"));
+    let m = message_status(&mut client, &format!("{}.0", resp.batch_id))
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.to.as_str(), m.client_ref.as_str(), m.node.as_str()),
+        ("+14155550100", "a-1", "n")
+    );
     assert_eq!((m.state, m.attempts), (MessageState::Sent as i32, 1));
-    assert_eq!(batch_status(&mut client, &resp.batch_id).await.unwrap().synthetic_seed, None);
+    assert_eq!(
+        batch_status(&mut client, &resp.batch_id)
+            .await
+            .unwrap()
+            .synthetic_seed,
+        None
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,6 +486,10 @@ async fn the_same_idempotency_key_gives_the_same_batch() {
     let a = client.submit_batch(req.clone()).await.unwrap().into_inner();
     let b = client.submit_batch(req).await.unwrap().into_inner();
     assert_eq!(a, b);
-    let c = client.submit_batch(synthetic(10, 1)).await.unwrap().into_inner();
+    let c = client
+        .submit_batch(synthetic(10, 1))
+        .await
+        .unwrap()
+        .into_inner();
     assert_ne!(a.batch_id, c.batch_id);
 }

@@ -8,23 +8,45 @@ use smsmesh_testkit::{Proc, batch_status, bin, synthetic, wait_ended, wait_until
 
 const LONG: Duration = Duration::from_secs(60);
 
-async fn client(addr: std::net::SocketAddr) -> pb::coordinator_client::CoordinatorClient<tonic::transport::Channel> {
-    pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}")).await.unwrap()
+async fn client(
+    addr: std::net::SocketAddr,
+) -> pb::coordinator_client::CoordinatorClient<tonic::transport::Channel> {
+    pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
 }
 
 fn node_sent(b: &pb::BatchStatus, name: &str) -> u64 {
-    b.nodes.iter().find(|n| n.node == name).map_or(0, |n| n.sent)
+    b.nodes
+        .iter()
+        .find(|n| n.node == name)
+        .map_or(0, |n| n.sent)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_node_mid_batch_loses_nothing() {
     let (_coord, addr) = Proc::coordinator(&[]).unwrap();
     let url = format!("http://{addr}");
-    let mut victim = Proc::node(&url, "victim", &["--concurrency", "200", "--mean-latency", "50ms"]).unwrap();
-    let _other = Proc::node(&url, "other", &["--concurrency", "200", "--mean-latency", "10ms"]).unwrap();
+    let mut victim = Proc::node(
+        &url,
+        "victim",
+        &["--concurrency", "200", "--mean-latency", "50ms"],
+    )
+    .unwrap();
+    let _other = Proc::node(
+        &url,
+        "other",
+        &["--concurrency", "200", "--mean-latency", "10ms"],
+    )
+    .unwrap();
     let mut client = client(addr).await;
     let total = 20_000;
-    let id = client.submit_batch(synthetic(total, 21)).await.unwrap().into_inner().batch_id;
+    let id = client
+        .submit_batch(synthetic(total, 21))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
     wait_until(LONG, "the victim to have sent some and hold more", || {
         let mut c = client.clone();
         let id = id.clone();
@@ -48,11 +70,26 @@ async fn kill_9_of_a_node_mid_batch_loses_nothing() {
 async fn sigterm_makes_a_node_finish_its_jobs_and_leave() {
     let (_coord, addr) = Proc::coordinator(&[]).unwrap();
     let url = format!("http://{addr}");
-    let mut leaver = Proc::node(&url, "leaver", &["--concurrency", "200", "--mean-latency", "50ms"]).unwrap();
-    let _stayer = Proc::node(&url, "stayer", &["--concurrency", "200", "--mean-latency", "10ms"]).unwrap();
+    let mut leaver = Proc::node(
+        &url,
+        "leaver",
+        &["--concurrency", "200", "--mean-latency", "50ms"],
+    )
+    .unwrap();
+    let _stayer = Proc::node(
+        &url,
+        "stayer",
+        &["--concurrency", "200", "--mean-latency", "10ms"],
+    )
+    .unwrap();
     let mut client = client(addr).await;
     let total = 20_000;
-    let id = client.submit_batch(synthetic(total, 22)).await.unwrap().into_inner().batch_id;
+    let id = client
+        .submit_batch(synthetic(total, 22))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
     wait_until(LONG, "the leaver to hold jobs", || {
         let mut c = client.clone();
         let id = id.clone();
@@ -66,7 +103,10 @@ async fn sigterm_makes_a_node_finish_its_jobs_and_leave() {
     .unwrap();
     leaver.term();
     let status = leaver.wait(Duration::from_secs(20)).await.unwrap();
-    assert!(status.success(), "smsnode exits 0 after a clean leave: {status:?}");
+    assert!(
+        status.success(),
+        "smsnode exits 0 after a clean leave: {status:?}"
+    );
     let b = wait_ended(&mut client, &id, LONG).await.unwrap();
     assert_eq!((b.sent, b.failed, b.requeued), (total, 0, 0), "{b:?}");
     let share = b.nodes.iter().find(|n| n.node == "leaver").unwrap();
@@ -77,17 +117,41 @@ async fn sigterm_makes_a_node_finish_its_jobs_and_leave() {
 async fn smsmon_follows_a_batch_to_the_end() {
     let (_coord, addr) = Proc::coordinator(&[]).unwrap();
     let url = format!("http://{addr}");
-    let _node = Proc::node(&url, "n", &["--concurrency", "100", "--mean-latency", "5ms"]).unwrap();
+    let _node = Proc::node(
+        &url,
+        "n",
+        &["--concurrency", "100", "--mean-latency", "5ms"],
+    )
+    .unwrap();
     let mut client = client(addr).await;
-    let id = client.submit_batch(synthetic(5_000, 23)).await.unwrap().into_inner().batch_id;
+    let id = client
+        .submit_batch(synthetic(5_000, 23))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
     let out = tokio::process::Command::new(bin("smsmon"))
-        .args(["--coordinator", &url, "--batch", &id, "--interval", "100ms", "--plain"])
+        .args([
+            "--coordinator",
+            &url,
+            "--batch",
+            &id,
+            "--interval",
+            "100ms",
+            "--plain",
+        ])
         .output();
-    let out = tokio::time::timeout(LONG, out).await.expect("smsmon exits when the batch ends").unwrap();
+    let out = tokio::time::timeout(LONG, out)
+        .await
+        .expect("smsmon exits when the batch ends")
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     let last = text.lines().rev().find(|l| l.starts_with(&id)).unwrap();
-    assert!(last.contains("100.0% 5000/5000 completed | sent 5000 failed 0"), "{last}");
+    assert!(
+        last.contains("100.0% 5000/5000 completed | sent 5000 failed 0"),
+        "{last}"
+    );
     assert!(text.contains("1 nodes: n "), "{text}");
 
     // An unknown batch is a clear error and a non-zero exit.

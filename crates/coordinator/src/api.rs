@@ -146,7 +146,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
     ) -> Result<Response<pb::CancelBatchResponse>, Status> {
         let id: BatchId = request.into_inner().batch_id.parse()?;
         let batch = self.core.cancel(id).await?;
-        Ok(Response::new(pb::CancelBatchResponse { batch: Some(batch) }))
+        Ok(Response::new(pb::CancelBatchResponse {
+            batch: Some(batch),
+        }))
     }
 
     type WatchProgressStream = ReceiverStream<Result<pb::ProgressUpdate, Status>>;
@@ -160,7 +162,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
         let interval = match req.interval_ms {
             0 => Duration::from_secs(1),
             n if n < 50 => {
-                return Err(Error::invalid(format!("interval_ms {n} is too small (at least 50)")).into());
+                return Err(
+                    Error::invalid(format!("interval_ms {n} is too small (at least 50)")).into(),
+                );
             }
             n => Duration::from_millis(u64::from(n)),
         };

@@ -210,7 +210,8 @@ impl Batch {
 
     /// Whether there is anything to dispatch now.
     pub fn has_ready_work(&self) -> bool {
-        self.is_running() && (!self.ready.is_empty() || (self.next_fresh as u64) < self.counts.total)
+        self.is_running()
+            && (!self.ready.is_empty() || (self.next_fresh as u64) < self.counts.total)
     }
 
     /// Takes the next message to dispatch, avoiding `avoid_node` for retries
@@ -322,7 +323,9 @@ impl Batch {
             self.counts.duplicates += 1;
             return true;
         }
-        let current = slot.state == ST_IN_FLIGHT && u32::from(slot.attempts) == attempt && slot.node == node + 1;
+        let current = slot.state == ST_IN_FLIGHT
+            && u32::from(slot.attempts) == attempt
+            && slot.node == node + 1;
         if !sent && !current {
             // A failure of an older attempt: the message is already on its way again.
             return false;
@@ -351,13 +354,18 @@ impl Batch {
         } else {
             self.slots[index as usize].state = ST_RETRY_WAIT;
             self.counts.retried += 1;
-            self.retries.push(Reverse((now + retry_delay(failures), index)));
+            self.retries
+                .push(Reverse((now + retry_delay(failures), index)));
         }
         false
     }
 
     fn set_error(&mut self, index: u32, error: &str) {
-        let error = if error.is_empty() { "unknown error" } else { error };
+        let error = if error.is_empty() {
+            "unknown error"
+        } else {
+            error
+        };
         let id = match self.error_index.get(error) {
             Some(&id) => id,
             None => {

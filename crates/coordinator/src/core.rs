@@ -24,10 +24,15 @@ use crate::batch::{Batch, Content};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
 
+/// A node's outbound queue is full (it does not read its stream) or gone.
+#[derive(Debug, thiserror::Error)]
+#[error("the node's outbound queue is full or closed")]
+pub struct Unreachable;
+
 /// The outbound side of node streams, as the reactor sees it.
 pub trait Outbox {
     /// Queues `msg` for the session. Fails if the node's queue is full or gone.
-    fn send(&mut self, session: SessionId, msg: pb::CoordinatorToNode) -> Result<(), ()>;
+    fn send(&mut self, session: SessionId, msg: pb::CoordinatorToNode) -> Result<(), Unreachable>;
     /// Ends the session's stream: with `status` as the error, or cleanly.
     fn close(&mut self, session: SessionId, status: Option<Status>);
 }
@@ -178,7 +183,9 @@ impl Core {
         }
         let slot = batch.slots[id.index as usize];
         let (mut to, mut body) = (String::new(), String::new());
-        let client_ref = batch.message(id.index, &mut to, &mut body).unwrap_or_default();
+        let client_ref = batch
+            .message(id.index, &mut to, &mut body)
+            .unwrap_or_default();
         let node = slot
             .node
             .checked_sub(1)
@@ -202,10 +209,7 @@ impl Core {
 
     /// Cancels a batch: nothing more of it is dispatched.
     pub fn on_cancel(&mut self, id: BatchId, now: Instant) -> Result<pb::BatchStatus, Error> {
-        let batch = self
-            .batches
-            .get_mut(&id.0)
-            .ok_or_else(|| not_found(id))?;
+        let batch = self.batches.get_mut(&id.0).ok_or_else(|| not_found(id))?;
         if batch.cancel(now) {
             tracing::info!(batch = %id, in_flight = batch.counts.in_flight, "batch cancelled");
             self.running.retain(|&b| b != id.0);
@@ -245,7 +249,11 @@ impl Core {
                 )));
             }
             // The same process reconnected before its old stream was noticed dead.
-            self.drop_session(old, Some(Status::aborted("replaced by a new stream of the same node")), outbox);
+            self.drop_session(
+                old,
+                Some(Status::aborted("replaced by a new stream of the same node")),
+                outbox,
+            );
         }
         let node = match self.node_index.get(&hello.name) {
             Some(&n) => n,
@@ -265,7 +273,7 @@ impl Core {
         };
         outbox
             .send(session, welcome)
-            .map_err(|()| Error::Unavailable("node stream closed during hello".into()))?;
+            .map_err(|Unreachable| Error::Unavailable("node stream closed during hello".into()))?;
         tracing::info!(node = %hello.name, session = session.0, concurrency = hello.concurrency, gateway = %hello.gateway, "node joined");
         self.sessions.insert(
             session,
@@ -434,7 +442,11 @@ impl Core {
     pub fn on_shutdown(&mut self, outbox: &mut impl Outbox) {
         let all: Vec<SessionId> = self.sessions.keys().copied().collect();
         for sid in all {
-            self.drop_session(sid, Some(Status::unavailable("coordinator shutting down")), outbox);
+            self.drop_session(
+                sid,
+                Some(Status::unavailable("coordinator shutting down")),
+                outbox,
+            );
         }
     }
 
@@ -452,7 +464,9 @@ impl Core {
             tracing::warn!(node = %name, "node silent for longer than {timeout:?}; dropping it");
             self.drop_session(
                 sid,
-                Some(Status::unavailable(format!("no message from the node for {timeout:?}"))),
+                Some(Status::unavailable(format!(
+                    "no message from the node for {timeout:?}"
+                ))),
                 outbox,
             );
         }
@@ -480,7 +494,11 @@ impl Core {
             }
         }
         for sid in broken {
-            self.drop_session(sid, Some(Status::resource_exhausted("node's queue is full")), outbox);
+            self.drop_session(
+                sid,
+                Some(Status::resource_exhausted("node's queue is full")),
+                outbox,
+            );
         }
     }
 
@@ -558,7 +576,9 @@ impl Core {
         for sid in broken {
             self.drop_session(
                 sid,
-                Some(Status::resource_exhausted("node's queue is full (it does not read its stream)")),
+                Some(Status::resource_exhausted(
+                    "node's queue is full (it does not read its stream)",
+                )),
                 outbox,
             );
         }
@@ -593,7 +613,10 @@ impl Core {
         for id in &ids {
             update_rate(self.batches.get_mut(id).expect("listed"), now);
         }
-        let batches = ids.iter().map(|id| self.batch_status(&self.batches[id], now)).collect();
+        let batches = ids
+            .iter()
+            .map(|id| self.batch_status(&self.batches[id], now))
+            .collect();
         self.progress.send_replace(Arc::new(Snapshot {
             batches,
             nodes_connected: self.sessions.len() as u32,
@@ -654,7 +677,8 @@ fn not_found(id: BatchId) -> Error {
 }
 
 fn validate_hello(hello: &pb::Hello, max_concurrency: u32) -> Result<(), Error> {
-    if hello.name.is_empty() || hello.name.len() > 128 || hello.name.chars().any(|c| c.is_control()) {
+    if hello.name.is_empty() || hello.name.len() > 128 || hello.name.chars().any(|c| c.is_control())
+    {
         return Err(Error::invalid(format!(
             "Hello.name {:?} is not a node name (1 to 128 printable characters)",
             hello.name

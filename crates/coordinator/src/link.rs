@@ -42,7 +42,9 @@ impl pb::node_link_server::NodeLink for NodeLinkService {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s of opening the stream"))??;
+            .map_err(|_| {
+                Status::deadline_exceeded("no Hello within 10 s of opening the stream")
+            })??;
         let hello = match first {
             Some(pb::NodeToCoordinator {
                 update: Some(node_to_coordinator::Update::Hello(h)),
@@ -56,7 +58,9 @@ impl pb::node_link_server::NodeLink for NodeLinkService {
             None => return Err(Error::invalid("stream closed before Hello").into()),
         };
         // Credits bound the job frames in the queue; leave room for acks and control frames.
-        let capacity = (hello.concurrency as usize).saturating_mul(2).clamp(64, 1 << 20);
+        let capacity = (hello.concurrency as usize)
+            .saturating_mul(2)
+            .clamp(64, 1 << 20);
         let (tx, rx) = mpsc::channel(capacity);
         let name = hello.name.clone();
         let sid = self.core.join(hello, tx).await?;

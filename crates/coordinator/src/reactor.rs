@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::core::{Core, NewBatch, Outbox, SessionId, Snapshot};
+use crate::core::{Core, NewBatch, Outbox, SessionId, Snapshot, Unreachable};
 
 /// The sending half of a node's outbound stream.
 pub type NodeTx = mpsc::Sender<Result<pb::CoordinatorToNode, Status>>;
@@ -113,10 +113,10 @@ pub struct ChannelOutbox {
 }
 
 impl Outbox for ChannelOutbox {
-    fn send(&mut self, session: SessionId, msg: pb::CoordinatorToNode) -> Result<(), ()> {
+    fn send(&mut self, session: SessionId, msg: pb::CoordinatorToNode) -> Result<(), Unreachable> {
         match self.txs.get(&session) {
-            Some(tx) => tx.try_send(Ok(msg)).map_err(|_| ()),
-            None => Err(()),
+            Some(tx) => tx.try_send(Ok(msg)).map_err(|_| Unreachable),
+            None => Err(Unreachable),
         }
     }
 
@@ -148,11 +148,15 @@ async fn run(mut core: Core, mut rx: mpsc::Receiver<Event>) {
     let mut next_publish = now + publish_interval;
     let mut sleep = pin!(tokio::time::sleep_until(next_tick));
     loop {
-        let wake = [Some(next_tick), Some(next_publish), core.next_retry_due().map(Instant::from_std)]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("at least one deadline");
+        let wake = [
+            Some(next_tick),
+            Some(next_publish),
+            core.next_retry_due().map(Instant::from_std),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("at least one deadline");
         sleep.as_mut().reset(wake);
         tokio::select! {
             ev = rx.recv() => {

@@ -46,8 +46,8 @@ pub async fn run(
 
     let api = CoordinatorServer::new(CoordinatorApi::new(core.clone(), config.clone()))
         .max_decoding_message_size(config.max_request_bytes);
-    let link = NodeLinkServer::new(NodeLinkService::new(core.clone()))
-        .max_decoding_message_size(16 << 20);
+    let link =
+        NodeLinkServer::new(NodeLinkService::new(core.clone())).max_decoding_message_size(16 << 20);
 
     tracing::info!(%addr, "coordinator listening");
     println!("smscoord listening on {addr}");
@@ -56,7 +56,9 @@ pub async fn run(
         async move {
             shutdown.await;
             tracing::info!("coordinator shutting down");
-            health.set_not_serving::<CoordinatorServer<CoordinatorApi>>().await;
+            health
+                .set_not_serving::<CoordinatorServer<CoordinatorApi>>()
+                .await;
             core.shutdown().await;
         }
     };

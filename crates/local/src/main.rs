@@ -55,9 +55,20 @@ async fn main() -> anyhow::Result<()> {
     }
     let mesh = Mesh::start_on(args.listen, CoordinatorConfig::default())
         .await
-        .map_err(|e| anyhow::anyhow!("cannot start the coordinator on {}: {e} (try --listen 127.0.0.1:0)", args.listen))?;
-    println!("coordinator on {} with {} nodes (concurrency {}, mean latency {:?}, failure rate {})",
-        mesh.url(), args.nodes, args.concurrency, args.mean_latency, args.failure_rate);
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start the coordinator on {}: {e} (try --listen 127.0.0.1:0)",
+                args.listen
+            )
+        })?;
+    println!(
+        "coordinator on {} with {} nodes (concurrency {}, mean latency {:?}, failure rate {})",
+        mesh.url(),
+        args.nodes,
+        args.concurrency,
+        args.mean_latency,
+        args.failure_rate
+    );
     let nodes: Vec<_> = (0..args.nodes)
         .map(|i| {
             mesh.node(
@@ -73,11 +84,24 @@ async fn main() -> anyhow::Result<()> {
     let mut req = synthetic(args.messages, rand_seed());
     req.max_attempts = Some(args.max_attempts);
     let start = Instant::now();
-    let resp = client.submit_batch(req).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
-    println!("batch {} accepted: {} messages", resp.batch_id, resp.accepted);
+    let resp = client
+        .submit_batch(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!(
+        "batch {} accepted: {} messages",
+        resp.batch_id, resp.accepted
+    );
 
     let mut display = Display::new(args.plain);
-    let last = watch(&mesh.url(), Some(&resp.batch_id), Duration::from_millis(250), &mut display).await?;
+    let last = watch(
+        &mesh.url(),
+        Some(&resp.batch_id),
+        Duration::from_millis(250),
+        &mut display,
+    )
+    .await?;
     let wall = start.elapsed();
     let b = last.ok_or_else(|| anyhow::anyhow!("no progress received"))?;
     summary(&b, wall, &nodes);
@@ -100,16 +124,46 @@ fn summary(b: &pb::BatchStatus, wall: Duration, nodes: &[smsmesh_testkit::Node])
     let secs = wall.as_secs_f64();
     println!();
     println!("== summary ==");
-    println!("batch        {} ({})", b.batch_id, smsmesh_monitor::state_name(b.state));
-    println!("messages     {} total: {} sent, {} failed, {} cancelled", b.total, b.sent, b.failed, b.cancelled);
-    println!("accounted    {}", if b.sent + b.failed + b.cancelled == b.total { "every message has exactly one outcome" } else { "MISMATCH" });
-    println!("retries      {} retried attempts, {} requeued from lost nodes", b.retried, b.requeued);
-    println!("time         {:.2} s wall, {}/s", secs, human(b.total as f64 / secs));
-    println!("latency      mean {:.2} ms, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms (gateway)", lat.mean_ms, lat.p50_ms, lat.p95_ms, lat.p99_ms);
+    println!(
+        "batch        {} ({})",
+        b.batch_id,
+        smsmesh_monitor::state_name(b.state)
+    );
+    println!(
+        "messages     {} total: {} sent, {} failed, {} cancelled",
+        b.total, b.sent, b.failed, b.cancelled
+    );
+    println!(
+        "accounted    {}",
+        if b.sent + b.failed + b.cancelled == b.total {
+            "every message has exactly one outcome"
+        } else {
+            "MISMATCH"
+        }
+    );
+    println!(
+        "retries      {} retried attempts, {} requeued from lost nodes",
+        b.retried, b.requeued
+    );
+    println!(
+        "time         {:.2} s wall, {}/s",
+        secs,
+        human(b.total as f64 / secs)
+    );
+    println!(
+        "latency      mean {:.2} ms, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms (gateway)",
+        lat.mean_ms, lat.p50_ms, lat.p95_ms, lat.p99_ms
+    );
     for n in &b.nodes {
         let pct = n.sent as f64 * 100.0 / b.sent.max(1) as f64;
-        println!("  {:<10} sent {:>10} ({pct:5.1}%), failed attempts {:>8}", n.node, n.sent, n.failed_attempts);
+        println!(
+            "  {:<10} sent {:>10} ({pct:5.1}%), failed attempts {:>8}",
+            n.node, n.sent, n.failed_attempts
+        );
     }
-    let over: u64 = nodes.iter().map(|n| n.stats.over_credit.load(Relaxed)).sum();
+    let over: u64 = nodes
+        .iter()
+        .map(|n| n.stats.over_credit.load(Relaxed))
+        .sum();
     println!("flow control jobs beyond granted credit: {over}");
 }

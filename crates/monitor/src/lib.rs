@@ -84,9 +84,11 @@ impl Display {
             let (bar, nodes) = self.bars.entry(b.batch_id.clone()).or_insert_with(|| {
                 let bar = self.multi.add(ProgressBar::new(b.total));
                 bar.set_style(
-                    ProgressStyle::with_template("{prefix} [{bar:30.cyan/blue}] {percent:>3}% {msg}")
-                        .expect("valid template")
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{prefix} [{bar:30.cyan/blue}] {percent:>3}% {msg}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
                 );
                 bar.set_prefix(b.batch_id.clone());
                 let nodes = self.multi.add(ProgressBar::new(0));
@@ -164,8 +166,19 @@ fn summary(b: &pb::BatchStatus) -> String {
 /// One line about a batch, for logs and pipes.
 pub fn line(b: &pb::BatchStatus) -> String {
     let done = b.sent + b.failed + b.cancelled;
-    let pct = if b.total == 0 { 100.0 } else { done as f64 * 100.0 / b.total as f64 };
-    format!("{} {:5.1}% {}/{} {}", b.batch_id, pct, done, b.total, summary(b))
+    let pct = if b.total == 0 {
+        100.0
+    } else {
+        done as f64 * 100.0 / b.total as f64
+    };
+    format!(
+        "{} {:5.1}% {}/{} {}",
+        b.batch_id,
+        pct,
+        done,
+        b.total,
+        summary(b)
+    )
 }
 
 /// Each node's share of a batch on one line.

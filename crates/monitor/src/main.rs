@@ -12,7 +12,11 @@ use smsmesh_monitor::{Display, watch};
 #[command(version, about)]
 struct Args {
     /// Coordinator URL.
-    #[arg(long, env = "SMSMESH_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "SMSMESH_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     coordinator: String,
     /// Watch only this batch (and exit when it ends). Default: every batch.
     #[arg(long)]
@@ -29,7 +33,14 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let mut display = Display::new(args.plain);
-    match watch(&args.coordinator, args.batch.as_deref(), args.interval, &mut display).await {
+    match watch(
+        &args.coordinator,
+        args.batch.as_deref(),
+        args.interval,
+        &mut display,
+    )
+    .await
+    {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("smsmon: {e:#}");

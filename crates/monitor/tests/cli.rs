@@ -6,9 +6,16 @@ use std::process::Command;
 #[test]
 fn an_unreachable_coordinator_is_a_clear_error() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}");
-    let out = Command::new(env!("CARGO_BIN_EXE_smsmon")).args(["--coordinator", &url]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_smsmon"))
+        .args(["--coordinator", &url])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot connect to {url}")));
 }

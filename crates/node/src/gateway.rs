@@ -40,7 +40,9 @@ impl Gateway for Simulated {
         } else {
             // Inverse transform: -mean * ln(1 - u), u in [0, 1).
             let u: f64 = rng.random();
-            self.mean_latency.mul_f64(-(1.0 - u).ln()).min(self.mean_latency * 50)
+            self.mean_latency
+                .mul_f64(-(1.0 - u).ln())
+                .min(self.mean_latency * 50)
         };
         Box::pin(async move {
             if !delay.is_zero() {

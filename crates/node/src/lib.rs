@@ -53,7 +53,12 @@ pub struct Config {
 
 impl Config {
     /// A config with the documented defaults.
-    pub fn new(coordinator: impl Into<String>, name: impl Into<String>, concurrency: u32, gateway: Arc<dyn Gateway>) -> Self {
+    pub fn new(
+        coordinator: impl Into<String>,
+        name: impl Into<String>,
+        concurrency: u32,
+        gateway: Arc<dyn Gateway>,
+    ) -> Self {
         Config {
             coordinator: coordinator.into(),
             name: name.into(),
@@ -106,7 +111,12 @@ pub async fn run(
     }
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let (results_tx, results_rx) = mpsc::unbounded_channel();
-    let executor = tokio::spawn(execute(config.gateway.clone(), jobs_rx, results_tx, stats.clone()));
+    let executor = tokio::spawn(execute(
+        config.gateway.clone(),
+        jobs_rx,
+        results_tx,
+        stats.clone(),
+    ));
     let _abort = AbortOnDrop(executor);
     let mut node = Node {
         instance_id: rand::random(),
@@ -229,12 +239,15 @@ impl Node {
                 }
             }
             if self.leaving {
-                let deadline = *leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.config.drain_timeout);
+                let deadline = *leave_deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + self.config.drain_timeout);
                 if self.is_empty() {
                     return Ok(());
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    let lost = self.held as usize + self.done.len() + self.unacked.values().map(Vec::len).sum::<usize>();
+                    let lost = self.held as usize
+                        + self.done.len()
+                        + self.unacked.values().map(Vec::len).sum::<usize>();
                     tracing::error!(node = %self.config.name, results = lost, "giving up: could not hand in every result before the drain timeout");
                     return Ok(());
                 }
@@ -273,19 +286,31 @@ impl Node {
         &mut self,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<SessionEnd, NodeError> {
-        let channel = match tonic::transport::Endpoint::from_shared(self.config.coordinator.clone()) {
+        let channel = match tonic::transport::Endpoint::from_shared(self.config.coordinator.clone())
+        {
             Ok(ep) => ep
                 .connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(20)),
-            Err(e) => return Err(NodeError::Config(format!("bad coordinator URL {:?}: {e}", self.config.coordinator))),
+            Err(e) => {
+                return Err(NodeError::Config(format!(
+                    "bad coordinator URL {:?}: {e}",
+                    self.config.coordinator
+                )));
+            }
         };
         let channel = match channel.connect().await {
             Ok(c) => c,
-            Err(e) => return Ok(SessionEnd::Broken(format!("cannot connect to {}: {e}", self.config.coordinator))),
+            Err(e) => {
+                return Ok(SessionEnd::Broken(format!(
+                    "cannot connect to {}: {e}",
+                    self.config.coordinator
+                )));
+            }
         };
-        let mut client = pb::node_link_client::NodeLinkClient::new(channel).max_decoding_message_size(64 << 20);
+        let mut client =
+            pb::node_link_client::NodeLinkClient::new(channel).max_decoding_message_size(64 << 20);
         let (out, out_rx) = mpsc::channel::<pb::NodeToCoordinator>(1024);
         let send = |m| pb::NodeToCoordinator { update: Some(m) };
         // Hello, then hand in what earlier streams left unacked, then grant.
@@ -299,8 +324,16 @@ impl Node {
             .await;
         let mut inbound = match client.join(ReceiverStream::new(out_rx)).await {
             Ok(r) => r.into_inner(),
-            Err(s) if s.code() == Code::InvalidArgument => return Err(NodeError::Refused(s.message().to_string())),
-            Err(s) => return Ok(SessionEnd::Broken(format!("join refused: {}: {}", s.code(), s.message()))),
+            Err(s) if s.code() == Code::InvalidArgument => {
+                return Err(NodeError::Refused(s.message().to_string()));
+            }
+            Err(s) => {
+                return Ok(SessionEnd::Broken(format!(
+                    "join refused: {}: {}",
+                    s.code(),
+                    s.message()
+                )));
+            }
         };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         let mut s = Session {
@@ -310,14 +343,28 @@ impl Node {
             drained: false,
         };
         for (seq, results) in std::mem::take(&mut self.unacked) {
-            let frame = pb::Results { seq, results: results.clone(), grant: 0, handoff: true };
+            let frame = pb::Results {
+                seq,
+                results: results.clone(),
+                grant: 0,
+                handoff: true,
+            };
             self.unacked.insert(seq, results);
-            if s.out.send(send(node_to_coordinator::Update::Results(frame))).await.is_err() {
+            if s.out
+                .send(send(node_to_coordinator::Update::Results(frame)))
+                .await
+                .is_err()
+            {
                 return Ok(SessionEnd::Broken("stream closed".into()));
             }
         }
         if self.leaving {
-            let _ = s.out.send(send(node_to_coordinator::Update::GoingAway(pb::GoingAway {}))).await;
+            let _ = s
+                .out
+                .send(send(node_to_coordinator::Update::GoingAway(
+                    pb::GoingAway {},
+                )))
+                .await;
         }
         if let Err(why) = self.flush(&mut s).await {
             return Ok(SessionEnd::Broken(why));
@@ -397,7 +444,8 @@ impl Node {
             return Ok(());
         }
         let done = std::mem::take(&mut self.done);
-        let (current, handoff): (Vec<Done>, Vec<Done>) = done.into_iter().partition(|(e, _)| *e == s.epoch);
+        let (current, handoff): (Vec<Done>, Vec<Done>) =
+            done.into_iter().partition(|(e, _)| *e == s.epoch);
         let mut frames: Vec<pb::Results> = Vec::new();
         for (results, handoff) in [(handoff, true), (current, false)] {
             for chunk in results.chunks(self.config.max_results_per_frame) {
@@ -405,7 +453,12 @@ impl Node {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.unacked.insert(seq, results.clone());
-                frames.push(pb::Results { seq, results, grant: 0, handoff });
+                frames.push(pb::Results {
+                    seq,
+                    results,
+                    grant: 0,
+                    handoff,
+                });
             }
         }
         // The grant counts capacity freed by every result above, so it rides on the last
@@ -417,16 +470,23 @@ impl Node {
                 None
             }
             _ if free > 0 => Some(pb::NodeToCoordinator {
-                update: Some(node_to_coordinator::Update::Grant(pb::Grant { credits: free as u32 })),
+                update: Some(node_to_coordinator::Update::Grant(pb::Grant {
+                    credits: free as u32,
+                })),
             }),
             _ => None,
         };
         let msgs = frames
             .into_iter()
-            .map(|f| pb::NodeToCoordinator { update: Some(node_to_coordinator::Update::Results(f)) })
+            .map(|f| pb::NodeToCoordinator {
+                update: Some(node_to_coordinator::Update::Results(f)),
+            })
             .chain(last);
         for m in msgs {
-            s.out.send(m).await.map_err(|_| "stream closed".to_string())?;
+            s.out
+                .send(m)
+                .await
+                .map_err(|_| "stream closed".to_string())?;
         }
         Ok(())
     }

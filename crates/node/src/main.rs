@@ -13,7 +13,11 @@ use smsmesh_node::{Config, Simulated, Stats};
 #[command(version, about)]
 struct Args {
     /// Coordinator URL.
-    #[arg(long, env = "SMSMESH_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "SMSMESH_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     coordinator: String,
     /// Node name, unique in the mesh. Default: the host name and process id.
     #[arg(long, env = "SMSMESH_NODE_NAME")]
@@ -48,17 +52,22 @@ fn default_name() -> String {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
     if args.gateway != "simulated" {
-        eprintln!("smsnode: unknown --gateway {:?} (only \"simulated\" exists for now)", args.gateway);
+        eprintln!(
+            "smsnode: unknown --gateway {:?} (only \"simulated\" exists for now)",
+            args.gateway
+        );
         return ExitCode::from(64);
     }
     if !(0.0..=1.0).contains(&args.failure_rate) {
-        eprintln!("smsnode: --failure-rate must be between 0 and 1, got {}", args.failure_rate);
+        eprintln!(
+            "smsnode: --failure-rate must be between 0 and 1, got {}",
+            args.failure_rate
+        );
         return ExitCode::from(64);
     }
     if args.concurrency == 0 {

@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smsmesh::pb;
-use smsmesh::pb::coordinator_client::CoordinatorClient;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use smsmesh::pb;
+use smsmesh::pb::coordinator_client::CoordinatorClient;
 use smsmesh_node::{Gateway, NodeError, Simulated, Stats};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -161,7 +161,8 @@ impl Node {
             }),
             None => Arc::new(simulated),
         };
-        let mut config = smsmesh_node::Config::new(coordinator, spec.name.clone(), spec.concurrency, gateway);
+        let mut config =
+            smsmesh_node::Config::new(coordinator, spec.name.clone(), spec.concurrency, gateway);
         config.reconnect_min = Duration::from_millis(20);
         config.reconnect_max = Duration::from_millis(500);
         let stats = Arc::new(Stats::default());
@@ -189,7 +190,9 @@ impl Node {
         }
         Ok(tokio::time::timeout(within, &mut self.task)
             .await
-            .map_err(|_| anyhow::anyhow!("node {} did not stop within {within:?}", self.name))???)
+            .map_err(|_| {
+                anyhow::anyhow!("node {} did not stop within {within:?}", self.name)
+            })???)
     }
 
     /// Messages this node's gateway sent or failed.
@@ -265,7 +268,11 @@ impl Gateway for Recording {
 
 /// Polls `check` every 10 ms until it returns `Some`, or fails after `deadline`
 /// saying `what` was awaited.
-pub async fn wait_until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+pub async fn wait_until<T, F, Fut>(
+    deadline: Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -283,7 +290,10 @@ where
 }
 
 /// Status of a batch.
-pub async fn batch_status(client: &mut CoordinatorClient<Channel>, batch_id: &str) -> anyhow::Result<pb::BatchStatus> {
+pub async fn batch_status(
+    client: &mut CoordinatorClient<Channel>,
+    batch_id: &str,
+) -> anyhow::Result<pb::BatchStatus> {
     let resp = client
         .get_status(pb::GetStatusRequest {
             target: Some(pb::get_status_request::Target::BatchId(batch_id.into())),
@@ -297,12 +307,17 @@ pub async fn batch_status(client: &mut CoordinatorClient<Channel>, batch_id: &st
 }
 
 /// Waits until the batch has ended (completed or cancelled) and returns its status.
-pub async fn wait_ended(client: &mut CoordinatorClient<Channel>, batch_id: &str, deadline: Duration) -> anyhow::Result<pb::BatchStatus> {
+pub async fn wait_ended(
+    client: &mut CoordinatorClient<Channel>,
+    batch_id: &str,
+    deadline: Duration,
+) -> anyhow::Result<pb::BatchStatus> {
     wait_until(deadline, &format!("batch {batch_id} to end"), || {
         let mut client = client.clone();
         async move {
             let b = batch_status(&mut client, batch_id).await.ok()?;
-            let ended = b.state == pb::BatchState::Completed as i32 || b.state == pb::BatchState::Cancelled as i32;
+            let ended = b.state == pb::BatchState::Completed as i32
+                || b.state == pb::BatchState::Cancelled as i32;
             ended.then_some(b)
         }
     })
