@@ -402,9 +402,8 @@ impl Proc {
 
     /// Sends SIGTERM.
     pub fn term(&self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     }
 
     /// Waits for the process to exit, `deadline` at most.
