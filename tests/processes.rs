@@ -25,7 +25,8 @@ fn node_sent(b: &pb::BatchStatus, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_node_mid_batch_loses_nothing() {
-    let (_coord, addr) = Proc::coordinator(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
     let url = format!("http://{addr}");
     let mut victim = Proc::node(
         &url,
@@ -68,7 +69,8 @@ async fn kill_9_of_a_node_mid_batch_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_makes_a_node_finish_its_jobs_and_leave() {
-    let (_coord, addr) = Proc::coordinator(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
     let url = format!("http://{addr}");
     let mut leaver = Proc::node(
         &url,
@@ -115,7 +117,8 @@ async fn sigterm_makes_a_node_finish_its_jobs_and_leave() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smsmon_follows_a_batch_to_the_end() {
-    let (_coord, addr) = Proc::coordinator(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
     let url = format!("http://{addr}");
     let _node = Proc::node(
         &url,

@@ -16,8 +16,9 @@ use tonic::{Request, Response, Status};
 
 use crate::Config;
 use crate::batch::Content;
-use crate::core::{NewBatch, Snapshot};
+use crate::core::{NewBatch, Snapshot, unix_ms};
 use crate::reactor::Handle;
+use crate::store::{Store, StoredBatch};
 
 /// Longest idempotency key accepted, in bytes.
 const MAX_IDEMPOTENCY_KEY: usize = 256;
@@ -26,12 +27,59 @@ const MAX_IDEMPOTENCY_KEY: usize = 256;
 pub struct CoordinatorApi {
     core: Handle,
     config: Config,
+    store: Option<Store>,
 }
 
 impl CoordinatorApi {
-    /// A service backed by the reactor behind `core`.
-    pub fn new(core: Handle, config: Config) -> Self {
-        CoordinatorApi { core, config }
+    /// A service backed by the reactor behind `core`, storing new batches in `store`.
+    pub fn new(core: Handle, config: Config, store: Option<Store>) -> Self {
+        CoordinatorApi {
+            core,
+            config,
+            store,
+        }
+    }
+
+    /// Accepts a batch: durably first when there is a store.
+    async fn inner_submit(
+        &self,
+        req: pb::SubmitBatchRequest,
+    ) -> Result<pb::SubmitBatchResponse, Error> {
+        let new = validate_submit(req, &self.config)?;
+        if let Some(store) = &self.store {
+            let stored = stored_batch(&new);
+            let key = new.idempotency_key.clone();
+            let store = store.clone();
+            let r =
+                tokio::task::spawn_blocking(move || store.insert_batch(&stored, key.as_deref()))
+                    .await
+                    .map_err(|e| Error::Internal(format!("store task: {e}")))?
+                    .map_err(|e| Error::Unavailable(format!("cannot store the batch: {e}")))?;
+            if let Err(existing) = r {
+                return Ok(pb::SubmitBatchResponse {
+                    batch_id: BatchId(existing).to_string(),
+                    accepted: u64::from(new.total),
+                });
+            }
+        }
+        self.core.submit(new).await
+    }
+}
+
+/// The stored form of a batch about to be accepted.
+fn stored_batch(new: &NewBatch) -> StoredBatch {
+    let (messages, synthetic_seed, synthetic_body) = match &new.content {
+        Content::Explicit(m) => (m.clone(), None, None),
+        Content::Synthetic { seed, body } => (Vec::new(), Some(*seed), body.clone()),
+    };
+    StoredBatch {
+        id: new.id.0,
+        total: new.total,
+        max_attempts: u32::from(new.max_attempts),
+        messages,
+        synthetic_seed,
+        synthetic_body,
+        accepted_unix_ms: unix_ms(),
     }
 }
 
@@ -95,6 +143,7 @@ pub fn validate_submit(req: pb::SubmitBatchRequest, config: &Config) -> Result<N
         )));
     }
     Ok(NewBatch {
+        id: BatchId::random(),
         content,
         total,
         max_attempts: max_attempts as u8,
@@ -113,9 +162,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
         &self,
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
-        let new = validate_submit(request.into_inner(), &self.config)?;
-        let resp = self.core.submit(new).await?;
-        Ok(Response::new(resp))
+        Ok(Response::new(
+            self.inner_submit(request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all)]

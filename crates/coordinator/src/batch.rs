@@ -92,6 +92,8 @@ pub struct Counts {
     pub requeued: u64,
     /// Results for messages that already had a final outcome (re-sends).
     pub duplicates: u64,
+    /// Messages dispatched again after a coordinator restart because they may have been sent.
+    pub resent: u64,
 }
 
 impl Counts {
@@ -132,7 +134,7 @@ pub struct Batch {
     /// Per node (by node-name index): its share of this batch.
     pub nodes: Vec<Option<NodeShare>>,
     /// Last error of each message that failed at least once: index into `error_texts`.
-    pub last_error: FxHashMap<u32, u32>,
+    pub errors_by_index: FxHashMap<u32, u32>,
     /// Distinct error texts of this batch.
     pub error_texts: Vec<String>,
     error_index: FxHashMap<String, u32>,
@@ -169,7 +171,7 @@ impl Batch {
             },
             latency: new_histogram(),
             nodes: Vec::new(),
-            last_error: FxHashMap::default(),
+            errors_by_index: FxHashMap::default(),
             error_texts: Vec::new(),
             error_index: FxHashMap::default(),
             accepted_at: now,
@@ -291,7 +293,7 @@ impl Batch {
 
     /// Records the outcome of an attempt made by `node`. `held` says whether
     /// the node held the job in its current session (so it was counted in flight
-    /// on it). Returns true if the result was a duplicate of a final outcome.
+    /// on it). Returns the final state the message reached now, if any.
     #[allow(clippy::too_many_arguments)]
     pub fn on_result(
         &mut self,
@@ -304,7 +306,7 @@ impl Batch {
         latency_us: u64,
         retry_delay: impl FnOnce(u8) -> Duration,
         now: Instant,
-    ) -> bool {
+    ) -> Option<u8> {
         let lat = latency_us.max(1);
         let _ = self.latency.record(lat);
         let share = self.share(node);
@@ -321,14 +323,14 @@ impl Batch {
         let slot = self.slots[index as usize];
         if is_final(slot.state) {
             self.counts.duplicates += 1;
-            return true;
+            return None;
         }
         let current = slot.state == ST_IN_FLIGHT
             && u32::from(slot.attempts) == attempt
             && slot.node == node + 1;
         if !sent && !current {
             // A failure of an older attempt: the message is already on its way again.
-            return false;
+            return None;
         }
         if slot.state == ST_IN_FLIGHT {
             // When not `current`, this is a "sent" handed in by an earlier holder while
@@ -340,7 +342,7 @@ impl Batch {
         if sent {
             slot.state = ST_SENT;
             self.counts.sent += 1;
-            return false;
+            return Some(ST_SENT);
         }
         slot.failures = slot.failures.saturating_add(1);
         let failures = slot.failures;
@@ -348,19 +350,50 @@ impl Batch {
         if self.state != BatchState::Running {
             self.slots[index as usize].state = ST_CANCELLED;
             self.counts.cancelled += 1;
+            Some(ST_CANCELLED)
         } else if failures >= self.max_attempts {
             self.slots[index as usize].state = ST_FAILED;
             self.counts.failed += 1;
+            Some(ST_FAILED)
         } else {
             self.slots[index as usize].state = ST_RETRY_WAIT;
             self.counts.retried += 1;
             self.retries
                 .push(Reverse((now + retry_delay(failures), index)));
+            None
         }
-        false
     }
 
-    fn set_error(&mut self, index: u32, error: &str) {
+    /// Last error text of message `index`, if it failed at least once.
+    pub fn last_error(&self, index: u32) -> Option<&str> {
+        self.errors_by_index
+            .get(&index)
+            .map(|&e| self.error_texts[e as usize].as_str())
+    }
+
+    /// Restores a message's final outcome from the store.
+    pub fn restore(&mut self, index: u32, state: u8, attempts: u8, node: u16, error: Option<&str>) {
+        let slot = &mut self.slots[index as usize];
+        slot.state = state;
+        slot.attempts = attempts;
+        slot.node = node;
+        match state {
+            ST_SENT => {
+                self.counts.sent += 1;
+                if let Some(n) = node.checked_sub(1) {
+                    self.share(n).sent += 1;
+                }
+            }
+            ST_FAILED => {
+                self.counts.failed += 1;
+                self.slots[index as usize].failures = attempts;
+                self.set_error(index, error.unwrap_or_default());
+            }
+            _ => {}
+        }
+    }
+
+    pub(crate) fn set_error(&mut self, index: u32, error: &str) {
         let error = if error.is_empty() {
             "unknown error"
         } else {
@@ -375,7 +408,7 @@ impl Batch {
                 id
             }
         };
-        self.last_error.insert(index, id);
+        self.errors_by_index.insert(index, id);
     }
 
     /// Cancels everything not yet dispatched. Returns true if the batch changed state.

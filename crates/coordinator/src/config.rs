@@ -1,10 +1,14 @@
 //! Coordinator configuration, as the library takes it (the binary fills it from flags).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the coordinator can be tuned with. [`Config::default`] gives the documented defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Directory of the embedded store; `None` keeps state in memory only. Default: `None`
+    /// (the `smscoord` binary defaults to `./smsmesh-data`).
+    pub data_dir: Option<PathBuf>,
     /// Largest batch accepted, in messages. Default: 50,000,000.
     pub max_batch_size: u64,
     /// Largest `max_attempts` a batch may ask for. Default: 20.
@@ -34,6 +38,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            data_dir: None,
             max_batch_size: 50_000_000,
             max_attempts_limit: 20,
             default_max_attempts: 3,

@@ -18,7 +18,8 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use crate::Config;
-use crate::batch::{Batch, Content};
+use crate::batch::{self, Batch, Content};
+use crate::store::{Loaded, Outcome, StoredBatchState, WriteSet};
 
 /// Id of one node stream (a reconnect is a new session).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +41,8 @@ pub trait Outbox {
 /// A batch as validated by the API layer, ready to be accepted.
 #[derive(Debug)]
 pub struct NewBatch {
+    /// Its id, chosen by the API layer (and already stored, when durable).
+    pub id: BatchId,
     /// The messages.
     pub content: Content,
     /// How many messages.
@@ -93,6 +96,10 @@ pub struct Core {
     recently_ended: VecDeque<(Instant, u64)>,
     /// Set when something watchers should see at once happened.
     publish_now: bool,
+    /// Changes not yet handed to the store.
+    write: WriteSet,
+    /// High-water mark of dispatch last handed to the store, per batch.
+    stored_dispatched: FxHashMap<u64, u32>,
     progress: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -112,8 +119,130 @@ impl Core {
             idempotency: FxHashMap::default(),
             recently_ended: VecDeque::new(),
             publish_now: false,
+            write: WriteSet::default(),
+            stored_dispatched: FxHashMap::default(),
             progress: watch::Sender::new(Arc::new(Snapshot::default())),
         }
+    }
+
+    /// A coordinator restored from what the store holds. Messages that may
+    /// have been in flight at the crash go out again with a higher attempt
+    /// number and are counted as `resent`.
+    pub fn recover(config: Config, loaded: Loaded, now: Instant) -> Self {
+        let mut core = Core::new(config);
+        for (n, name) in loaded.nodes {
+            let n = n as usize;
+            if core.node_names.len() <= n {
+                core.node_names.resize(n + 1, String::new());
+            }
+            core.node_index.insert(name.clone(), n as u16);
+            core.node_names[n] = name;
+        }
+        let unix_now = unix_ms();
+        for lb in loaded.batches {
+            let sb = lb.batch;
+            let content = match sb.synthetic_seed {
+                Some(seed) => Content::Synthetic {
+                    seed,
+                    body: sb.synthetic_body,
+                },
+                None => Content::Explicit(sb.messages),
+            };
+            let age = Duration::from_millis(unix_now.saturating_sub(sb.accepted_unix_ms));
+            let accepted = now.checked_sub(age).unwrap_or(now);
+            let mut b = Batch::new(
+                BatchId(sb.id),
+                content,
+                sb.total,
+                sb.max_attempts as u8,
+                accepted,
+            );
+            let errors: FxHashMap<u32, String> = lb.errors.into_iter().collect();
+            for (chunk, row) in &lb.chunks {
+                let base = chunk * crate::store::CHUNK;
+                for i in 0..crate::store::CHUNK {
+                    let index = base + i;
+                    if index >= sb.total {
+                        break;
+                    }
+                    let (state, attempts, node) = crate::store::read_slot(row, i as usize);
+                    if batch::is_final(state) {
+                        b.restore(
+                            index,
+                            state,
+                            attempts,
+                            node,
+                            errors.get(&index).map(String::as_str),
+                        );
+                    }
+                }
+            }
+            b.counts.resent = lb.state.resent;
+            if lb.state.cancelled {
+                b.cancel(now);
+            } else {
+                // Unfinished messages below the high-water mark may have been sent.
+                let mut resent = 0;
+                for slot in &mut b.slots[..(lb.state.dispatched.min(sb.total)) as usize] {
+                    if !batch::is_final(slot.state) {
+                        slot.attempts = slot.attempts.max(1);
+                        resent += 1;
+                    }
+                }
+                b.counts.resent += resent;
+                if resent > 0 {
+                    tracing::info!(batch = %b.id, resent, "resuming batch; messages that were in flight go out again");
+                }
+            }
+            core.stored_dispatched.insert(sb.id, lb.state.dispatched);
+            core.write.batches.push(StoredBatchState {
+                id: sb.id,
+                cancelled: lb.state.cancelled,
+                dispatched: lb.state.dispatched,
+                resent: b.counts.resent,
+            });
+            if !b.check_end(now) && b.is_running() {
+                core.running.push(sb.id);
+            }
+            core.batches.insert(sb.id, b);
+        }
+        for (key, id) in loaded.idempotency {
+            core.idempotency.insert(key, BatchId(id));
+        }
+        core.running.sort_by_key(|id| core.batches[id].accepted_at);
+        core
+    }
+
+    /// Takes the changes to store, and the acks to send once they are stored.
+    pub fn take_writes(&mut self) -> (WriteSet, Vec<(SessionId, u64)>) {
+        for id in &self.running {
+            let b = &self.batches[id];
+            let stored = self.stored_dispatched.entry(*id).or_default();
+            if b.next_fresh > *stored {
+                *stored = b.next_fresh;
+                self.write.batches.push(StoredBatchState {
+                    id: *id,
+                    cancelled: false,
+                    dispatched: b.next_fresh,
+                    resent: b.counts.resent,
+                });
+            }
+        }
+        let acks = self
+            .sessions
+            .iter_mut()
+            .filter_map(|(sid, s)| s.ack_due.take().map(|seq| (*sid, seq)))
+            .collect();
+        (std::mem::take(&mut self.write), acks)
+    }
+
+    /// Whether changes or acks wait for [`take_writes`](Self::take_writes).
+    pub fn has_writes(&self) -> bool {
+        !self.write.is_empty()
+            || self.sessions.values().any(|s| s.ack_due.is_some())
+            || self.running.iter().any(|id| {
+                self.batches[id].next_fresh > self.stored_dispatched.get(id).copied().unwrap_or(0)
+            })
     }
 
     /// The configuration.
@@ -144,12 +273,7 @@ impl Core {
                 accepted,
             };
         }
-        let id = loop {
-            let id = BatchId::random();
-            if !self.batches.contains_key(&id.0) {
-                break id;
-            }
-        };
+        let id = new.id;
         if let Some(key) = new.idempotency_key {
             self.idempotency.insert(key, id);
         }
@@ -191,11 +315,7 @@ impl Core {
             .checked_sub(1)
             .map(|n| self.node_names[n as usize].clone())
             .unwrap_or_default();
-        let last_error = batch
-            .last_error
-            .get(&id.index)
-            .map(|&e| batch.error_texts[e as usize].clone())
-            .unwrap_or_default();
+        let last_error = batch.last_error(id.index).unwrap_or_default().to_string();
         Ok(pb::MessageStatus {
             message_id: id.to_string(),
             state: batch.message_state(id.index) as i32,
@@ -212,6 +332,12 @@ impl Core {
         let batch = self.batches.get_mut(&id.0).ok_or_else(|| not_found(id))?;
         if batch.cancel(now) {
             tracing::info!(batch = %id, in_flight = batch.counts.in_flight, "batch cancelled");
+            self.write.batches.push(StoredBatchState {
+                id: id.0,
+                cancelled: true,
+                dispatched: batch.next_fresh,
+                resent: batch.counts.resent,
+            });
             self.running.retain(|&b| b != id.0);
             if batch.is_ended() {
                 self.recently_ended.push_back((now, id.0));
@@ -262,6 +388,7 @@ impl Core {
                     .map_err(|_| Error::ResourceExhausted("too many distinct node names".into()))?;
                 self.node_names.push(hello.name.clone());
                 self.node_index.insert(hello.name.clone(), n);
+                self.write.nodes.push((n, hello.name.clone()));
                 n
             }
         };
@@ -385,7 +512,7 @@ impl Core {
             if u64::from(res.index) >= batch.counts.total {
                 continue; // handoff naming a message that does not exist
             }
-            batch.on_result(
+            let ended = batch.on_result(
                 res.index,
                 res.attempt,
                 node,
@@ -396,6 +523,17 @@ impl Core {
                 |failures| retry_delay(retry_base, retry_max, failures),
                 now,
             );
+            if let Some(state @ (batch::ST_SENT | batch::ST_FAILED)) = ended {
+                let slot = batch.slots[res.index as usize];
+                self.write.outcomes.push(Outcome {
+                    batch: res.batch,
+                    index: res.index,
+                    state,
+                    attempts: slot.attempts,
+                    node: node + 1,
+                    error: (state == batch::ST_FAILED).then(|| res.error.clone()),
+                });
+            }
             if batch.check_end(now) {
                 tracing::info!(batch = %batch.id, sent = batch.counts.sent, failed = batch.counts.failed, cancelled = batch.counts.cancelled, "batch ended");
                 self.running.retain(|&b| b != res.batch);
@@ -480,17 +618,18 @@ impl Core {
             .min()
     }
 
-    /// Sends acks for the Results frames recorded since the last call.
-    pub fn flush_acks(&mut self, outbox: &mut impl Outbox) {
+    /// Sends acks for Results frames whose outcomes are now stored.
+    pub fn send_acks(&mut self, acks: Vec<(SessionId, u64)>, outbox: &mut impl Outbox) {
         let mut broken = Vec::new();
-        for (sid, s) in &mut self.sessions {
-            if let Some(seq) = s.ack_due.take() {
-                let ack = pb::CoordinatorToNode {
-                    update: Some(coordinator_to_node::Update::Ack(pb::Ack { seq })),
-                };
-                if outbox.send(*sid, ack).is_err() {
-                    broken.push(*sid);
-                }
+        for (sid, seq) in acks {
+            if !self.sessions.contains_key(&sid) {
+                continue;
+            }
+            let ack = pb::CoordinatorToNode {
+                update: Some(coordinator_to_node::Update::Ack(pb::Ack { seq })),
+            };
+            if outbox.send(sid, ack).is_err() {
+                broken.push(sid);
             }
         }
         for sid in broken {
@@ -664,12 +803,21 @@ impl Core {
             rate_per_sec: if b.is_ended() { 0.0 } else { b.rate },
             eta_seconds: eta,
             elapsed_seconds: end.saturating_duration_since(b.accepted_at).as_secs_f64(),
+            resent: c.resent,
+            duplicates: c.duplicates,
             synthetic_seed: match b.content {
                 Content::Synthetic { seed, .. } => Some(seed),
                 Content::Explicit(_) => None,
             },
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn not_found(id: BatchId) -> Error {

@@ -8,6 +8,7 @@
 //! - [`reactor`]: the task that owns the core, and the [`reactor::Handle`] to it.
 //! - [`api`]: the client-facing `Coordinator` gRPC service and request validation.
 //! - [`link`]: the `NodeLink` gRPC service, one bidirectional stream per node.
+//! - [`store`]: the embedded durable store (redb) and its group-commit writer.
 //! - [`server`]: everything served together on one listener ([`run`]).
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod core;
 pub mod link;
 pub mod reactor;
 pub mod server;
+pub mod store;
 
 pub use config::Config;
 pub use server::run;

@@ -15,6 +15,12 @@ struct Args {
     /// Address to serve gRPC on (clients and nodes).
     #[arg(long, env = "SMSMESH_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "SMSMESH_DATA_DIR", default_value = "smsmesh-data")]
+    data_dir: std::path::PathBuf,
+    /// Keep state in memory only: every batch is lost when the coordinator stops.
+    #[arg(long, env = "SMSMESH_IN_MEMORY")]
+    in_memory: bool,
     /// Largest batch accepted, in messages.
     #[arg(long, env = "SMSMESH_MAX_BATCH_SIZE", default_value_t = 50_000_000)]
     max_batch_size: u64,
@@ -50,6 +56,7 @@ impl Args {
             return Err("--node-timeout must be longer than --heartbeat-interval".into());
         }
         Ok(Config {
+            data_dir: (!self.in_memory).then(|| self.data_dir.clone()),
             max_batch_size: self.max_batch_size,
             default_max_attempts: self.default_max_attempts,
             retry_base: self.retry_base,

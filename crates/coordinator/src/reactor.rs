@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use crate::core::{Core, NewBatch, Outbox, SessionId, Snapshot, Unreachable};
+use crate::store::{Store, WriteSet, Writer};
 
 /// The sending half of a node's outbound stream.
 pub type NodeTx = mpsc::Sender<Result<pb::CoordinatorToNode, Status>>;
@@ -40,6 +41,8 @@ pub enum Event {
     NodeClosed(SessionId, String),
     /// Close every node stream and stop.
     Shutdown,
+    /// The store committed a group: these acks may go out now (or it failed).
+    Committed(Result<Vec<(SessionId, u64)>, String>),
 }
 
 /// A cheap, cloneable way to talk to the reactor.
@@ -127,26 +130,45 @@ impl Outbox for ChannelOutbox {
     }
 }
 
-/// Starts the reactor task; it runs until every [`Handle`] is dropped.
-pub fn spawn(core: Core) -> (Handle, tokio::task::JoinHandle<()>) {
+/// Starts the reactor task. With a store, outcomes are group-committed to it
+/// and node results are acked only once stored. The task ends on
+/// [`Handle::shutdown`] (`Ok`) or when the store fails (`Err`).
+pub fn spawn(
+    core: Core,
+    store: Option<Store>,
+) -> (Handle, tokio::task::JoinHandle<Result<(), String>>) {
     let (tx, rx) = mpsc::channel(4096);
     let handle = Handle {
-        events: tx,
+        events: tx.clone(),
         progress: core.subscribe(),
     };
-    let task = tokio::spawn(run(core, rx)); // the reactor: ends when every Handle is gone
+    let writer = store.map(|store| {
+        Writer::spawn(store, move |r, stats| {
+            tracing::trace!(commits = stats.commits, outcomes = stats.outcomes, busy = ?stats.busy, "group commit");
+            let _ = tx.blocking_send(Event::Committed(r.map_err(|e| e.to_string())));
+        })
+    });
+    let task = tokio::spawn(run(core, rx, writer)); // the reactor
     (handle, task)
 }
 
 const TICK: Duration = Duration::from_millis(250);
 
-async fn run(mut core: Core, mut rx: mpsc::Receiver<Event>) {
+type WriterTx = std::sync::mpsc::Sender<(WriteSet, Vec<(SessionId, u64)>)>;
+
+async fn run(
+    mut core: Core,
+    mut rx: mpsc::Receiver<Event>,
+    writer: Option<WriterTx>,
+) -> Result<(), String> {
     let mut outbox = ChannelOutbox::default();
     let publish_interval = core.config().publish_interval;
     let now = Instant::now();
     let mut next_tick = now + TICK;
     let mut next_publish = now + publish_interval;
     let mut sleep = pin!(tokio::time::sleep_until(next_tick));
+    // One group commit at a time: what arrives meanwhile joins the next group.
+    let mut committing = false;
     loop {
         let wake = [
             Some(next_tick),
@@ -161,16 +183,25 @@ async fn run(mut core: Core, mut rx: mpsc::Receiver<Event>) {
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
-                if matches!(ev, Event::Shutdown) {
-                    core.on_shutdown(&mut outbox);
-                    break;
-                }
-                handle(&mut core, &mut outbox, ev);
-                // Drain what else is queued, then dispatch once for all of it.
+                let mut next = Some(ev);
+                // Handle this and whatever else is queued, then dispatch once for all of it.
                 for _ in 0..1024 {
-                    match rx.try_recv() {
-                        Ok(ev) => handle(&mut core, &mut outbox, ev),
-                        Err(_) => break,
+                    let Some(ev) = next.take().or_else(|| rx.try_recv().ok()) else { break };
+                    match ev {
+                        Event::Shutdown => {
+                            core.on_shutdown(&mut outbox);
+                            return Ok(());
+                        }
+                        Event::Committed(Ok(acks)) => {
+                            committing = false;
+                            core.send_acks(acks, &mut outbox);
+                        }
+                        Event::Committed(Err(e)) => {
+                            tracing::error!(error = %e, "the store failed; stopping (nodes keep their unacked results)");
+                            core.on_shutdown(&mut outbox);
+                            return Err(e);
+                        }
+                        ev => handle(&mut core, &mut outbox, ev),
                     }
                 }
             }
@@ -183,13 +214,24 @@ async fn run(mut core: Core, mut rx: mpsc::Receiver<Event>) {
             next_tick = now + TICK;
         }
         core.dispatch(std_now, &mut outbox);
-        core.flush_acks(&mut outbox);
+        if !committing && core.has_writes() {
+            let (set, acks) = core.take_writes();
+            match &writer {
+                Some(w) => {
+                    committing = true;
+                    if w.send((set, acks)).is_err() {
+                        return Err("the store writer stopped".into());
+                    }
+                }
+                None => core.send_acks(acks, &mut outbox),
+            }
+        }
         if core.publish_due() || now >= next_publish {
             core.publish(std_now);
             next_publish = now + publish_interval;
         }
     }
-    tracing::debug!("reactor stopped");
+    Ok(())
 }
 
 fn handle(core: &mut Core, outbox: &mut ChannelOutbox, ev: Event) {
@@ -218,6 +260,6 @@ fn handle(core: &mut Core, outbox: &mut ChannelOutbox, ev: Event) {
         }
         Event::NodeMessage(sid, msg) => core.on_node_message(sid, msg, now, outbox),
         Event::NodeClosed(sid, reason) => core.on_node_lost(sid, &reason, outbox),
-        Event::Shutdown => unreachable!("handled by the loop"),
+        Event::Shutdown | Event::Committed(_) => unreachable!("handled by the loop"),
     }
 }

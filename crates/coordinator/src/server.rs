@@ -14,6 +14,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::api::CoordinatorApi;
 use crate::core::Core;
 use crate::link::NodeLinkService;
+use crate::store::Store;
 use crate::{Config, reactor};
 
 /// Runs the coordinator on `listener` until `shutdown` completes.
@@ -28,7 +29,24 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
-    let (core, reactor_task) = reactor::spawn(Core::new(config.clone()));
+    let store = match &config.data_dir {
+        Some(dir) => Some(Store::open(dir)?),
+        None => None,
+    };
+    let core = match &store {
+        Some(store) => {
+            let loaded = store.load()?;
+            let n = loaded.batches.len();
+            let core = Core::recover(config.clone(), loaded, std::time::Instant::now());
+            tracing::info!(path = %store.path().display(), batches = n, "store opened");
+            core
+        }
+        None => {
+            tracing::warn!("no data dir: batches are kept in memory only and lost on restart");
+            Core::new(config.clone())
+        }
+    };
+    let (core, mut reactor_task) = reactor::spawn(core, store.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -44,25 +62,28 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let api = CoordinatorServer::new(CoordinatorApi::new(core.clone(), config.clone()))
+    let api = CoordinatorServer::new(CoordinatorApi::new(core.clone(), config.clone(), store))
         .max_decoding_message_size(config.max_request_bytes);
     let link =
         NodeLinkServer::new(NodeLinkService::new(core.clone())).max_decoding_message_size(16 << 20);
 
     tracing::info!(%addr, "coordinator listening");
     println!("smscoord listening on {addr}");
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
     let stop = {
         let core = core.clone();
         async move {
-            shutdown.await;
-            tracing::info!("coordinator shutting down");
+            tokio::select! {
+                () = shutdown => tracing::info!("coordinator shutting down"),
+                Ok(e) = failed_rx => tracing::error!(error = %e, "coordinator stopping: the store failed"),
+            }
             health
                 .set_not_serving::<CoordinatorServer<CoordinatorApi>>()
                 .await;
             core.shutdown().await;
         }
     };
-    Server::builder()
+    let serve = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
@@ -70,9 +91,26 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(api)
         .add_service(link)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
-        .await?;
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop);
+    let mut serve = std::pin::pin!(serve);
+    let reactor_result = tokio::select! {
+        r = &mut serve => {
+            r?;
+            reactor_task.await
+        }
+        r = &mut reactor_task => {
+            // The reactor stops on its own only when the store fails: stop serving too.
+            if let Ok(Err(e)) = &r {
+                let _ = failed_tx.send(e.clone());
+            }
+            serve.await?;
+            r
+        }
+    };
     drop(core);
-    let _ = reactor_task.await;
-    Ok(())
+    match reactor_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::anyhow!("the store failed: {e}")),
+        Err(e) => Err(anyhow::anyhow!("reactor task failed: {e}")),
+    }
 }

@@ -122,6 +122,7 @@ impl World {
 
     fn submit(&mut self, total: u32, max_attempts: u8) -> BatchId {
         let b = NewBatch {
+            id: BatchId::random(),
             content: Content::Synthetic {
                 seed: 1,
                 body: None,

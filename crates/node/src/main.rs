@@ -34,6 +34,9 @@ struct Args {
     /// Simulated gateway: probability (0 to 1) that an attempt fails.
     #[arg(long, env = "SMSMESH_FAILURE_RATE", default_value_t = 0.0)]
     failure_rate: f64,
+    /// Longest wait between reconnect attempts (backoff starts at 100ms and doubles).
+    #[arg(long, env = "SMSMESH_RECONNECT_MAX", default_value = "5s", value_parser = humantime::parse_duration)]
+    reconnect_max: Duration,
     /// On SIGTERM, how long to keep trying to hand in finished results.
     #[arg(long, env = "SMSMESH_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -85,6 +88,7 @@ async fn main() -> ExitCode {
         gateway,
     );
     config.drain_timeout = args.drain_timeout;
+    config.reconnect_max = args.reconnect_max;
     match smsmesh_node::run(config, Arc::new(Stats::default()), shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

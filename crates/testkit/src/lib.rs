@@ -360,11 +360,26 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `smscoord --listen 127.0.0.1:0 <args>` and returns it with its address.
-    pub fn coordinator(args: &[&str]) -> anyhow::Result<(Proc, SocketAddr)> {
+    /// Starts `smscoord --listen 127.0.0.1:0 --data-dir <data> <args>` and returns it
+    /// with its address.
+    pub fn coordinator(
+        data: &std::path::Path,
+        args: &[&str],
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
+        Self::coordinator_on("127.0.0.1:0".parse()?, data, args)
+    }
+
+    /// Starts `smscoord` on `listen` (e.g. to restart it where its nodes look for it).
+    pub fn coordinator_on(
+        listen: SocketAddr,
+        data: &std::path::Path,
+        args: &[&str],
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
         use std::io::BufRead;
         let mut child = std::process::Command::new(bin("smscoord"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", &listen.to_string()])
+            .arg("--data-dir")
+            .arg(data)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::piped())
