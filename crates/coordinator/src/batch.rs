@@ -54,10 +54,17 @@ pub const ST_SENT: u8 = 3;
 pub const ST_FAILED: u8 = 4;
 /// Final: not sent because the batch was cancelled.
 pub const ST_CANCELLED: u8 = 5;
+/// Waiting for dispatch after a coordinator restart; it may have been sent before the crash.
+pub const ST_RESUMED: u8 = 6;
 
 /// Whether a slot state is final.
 pub fn is_final(state: u8) -> bool {
-    state >= ST_SENT
+    matches!(state, ST_SENT | ST_FAILED | ST_CANCELLED)
+}
+
+/// Whether a message in this state waits for dispatch.
+fn is_dispatchable(state: u8) -> bool {
+    matches!(state, ST_PENDING | ST_RESUMED)
 }
 
 /// One node's share of a batch.
@@ -123,6 +130,10 @@ pub struct Batch {
     pub slots: Vec<Slot>,
     /// Every index below this was dispatched at least once (or cancelled).
     pub next_fresh: u32,
+    /// Fresh messages are dispatched only below this mark, which a durable
+    /// coordinator stores before it is used (so after a crash, every message
+    /// that may have been sent is known). Equal to `total` when in memory.
+    pub reserved: u32,
     /// Messages to dispatch again before fresh ones.
     pub ready: VecDeque<u32>,
     /// Failed messages waiting for their backoff, earliest first.
@@ -163,6 +174,7 @@ impl Batch {
             max_attempts,
             slots: vec![Slot::default(); total as usize],
             next_fresh: 0,
+            reserved: total,
             ready: VecDeque::new(),
             retries: BinaryHeap::new(),
             counts: Counts {
@@ -227,7 +239,7 @@ impl Batch {
         let (mut i, mut fallback) = (0, None);
         while i < self.ready.len() && i < 8 {
             let index = self.ready[i];
-            if self.slots[index as usize].state != ST_PENDING {
+            if !is_dispatchable(self.slots[index as usize].state) {
                 self.ready.remove(i); // finished meanwhile by a handed-in result
                 continue;
             }
@@ -237,19 +249,27 @@ impl Batch {
             fallback.get_or_insert(i);
             i += 1;
         }
-        while (self.next_fresh as u64) < self.counts.total {
+        while self.next_fresh < self.fresh_limit() {
             let index = self.next_fresh;
             self.next_fresh += 1;
-            if self.slots[index as usize].state == ST_PENDING {
+            if is_dispatchable(self.slots[index as usize].state) {
                 return Some(index);
             }
         }
         fallback.and_then(|i| self.ready.remove(i))
     }
 
+    /// Fresh messages may be dispatched below this index.
+    pub fn fresh_limit(&self) -> u32 {
+        self.reserved.min(self.counts.total as u32)
+    }
+
     /// Marks `index` as dispatched to `node` and returns its attempt number.
     pub fn mark_dispatched(&mut self, index: u32, node: u16) -> u32 {
         let slot = &mut self.slots[index as usize];
+        if slot.state == ST_RESUMED {
+            self.counts.resent += 1;
+        }
         slot.state = ST_IN_FLIGHT;
         slot.attempts = slot.attempts.saturating_add(1);
         slot.node = node + 1;
@@ -307,21 +327,30 @@ impl Batch {
         retry_delay: impl FnOnce(u8) -> Duration,
         now: Instant,
     ) -> Option<u8> {
-        let lat = latency_us.max(1);
-        let _ = self.latency.record(lat);
+        let slot = self.slots[index as usize];
+        // The same report again (its ack was lost, e.g. in a coordinator crash): already
+        // recorded, so it changes nothing but the node's hold on it.
+        let repeat = is_final(slot.state)
+            && u32::from(slot.attempts) == attempt
+            && slot.node == node + 1
+            && (slot.state == ST_SENT) == sent;
         let share = self.share(node);
-        let _ = share.latency.record(lat);
         if held {
             share.in_flight -= 1;
+        }
+        if repeat {
+            return None;
         }
         if sent {
             share.sent += 1;
         } else {
             share.failed_attempts += 1;
         }
-
-        let slot = self.slots[index as usize];
+        let lat = latency_us.max(1);
+        let _ = share.latency.record(lat);
+        let _ = self.latency.record(lat);
         if is_final(slot.state) {
+            // Another attempt of a message that already has its outcome: it went out twice.
             self.counts.duplicates += 1;
             return None;
         }
@@ -339,7 +368,10 @@ impl Batch {
         }
         // A message in `ready` or in the retry heap that ends here is skipped when popped.
         let slot = &mut self.slots[index as usize];
+        // A handed-in result may carry a higher attempt than this coordinator gave out.
+        slot.attempts = slot.attempts.max(attempt.min(255) as u8);
         if sent {
+            slot.node = node + 1;
             slot.state = ST_SENT;
             self.counts.sent += 1;
             return Some(ST_SENT);
@@ -418,7 +450,7 @@ impl Batch {
         }
         let mut cancelled = 0;
         for slot in &mut self.slots {
-            if matches!(slot.state, ST_PENDING | ST_RETRY_WAIT) {
+            if matches!(slot.state, ST_PENDING | ST_RETRY_WAIT | ST_RESUMED) {
                 slot.state = ST_CANCELLED;
                 cancelled += 1;
             }
@@ -448,7 +480,7 @@ impl Batch {
     /// State of one message as the API shows it.
     pub fn message_state(&self, index: u32) -> MessageState {
         match self.slots[index as usize].state {
-            ST_PENDING => MessageState::Pending,
+            ST_PENDING | ST_RESUMED => MessageState::Pending,
             ST_IN_FLIGHT => MessageState::InFlight,
             ST_RETRY_WAIT => MessageState::RetryWait,
             ST_SENT => MessageState::Sent,

@@ -53,6 +53,15 @@ pub struct NewBatch {
     pub idempotency_key: Option<String>,
 }
 
+/// What becomes true once a group of writes is stored.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Acks for Results frames whose outcomes are in the group.
+    pub acks: Vec<(SessionId, u64)>,
+    /// Dispatch reservations in the group: (batch, mark).
+    pub reservations: Vec<(u64, u32)>,
+}
+
 /// What progress watchers see: every running batch and those ended recently.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -98,8 +107,10 @@ pub struct Core {
     publish_now: bool,
     /// Changes not yet handed to the store.
     write: WriteSet,
-    /// High-water mark of dispatch last handed to the store, per batch.
-    stored_dispatched: FxHashMap<u64, u32>,
+    /// Dispatch reservation and re-send count last handed to the store, per batch.
+    stored_dispatched: FxHashMap<u64, (u32, u64)>,
+    /// Whether a store backs this core (then dispatch waits for reservations).
+    durable: bool,
     progress: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -121,6 +132,7 @@ impl Core {
             publish_now: false,
             write: WriteSet::default(),
             stored_dispatched: FxHashMap::default(),
+            durable: false,
             progress: watch::Sender::new(Arc::new(Snapshot::default())),
         }
     }
@@ -130,6 +142,7 @@ impl Core {
     /// number and are counted as `resent`.
     pub fn recover(config: Config, loaded: Loaded, now: Instant) -> Self {
         let mut core = Core::new(config);
+        core.durable = true;
         for (n, name) in loaded.nodes {
             let n = n as usize;
             if core.node_names.len() <= n {
@@ -181,20 +194,23 @@ impl Core {
             if lb.state.cancelled {
                 b.cancel(now);
             } else {
-                // Unfinished messages below the high-water mark may have been sent.
-                let mut resent = 0;
+                // Unfinished messages below the high-water mark may have been sent: they
+                // go out again with a higher attempt number, and count as re-sent then.
+                let mut resumed = 0;
                 for slot in &mut b.slots[..(lb.state.dispatched.min(sb.total)) as usize] {
                     if !batch::is_final(slot.state) {
+                        slot.state = batch::ST_RESUMED;
                         slot.attempts = slot.attempts.max(1);
-                        resent += 1;
+                        resumed += 1;
                     }
                 }
-                b.counts.resent += resent;
-                if resent > 0 {
-                    tracing::info!(batch = %b.id, resent, "resuming batch; messages that were in flight go out again");
+                if resumed > 0 {
+                    tracing::info!(batch = %b.id, resumed, "resuming batch; messages that may have been in flight go out again");
                 }
             }
-            core.stored_dispatched.insert(sb.id, lb.state.dispatched);
+            b.reserved = lb.state.dispatched;
+            core.stored_dispatched
+                .insert(sb.id, (lb.state.dispatched, b.counts.resent));
             core.write.batches.push(StoredBatchState {
                 id: sb.id,
                 cancelled: lb.state.cancelled,
@@ -213,18 +229,43 @@ impl Core {
         core
     }
 
-    /// Takes the changes to store, and the acks to send once they are stored.
-    pub fn take_writes(&mut self) -> (WriteSet, Vec<(SessionId, u64)>) {
-        for id in &self.running {
-            let b = &self.batches[id];
-            let stored = self.stored_dispatched.entry(*id).or_default();
-            if b.next_fresh > *stored {
-                *stored = b.next_fresh;
+    /// A new dispatch reservation for batch `id`, when it runs low.
+    fn reservation_due(&self, id: u64) -> Option<u32> {
+        if !self.durable {
+            return None;
+        }
+        let b = &self.batches[&id];
+        let total = b.counts.total as u32;
+        let (stored, _) = self.stored_dispatched.get(&id).copied().unwrap_or_default();
+        let left = stored.saturating_sub(b.next_fresh);
+        // Reserve what the nodes can hold at once (256 to 65,536 messages), refilled at
+        // half: dispatch rarely waits for a commit, and after a crash at most that many
+        // messages more than were really in flight are counted as re-sent.
+        let capacity: u64 = self
+            .sessions
+            .values()
+            .map(|s| u64::from(s.concurrency))
+            .sum();
+        let step = capacity.clamp(256, 65_536) as u32;
+        (stored < total && left < step / 2).then(|| b.next_fresh.saturating_add(step).min(total))
+    }
+
+    /// Takes the changes to store, and what to do once they are stored.
+    pub fn take_writes(&mut self) -> (WriteSet, Committed) {
+        let mut reservations = Vec::new();
+        for &id in &self.running {
+            let reserve = self.reservation_due(id);
+            let b = &self.batches[&id];
+            let stored = self.stored_dispatched.entry(id).or_default();
+            let next = (reserve.unwrap_or(stored.0).max(stored.0), b.counts.resent);
+            if next != *stored {
+                *stored = next;
+                reservations.push((id, next.0));
                 self.write.batches.push(StoredBatchState {
-                    id: *id,
+                    id,
                     cancelled: false,
-                    dispatched: b.next_fresh,
-                    resent: b.counts.resent,
+                    dispatched: next.0,
+                    resent: next.1,
                 });
             }
         }
@@ -233,16 +274,30 @@ impl Core {
             .iter_mut()
             .filter_map(|(sid, s)| s.ack_due.take().map(|seq| (*sid, seq)))
             .collect();
-        (std::mem::take(&mut self.write), acks)
+        (
+            std::mem::take(&mut self.write),
+            Committed { acks, reservations },
+        )
     }
 
     /// Whether changes or acks wait for [`take_writes`](Self::take_writes).
     pub fn has_writes(&self) -> bool {
         !self.write.is_empty()
             || self.sessions.values().any(|s| s.ack_due.is_some())
-            || self.running.iter().any(|id| {
-                self.batches[id].next_fresh > self.stored_dispatched.get(id).copied().unwrap_or(0)
+            || self.running.iter().any(|&id| {
+                let stored = self.stored_dispatched.get(&id).copied().unwrap_or_default();
+                self.batches[&id].counts.resent != stored.1 || self.reservation_due(id).is_some()
             })
+    }
+
+    /// A group was stored: its reservations may be used and its acks sent.
+    pub fn on_committed(&mut self, done: Committed, outbox: &mut impl Outbox) {
+        for (id, reserved) in done.reservations {
+            if let Some(b) = self.batches.get_mut(&id) {
+                b.reserved = b.reserved.max(reserved);
+            }
+        }
+        self.send_acks(done.acks, outbox);
     }
 
     /// The configuration.
@@ -277,7 +332,10 @@ impl Core {
         if let Some(key) = new.idempotency_key {
             self.idempotency.insert(key, id);
         }
-        let batch = Batch::new(id, new.content, new.total, new.max_attempts, now);
+        let mut batch = Batch::new(id, new.content, new.total, new.max_attempts, now);
+        if self.durable {
+            batch.reserved = 0; // dispatch starts once a reservation is stored
+        }
         tracing::info!(batch = %id, total = new.total, "batch accepted");
         self.batches.insert(id.0, batch);
         self.running.push(id.0);
@@ -618,8 +676,7 @@ impl Core {
             .min()
     }
 
-    /// Sends acks for Results frames whose outcomes are now stored.
-    pub fn send_acks(&mut self, acks: Vec<(SessionId, u64)>, outbox: &mut impl Outbox) {
+    fn send_acks(&mut self, acks: Vec<(SessionId, u64)>, outbox: &mut impl Outbox) {
         let mut broken = Vec::new();
         for (sid, seq) in acks {
             if !self.sessions.contains_key(&sid) {

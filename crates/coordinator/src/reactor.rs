@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::core::{Core, NewBatch, Outbox, SessionId, Snapshot, Unreachable};
+use crate::core::{Committed, Core, NewBatch, Outbox, SessionId, Snapshot, Unreachable};
 use crate::store::{Store, WriteSet, Writer};
 
 /// The sending half of a node's outbound stream.
@@ -41,8 +41,8 @@ pub enum Event {
     NodeClosed(SessionId, String),
     /// Close every node stream and stop.
     Shutdown,
-    /// The store committed a group: these acks may go out now (or it failed).
-    Committed(Result<Vec<(SessionId, u64)>, String>),
+    /// The store committed a group (or failed).
+    Committed(Result<Committed, String>),
 }
 
 /// A cheap, cloneable way to talk to the reactor.
@@ -154,7 +154,7 @@ pub fn spawn(
 
 const TICK: Duration = Duration::from_millis(250);
 
-type WriterTx = std::sync::mpsc::Sender<(WriteSet, Vec<(SessionId, u64)>)>;
+type WriterTx = std::sync::mpsc::Sender<(WriteSet, Committed)>;
 
 async fn run(
     mut core: Core,
@@ -192,9 +192,9 @@ async fn run(
                             core.on_shutdown(&mut outbox);
                             return Ok(());
                         }
-                        Event::Committed(Ok(acks)) => {
+                        Event::Committed(Ok(done)) => {
                             committing = false;
-                            core.send_acks(acks, &mut outbox);
+                            core.on_committed(done, &mut outbox);
                         }
                         Event::Committed(Err(e)) => {
                             tracing::error!(error = %e, "the store failed; stopping (nodes keep their unacked results)");
@@ -215,15 +215,15 @@ async fn run(
         }
         core.dispatch(std_now, &mut outbox);
         if !committing && core.has_writes() {
-            let (set, acks) = core.take_writes();
+            let (set, done) = core.take_writes();
             match &writer {
                 Some(w) => {
                     committing = true;
-                    if w.send((set, acks)).is_err() {
+                    if w.send((set, done)).is_err() {
                         return Err("the store writer stopped".into());
                     }
                 }
-                None => core.send_acks(acks, &mut outbox),
+                None => core.on_committed(done, &mut outbox),
             }
         }
         if core.publish_due() || now >= next_publish {

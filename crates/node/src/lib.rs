@@ -87,6 +87,8 @@ pub struct Stats {
     pub over_credit: AtomicU64,
     /// Streams opened (1 + reconnects).
     pub sessions: AtomicU64,
+    /// Results handed in on a later stream than the one their job came on.
+    pub handed_in: AtomicU64,
 }
 
 /// Why [`run`] gave up.
@@ -343,6 +345,9 @@ impl Node {
             drained: false,
         };
         for (seq, results) in std::mem::take(&mut self.unacked) {
+            self.stats
+                .handed_in
+                .fetch_add(results.len() as u64, Ordering::Relaxed);
             let frame = pb::Results {
                 seq,
                 results: results.clone(),
@@ -446,6 +451,9 @@ impl Node {
         let done = std::mem::take(&mut self.done);
         let (current, handoff): (Vec<Done>, Vec<Done>) =
             done.into_iter().partition(|(e, _)| *e == s.epoch);
+        self.stats
+            .handed_in
+            .fetch_add(handoff.len() as u64, Ordering::Relaxed);
         let mut frames: Vec<pb::Results> = Vec::new();
         for (results, handoff) in [(handoff, true), (current, false)] {
             for chunk in results.chunks(self.config.max_results_per_frame) {

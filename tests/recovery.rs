@@ -1,0 +1,365 @@
+//! Nothing accepted is ever lost. The coordinator runs as a real process on a
+//! data dir and is killed with SIGKILL; nodes run in this process with a
+//! recording gateway, so every send is seen from the gateway's side.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use smsmesh::pb::{self, BatchState, MessageState};
+use smsmesh_testkit::{
+    CoordinatorConfig, Mesh, Node, NodeSpec, Proc, Proxy, Recorder, batch_status, synthetic,
+    wait_ended, wait_until,
+};
+
+const LONG: Duration = Duration::from_secs(90);
+
+type Client = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
+
+async fn client(addr: SocketAddr) -> Client {
+    wait_until(
+        Duration::from_secs(10),
+        "the coordinator to accept connections",
+        || async move { Client::connect(format!("http://{addr}")).await.ok() },
+    )
+    .await
+    .unwrap()
+}
+
+async fn wait_sent(addr: SocketAddr, id: &str, at_least: u64) {
+    let c = client(addr).await;
+    wait_until(LONG, &format!("{at_least} messages sent"), || {
+        let mut c = c.clone();
+        async move {
+            batch_status(&mut c, id)
+                .await
+                .ok()
+                .filter(|b| b.sent >= at_least)
+                .map(drop)
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// Every message's gateway history: index -> successful sends.
+fn gateway_sends(rec: &Recorder, batch: &str) -> HashMap<u32, usize> {
+    let batch = u64::from_str_radix(batch, 16).unwrap();
+    let mut sends = HashMap::new();
+    for a in rec.attempts().iter().filter(|a| a.batch == batch) {
+        *sends.entry(a.index).or_default() += usize::from(a.sent);
+    }
+    sends
+}
+
+fn start_nodes(url: &str, rec: &Recorder, spec: impl Fn(&str) -> NodeSpec, n: usize) -> Vec<Node> {
+    (0..n)
+        .map(|i| Node::start(url, spec(&format!("node-{i}")).record(rec)))
+        .collect()
+}
+
+async fn message(c: &mut Client, id: String) -> pb::MessageStatus {
+    let r = c
+        .get_status(pb::GetStatusRequest {
+            target: Some(pb::get_status_request::Target::MessageId(id)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match r.status {
+        Some(pb::get_status_response::Status::Message(m)) => m,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_killed_twice_mid_batch_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
+    let rec = Recorder::default();
+    let url = format!("http://{addr}");
+    let spec = |name: &str| {
+        NodeSpec::new(name)
+            .concurrency(100)
+            .latency(Duration::from_millis(5))
+            .failure_rate(0.1)
+    };
+    let _nodes = start_nodes(&url, &rec, spec, 2);
+    let total = 30_000u64;
+    let id = client(addr)
+        .await
+        .submit_batch(synthetic(total, 31))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+
+    for (kill_at, round) in [(total / 4, 1), (total / 2, 2)] {
+        wait_sent(addr, &id, kill_at).await;
+        coord.kill9();
+        (coord, _) = Proc::coordinator_on(addr, dir.path(), &[]).unwrap();
+        let b = batch_status(&mut client(addr).await, &id).await.unwrap();
+        assert!(
+            b.sent >= kill_at * 9 / 10,
+            "round {round}: outcomes survived the crash: {b:?}"
+        );
+    }
+    let mut c = client(addr).await;
+    let b = wait_ended(&mut c, &id, LONG).await.unwrap();
+    assert_eq!(b.state, BatchState::Completed as i32);
+    assert_eq!(b.sent + b.failed, total, "{b:?}");
+
+    // The gateways' view agrees: every message the coordinator calls sent was
+    // sent by a gateway, and no success went unrecorded.
+    let sends = gateway_sends(&rec, &id);
+    assert_eq!(sends.len() as u64, total, "every message was attempted");
+    let sent_by_gateway = sends.values().filter(|&&n| n > 0).count() as u64;
+    assert_eq!(
+        sent_by_gateway, b.sent,
+        "sent messages = messages a gateway sent"
+    );
+    let twice: u64 = sends
+        .values()
+        .filter(|&&n| n > 1)
+        .map(|&n| n as u64 - 1)
+        .sum();
+    assert!(
+        b.resent > 0,
+        "messages in flight at the crashes went out again: {b:?}"
+    );
+    assert!(
+        b.resent >= twice,
+        "re-sends are never under-counted: {} < {twice}",
+        b.resent
+    );
+    // At most the node capacity (200) plus one reservation (256) per crash beyond what was in flight.
+    assert!(
+        b.resent <= 2 * (200 + 256 + 200),
+        "resent {} is a tight bound",
+        b.resent
+    );
+    println!(
+        "kill -9 x2: total {total} sent {} failed {} resent {} duplicates {} (gateway saw {twice} extra sends)",
+        b.sent, b.failed, b.resent, b.duplicates
+    );
+    // Spot-check messages: their stored outcome matches what the gateways saw.
+    for index in (0..total as u32).step_by(997) {
+        let m = message(&mut c, format!("{id}.{index}")).await;
+        let want = if sends[&index] > 0 {
+            MessageState::Sent
+        } else {
+            MessageState::Failed
+        };
+        assert_eq!(m.state, want as i32, "message {index}: {m:?}");
+        assert!(m.attempts >= 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_finished_while_the_coordinator_is_down_are_handed_in_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
+    let rec = Recorder::default();
+    let url = format!("http://{addr}");
+    let spec = |name: &str| {
+        NodeSpec::new(name)
+            .concurrency(300)
+            .latency(Duration::from_millis(300))
+    };
+    let nodes = start_nodes(&url, &rec, spec, 1);
+    let node = &nodes[0];
+    let total = 3_000u64;
+    let id = client(addr)
+        .await
+        .submit_batch(synthetic(total, 32))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    wait_until(LONG, "the node to hold jobs", || async {
+        (node.handled() > 100 && node.stats.jobs.load(Relaxed) >= node.handled() + 200)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    coord.kill9();
+    // The node finishes what it holds while nobody listens.
+    wait_until(LONG, "the node to finish its jobs", || async {
+        (node.stats.jobs.load(Relaxed) == node.handled()).then_some(())
+    })
+    .await
+    .unwrap();
+    let (_coord, _) = Proc::coordinator_on(addr, dir.path(), &[]).unwrap();
+    let b = wait_ended(&mut client(addr).await, &id, LONG)
+        .await
+        .unwrap();
+    assert_eq!((b.sent, b.failed), (total, 0), "{b:?}");
+    assert!(
+        node.stats.handed_in.load(Relaxed) >= 200,
+        "results were handed in after the restart"
+    );
+    // The node handed its results in before asking for work, so nothing went out twice.
+    let sends = gateway_sends(&rec, &id);
+    assert!(
+        sends.values().all(|&n| n == 1),
+        "every message sent exactly once"
+    );
+    assert_eq!(b.duplicates, 0, "{b:?}");
+    // `resent` is an upper bound: messages reserved for dispatch but not finished at the
+    // crash, at most the node's capacity (300) plus one reservation (300).
+    assert!(b.resent <= 600, "{b:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_resubmit_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
+    let mut req = synthetic(500, 33);
+    req.idempotency_key = "drill-7".into();
+    let first = client(addr)
+        .await
+        .submit_batch(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    coord.kill9();
+    let (_coord, _) = Proc::coordinator_on(addr, dir.path(), &[]).unwrap();
+    let mut c = client(addr).await;
+    let again = c.submit_batch(req).await.unwrap().into_inner();
+    assert_eq!(again, first, "same key, same batch");
+    // The batch was durable before SubmitBatch returned, and resumes with a node.
+    let _node = Node::start(&format!("http://{addr}"), NodeSpec::new("n"));
+    let b = wait_ended(&mut c, &first.batch_id, LONG).await.unwrap();
+    assert_eq!(b.sent, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_node_s_jobs_are_reassigned_and_its_late_results_not_counted_twice() {
+    let config = CoordinatorConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        node_timeout: Duration::from_secs(1),
+        ..CoordinatorConfig::default()
+    };
+    let mesh = Mesh::start(config).await.unwrap();
+    let proxy = Proxy::start(mesh.addr).await.unwrap();
+    let rec = Recorder::default();
+    let cut = Node::start(
+        &proxy.url(),
+        NodeSpec::new("cut")
+            .concurrency(100)
+            .latency(Duration::from_millis(50))
+            .record(&rec),
+    );
+    let direct = mesh.node(
+        NodeSpec::new("direct")
+            .concurrency(100)
+            .latency(Duration::from_millis(10))
+            .record(&rec),
+    );
+    let mut c = mesh.client().await.unwrap();
+    let total = 8_000u64;
+    let id = c
+        .submit_batch(synthetic(total, 34))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    wait_until(LONG, "the cut node to hold jobs", || async {
+        (cut.handled() > 200 && cut.stats.jobs.load(Relaxed) >= cut.handled() + 50).then_some(())
+    })
+    .await
+    .unwrap();
+    proxy.freeze();
+    let b = wait_ended(&mut c, &id, LONG).await.unwrap();
+    assert_eq!((b.sent, b.failed), (total, 0), "{b:?}");
+    assert!(
+        b.requeued >= 50,
+        "the cut node's jobs were reassigned: {b:?}"
+    );
+    let cut_share = b.nodes.iter().find(|n| n.node == "cut").unwrap();
+    assert!(!cut_share.connected);
+    assert!(direct.handled() > 0);
+
+    // The partition heals: the node hands in what it finished; nothing counts twice.
+    proxy.thaw();
+    wait_until(LONG, "the cut node to hand in its results", || async {
+        (cut.stats.handed_in.load(Relaxed) >= 50).then_some(())
+    })
+    .await
+    .unwrap();
+    let after = wait_until(LONG, "late results to be seen", || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            batch_status(&mut c, &id)
+                .await
+                .ok()
+                .filter(|b| b.duplicates >= 50)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (after.sent, after.failed, after.state),
+        (total, 0, BatchState::Completed as i32)
+    );
+    let sends = gateway_sends(&rec, &id);
+    assert_eq!(sends.values().filter(|&&n| n > 0).count() as u64, total);
+}
+
+#[test]
+fn an_unusable_store_stops_the_coordinator_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A corrupt store file: refused, and left as it was.
+    let file = dir.path().join("smsmesh.redb");
+    let garbage: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(&file, &garbage).unwrap();
+    let out = run_smscoord(dir.path());
+    assert!(
+        !out.status.success(),
+        "a corrupt store must not be replaced by a fresh one"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&file.display().to_string()),
+        "the error names the file: {err}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        garbage,
+        "the old data is untouched"
+    );
+
+    // A data dir that is a file.
+    let not_dir = dir.path().join("plain-file");
+    std::fs::write(&not_dir, b"x").unwrap();
+    let out = run_smscoord(&not_dir);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot create data dir"),
+        "{out:?}"
+    );
+}
+
+fn run_smscoord(data: &Path) -> std::process::Output {
+    let mut child = std::process::Command::new(smsmesh_testkit::bin("smscoord"))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must exit by itself; give it 10 s before calling it hung.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < end,
+            "smscoord kept running on an unusable store"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
