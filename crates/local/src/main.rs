@@ -37,6 +37,13 @@ struct Args {
     /// Where the coordinator listens (grpcurl and smsmon can reach it there meanwhile).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Store directory of the coordinator. Default: a fresh temporary directory,
+    /// removed at the end.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Keep the coordinator's state in memory only (no store).
+    #[arg(long, conflicts_with = "data_dir")]
+    in_memory: bool,
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     plain: bool,
@@ -55,16 +62,27 @@ async fn main() -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.failure_rate) {
         anyhow::bail!("--failure-rate must be between 0 and 1");
     }
-    let mesh = Mesh::start_on(args.listen, CoordinatorConfig::default())
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot start the coordinator on {}: {e} (try --listen 127.0.0.1:0)",
-                args.listen
-            )
-        })?;
+    let temp = tempfile::tempdir()?;
+    let data_dir = match (&args.data_dir, args.in_memory) {
+        (_, true) => None,
+        (Some(d), false) => Some(d.clone()),
+        (None, false) => Some(temp.path().to_path_buf()),
+    };
+    let store = data_dir.as_ref().map_or("in memory".to_string(), |d| {
+        format!("store in {}", d.display())
+    });
+    let config = CoordinatorConfig {
+        data_dir,
+        ..CoordinatorConfig::default()
+    };
+    let mesh = Mesh::start_on(args.listen, config).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot start the coordinator on {}: {e} (try --listen 127.0.0.1:0)",
+            args.listen
+        )
+    })?;
     println!(
-        "coordinator on {} with {} nodes (concurrency {}, mean latency {:?}, failure rate {})",
+        "coordinator on {} ({store}) with {} nodes (concurrency {}, mean latency {:?}, failure rate {})",
         mesh.url(),
         args.nodes,
         args.concurrency,
