@@ -107,8 +107,8 @@ pub struct Core {
     publish_now: bool,
     /// Changes not yet handed to the store.
     write: WriteSet,
-    /// Dispatch reservation and re-send count last handed to the store, per batch.
-    stored_dispatched: FxHashMap<u64, (u32, u64)>,
+    /// Batch state last handed to the store, per batch.
+    stored_state: FxHashMap<u64, StoredBatchState>,
     /// Whether a store backs this core (then dispatch waits for reservations).
     durable: bool,
     progress: watch::Sender<Arc<Snapshot>>,
@@ -131,7 +131,7 @@ impl Core {
             recently_ended: VecDeque::new(),
             publish_now: false,
             write: WriteSet::default(),
-            stored_dispatched: FxHashMap::default(),
+            stored_state: FxHashMap::default(),
             durable: false,
             progress: watch::Sender::new(Arc::new(Snapshot::default())),
         }
@@ -191,6 +191,8 @@ impl Core {
                 }
             }
             b.counts.resent = lb.state.resent;
+            b.counts.requeued = lb.state.requeued;
+            b.counts.duplicates = lb.state.duplicates;
             if lb.state.cancelled {
                 b.cancel(now);
             } else {
@@ -209,14 +211,7 @@ impl Core {
                 }
             }
             b.reserved = lb.state.dispatched;
-            core.stored_dispatched
-                .insert(sb.id, (lb.state.dispatched, b.counts.resent));
-            core.write.batches.push(StoredBatchState {
-                id: sb.id,
-                cancelled: lb.state.cancelled,
-                dispatched: lb.state.dispatched,
-                resent: b.counts.resent,
-            });
+            core.stored_state.insert(sb.id, lb.state);
             if !b.check_end(now) && b.is_running() {
                 core.running.push(sb.id);
             }
@@ -236,7 +231,7 @@ impl Core {
         }
         let b = &self.batches[&id];
         let total = b.counts.total as u32;
-        let (stored, _) = self.stored_dispatched.get(&id).copied().unwrap_or_default();
+        let stored = self.stored_state.get(&id).map_or(0, |s| s.dispatched);
         let left = stored.saturating_sub(b.next_fresh);
         // Reserve what the nodes can hold at once (256 to 65,536 messages), refilled at
         // half: dispatch rarely waits for a commit, and after a crash at most that many
@@ -253,21 +248,19 @@ impl Core {
     /// Takes the changes to store, and what to do once they are stored.
     pub fn take_writes(&mut self) -> (WriteSet, Committed) {
         let mut reservations = Vec::new();
-        for &id in &self.running {
-            let reserve = self.reservation_due(id);
-            let b = &self.batches[&id];
-            let stored = self.stored_dispatched.entry(id).or_default();
-            let next = (reserve.unwrap_or(stored.0).max(stored.0), b.counts.resent);
-            if next != *stored {
-                *stored = next;
-                reservations.push((id, next.0));
-                self.write.batches.push(StoredBatchState {
-                    id,
-                    cancelled: false,
-                    dispatched: next.0,
-                    resent: next.1,
-                });
+        let changed: Vec<u64> = self
+            .running
+            .iter()
+            .copied()
+            .filter(|&id| self.state_changed(id))
+            .collect();
+        for id in changed {
+            let state = self.batch_state(id);
+            if state.dispatched > self.stored_state.get(&id).map_or(0, |s| s.dispatched) {
+                reservations.push((id, state.dispatched));
             }
+            self.stored_state.insert(id, state.clone());
+            self.write.batches.push(state);
         }
         let acks = self
             .sessions
@@ -284,10 +277,26 @@ impl Core {
     pub fn has_writes(&self) -> bool {
         !self.write.is_empty()
             || self.sessions.values().any(|s| s.ack_due.is_some())
-            || self.running.iter().any(|&id| {
-                let stored = self.stored_dispatched.get(&id).copied().unwrap_or_default();
-                self.batches[&id].counts.resent != stored.1 || self.reservation_due(id).is_some()
-            })
+            || self.running.iter().any(|&id| self.state_changed(id))
+    }
+
+    /// The batch state to store for batch `id` now (with a new reservation if due).
+    fn batch_state(&self, id: u64) -> StoredBatchState {
+        let b = &self.batches[&id];
+        let stored = self.stored_state.get(&id).map_or(0, |s| s.dispatched);
+        StoredBatchState {
+            id,
+            cancelled: !b.is_running() && !matches!(b.state, pb::BatchState::Completed),
+            dispatched: self.reservation_due(id).unwrap_or(stored).max(stored),
+            resent: b.counts.resent,
+            requeued: b.counts.requeued,
+            duplicates: b.counts.duplicates,
+        }
+    }
+
+    /// Whether batch `id`'s stored state is behind.
+    fn state_changed(&self, id: u64) -> bool {
+        self.stored_state.get(&id) != Some(&self.batch_state(id))
     }
 
     /// A group was stored: its reservations may be used and its acks sent.
@@ -390,12 +399,11 @@ impl Core {
         let batch = self.batches.get_mut(&id.0).ok_or_else(|| not_found(id))?;
         if batch.cancel(now) {
             tracing::info!(batch = %id, in_flight = batch.counts.in_flight, "batch cancelled");
-            self.write.batches.push(StoredBatchState {
-                id: id.0,
-                cancelled: true,
-                dispatched: batch.next_fresh,
-                resent: batch.counts.resent,
-            });
+            let mut state = self.stored_state.get(&id.0).cloned().unwrap_or_default();
+            state.id = id.0;
+            state.cancelled = true;
+            self.stored_state.insert(id.0, state.clone());
+            self.write.batches.push(state);
             self.running.retain(|&b| b != id.0);
             if batch.is_ended() {
                 self.recently_ended.push_back((now, id.0));

@@ -100,6 +100,12 @@ pub struct StoredBatchState {
     /// Messages dispatched again after restarts because they may have been sent already.
     #[prost(uint64, tag = "4")]
     pub resent: u64,
+    /// Jobs put back because their node was lost.
+    #[prost(uint64, tag = "5")]
+    pub requeued: u64,
+    /// Results for messages that already had a final outcome.
+    #[prost(uint64, tag = "6")]
+    pub duplicates: u64,
 }
 
 /// A message's final outcome, to be stored.
