@@ -281,12 +281,12 @@ impl Batch {
 
     /// Puts a message that was in flight on a lost node back in the queue.
     pub fn requeue(&mut self, index: u32, node: u16) {
+        self.share(node).in_flight -= 1;
         let slot = &mut self.slots[index as usize];
         if slot.state != ST_IN_FLIGHT {
             return; // already finished by a handed-in result
         }
         self.counts.in_flight -= 1;
-        self.share(node).in_flight -= 1;
         if self.state == BatchState::Running {
             self.slots[index as usize].state = ST_PENDING;
             self.ready.push_back(index);
@@ -368,9 +368,10 @@ impl Batch {
         }
         // A message in `ready` or in the retry heap that ends here is skipped when popped.
         let slot = &mut self.slots[index as usize];
-        // A handed-in result may carry a higher attempt than this coordinator gave out.
-        slot.attempts = slot.attempts.max(attempt.min(255) as u8);
         if sent {
+            // The outcome names the attempt that succeeded (and its node), so a repeated
+            // report of it is told from another attempt that also went out.
+            slot.attempts = attempt.clamp(1, 255) as u8;
             slot.node = node + 1;
             slot.state = ST_SENT;
             self.counts.sent += 1;

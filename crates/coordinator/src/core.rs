@@ -556,7 +556,9 @@ impl Core {
         let session = self.sessions.get_mut(&sid).expect("caller checked");
         let node = session.node;
         for res in &r.results {
-            let held = session.held.remove(&(res.batch, res.index));
+            // A handed-in result is from an earlier stream: it never settles a job held on this one
+            // (the same message may be here again, as a later attempt).
+            let held = !r.handoff && session.held.remove(&(res.batch, res.index));
             let id = MessageId {
                 batch: BatchId(res.batch),
                 index: res.index,

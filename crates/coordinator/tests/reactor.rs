@@ -363,3 +363,52 @@ fn going_away_stops_dispatch_and_is_answered_with_drained() {
     let s = w.status(id);
     assert_eq!((s.sent, s.requeued, s.pending), (4, 0, 6));
 }
+
+#[test]
+fn a_handed_in_result_does_not_settle_a_later_attempt_held_by_the_same_node() {
+    let mut w = World::new(config());
+    let id = w.submit(1, 3);
+    let a = w.join("a", 1);
+    w.grant(a, 1);
+    w.dispatch();
+    let first = w.out.take_jobs(a).concat();
+    // The stream breaks; the job goes out again, to the same node on its new stream.
+    w.core.on_node_lost(a, "broken", &mut w.out);
+    let a2 = w.join("a", 1);
+    w.grant(a2, 1);
+    w.dispatch();
+    let second = w.out.take_jobs(a2).concat();
+    assert_eq!(second[0].attempt, 2);
+    // Now the node hands in the first attempt's result...
+    let old = pb::JobResult {
+        batch: first[0].batch,
+        index: 0,
+        attempt: 1,
+        outcome: pb::Outcome::Sent as i32,
+        error: String::new(),
+        latency_us: 5,
+    };
+    w.msg(
+        a2,
+        node_to_coordinator::Update::Results(pb::Results {
+            seq: 2,
+            results: vec![old],
+            grant: 0,
+            handoff: true,
+        }),
+    );
+    assert!(
+        !w.out.closed.contains_key(&a2),
+        "a handoff is not a protocol violation"
+    );
+    assert_eq!(w.status(id).sent, 1);
+    // ... and then the second attempt's: still held, so valid; a duplicate send.
+    w.results(a2, &second, true, 1);
+    assert!(!w.out.closed.contains_key(&a2));
+    let s = w.status(id);
+    assert_eq!(
+        (s.sent, s.duplicates, s.in_flight, s.state),
+        (1, 1, 0, BatchState::Completed as i32)
+    );
+    assert_eq!(s.nodes[0].in_flight, 0);
+}
