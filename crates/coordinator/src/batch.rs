@@ -136,6 +136,10 @@ pub struct Batch {
     pub reserved: u32,
     /// Messages to dispatch again before fresh ones.
     pub ready: VecDeque<u32>,
+    /// Messages that may have been in flight at a crash, held back until `resume_at`.
+    pub resumed: Vec<u32>,
+    /// When `resumed` may go out again.
+    pub resume_at: Option<Instant>,
     /// Failed messages waiting for their backoff, earliest first.
     pub retries: BinaryHeap<Reverse<(Instant, u32)>>,
     /// Counters.
@@ -176,6 +180,8 @@ impl Batch {
             next_fresh: 0,
             reserved: total,
             ready: VecDeque::new(),
+            resumed: Vec::new(),
+            resume_at: None,
             retries: BinaryHeap::new(),
             counts: Counts {
                 total: u64::from(total),
@@ -203,8 +209,16 @@ impl Batch {
         matches!(self.state, BatchState::Completed | BatchState::Cancelled)
     }
 
-    /// Moves retries whose backoff is over to `ready`.
+    /// Moves retries whose backoff is over, and resumed messages whose grace is over, to `ready`.
     pub fn promote_due_retries(&mut self, now: Instant) {
+        if self.resume_at.is_some_and(|t| t <= now) {
+            self.resume_at = None;
+            for index in std::mem::take(&mut self.resumed) {
+                if self.slots[index as usize].state == ST_RESUMED {
+                    self.ready.push_back(index);
+                }
+            }
+        }
         while let Some(Reverse((due, index))) = self.retries.peek().copied() {
             if due > now {
                 break;
@@ -217,9 +231,10 @@ impl Batch {
         }
     }
 
-    /// When the earliest retry is due.
+    /// When the earliest retry (or the resumption of messages after a restart) is due.
     pub fn next_retry(&self) -> Option<Instant> {
-        self.retries.peek().map(|Reverse((t, _))| *t)
+        let retry = self.retries.peek().map(|Reverse((t, _))| *t);
+        [retry, self.resume_at].into_iter().flatten().min()
     }
 
     /// Whether there is anything to dispatch now.
@@ -460,6 +475,8 @@ impl Batch {
         self.next_fresh = self.counts.total as u32;
         self.ready.clear();
         self.retries.clear();
+        self.resumed.clear();
+        self.resume_at = None;
         self.state = BatchState::Cancelling;
         self.check_end(now);
         true

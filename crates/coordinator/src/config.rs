@@ -33,6 +33,9 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// How long an ended batch stays in the all-batches progress stream. Default: 60 s.
     pub keep_ended_in_progress: Duration,
+    /// After a restart, how long messages that may have been in flight wait before going
+    /// out again, so that reconnecting nodes can hand in their results first. Default: 2 s.
+    pub resume_grace: Duration,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             publish_interval: Duration::from_millis(200),
             max_request_bytes: 64 << 20,
             keep_ended_in_progress: Duration::from_secs(60),
+            resume_grace: Duration::from_secs(2),
         }
     }
 }

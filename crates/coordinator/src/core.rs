@@ -196,18 +196,22 @@ impl Core {
             if lb.state.cancelled {
                 b.cancel(now);
             } else {
-                // Unfinished messages below the high-water mark may have been sent: they
-                // go out again with a higher attempt number, and count as re-sent then.
-                let mut resumed = 0;
-                for slot in &mut b.slots[..(lb.state.dispatched.min(sb.total)) as usize] {
+                // Unfinished messages below the reservation may have been sent. They go out
+                // again with a higher attempt number (counted as re-sent then), after a grace
+                // period in which reconnecting nodes hand in what they finished.
+                let dispatched = lb.state.dispatched.min(sb.total);
+                for index in 0..dispatched {
+                    let slot = &mut b.slots[index as usize];
                     if !batch::is_final(slot.state) {
                         slot.state = batch::ST_RESUMED;
                         slot.attempts = slot.attempts.max(1);
-                        resumed += 1;
+                        b.resumed.push(index);
                     }
                 }
-                if resumed > 0 {
-                    tracing::info!(batch = %b.id, resumed, "resuming batch; messages that may have been in flight go out again");
+                b.next_fresh = dispatched;
+                if !b.resumed.is_empty() {
+                    b.resume_at = Some(now + core.config.resume_grace);
+                    tracing::info!(batch = %b.id, resumed = b.resumed.len(), grace = ?core.config.resume_grace, "resuming batch; messages that may have been in flight go out again after the grace period");
                 }
             }
             b.reserved = lb.state.dispatched;

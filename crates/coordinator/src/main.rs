@@ -39,6 +39,10 @@ struct Args {
     /// A node silent this long is dropped and its jobs go to other nodes.
     #[arg(long, env = "SMSMESH_NODE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     node_timeout: Duration,
+    /// After a restart, how long messages that may have been in flight wait before going
+    /// out again (reconnecting nodes hand in their results meanwhile).
+    #[arg(long, env = "SMSMESH_RESUME_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
+    resume_grace: Duration,
     /// Most jobs in one frame to a node.
     #[arg(long, env = "SMSMESH_MAX_JOBS_PER_FRAME", default_value_t = 512)]
     max_jobs_per_frame: usize,
@@ -64,6 +68,7 @@ impl Args {
             heartbeat_interval: self.heartbeat_interval,
             node_timeout: self.node_timeout,
             max_jobs_per_frame: self.max_jobs_per_frame,
+            resume_grace: self.resume_grace,
             ..Config::default()
         })
     }
