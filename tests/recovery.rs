@@ -363,3 +363,81 @@ fn run_smscoord(data: &Path) -> std::process::Output {
     }
     child.wait_with_output().unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_is_stored_before_it_is_answered_and_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
+    let rec = Recorder::default();
+    let url = format!("http://{addr}");
+    let spec = |name: &str| {
+        NodeSpec::new(name)
+            .concurrency(50)
+            .latency(Duration::from_millis(100))
+    };
+    let nodes = start_nodes(&url, &rec, spec, 1);
+    let total = 20_000u64;
+    let id = client(addr)
+        .await
+        .submit_batch(synthetic(total, 35))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    wait_sent(addr, &id, 200).await;
+    let cancelled = client(addr)
+        .await
+        .cancel_batch(pb::CancelBatchRequest {
+            batch_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batch
+        .unwrap();
+    assert_eq!(
+        cancelled.state,
+        BatchState::Cancelling as i32,
+        "jobs were in flight"
+    );
+    coord.kill9();
+    let (_coord, _) = Proc::coordinator_on(addr, dir.path(), &[]).unwrap();
+    let mut c = client(addr).await;
+    let b = wait_ended(&mut c, &id, LONG).await.unwrap();
+    assert_eq!(
+        b.state,
+        BatchState::Cancelled as i32,
+        "still cancelled after the crash: {b:?}"
+    );
+    assert_eq!(b.sent + b.failed + b.cancelled, total);
+    // Jobs in flight at the crash finished on the node and were handed in: they count as sent.
+    wait_until(LONG, "the node to finish and hand in", || async {
+        let n = &nodes[0];
+        (n.stats.handed_in.load(Relaxed) > 0 && n.stats.jobs.load(Relaxed) == n.handled())
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let b = wait_until(LONG, "handed-in sends to be counted", || {
+        let mut c = c.clone();
+        let id = id.clone();
+        let rec = rec.clone();
+        async move {
+            let b = batch_status(&mut c, &id).await.ok()?;
+            let gateway_sent = gateway_sends(&rec, &id)
+                .values()
+                .filter(|&&n| n > 0)
+                .count() as u64;
+            (b.sent == gateway_sent).then_some(b)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.sent + b.failed + b.cancelled, total, "{b:?}");
+    assert!(b.cancelled > total / 2);
+    assert_eq!(
+        b.sent,
+        nodes[0].stats.jobs.load(Relaxed),
+        "every job the node got has its outcome"
+    );
+}

@@ -364,6 +364,17 @@ impl Batch {
         let lat = latency_us.max(1);
         let _ = share.latency.record(lat);
         let _ = self.latency.record(lat);
+        if slot.state == ST_CANCELLED && sent {
+            // Cancelled (e.g. on recovery of a cancelled batch) but it did go out: a
+            // confirmed send outranks the cancel, so the counts say what happened.
+            self.counts.cancelled -= 1;
+            self.counts.sent += 1;
+            let slot = &mut self.slots[index as usize];
+            slot.state = ST_SENT;
+            slot.attempts = attempt.clamp(1, 255) as u8;
+            slot.node = node + 1;
+            return Some(ST_SENT);
+        }
         if is_final(slot.state) {
             // Another attempt of a message that already has its outcome: it went out twice.
             self.counts.duplicates += 1;

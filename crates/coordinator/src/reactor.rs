@@ -42,7 +42,7 @@ pub enum Event {
     /// Close every node stream and stop.
     Shutdown,
     /// The store committed a group (or failed).
-    Committed(Result<Committed, String>),
+    Committed(Result<Stored, String>),
 }
 
 /// A cheap, cloneable way to talk to the reactor.
@@ -154,7 +154,13 @@ pub fn spawn(
 
 const TICK: Duration = Duration::from_millis(250);
 
-type WriterTx = std::sync::mpsc::Sender<(WriteSet, Committed)>;
+/// Replies that wait for the commit holding what they report (a cancel).
+type Deferred = Vec<(Reply<pb::BatchStatus>, Result<pb::BatchStatus, Error>)>;
+
+/// What to do once a group is stored.
+pub struct Stored(Committed, Deferred);
+
+type WriterTx = std::sync::mpsc::Sender<(WriteSet, Stored)>;
 
 async fn run(
     mut core: Core,
@@ -169,6 +175,7 @@ async fn run(
     let mut sleep = pin!(tokio::time::sleep_until(next_tick));
     // One group commit at a time: what arrives meanwhile joins the next group.
     let mut committing = false;
+    let mut deferred: Deferred = Vec::new();
     loop {
         let wake = [
             Some(next_tick),
@@ -192,9 +199,17 @@ async fn run(
                             core.on_shutdown(&mut outbox);
                             return Ok(());
                         }
-                        Event::Committed(Ok(done)) => {
+                        Event::Committed(Ok(Stored(done, replies))) => {
                             committing = false;
                             core.on_committed(done, &mut outbox);
+                            for (reply, result) in replies {
+                                let _ = reply.send(result);
+                            }
+                        }
+                        Event::Cancel(id, reply) if writer.is_some() => {
+                            // Answer once the cancel is stored.
+                            let result = core.on_cancel(id, std::time::Instant::now());
+                            deferred.push((reply, result));
                         }
                         Event::Committed(Err(e)) => {
                             tracing::error!(error = %e, "the store failed; stopping (nodes keep their unacked results)");
@@ -214,12 +229,14 @@ async fn run(
             next_tick = now + TICK;
         }
         core.dispatch(std_now, &mut outbox);
-        if !committing && core.has_writes() {
+        if !committing && (core.has_writes() || !deferred.is_empty()) {
             let (set, done) = core.take_writes();
             match &writer {
                 Some(w) => {
                     committing = true;
-                    if w.send((set, done)).is_err() {
+                    if w.send((set, Stored(done, std::mem::take(&mut deferred))))
+                        .is_err()
+                    {
                         return Err("the store writer stopped".into());
                     }
                 }
