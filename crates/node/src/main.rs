@@ -37,6 +37,10 @@ struct Args {
     /// Longest wait between reconnect attempts (backoff starts at 100ms and doubles).
     #[arg(long, env = "SMSMESH_RECONNECT_MAX", default_value = "5s", value_parser = humantime::parse_duration)]
     reconnect_max: Duration,
+    /// Runtime threads: 1 for a single-threaded node (many small nodes on one host),
+    /// 0 for one per core.
+    #[arg(long, env = "SMSMESH_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
     /// On SIGTERM, how long to keep trying to hand in finished results.
     #[arg(long, env = "SMSMESH_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -51,8 +55,32 @@ fn default_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // A node's work is one task and its stream: one thread suits many small nodes on a host,
+    // two let a busy node run its sends and its connection side by side.
+    let runtime = match args.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    match runtime {
+        Ok(rt) => rt.block_on(node_main(args)),
+        Err(e) => {
+            eprintln!("smsnode: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn node_main(args: Args) -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -60,7 +88,6 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = Args::parse();
     if args.gateway != "simulated" {
         eprintln!(
             "smsnode: unknown --gateway {:?} (only \"simulated\" exists for now)",

@@ -1,0 +1,500 @@
+//! `smsmesh-bench`: benchmarks the whole mesh. Each scenario starts a fresh
+//! `smscoord` and `smsnode` processes on loopback (the release binaries next
+//! to this one), submits one synthetic batch, follows it to its end, and
+//! reports throughput, latency, coordinator CPU per million messages and peak
+//! RSS. Results go to a JSON file and a Markdown table.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Serialize;
+use smsmesh::pb::{self, BatchState};
+
+/// Runs the benchmark scenarios (a) to (f) and writes the results.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Scenarios to run (a, b, c, d, e, f).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
+    scenarios: Vec<String>,
+    /// Scale every batch size by this factor (e.g. 0.1 for a quick run).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Machine-readable results.
+    #[arg(long, default_value = "bench-results.json")]
+    json: PathBuf,
+    /// Markdown table of the results.
+    #[arg(long, default_value = "bench-results.md")]
+    markdown: PathBuf,
+}
+
+/// How the mesh of one run is made.
+#[derive(Clone, Debug)]
+struct Setup {
+    messages: u64,
+    durable: bool,
+    /// (concurrency, mean latency) of each node.
+    nodes: Vec<(u32, Duration)>,
+    /// Runtime threads per node (0: one per core).
+    node_threads: usize,
+}
+
+/// What one run measured.
+#[derive(Debug, Serialize, Default)]
+struct Run {
+    messages: u64,
+    nodes: usize,
+    durable: bool,
+    seconds: f64,
+    msgs_per_sec: f64,
+    latency_p50_ms: f64,
+    latency_p95_ms: f64,
+    latency_p99_ms: f64,
+    coordinator_cpu_s_per_million: f64,
+    coordinator_peak_rss_mib: f64,
+    node_peak_rss_mib: f64,
+    sent: u64,
+    failed: u64,
+    /// Each node's share of the messages, in node order.
+    shares: Vec<f64>,
+    /// Each node's measured mean gateway latency (ms), in node order.
+    node_latency_ms: Vec<f64>,
+    /// Messages per second between 10% and 90% of the batch (no ramp-up, no tail).
+    steady_msgs_per_sec: f64,
+}
+
+/// One scenario's result, with its verdict against the target.
+#[derive(Debug, Serialize)]
+struct Scenario {
+    id: String,
+    title: String,
+    target: String,
+    result: String,
+    met: bool,
+    runs: Vec<Run>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .to_path_buf();
+    for b in ["smscoord", "smsnode"] {
+        if !bin.join(b).exists() {
+            bail!(
+                "{} not found next to smsmesh-bench: build with `cargo build --release --workspace --bins`",
+                b
+            );
+        }
+    }
+    let scale = |n: u64| ((n as f64 * args.scale) as u64).max(1000);
+    let zero = Duration::ZERO;
+    let mut results = Vec::new();
+    for s in &args.scenarios {
+        let scenario = match s.as_str() {
+            "a" | "b" => {
+                let durable = s == "a";
+                let run = run(
+                    &bin,
+                    &Setup {
+                        messages: scale(1_000_000),
+                        durable,
+                        nodes: vec![(1000, zero); 4],
+                        node_threads: 0,
+                    },
+                )
+                .await?;
+                let (target, met) = if durable {
+                    (
+                        "≥ 1,000,000 msg/s".to_string(),
+                        run.msgs_per_sec >= 1_000_000.0,
+                    )
+                } else {
+                    (
+                        "reference for (a): durability costs ≤ 20%".to_string(),
+                        true,
+                    )
+                };
+                Scenario {
+                    id: s.clone(),
+                    title: format!(
+                        "1M messages, 4 nodes, zero latency, {}",
+                        if durable { "durable" } else { "in memory" }
+                    ),
+                    target,
+                    result: format!("{:.0} msg/s", run.msgs_per_sec),
+                    met,
+                    runs: vec![run],
+                }
+            }
+            "c" => {
+                let run = run(
+                    &bin,
+                    &Setup {
+                        messages: scale(14_000_000),
+                        durable: true,
+                        nodes: vec![(1000, zero); 4],
+                        node_threads: 0,
+                    },
+                )
+                .await?;
+                let met = run.seconds <= 20.0 && run.coordinator_peak_rss_mib <= 512.0;
+                Scenario {
+                    id: s.clone(),
+                    title: "14M messages, 4 nodes, zero latency, durable".into(),
+                    target: "≤ 20 s, coordinator peak RSS ≤ 512 MiB".into(),
+                    result: format!(
+                        "{:.1} s, coordinator {:.0} MiB",
+                        run.seconds, run.coordinator_peak_rss_mib
+                    ),
+                    met,
+                    runs: vec![run],
+                }
+            }
+            "d" => {
+                let latency = Duration::from_millis(100);
+                let run = run(
+                    &bin,
+                    &Setup {
+                        messages: scale(300_000),
+                        durable: true,
+                        nodes: vec![(1000, latency); 3],
+                        node_threads: 0,
+                    },
+                )
+                .await?;
+                let ideal = 3.0 * 1000.0 / latency.as_secs_f64();
+                let eff = run.msgs_per_sec / ideal;
+                let steady = run.steady_msgs_per_sec / ideal;
+                let mean_ms = run.node_latency_ms.iter().sum::<f64>()
+                    / run.node_latency_ms.len().max(1) as f64;
+                Scenario {
+                    id: s.clone(),
+                    title: "flow control: 3 nodes × concurrency 1000 × 100 ms".into(),
+                    target: "≥ 97% of 30,000 msg/s".into(),
+                    result: format!(
+                        "end to end {:.0} msg/s = {:.1}%; steady state (10%–90%) {:.0} msg/s = {:.1}% (measured mean latency {mean_ms:.1} ms)",
+                        run.msgs_per_sec,
+                        eff * 100.0,
+                        run.steady_msgs_per_sec,
+                        steady * 100.0
+                    ),
+                    met: eff >= 0.97,
+                    runs: vec![run],
+                }
+            }
+            "e" => {
+                let fast = Duration::from_millis(10);
+                let nodes = vec![(100, fast), (100, fast), (100, fast), (100, fast * 10)];
+                let nominal: Vec<f64> = nodes
+                    .iter()
+                    .map(|(c, l)| f64::from(*c) / l.as_secs_f64())
+                    .collect();
+                let nominal_sum: f64 = nominal.iter().sum();
+                let run = run(
+                    &bin,
+                    &Setup {
+                        messages: scale(200_000),
+                        durable: true,
+                        nodes: nodes.clone(),
+                        node_threads: 0,
+                    },
+                )
+                .await?;
+                // A node's speed: its concurrency over the mean latency it really had.
+                let speeds: Vec<f64> = nodes
+                    .iter()
+                    .zip(&run.node_latency_ms)
+                    .map(|((c, _), ms)| f64::from(*c) / (ms / 1000.0))
+                    .collect();
+                let sum: f64 = speeds.iter().sum();
+                let worst = run
+                    .shares
+                    .iter()
+                    .zip(&speeds)
+                    .map(|(share, speed)| ((share - speed / sum) / (speed / sum)).abs())
+                    .fold(0.0, f64::max);
+                Scenario {
+                    id: s.clone(),
+                    title: "one node at a tenth of the others' speed".into(),
+                    target: "each share within 5% of its speed share".into(),
+                    result: format!(
+                        "shares {} vs measured speed {} (nominal {}); worst off by {:.1}%",
+                        fmt_shares(&run.shares),
+                        fmt_shares(&speeds.iter().map(|s| s / sum).collect::<Vec<_>>()),
+                        fmt_shares(&nominal.iter().map(|s| s / nominal_sum).collect::<Vec<_>>()),
+                        worst * 100.0
+                    ),
+                    met: worst <= 0.05,
+                    runs: vec![run],
+                }
+            }
+            "f" => {
+                let latency = Duration::from_millis(20);
+                let small = run(
+                    &bin,
+                    &Setup {
+                        messages: scale(100_000),
+                        durable: true,
+                        nodes: vec![(10, latency); 20],
+                        node_threads: 1,
+                    },
+                )
+                .await?;
+                let large = run(
+                    &bin,
+                    &Setup {
+                        messages: scale(500_000),
+                        durable: true,
+                        nodes: vec![(10, latency); 200],
+                        node_threads: 1,
+                    },
+                )
+                .await?;
+                let per_credit = |r: &Run| r.msgs_per_sec / (r.nodes as f64 * 10.0);
+                let ratio = per_credit(&large) / per_credit(&small);
+                Scenario {
+                    id: s.clone(),
+                    title: "200 nodes of concurrency 10 (20 ms) vs 20 such nodes".into(),
+                    target: "no loss of throughput per credit as nodes grow".into(),
+                    result: format!(
+                        "{:.1} msg/s per credit with 20 nodes, {:.1} with 200 ({:.0}%; ideal 50)",
+                        per_credit(&small),
+                        per_credit(&large),
+                        ratio * 100.0
+                    ),
+                    met: ratio >= 0.95,
+                    runs: vec![small, large],
+                }
+            }
+            other => bail!("unknown scenario {other:?} (a to f)"),
+        };
+        println!(
+            "({}) {}: {} [target {}: {}]",
+            scenario.id,
+            scenario.title,
+            scenario.result,
+            scenario.target,
+            if scenario.met { "met" } else { "NOT met" }
+        );
+        results.push(scenario);
+    }
+    if let (Some(a), Some(b)) = (
+        results.iter().find(|s| s.id == "a"),
+        results.iter().find(|s| s.id == "b"),
+    ) {
+        let cost = 1.0 - a.runs[0].msgs_per_sec / b.runs[0].msgs_per_sec;
+        println!("durability costs {:.1}% (target ≤ 20%)", cost * 100.0);
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(&args.markdown, markdown(&results))?;
+    println!(
+        "wrote {} and {}",
+        args.json.display(),
+        args.markdown.display()
+    );
+    Ok(())
+}
+
+fn fmt_shares(v: &[f64]) -> String {
+    v.iter()
+        .map(|s| format!("{:.1}%", s * 100.0))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn markdown(results: &[Scenario]) -> String {
+    let mut s = String::from(
+        "| scenario | target | result | met | msg/s | p50 / p99 ms | coord CPU s per M | coord / node peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        for run in &r.runs {
+            s.push_str(&format!(
+                "| ({}) {} | {} | {} | {} | {:.0} | {:.2} / {:.2} | {:.2} | {:.0} / {:.0} |\n",
+                r.id,
+                r.title,
+                r.target,
+                r.result,
+                if r.met { "yes" } else { "**no**" },
+                run.msgs_per_sec,
+                run.latency_p50_ms,
+                run.latency_p99_ms,
+                run.coordinator_cpu_s_per_million,
+                run.coordinator_peak_rss_mib,
+                run.node_peak_rss_mib,
+            ));
+        }
+    }
+    s
+}
+
+/// A child process, killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU seconds (user + system) and peak RSS (MiB) of a process, from /proc.
+fn usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let cpu = (ticks(11) + ticks(12)) / 100.0; // USER_HZ is 100 on Linux
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu, hwm_kib / 1024.0)
+}
+
+async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
+    let data = tempfile::tempdir()?;
+    let mut coord = Command::new(bin.join("smscoord"));
+    coord
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped());
+    if setup.durable {
+        coord.arg("--data-dir").arg(data.path());
+    } else {
+        coord.arg("--in-memory");
+    }
+    let mut child = coord.spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let coord = Proc(child);
+    let addr = {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let line = lines.next().context("smscoord exited")??;
+        std::thread::spawn(move || lines.for_each(drop));
+        line.strip_prefix("smscoord listening on ")
+            .context("unexpected smscoord output")?
+            .to_string()
+    };
+    let url = format!("http://{addr}");
+    let nodes: Vec<Proc> = setup
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (c, l))| {
+            Command::new(bin.join("smsnode"))
+                .args(["--coordinator", &url, "--name", &format!("node-{i:03}")])
+                .args([
+                    "--concurrency",
+                    &c.to_string(),
+                    "--mean-latency",
+                    &format!("{}ms", l.as_millis()),
+                ])
+                .args(["--worker-threads", &setup.node_threads.to_string()])
+                .env("RUST_LOG", "error")
+                .spawn()
+                .map(Proc)
+        })
+        .collect::<Result<_, _>>()?;
+    let mut client = pb::coordinator_client::CoordinatorClient::connect(url.clone()).await?;
+    // Wait until every node has joined.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut s = client
+            .watch_progress(pb::WatchProgressRequest::default())
+            .await?
+            .into_inner();
+        if let Some(u) = s.message().await? {
+            if u.nodes_connected as usize == nodes.len() {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("nodes did not all join within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cpu_before = usage(coord.0.id()).0;
+    let started = Instant::now();
+    let req = pb::SubmitBatchRequest {
+        synthetic: Some(pb::SyntheticBatch {
+            count: setup.messages,
+            body: None,
+            seed: Some(1),
+        }),
+        ..Default::default()
+    };
+    let id = client.submit_batch(req).await?.into_inner().batch_id;
+    let mut stream = client
+        .watch_progress(pb::WatchProgressRequest {
+            batch_id: id.clone(),
+            interval_ms: 100,
+        })
+        .await?
+        .into_inner();
+    let mut last: Option<pb::BatchStatus> = None;
+    // (time, finished) when the batch passed 10% and 90%.
+    let (mut p10, mut p90) = (None, None);
+    while let Some(u) = stream.message().await? {
+        if let Some(b) = u.batches.into_iter().next() {
+            let done = b.sent + b.failed;
+            if p10.is_none() && done * 10 >= b.total {
+                p10 = Some((started.elapsed().as_secs_f64(), done));
+            }
+            if done * 10 <= b.total * 9 {
+                p90 = Some((started.elapsed().as_secs_f64(), done));
+            }
+            last = Some(b);
+        }
+    }
+    let steady = match (p10, p90) {
+        (Some((t1, d1)), Some((t2, d2))) if t2 > t1 + 0.5 => (d2 - d1) as f64 / (t2 - t1),
+        _ => 0.0,
+    };
+    let wall = started.elapsed().as_secs_f64();
+    let b = last.context("no progress")?;
+    if b.state != BatchState::Completed as i32 {
+        bail!("batch ended as {:?}", b.state);
+    }
+    let (cpu_after, coord_rss) = usage(coord.0.id());
+    let node_rss = nodes.iter().map(|n| usage(n.0.id()).1).fold(0.0, f64::max);
+    let lat = b.latency.unwrap_or_default();
+    let mut per_node: Vec<(String, f64, f64)> = b
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.node.clone(),
+                n.sent as f64 / b.sent.max(1) as f64,
+                n.latency.unwrap_or_default().mean_ms,
+            )
+        })
+        .collect();
+    per_node.sort_by(|x, y| x.0.cmp(&y.0));
+    Ok(Run {
+        messages: setup.messages,
+        nodes: nodes.len(),
+        durable: setup.durable,
+        seconds: wall,
+        msgs_per_sec: setup.messages as f64 / wall,
+        latency_p50_ms: lat.p50_ms,
+        latency_p95_ms: lat.p95_ms,
+        latency_p99_ms: lat.p99_ms,
+        coordinator_cpu_s_per_million: (cpu_after - cpu_before) / (setup.messages as f64 / 1e6),
+        coordinator_peak_rss_mib: coord_rss,
+        node_peak_rss_mib: node_rss,
+        sent: b.sent,
+        failed: b.failed,
+        shares: per_node.iter().map(|(_, s, _)| *s).collect(),
+        node_latency_ms: per_node.iter().map(|(_, _, l)| *l).collect(),
+        steady_msgs_per_sec: steady,
+    })
+}
