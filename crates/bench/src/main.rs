@@ -412,10 +412,10 @@ async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
             .watch_progress(pb::WatchProgressRequest::default())
             .await?
             .into_inner();
-        if let Some(u) = s.message().await? {
-            if u.nodes_connected as usize == nodes.len() {
-                break;
-            }
+        if let Some(u) = s.message().await?
+            && u.nodes_connected as usize == nodes.len()
+        {
+            break;
         }
         if Instant::now() > deadline {
             bail!("nodes did not all join within 60 s");
