@@ -385,7 +385,7 @@ async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
             .to_string()
     };
     let url = format!("http://{addr}");
-    let nodes: Vec<Proc> = setup
+    let mut nodes: Vec<Proc> = setup
         .nodes
         .iter()
         .enumerate()
@@ -419,6 +419,11 @@ async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
         }
         if Instant::now() > deadline {
             bail!("nodes did not all join within 60 s");
+        }
+        for n in &mut nodes {
+            if let Some(status) = n.0.try_wait()? {
+                bail!("a node exited before joining ({status}); see its error above");
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
