@@ -156,6 +156,28 @@ async fn a_node_never_holds_more_than_its_credit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_jobs_wait_for_a_free_send_slot() {
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let node = mesh.node(NodeSpec::new("p").concurrency(5).prefetch(3).latency(ms(5)));
+    let mut client = mesh.client().await.unwrap();
+    let id = submit(&mut client, synthetic(2_000, 12)).await;
+    let b = wait_ended(&mut client, &id, LONG).await.unwrap();
+    assert_eq!(b.sent, 2_000);
+    let s = &node.stats;
+    assert_eq!(s.over_credit.load(Relaxed), 0);
+    assert_eq!(
+        s.max_sending.load(Relaxed),
+        5,
+        "at most `concurrency` sends at once, and all used"
+    );
+    let held = s.max_held.load(Relaxed);
+    assert!(
+        held > 5 && held <= 8,
+        "prefetched jobs held beyond the concurrency: {held}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_follows_node_speed() {
     let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
     // Same concurrency; ten times the latency: a tenth of the throughput.

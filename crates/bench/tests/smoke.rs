@@ -14,8 +14,13 @@ fn the_bench_runs_its_scenarios_and_writes_results() {
         .arg(&md)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let scenarios = results.as_array().unwrap();
     assert_eq!(scenarios.len(), 2);
     for s in scenarios {
@@ -25,5 +30,9 @@ fn the_bench_runs_its_scenarios_and_writes_results() {
             assert!(run["coordinator_peak_rss_mib"].as_f64().unwrap() > 0.0);
         }
     }
-    assert!(std::fs::read_to_string(&md).unwrap().contains("| (e) one node at a tenth"));
+    assert!(
+        std::fs::read_to_string(&md)
+            .unwrap()
+            .contains("| (e) one node at a tenth")
+    );
 }

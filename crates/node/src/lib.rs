@@ -37,8 +37,12 @@ pub struct Config {
     pub coordinator: String,
     /// Node name, unique in the mesh.
     pub name: String,
-    /// Most jobs held at once (credits never exceed it).
+    /// Most gateway sends at once.
     pub concurrency: u32,
+    /// Jobs held beyond `concurrency`, waiting to start the moment a send finishes,
+    /// so no send slot idles for a result-to-job round trip. The credit limit told
+    /// to the coordinator is `concurrency + prefetch`. Default: 0.
+    pub prefetch: u32,
     /// The gateway messages go through.
     pub gateway: Arc<dyn Gateway>,
     /// First reconnect delay; doubles up to `reconnect_max`. Default: 100 ms.
@@ -63,6 +67,7 @@ impl Config {
             coordinator: coordinator.into(),
             name: name.into(),
             concurrency,
+            prefetch: 0,
             gateway,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
@@ -81,8 +86,10 @@ pub struct Stats {
     pub sent: AtomicU64,
     /// Attempts that failed.
     pub failed: AtomicU64,
-    /// Most jobs held at once.
+    /// Most jobs held at once (sending and prefetched).
     pub max_held: AtomicU64,
+    /// Most gateway sends in progress at once.
+    pub max_sending: AtomicU64,
     /// Jobs received beyond the credit granted (a coordinator bug if ever non-zero).
     pub over_credit: AtomicU64,
     /// Streams opened (1 + reconnects).
@@ -115,6 +122,7 @@ pub async fn run(
     let (results_tx, results_rx) = mpsc::unbounded_channel();
     let executor = tokio::spawn(execute(
         config.gateway.clone(),
+        config.concurrency as usize,
         jobs_rx,
         results_tx,
         stats.clone(),
@@ -147,42 +155,63 @@ impl Drop for AbortOnDrop {
 /// A finished job, tagged with the session (epoch) that handed it out.
 type Done = (u64, pb::JobResult);
 
-/// The executor: runs gateway sends concurrently, reports results in bunches.
+/// The executor: runs up to `limit` gateway sends at once (the rest wait in
+/// order), and reports results in bunches.
 async fn execute(
     gateway: Arc<dyn Gateway>,
+    limit: usize,
     mut jobs: mpsc::UnboundedReceiver<(u64, Vec<pb::Job>)>,
     results: mpsc::UnboundedSender<Vec<Done>>,
     stats: Arc<Stats>,
 ) {
     let mut running = FuturesUnordered::new();
+    let mut waiting: std::collections::VecDeque<(u64, pb::Job)> = std::collections::VecDeque::new();
+    let start = |epoch: u64, job: pb::Job| {
+        let send = gateway.send(&job);
+        async move {
+            let start = Instant::now();
+            let outcome = send.await;
+            let latency_us = start.elapsed().as_micros() as u64;
+            let (outcome, error) = match outcome {
+                Ok(()) => (pb::Outcome::Sent, String::new()),
+                Err(e) => (pb::Outcome::Failed, e),
+            };
+            (
+                epoch,
+                pb::JobResult {
+                    batch: job.batch,
+                    index: job.index,
+                    attempt: job.attempt,
+                    outcome: outcome as i32,
+                    error,
+                    latency_us,
+                },
+            )
+        }
+    };
     loop {
+        while running.len() < limit {
+            let Some((epoch, job)) = waiting.pop_front() else {
+                break;
+            };
+            running.push(start(epoch, job));
+        }
+        stats
+            .max_sending
+            .fetch_max(running.len() as u64, Ordering::Relaxed);
         tokio::select! {
             got = jobs.recv() => {
                 let Some((epoch, batch)) = got else { break };
-                for job in batch {
-                    let send = gateway.send(&job);
-                    running.push(async move {
-                        let start = Instant::now();
-                        let outcome = send.await;
-                        let latency_us = start.elapsed().as_micros() as u64;
-                        let (outcome, error) = match outcome {
-                            Ok(()) => (pb::Outcome::Sent, String::new()),
-                            Err(e) => (pb::Outcome::Failed, e),
-                        };
-                        (epoch, pb::JobResult {
-                            batch: job.batch,
-                            index: job.index,
-                            attempt: job.attempt,
-                            outcome: outcome as i32,
-                            error,
-                            latency_us,
-                        })
-                    });
-                }
+                waiting.extend(batch.into_iter().map(|j| (epoch, j)));
             }
             Some(first) = running.next(), if !running.is_empty() => {
                 let mut bunch = vec![first];
                 while bunch.len() < 4096 {
+                    // Refill freed slots at once, then collect what else is done.
+                    while running.len() < limit {
+                        let Some((epoch, job)) = waiting.pop_front() else { break };
+                        running.push(start(epoch, job));
+                    }
                     match futures::FutureExt::now_or_never(running.next()) {
                         Some(Some(r)) => bunch.push(r),
                         _ => break,
@@ -274,6 +303,11 @@ impl Node {
         }
     }
 
+    /// Most jobs held at once: sends in progress plus prefetched jobs.
+    fn credit_limit(&self) -> u32 {
+        self.config.concurrency.saturating_add(self.config.prefetch)
+    }
+
     fn is_empty(&self) -> bool {
         self.held == 0 && self.done.is_empty() && self.unacked.is_empty()
     }
@@ -320,7 +354,7 @@ impl Node {
             .send(send(node_to_coordinator::Update::Hello(pb::Hello {
                 name: self.config.name.clone(),
                 instance_id: self.instance_id,
-                concurrency: self.config.concurrency,
+                concurrency: self.credit_limit(),
                 gateway: self.config.gateway.kind().to_string(),
             })))
             .await;
@@ -443,7 +477,7 @@ impl Node {
         let free = if self.leaving {
             0
         } else {
-            u64::from(self.config.concurrency).saturating_sub(self.held + s.unused_credit)
+            u64::from(self.credit_limit()).saturating_sub(self.held + s.unused_credit)
         };
         if self.done.is_empty() && free == 0 {
             return Ok(());

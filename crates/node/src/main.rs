@@ -22,9 +22,13 @@ struct Args {
     /// Node name, unique in the mesh. Default: the host name and process id.
     #[arg(long, env = "SMSMESH_NODE_NAME")]
     name: Option<String>,
-    /// Most messages in flight at once.
+    /// Most messages sent through the gateway at once.
     #[arg(long, env = "SMSMESH_CONCURRENCY", default_value_t = 100)]
     concurrency: u32,
+    /// Jobs held ready beyond --concurrency so a send starts the moment another ends.
+    /// Default: a tenth of --concurrency, at least 1.
+    #[arg(long, env = "SMSMESH_PREFETCH")]
+    prefetch: Option<u32>,
     /// Gateway kind. Only "simulated" exists for now.
     #[arg(long, env = "SMSMESH_GATEWAY", default_value = "simulated")]
     gateway: String,
@@ -117,6 +121,7 @@ async fn node_main(args: Args) -> ExitCode {
         gateway,
     );
     config.drain_timeout = args.drain_timeout;
+    config.prefetch = args.prefetch.unwrap_or((args.concurrency / 10).max(1));
     config.reconnect_max = args.reconnect_max;
     match smsmesh_node::run(config, Arc::new(Stats::default()), shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -97,6 +97,8 @@ pub struct NodeSpec {
     pub failure_rate: f64,
     /// Where to record every attempt, if anywhere.
     pub recorder: Option<Recorder>,
+    /// Jobs held ready beyond the concurrency.
+    pub prefetch: u32,
 }
 
 impl NodeSpec {
@@ -108,7 +110,14 @@ impl NodeSpec {
             mean_latency: Duration::ZERO,
             failure_rate: 0.0,
             recorder: None,
+            prefetch: 0,
         }
+    }
+
+    /// With this prefetch.
+    pub fn prefetch(mut self, p: u32) -> Self {
+        self.prefetch = p;
+        self
     }
 
     /// Recording every attempt into `recorder`.
@@ -163,6 +172,7 @@ impl Node {
         };
         let mut config =
             smsmesh_node::Config::new(coordinator, spec.name.clone(), spec.concurrency, gateway);
+        config.prefetch = spec.prefetch;
         config.reconnect_min = Duration::from_millis(20);
         config.reconnect_max = Duration::from_millis(500);
         let stats = Arc::new(Stats::default());
