@@ -737,7 +737,7 @@ impl Core {
         self.node_cursor = (self.node_cursor + 1) % ready.len();
         let others_available = ready.len() > 1;
         let mut broken = Vec::new();
-        let (mut to, mut body) = (String::new(), String::new());
+        let body_cap = smsmesh::synth::BODY_LEN;
         'nodes: for k in 0..ready.len() {
             let sid = ready[(self.node_cursor + k) % ready.len()];
             let session = self.sessions.get_mut(&sid).expect("listed above");
@@ -753,14 +753,17 @@ impl Core {
                             break;
                         };
                         let attempt = batch.mark_dispatched(index, session.node);
+                        // Made straight into the job's own strings: no scratch copy.
+                        let (mut to, mut body) =
+                            (String::with_capacity(16), String::with_capacity(body_cap));
                         batch.message(index, &mut to, &mut body);
                         session.held.insert((bid, index));
                         jobs.push(pb::Job {
                             batch: bid,
                             index,
                             attempt,
-                            to: to.clone(),
-                            body: body.clone(),
+                            to,
+                            body,
                         });
                     }
                     if jobs.len() == want {
