@@ -8,8 +8,10 @@
 //! - [`sms`]: validation of phone numbers and bodies, with SMS segment counting.
 //! - [`synth`]: the deterministic generator of synthetic batches.
 //! - [`error`]: the one mapping of smsmesh errors to gRPC statuses.
+//! - [`cli`]: logging and shutdown signals, the same in every program.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod error;
 pub mod ids;
 pub mod sms;

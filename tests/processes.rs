@@ -23,44 +23,71 @@ fn node_sent(b: &pb::BatchStatus, name: &str) -> u64 {
         .map_or(0, |n| n.sent)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_a_node_mid_batch_loses_nothing() {
+/// A coordinator process, a slow node `name` and a fast one (`other`), busy with a
+/// batch of `total`; returns once `name` has sent some and holds more.
+struct Busy {
+    _dir: tempfile::TempDir,
+    _coord: Proc,
+    node: Proc,
+    _other: Proc,
+    client: pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    id: String,
+}
+
+async fn busy(name: &str, total: u64, seed: u64) -> Busy {
     let dir = tempfile::tempdir().unwrap();
-    let (_coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
+    let (coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
     let url = format!("http://{addr}");
-    let mut victim = Proc::node(
+    let node = Proc::node(
         &url,
-        "victim",
+        name,
         &["--concurrency", "200", "--mean-latency", "50ms"],
     )
     .unwrap();
-    let _other = Proc::node(
+    let other = Proc::node(
         &url,
         "other",
         &["--concurrency", "200", "--mean-latency", "10ms"],
     )
     .unwrap();
     let mut client = client(addr).await;
-    let total = 20_000;
     let id = client
-        .submit_batch(synthetic(total, 21))
+        .submit_batch(synthetic(total, seed))
         .await
         .unwrap()
         .into_inner()
         .batch_id;
-    wait_until(LONG, "the victim to have sent some and hold more", || {
-        let mut c = client.clone();
-        let id = id.clone();
-        async move {
-            let b = batch_status(&mut c, &id).await.ok()?;
-            let v = b.nodes.iter().find(|n| n.node == "victim")?;
-            (v.sent > 500 && v.in_flight > 50).then_some(())
-        }
-    })
+    wait_until(
+        LONG,
+        &format!("{name} to have sent some and hold more"),
+        || {
+            let mut c = client.clone();
+            let id = id.clone();
+            async move {
+                let b = batch_status(&mut c, &id).await.ok()?;
+                let v = b.nodes.iter().find(|n| n.node == name)?;
+                (v.sent > 500 && v.in_flight > 50).then_some(())
+            }
+        },
+    )
     .await
     .unwrap();
-    victim.kill9();
-    let b = wait_ended(&mut client, &id, LONG).await.unwrap();
+    Busy {
+        _dir: dir,
+        _coord: coord,
+        node,
+        _other: other,
+        client,
+        id,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_node_mid_batch_loses_nothing() {
+    let total = 20_000;
+    let mut t = busy("victim", total, 21).await;
+    t.node.kill9();
+    let b = wait_ended(&mut t.client, &t.id, LONG).await.unwrap();
     assert_eq!(b.state, BatchState::Completed as i32);
     assert_eq!((b.sent, b.failed), (total, 0), "{b:?}");
     assert!(b.requeued > 0, "the victim's jobs were requeued: {b:?}");
@@ -69,47 +96,15 @@ async fn kill_9_of_a_node_mid_batch_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_makes_a_node_finish_its_jobs_and_leave() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
-    let url = format!("http://{addr}");
-    let mut leaver = Proc::node(
-        &url,
-        "leaver",
-        &["--concurrency", "200", "--mean-latency", "50ms"],
-    )
-    .unwrap();
-    let _stayer = Proc::node(
-        &url,
-        "stayer",
-        &["--concurrency", "200", "--mean-latency", "10ms"],
-    )
-    .unwrap();
-    let mut client = client(addr).await;
     let total = 20_000;
-    let id = client
-        .submit_batch(synthetic(total, 22))
-        .await
-        .unwrap()
-        .into_inner()
-        .batch_id;
-    wait_until(LONG, "the leaver to hold jobs", || {
-        let mut c = client.clone();
-        let id = id.clone();
-        async move {
-            let b = batch_status(&mut c, &id).await.ok()?;
-            let v = b.nodes.iter().find(|n| n.node == "leaver")?;
-            (v.sent > 500 && v.in_flight > 50).then_some(())
-        }
-    })
-    .await
-    .unwrap();
-    leaver.term();
-    let status = leaver.wait(Duration::from_secs(20)).await.unwrap();
+    let mut t = busy("leaver", total, 22).await;
+    t.node.term();
+    let status = t.node.wait(Duration::from_secs(20)).await.unwrap();
     assert!(
         status.success(),
         "smsnode exits 0 after a clean leave: {status:?}"
     );
-    let b = wait_ended(&mut client, &id, LONG).await.unwrap();
+    let b = wait_ended(&mut t.client, &t.id, LONG).await.unwrap();
     assert_eq!((b.sent, b.failed, b.requeued), (total, 0, 0), "{b:?}");
     let share = b.nodes.iter().find(|n| n.node == "leaver").unwrap();
     assert!(!share.connected && share.in_flight == 0 && share.sent > 500);

@@ -76,13 +76,7 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    smsmesh::cli::init_logging("info");
     let args = Args::parse();
     let config = match args.config() {
         Ok(c) => c,
@@ -98,26 +92,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(69); // EX_UNAVAILABLE
         }
     };
-    match smsmesh_coordinator::run(config, listener, shutdown_signal()).await {
+    match smsmesh_coordinator::run(config, listener, smsmesh::cli::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("smscoord: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

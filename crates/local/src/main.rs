@@ -51,13 +51,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    smsmesh::cli::init_logging("warn");
     let args = Args::parse();
     if !(0.0..=1.0).contains(&args.failure_rate) {
         anyhow::bail!("--failure-rate must be between 0 and 1");

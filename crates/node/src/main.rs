@@ -85,13 +85,7 @@ fn main() -> ExitCode {
 }
 
 async fn node_main(args: Args) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    smsmesh::cli::init_logging("info");
     if args.gateway != "simulated" {
         eprintln!(
             "smsnode: unknown --gateway {:?} (only \"simulated\" exists for now)",
@@ -123,20 +117,17 @@ async fn node_main(args: Args) -> ExitCode {
     config.drain_timeout = args.drain_timeout;
     config.prefetch = args.prefetch.unwrap_or((args.concurrency / 10).max(1));
     config.reconnect_max = args.reconnect_max;
-    match smsmesh_node::run(config, Arc::new(Stats::default()), shutdown_signal()).await {
+    match smsmesh_node::run(
+        config,
+        Arc::new(Stats::default()),
+        smsmesh::cli::shutdown_signal(),
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("smsnode: {e}");
             ExitCode::from(64)
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
