@@ -92,6 +92,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(69); // EX_UNAVAILABLE
         }
     };
+    if let Ok(addr) = listener.local_addr() {
+        // Scripts and tests read the address from here (useful with --listen 127.0.0.1:0).
+        println!("smscoord listening on {addr}");
+    }
     match smsmesh_coordinator::run(config, listener, smsmesh::cli::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -18,8 +18,7 @@ use crate::store::Store;
 use crate::{Config, reactor};
 
 /// Runs the coordinator on `listener` until `shutdown` completes.
-///
-/// Prints `smscoord listening on ADDR` on stdout once it accepts connections.
+
 ///
 /// On shutdown every node stream and progress stream is closed, so the
 /// server can finish.
@@ -68,7 +67,6 @@ pub async fn run(
         NodeLinkServer::new(NodeLinkService::new(core.clone())).max_decoding_message_size(16 << 20);
 
     tracing::info!(%addr, "coordinator listening");
-    println!("smscoord listening on {addr}");
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
     let stop = {
         let core = core.clone();
