@@ -18,7 +18,6 @@ use crate::store::Store;
 use crate::{Config, reactor};
 
 /// Runs the coordinator on `listener` until `shutdown` completes.
-
 ///
 /// On shutdown every node stream and progress stream is closed, so the
 /// server can finish.
