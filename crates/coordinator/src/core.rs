@@ -410,11 +410,20 @@ impl Core {
             self.write.batches.push(state);
             self.running.retain(|&b| b != id.0);
             if batch.is_ended() {
-                self.recently_ended.push_back((now, id.0));
+                self.on_batch_ended(id.0, now);
             }
             self.publish_now = true;
         }
         self.on_batch_status(id, now)
+    }
+
+    /// Bookkeeping once a batch reached its final state.
+    fn on_batch_ended(&mut self, id: u64, now: Instant) {
+        let b = &self.batches[&id];
+        tracing::info!(batch = %b.id, state = ?b.state, sent = b.counts.sent, failed = b.counts.failed, cancelled = b.counts.cancelled, "batch ended");
+        self.running.retain(|&r| r != id);
+        self.recently_ended.push_back((now, id));
+        self.publish_now = true;
     }
 
     fn batch(&self, id: BatchId) -> Result<&Batch, Error> {
@@ -555,6 +564,28 @@ impl Core {
     }
 
     fn on_results(&mut self, sid: SessionId, r: pb::Results, now: Instant) -> Result<(), String> {
+        let mut ended = Vec::new();
+        let applied = self.apply_results(sid, &r, now, &mut ended);
+        // Batches that ended get their bookkeeping even if a later result was refused.
+        for id in ended {
+            self.on_batch_ended(id, now);
+        }
+        applied?;
+        let session = self.sessions.get_mut(&sid).expect("caller checked");
+        if r.seq > 0 {
+            session.ack_due = Some(session.ack_due.map_or(r.seq, |s| s.max(r.seq)));
+        }
+        self.on_credit(sid, r.grant)
+    }
+
+    /// Applies each result of a frame; stops at the first one that breaks the protocol.
+    fn apply_results(
+        &mut self,
+        sid: SessionId,
+        r: &pb::Results,
+        now: Instant,
+        ended: &mut Vec<u64>,
+    ) -> Result<(), String> {
         let retry_base = self.config.retry_base;
         let retry_max = self.config.retry_max;
         let session = self.sessions.get_mut(&sid).expect("caller checked");
@@ -584,7 +615,7 @@ impl Core {
             if u64::from(res.index) >= batch.counts.total {
                 continue; // handoff naming a message that does not exist
             }
-            let ended = batch.on_result(
+            let reached = batch.on_result(
                 res.index,
                 res.attempt,
                 node,
@@ -595,7 +626,7 @@ impl Core {
                 |failures| retry_delay(retry_base, retry_max, failures),
                 now,
             );
-            if let Some(state @ (batch::ST_SENT | batch::ST_FAILED)) = ended {
+            if let Some(state @ (batch::ST_SENT | batch::ST_FAILED)) = reached {
                 let slot = batch.slots[res.index as usize];
                 self.write.outcomes.push(Outcome {
                     batch: res.batch,
@@ -607,16 +638,10 @@ impl Core {
                 });
             }
             if batch.check_end(now) {
-                tracing::info!(batch = %batch.id, sent = batch.counts.sent, failed = batch.counts.failed, cancelled = batch.counts.cancelled, "batch ended");
-                self.running.retain(|&b| b != res.batch);
-                self.recently_ended.push_back((now, res.batch));
-                self.publish_now = true;
+                ended.push(res.batch);
             }
         }
-        if r.seq > 0 {
-            session.ack_due = Some(session.ack_due.map_or(r.seq, |s| s.max(r.seq)));
-        }
-        self.on_credit(sid, r.grant)
+        Ok(())
     }
 
     /// A node's stream ended (cleanly or not): its jobs go back to the queue.
@@ -641,7 +666,7 @@ impl Core {
             if let Some(b) = self.batches.get_mut(&batch) {
                 b.requeue(index, session.node);
                 if b.check_end(now) {
-                    self.recently_ended.push_back((now, batch));
+                    self.on_batch_ended(batch, now);
                 }
             }
         }
