@@ -227,6 +227,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
         let (tx, rx) = mpsc::channel(4);
         let watcher = Watcher {
             batch,
+            batch_str: batch.map(|id| id.to_string()),
             core: self.core.clone(),
             progress: self.core.progress(),
             tx,
@@ -240,6 +241,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
 /// Serves one WatchProgress stream.
 struct Watcher {
     batch: Option<BatchId>,
+    /// `batch` as it appears in statuses.
+    batch_str: Option<String>,
     core: Handle,
     progress: watch::Receiver<Arc<Snapshot>>,
     tx: mpsc::Sender<Result<pb::ProgressUpdate, Status>>,
@@ -287,7 +290,7 @@ impl Watcher {
         let mut batches: Vec<pb::BatchStatus> = snap
             .batches
             .iter()
-            .filter(|b| self.batch.is_none_or(|id| b.batch_id == id.to_string()))
+            .filter(|b| self.watches(&b.batch_id))
             .cloned()
             .collect();
         if let (Some(id), true) = (self.batch, batches.is_empty()) {
@@ -300,11 +303,15 @@ impl Watcher {
         })
     }
 
+    /// Whether this stream follows the batch `batch_id`.
+    fn watches(&self, batch_id: &str) -> bool {
+        self.batch_str.as_deref().is_none_or(|id| id == batch_id)
+    }
+
     fn state_changed(&self) -> bool {
         let snap = self.progress.borrow();
-        snap.batches.iter().any(|b| {
-            self.batch.is_none_or(|id| b.batch_id == id.to_string())
-                && self.states.get(&b.batch_id) != Some(&b.state)
-        })
+        snap.batches
+            .iter()
+            .any(|b| self.watches(&b.batch_id) && self.states.get(&b.batch_id) != Some(&b.state))
     }
 }

@@ -230,10 +230,10 @@ impl Core {
 
     /// A new dispatch reservation for batch `id`, when it runs low.
     fn reservation_due(&self, id: u64) -> Option<u32> {
-        if !self.durable {
+        let b = &self.batches[&id];
+        if !self.durable || !b.is_running() {
             return None;
         }
-        let b = &self.batches[&id];
         let total = b.counts.total as u32;
         let stored = self.stored_state.get(&id).map_or(0, |s| s.dispatched);
         let left = stored.saturating_sub(b.next_fresh);
@@ -252,18 +252,17 @@ impl Core {
     /// Takes the changes to store, and what to do once they are stored.
     pub fn take_writes(&mut self) -> (WriteSet, Committed) {
         let mut reservations = Vec::new();
-        let changed: Vec<u64> = self
+        let changed: Vec<StoredBatchState> = self
             .running
             .iter()
-            .copied()
-            .filter(|&id| self.state_changed(id))
+            .map(|&id| self.batch_state(id))
+            .filter(|state| self.stored_state.get(&state.id) != Some(state))
             .collect();
-        for id in changed {
-            let state = self.batch_state(id);
-            if state.dispatched > self.stored_state.get(&id).map_or(0, |s| s.dispatched) {
-                reservations.push((id, state.dispatched));
+        for state in changed {
+            if state.dispatched > self.stored_state.get(&state.id).map_or(0, |s| s.dispatched) {
+                reservations.push((state.id, state.dispatched));
             }
-            self.stored_state.insert(id, state.clone());
+            self.stored_state.insert(state.id, state.clone());
             self.write.batches.push(state);
         }
         let acks = self
@@ -403,13 +402,12 @@ impl Core {
         let batch = self.batches.get_mut(&id.0).ok_or_else(|| not_found(id))?;
         if batch.cancel(now) {
             tracing::info!(batch = %id, in_flight = batch.counts.in_flight, "batch cancelled");
-            let mut state = self.stored_state.get(&id.0).cloned().unwrap_or_default();
-            state.id = id.0;
-            state.cancelled = true;
+            let ended = batch.is_ended();
+            let state = self.batch_state(id.0);
             self.stored_state.insert(id.0, state.clone());
             self.write.batches.push(state);
             self.running.retain(|&b| b != id.0);
-            if batch.is_ended() {
+            if ended {
                 self.on_batch_ended(id.0, now);
             }
             self.publish_now = true;
