@@ -5,13 +5,14 @@
 //! RSS. Results go to a JSON file and a Markdown table.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde::Serialize;
 use smsmesh::pb::{self, BatchState};
+use smsmesh_testkit::{Proc, listening_addr};
 
 /// Runs the benchmark scenarios (a) to (f) and writes the results.
 #[derive(Parser, Debug)]
@@ -333,16 +334,6 @@ fn markdown(results: &[Scenario]) -> String {
     s
 }
 
-/// A child process, killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// CPU seconds (user + system) and peak RSS (MiB) of a process, from /proc.
 fn usage(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -372,18 +363,10 @@ async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
     } else {
         coord.arg("--in-memory");
     }
-    let mut child = coord.spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let coord = Proc(child);
-    let addr = {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let line = lines.next().context("smscoord exited")??;
-        std::thread::spawn(move || lines.for_each(drop));
-        line.strip_prefix("smscoord listening on ")
-            .context("unexpected smscoord output")?
-            .to_string()
+    let mut coord = Proc {
+        child: coord.spawn()?,
     };
+    let addr = listening_addr(&mut coord.child)?;
     let url = format!("http://{addr}");
     let mut nodes: Vec<Proc> = setup
         .nodes
@@ -401,7 +384,7 @@ async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
                 .args(["--worker-threads", &setup.node_threads.to_string()])
                 .env("RUST_LOG", "error")
                 .spawn()
-                .map(Proc)
+                .map(|child| Proc { child })
         })
         .collect::<Result<_, _>>()?;
     let mut client = pb::coordinator_client::CoordinatorClient::connect(url.clone()).await?;
@@ -421,13 +404,13 @@ async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
             bail!("nodes did not all join within 60 s");
         }
         for n in &mut nodes {
-            if let Some(status) = n.0.try_wait()? {
+            if let Some(status) = n.child.try_wait()? {
                 bail!("a node exited before joining ({status}); see its error above");
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let cpu_before = usage(coord.0.id()).0;
+    let cpu_before = usage(coord.child.id()).0;
     let started = Instant::now();
     let req = pb::SubmitBatchRequest {
         synthetic: Some(pb::SyntheticBatch {
@@ -470,8 +453,11 @@ async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
     if b.state != BatchState::Completed as i32 {
         bail!("batch ended as {:?}", b.state);
     }
-    let (cpu_after, coord_rss) = usage(coord.0.id());
-    let node_rss = nodes.iter().map(|n| usage(n.0.id()).1).fold(0.0, f64::max);
+    let (cpu_after, coord_rss) = usage(coord.child.id());
+    let node_rss = nodes
+        .iter()
+        .map(|n| usage(n.child.id()).1)
+        .fold(0.0, f64::max);
     let lat = b.latency.unwrap_or_default();
     let mut per_node: Vec<(String, f64, f64)> = b
         .nodes

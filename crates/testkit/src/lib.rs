@@ -363,6 +363,27 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Reads the address from `smscoord`'s first line (`smscoord listening on ADDR`);
+/// `child` must have been started with its stdout piped. The rest of its stdout is
+/// drained in the background so it never blocks on a full pipe.
+pub fn listening_addr(child: &mut std::process::Child) -> anyhow::Result<SocketAddr> {
+    use std::io::BufRead;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("smscoord's stdout is not piped"))?;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let line = lines
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("smscoord exited before listening"))??;
+    let addr = line
+        .strip_prefix("smscoord listening on ")
+        .ok_or_else(|| anyhow::anyhow!("unexpected first line from smscoord: {line:?}"))?
+        .parse()?;
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(addr)
+}
+
 /// A child process of one of our programs, killed when dropped.
 pub struct Proc {
     /// The child.
@@ -385,8 +406,7 @@ impl Proc {
         data: &std::path::Path,
         args: &[&str],
     ) -> anyhow::Result<(Proc, SocketAddr)> {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(bin("smscoord"))
+        let child = std::process::Command::new(bin("smscoord"))
             .args(["--listen", &listen.to_string()])
             .arg("--data-dir")
             .arg(data)
@@ -397,18 +417,8 @@ impl Proc {
             )
             .stdout(std::process::Stdio::piped())
             .spawn()?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let proc = Proc { child };
-        let line = lines
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("smscoord exited before listening"))??;
-        let addr = line
-            .strip_prefix("smscoord listening on ")
-            .ok_or_else(|| anyhow::anyhow!("unexpected first line from smscoord: {line:?}"))?
-            .parse()?;
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        let mut proc = Proc { child };
+        let addr = listening_addr(&mut proc.child)?;
         Ok((proc, addr))
     }
 
