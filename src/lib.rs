@@ -8,7 +8,8 @@
 //! - [`sms`]: validation of phone numbers and bodies, with SMS segment counting.
 //! - [`synth`]: the deterministic generator of synthetic batches.
 //! - [`error`]: the one mapping of smsmesh errors to gRPC statuses.
-//! - [`cli`]: logging and shutdown signals, the same in every program.
+//! - [`cli`]: shutdown signals, the same in every program.
+//! - [`telemetry`]: logs, OTLP trace export and W3C trace-context propagation.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod ids;
 pub mod sms;
 pub mod synth;
+pub mod telemetry;
 
 pub use error::Error;
 pub use ids::{BatchId, MessageId};

@@ -13,6 +13,7 @@ use smsmesh::{BatchId, Error, MessageId, sms};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::Config;
 use crate::batch::Content;
@@ -45,7 +46,11 @@ impl CoordinatorApi {
         &self,
         req: pb::SubmitBatchRequest,
     ) -> Result<pb::SubmitBatchResponse, Error> {
-        let new = validate_submit(req, &self.config)?;
+        let mut new = validate_submit(req, &self.config)?;
+        let span = tracing::Span::current();
+        span.record("batch_id", new.id.to_string());
+        span.record("messages", new.total);
+        new.trace = dispatch_trace(new.id, self.config.trace_message_ratio);
         if let Some(store) = &self.store {
             let stored = stored_batch(&new);
             let key = new.idempotency_key.clone();
@@ -64,6 +69,48 @@ impl CoordinatorApi {
         }
         self.core.submit(new).await
     }
+}
+
+/// The dispatch span of a new batch (a child of the current SubmitBatch
+/// span), if it is recorded and sampled.
+fn dispatch_trace(id: BatchId, ratio: f64) -> Option<crate::batch::Trace> {
+    let span = tracing::info_span!(
+        "dispatch",
+        batch_id = %id,
+        state = tracing::field::Empty,
+        sent = tracing::field::Empty,
+        failed = tracing::field::Empty,
+    );
+    let traceparent = smsmesh::telemetry::traceparent(&span)?;
+    let every = if ratio > 0.0 && ratio.is_finite() {
+        (1.0 / ratio.min(1.0)).round().clamp(1.0, f64::from(u32::MAX)) as u32
+    } else {
+        u32::MAX // only message 0
+    };
+    (ratio > 0.0).then_some(crate::batch::Trace {
+        span,
+        traceparent,
+        every,
+    })
+}
+
+/// A server span for one call of `method`, continuing the caller's trace if
+/// its metadata carries a W3C `traceparent`.
+fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = method,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = "smsmesh.v1.Coordinator",
+        rpc.method = method,
+        batch_id = tracing::field::Empty,
+        messages = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    smsmesh::telemetry::set_parent_from_metadata(&span, metadata);
+    span
 }
 
 /// The stored form of a batch about to be accepted.
@@ -148,6 +195,7 @@ pub fn validate_submit(req: pb::SubmitBatchRequest, config: &Config) -> Result<N
         total,
         max_attempts: max_attempts as u8,
         idempotency_key: (!req.idempotency_key.is_empty()).then_some(req.idempotency_key),
+        trace: None,
     })
 }
 
@@ -157,44 +205,56 @@ fn is_ended(state: i32) -> bool {
 
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for CoordinatorApi {
-    #[tracing::instrument(skip_all)]
     async fn submit_batch(
         &self,
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
-        Ok(Response::new(
-            self.inner_submit(request.into_inner()).await?,
-        ))
+        let span = rpc_span("smsmesh.v1.Coordinator/SubmitBatch", request.metadata());
+        let response = self
+            .inner_submit(request.into_inner())
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &response {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", e.to_string());
+        }
+        Ok(Response::new(response?))
     }
 
-    #[tracing::instrument(skip_all)]
     async fn get_status(
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let status = match request.into_inner().target {
-            Some(get_status_request::Target::BatchId(id)) => {
-                let batch = self.core.batch_status(id.parse()?).await?;
-                get_status_response::Status::Batch(batch)
-            }
-            Some(get_status_request::Target::MessageId(id)) => {
-                let msg = self.core.message_status(id.parse::<MessageId>()?).await?;
-                get_status_response::Status::Message(msg)
-            }
-            None => return Err(Error::invalid("give `batch_id` or `message_id`").into()),
-        };
+        let span = rpc_span("smsmesh.v1.Coordinator/GetStatus", request.metadata());
+        let target = request.into_inner().target;
+        let status = async {
+            Ok::<_, Status>(match target {
+                Some(get_status_request::Target::BatchId(id)) => {
+                    let batch = self.core.batch_status(id.parse()?).await?;
+                    get_status_response::Status::Batch(batch)
+                }
+                Some(get_status_request::Target::MessageId(id)) => {
+                    let msg = self.core.message_status(id.parse::<MessageId>()?).await?;
+                    get_status_response::Status::Message(msg)
+                }
+                None => return Err(Error::invalid("give `batch_id` or `message_id`").into()),
+            })
+        }
+        .instrument(span)
+        .await?;
         Ok(Response::new(pb::GetStatusResponse {
             status: Some(status),
         }))
     }
 
-    #[tracing::instrument(skip_all)]
     async fn cancel_batch(
         &self,
         request: Request<pb::CancelBatchRequest>,
     ) -> Result<Response<pb::CancelBatchResponse>, Status> {
+        let span = rpc_span("smsmesh.v1.Coordinator/CancelBatch", request.metadata());
         let id: BatchId = request.into_inner().batch_id.parse()?;
-        let batch = self.core.cancel(id).await?;
+        span.record("batch_id", id.to_string());
+        let batch = self.core.cancel(id).instrument(span).await?;
         Ok(Response::new(pb::CancelBatchResponse {
             batch: Some(batch),
         }))
@@ -202,11 +262,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
 
     type WatchProgressStream = ReceiverStream<Result<pb::ProgressUpdate, Status>>;
 
-    #[tracing::instrument(skip_all)]
     async fn watch_progress(
         &self,
         request: Request<pb::WatchProgressRequest>,
     ) -> Result<Response<Self::WatchProgressStream>, Status> {
+        // The span covers the stream's whole life: it ends when the watcher task does.
+        let span = rpc_span("smsmesh.v1.Coordinator/WatchProgress", request.metadata());
         let req = request.into_inner();
         let interval = match req.interval_ms {
             0 => Duration::from_secs(1),
@@ -233,7 +294,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
             tx,
             states: HashMap::new(),
         };
-        tokio::spawn(watcher.run(interval)); // ends when the client goes or the batch ends
+        // Ends when the client goes or the batch ends.
+        tokio::spawn(watcher.run(interval).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

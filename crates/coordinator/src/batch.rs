@@ -159,8 +159,23 @@ pub struct Batch {
     pub ended_at: Option<Instant>,
     /// Smoothed finish rate, messages per second.
     pub rate: f64,
+    /// The batch's dispatch span and which messages carry it to nodes.
+    pub trace: Option<Trace>,
     /// `finished()` and time at the last rate sample.
     pub rate_sample: (u64, Instant),
+}
+
+/// A traced batch: its dispatch span stays open until the batch ends, and
+/// every `every`-th message's job carries the span's `traceparent`, so the
+/// node that sends it records a child span.
+#[derive(Debug)]
+pub struct Trace {
+    /// The dispatch span.
+    pub span: tracing::Span,
+    /// Its W3C trace context.
+    pub traceparent: String,
+    /// Trace message `index` when `index % every == 0`.
+    pub every: u32,
 }
 
 /// A latency histogram: 1 µs to 1 hour, 2 significant digits.
@@ -196,6 +211,15 @@ impl Batch {
             ended_at: None,
             rate: 0.0,
             rate_sample: (0, now),
+            trace: None,
+        }
+    }
+
+    /// The `traceparent` that message `index`'s job carries ("" for untraced ones).
+    pub fn job_traceparent(&self, index: u32) -> String {
+        match &self.trace {
+            Some(t) if index % t.every == 0 => t.traceparent.clone(),
+            _ => String::new(),
         }
     }
 
@@ -503,6 +527,13 @@ impl Batch {
         };
         self.state = next;
         self.ended_at = Some(now);
+        if let Some(t) = self.trace.take() {
+            let c = &self.counts;
+            t.span.record("state", format!("{next:?}").to_lowercase());
+            t.span.record("sent", c.sent);
+            t.span.record("failed", c.failed);
+            // Dropping the span ends it: its duration is the batch's time to finish.
+        }
         true
     }
 

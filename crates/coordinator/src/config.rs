@@ -36,6 +36,10 @@ pub struct Config {
     /// After a restart, how long messages that may have been in flight wait before going
     /// out again, so that reconnecting nodes can hand in their results first. Default: 2 s.
     pub resume_grace: Duration,
+    /// Share of a traced batch's messages whose send is recorded as a span on
+    /// the node (every 1/ratio-th message, the first always), so a huge batch
+    /// does not flood the trace store. 0 records none. Default: 0.01.
+    pub trace_message_ratio: f64,
 }
 
 impl Default for Config {
@@ -55,6 +59,7 @@ impl Default for Config {
             max_request_bytes: 64 << 20,
             keep_ended_in_progress: Duration::from_secs(60),
             resume_grace: Duration::from_secs(2),
+            trace_message_ratio: 0.01,
         }
     }
 }

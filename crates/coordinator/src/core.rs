@@ -51,6 +51,8 @@ pub struct NewBatch {
     pub max_attempts: u8,
     /// Client's idempotency key, if any.
     pub idempotency_key: Option<String>,
+    /// The dispatch span, when the batch is traced.
+    pub trace: Option<batch::Trace>,
 }
 
 /// What becomes true once a group of writes is stored.
@@ -345,6 +347,7 @@ impl Core {
             self.idempotency.insert(key, id);
         }
         let mut batch = Batch::new(id, new.content, new.total, new.max_attempts, now);
+        batch.trace = new.trace;
         if self.durable {
             batch.reserved = 0; // dispatch starts once a reservation is stored
         }
@@ -787,6 +790,7 @@ impl Core {
                             attempt,
                             to,
                             body,
+                            traceparent: batch.job_traceparent(index),
                         });
                     }
                     if jobs.len() == want {

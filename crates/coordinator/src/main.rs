@@ -46,6 +46,14 @@ struct Args {
     /// Most jobs in one frame to a node.
     #[arg(long, env = "SMSMESH_MAX_JOBS_PER_FRAME", default_value_t = 512)]
     max_jobs_per_frame: usize,
+    /// Of a traced batch, the share of messages whose send on the node is a span
+    /// (every 1/ratio-th message, the first always); 0 for none.
+    #[arg(long, env = "SMSMESH_TRACE_MESSAGE_RATIO", default_value_t = 0.01)]
+    trace_message_ratio: f64,
+    /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317
+    /// (the standard OTEL_* variables are honoured too).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 impl Args {
@@ -55,6 +63,9 @@ impl Args {
         }
         if self.max_jobs_per_frame == 0 {
             return Err("--max-jobs-per-frame must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.trace_message_ratio) {
+            return Err("--trace-message-ratio must be between 0 and 1".into());
         }
         if self.node_timeout <= self.heartbeat_interval {
             return Err("--node-timeout must be longer than --heartbeat-interval".into());
@@ -69,6 +80,7 @@ impl Args {
             node_timeout: self.node_timeout,
             max_jobs_per_frame: self.max_jobs_per_frame,
             resume_grace: self.resume_grace,
+            trace_message_ratio: self.trace_message_ratio,
             ..Config::default()
         })
     }
@@ -76,8 +88,8 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    smsmesh::cli::init_logging("info");
     let args = Args::parse();
+    let telemetry = smsmesh::telemetry::init("smscoord", "info", args.otlp_endpoint.as_deref());
     let config = match args.config() {
         Ok(c) => c,
         Err(e) => {
@@ -96,7 +108,9 @@ async fn main() -> ExitCode {
         // Scripts and tests read the address from here (useful with --listen 127.0.0.1:0).
         println!("smscoord listening on {addr}");
     }
-    match smsmesh_coordinator::run(config, listener, smsmesh::cli::shutdown_signal()).await {
+    let result = smsmesh_coordinator::run(config, listener, smsmesh::cli::shutdown_signal()).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("smscoord: {e:#}");

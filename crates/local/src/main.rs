@@ -51,8 +51,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    smsmesh::cli::init_logging("warn");
     let args = Args::parse();
+    let _telemetry = smsmesh::telemetry::init("smsmesh-local", "warn", None);
     if !(0.0..=1.0).contains(&args.failure_rate) {
         anyhow::bail!("--failure-rate must be between 0 and 1");
     }

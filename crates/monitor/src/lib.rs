@@ -25,11 +25,14 @@ pub async fn watch(
     let mut client = pb::coordinator_client::CoordinatorClient::connect(coordinator.to_string())
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {coordinator}: {e}"))?;
+    let mut request = tonic::Request::new(pb::WatchProgressRequest {
+        batch_id: batch.unwrap_or_default().to_string(),
+        interval_ms: interval.as_millis() as u32,
+    });
+    // The coordinator's side of the stream joins the caller's trace, if any.
+    smsmesh::telemetry::inject_into_metadata(&tracing::Span::current(), request.metadata_mut());
     let mut stream = client
-        .watch_progress(pb::WatchProgressRequest {
-            batch_id: batch.unwrap_or_default().to_string(),
-            interval_ms: interval.as_millis() as u32,
-        })
+        .watch_progress(request)
         .await
         .map_err(|s| anyhow::anyhow!("WatchProgress: {}: {}", s.code(), s.message()))?
         .into_inner();

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use tracing::Instrument;
 use smsmesh_monitor::{Display, watch};
 
 /// Shows live progress of batches: a bar per batch with sent, failed, rate,
@@ -27,20 +28,29 @@ struct Args {
     /// Plain lines even on a terminal.
     #[arg(long)]
     plain: bool,
+    /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317
+    /// (the standard OTEL_* variables are honoured too).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // Warnings only: log lines would break the bars.
+    let telemetry = smsmesh::telemetry::init("smsmon", "warn", args.otlp_endpoint.as_deref());
     let mut display = Display::new(args.plain);
-    match watch(
+    let span = tracing::info_span!("watch", batch_id = args.batch.as_deref().unwrap_or("all"));
+    let result = watch(
         &args.coordinator,
         args.batch.as_deref(),
         args.interval,
         &mut display,
     )
-    .await
-    {
+    .instrument(span)
+    .await;
+    telemetry.shutdown().await;
+    match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("smsmon: {e:#}");

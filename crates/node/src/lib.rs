@@ -167,7 +167,12 @@ async fn execute(
     let mut running = FuturesUnordered::new();
     let mut waiting: std::collections::VecDeque<(u64, pb::Job)> = std::collections::VecDeque::new();
     let start = |epoch: u64, job: pb::Job| {
-        let send = gateway.send(&job);
+        let mut send = gateway.send(&job);
+        // A traced message: its send is a span, a child of the batch's dispatch span.
+        let span = (!job.traceparent.is_empty()).then(|| send_span(&job));
+        if let Some(span) = &span {
+            send = Box::pin(tracing::Instrument::instrument(send, span.clone()));
+        }
         async move {
             let start = Instant::now();
             let outcome = send.await;
@@ -176,6 +181,13 @@ async fn execute(
                 Ok(()) => (pb::Outcome::Sent, String::new()),
                 Err(e) => (pb::Outcome::Failed, e),
             };
+            if let Some(span) = span {
+                span.record("outcome", outcome.as_str_name());
+                if !error.is_empty() {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("otel.status_description", error.as_str());
+                }
+            }
             (
                 epoch,
                 pb::JobResult {
@@ -226,6 +238,21 @@ async fn execute(
             }
         }
     }
+}
+
+/// The span of one traced send, continuing the trace its job carries.
+fn send_span(job: &pb::Job) -> tracing::Span {
+    let span = tracing::info_span!(
+        "send",
+        otel.kind = "client",
+        message_id = %smsmesh::MessageId { batch: smsmesh::BatchId(job.batch), index: job.index },
+        attempt = job.attempt,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    smsmesh::telemetry::set_remote_parent(&span, &job.traceparent);
+    span
 }
 
 struct Node {

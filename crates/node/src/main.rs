@@ -48,6 +48,10 @@ struct Args {
     /// On SIGTERM, how long to keep trying to hand in finished results.
     #[arg(long, env = "SMSMESH_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317
+    /// (the standard OTEL_* variables are honoured too).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn default_name() -> String {
@@ -85,7 +89,13 @@ fn main() -> ExitCode {
 }
 
 async fn node_main(args: Args) -> ExitCode {
-    smsmesh::cli::init_logging("info");
+    let name = args.name.clone().unwrap_or_else(default_name);
+    let telemetry = smsmesh::telemetry::init_instance(
+        "smsnode",
+        Some(&name),
+        "info",
+        args.otlp_endpoint.as_deref(),
+    );
     if args.gateway != "simulated" {
         eprintln!(
             "smsnode: unknown --gateway {:?} (only \"simulated\" exists for now)",
@@ -110,20 +120,21 @@ async fn node_main(args: Args) -> ExitCode {
     });
     let mut config = Config::new(
         args.coordinator,
-        args.name.unwrap_or_else(default_name),
+        name,
         args.concurrency,
         gateway,
     );
     config.drain_timeout = args.drain_timeout;
     config.prefetch = args.prefetch.unwrap_or((args.concurrency / 10).max(1));
     config.reconnect_max = args.reconnect_max;
-    match smsmesh_node::run(
+    let result = smsmesh_node::run(
         config,
         Arc::new(Stats::default()),
         smsmesh::cli::shutdown_signal(),
     )
-    .await
-    {
+    .await;
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("smsnode: {e}");
