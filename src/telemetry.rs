@@ -177,7 +177,8 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
 
 /// Makes `span` a child of the caller's span, if the gRPC request carries trace context.
 pub fn set_parent_from_metadata(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
-    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&MetadataReader(metadata)));
+    let cx =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&MetadataReader(metadata)));
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
     }

@@ -83,7 +83,9 @@ fn dispatch_trace(id: BatchId, ratio: f64) -> Option<crate::batch::Trace> {
     );
     let traceparent = smsmesh::telemetry::traceparent(&span)?;
     let every = if ratio > 0.0 && ratio.is_finite() {
-        (1.0 / ratio.min(1.0)).round().clamp(1.0, f64::from(u32::MAX)) as u32
+        (1.0 / ratio.min(1.0))
+            .round()
+            .clamp(1.0, f64::from(u32::MAX)) as u32
     } else {
         u32::MAX // only message 0
     };

@@ -218,7 +218,7 @@ impl Batch {
     /// The `traceparent` that message `index`'s job carries ("" for untraced ones).
     pub fn job_traceparent(&self, index: u32) -> String {
         match &self.trace {
-            Some(t) if index % t.every == 0 => t.traceparent.clone(),
+            Some(t) if index.is_multiple_of(t.every) => t.traceparent.clone(),
             _ => String::new(),
         }
     }

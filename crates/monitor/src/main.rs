@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tracing::Instrument;
 use smsmesh_monitor::{Display, watch};
+use tracing::Instrument;
 
 /// Shows live progress of batches: a bar per batch with sent, failed, rate,
 /// latency, ETA and per-node shares; plain lines when not on a terminal.

@@ -118,12 +118,7 @@ async fn node_main(args: Args) -> ExitCode {
         mean_latency: args.mean_latency,
         failure_rate: args.failure_rate,
     });
-    let mut config = Config::new(
-        args.coordinator,
-        name,
-        args.concurrency,
-        gateway,
-    );
+    let mut config = Config::new(args.coordinator, name, args.concurrency, gateway);
     config.drain_timeout = args.drain_timeout;
     config.prefetch = args.prefetch.unwrap_or((args.concurrency / 10).max(1));
     config.reconnect_max = args.reconnect_max;
