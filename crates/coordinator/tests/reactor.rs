@@ -130,6 +130,7 @@ impl World {
             total,
             max_attempts,
             idempotency_key: None,
+            trace: None,
         };
         self.core.on_submit(b, self.now).batch_id.parse().unwrap()
     }
