@@ -71,6 +71,72 @@ pub struct Snapshot {
     pub batches: Vec<pb::BatchStatus>,
     /// Nodes connected now.
     pub nodes_connected: u32,
+    /// Mesh-wide figures for `/metrics`.
+    pub metrics: MeshMetrics,
+}
+
+/// Mesh-wide figures, as of the last snapshot: what `/metrics` shows.
+#[derive(Clone, Debug)]
+pub struct MeshMetrics {
+    /// Message counters summed over every batch this coordinator knows.
+    pub messages: batch::Counts,
+    /// Batches accepted since the coordinator started.
+    pub batches_accepted: u64,
+    /// Batches running now.
+    pub batches_running: u64,
+    /// Batches that completed.
+    pub batches_completed: u64,
+    /// Batches cancelled.
+    pub batches_cancelled: u64,
+    /// Pending messages of each running batch: (batch id, pending).
+    pub pending_by_batch: Vec<(String, u64)>,
+    /// Per node name, connected or not.
+    pub nodes: Vec<NodeMetrics>,
+    /// Gateway latency of every attempt reported, as nodes measured it.
+    pub latency: smsmesh::metrics::Buckets,
+    /// Credits granted by nodes, in all.
+    pub credits_granted: u64,
+    /// Node streams opened (joins and re-joins).
+    pub node_joins: u64,
+    /// Node streams closed for breaking the protocol.
+    pub node_protocol_errors: u64,
+}
+
+impl Default for MeshMetrics {
+    fn default() -> Self {
+        MeshMetrics {
+            messages: batch::Counts::default(),
+            batches_accepted: 0,
+            batches_running: 0,
+            batches_completed: 0,
+            batches_cancelled: 0,
+            pending_by_batch: Vec::new(),
+            nodes: Vec::new(),
+            latency: smsmesh::metrics::Buckets::new(&smsmesh::metrics::LATENCY_BUCKETS),
+            credits_granted: 0,
+            node_joins: 0,
+            node_protocol_errors: 0,
+        }
+    }
+}
+
+/// One node's figures.
+#[derive(Clone, Debug, Default)]
+pub struct NodeMetrics {
+    /// Its name.
+    pub name: String,
+    /// Whether it has a stream now.
+    pub connected: bool,
+    /// Attempts it reported sent / failed, since the coordinator started.
+    pub attempts_sent: u64,
+    /// Attempts it reported failed.
+    pub attempts_failed: u64,
+    /// Jobs it holds now.
+    pub in_flight: u64,
+    /// Credit it granted and that is not used yet.
+    pub credit: u64,
+    /// The concurrency it declared.
+    pub concurrency: u64,
 }
 
 struct Session {
@@ -114,6 +180,20 @@ pub struct Core {
     /// Whether a store backs this core (then dispatch waits for reservations).
     durable: bool,
     progress: watch::Sender<Arc<Snapshot>>,
+    /// Running figures for `/metrics` that are not derived from batches.
+    stats: RunningStats,
+}
+
+/// Figures counted as events happen (the rest of [`MeshMetrics`] is derived at publish).
+#[derive(Debug)]
+struct RunningStats {
+    latency: smsmesh::metrics::Buckets,
+    /// Per node index: (attempts sent, attempts failed).
+    attempts: Vec<(u64, u64)>,
+    credits_granted: u64,
+    node_joins: u64,
+    node_protocol_errors: u64,
+    batches_accepted: u64,
 }
 
 impl Core {
@@ -136,6 +216,14 @@ impl Core {
             stored_state: FxHashMap::default(),
             durable: false,
             progress: watch::Sender::new(Arc::new(Snapshot::default())),
+            stats: RunningStats {
+                latency: smsmesh::metrics::Buckets::new(&smsmesh::metrics::LATENCY_BUCKETS),
+                attempts: Vec::new(),
+                credits_granted: 0,
+                node_joins: 0,
+                node_protocol_errors: 0,
+                batches_accepted: 0,
+            },
         }
     }
 
@@ -352,6 +440,7 @@ impl Core {
             batch.reserved = 0; // dispatch starts once a reservation is stored
         }
         tracing::info!(batch = %id, total = new.total, "batch accepted");
+        self.stats.batches_accepted += 1;
         self.batches.insert(id.0, batch);
         self.running.push(id.0);
         self.publish_now = true;
@@ -482,6 +571,7 @@ impl Core {
             .send(session, welcome)
             .map_err(|Unreachable| Error::Unavailable("node stream closed during hello".into()))?;
         tracing::info!(node = %hello.name, session = session.0, concurrency = hello.concurrency, gateway = %hello.gateway, "node joined");
+        self.stats.node_joins += 1;
         self.sessions.insert(
             session,
             Session {
@@ -542,6 +632,7 @@ impl Core {
         };
         if let Err(why) = result {
             tracing::warn!(session = sid.0, %why, "node broke the protocol; dropping it");
+            self.stats.node_protocol_errors += 1;
             self.drop_session(sid, Some(Status::failed_precondition(why)), outbox);
         }
     }
@@ -561,6 +652,7 @@ impl Core {
             ));
         }
         s.credit += credits;
+        self.stats.credits_granted += u64::from(credits);
         Ok(())
     }
 
@@ -610,6 +702,17 @@ impl Core {
                 Ok(pb::Outcome::Failed) => false,
                 _ => return Err(format!("result for message {id} has no outcome")),
             };
+            let stats = &mut self.stats;
+            if stats.attempts.len() <= node as usize {
+                stats.attempts.resize(node as usize + 1, (0, 0));
+            }
+            let a = &mut stats.attempts[node as usize];
+            if sent {
+                a.0 += 1;
+            } else {
+                a.1 += 1;
+            }
+            stats.latency.observe(res.latency_us as f64 / 1e6);
             let Some(batch) = self.batches.get_mut(&res.batch) else {
                 continue; // handed in for a batch this coordinator does not know
             };
@@ -857,10 +960,70 @@ impl Core {
             .iter()
             .map(|id| self.batch_status(&self.batches[id], now))
             .collect();
+        let metrics = self.mesh_metrics();
         self.progress.send_replace(Arc::new(Snapshot {
             batches,
             nodes_connected: self.sessions.len() as u32,
+            metrics,
         }));
+    }
+
+    /// Mesh-wide figures: counters summed over every batch, and node state now.
+    fn mesh_metrics(&self) -> MeshMetrics {
+        let mut m = MeshMetrics {
+            batches_accepted: self.stats.batches_accepted,
+            latency: self.stats.latency.clone(),
+            credits_granted: self.stats.credits_granted,
+            node_joins: self.stats.node_joins,
+            node_protocol_errors: self.stats.node_protocol_errors,
+            ..MeshMetrics::default()
+        };
+        for b in self.batches.values() {
+            let (t, c) = (&mut m.messages, &b.counts);
+            t.total += c.total;
+            t.in_flight += c.in_flight;
+            t.sent += c.sent;
+            t.failed += c.failed;
+            t.cancelled += c.cancelled;
+            t.retried += c.retried;
+            t.requeued += c.requeued;
+            t.duplicates += c.duplicates;
+            t.resent += c.resent;
+            match b.state {
+                pb::BatchState::Completed => m.batches_completed += 1,
+                pb::BatchState::Cancelled => m.batches_cancelled += 1,
+                _ => {}
+            }
+        }
+        for id in &self.running {
+            let b = &self.batches[id];
+            m.pending_by_batch
+                .push((b.id.to_string(), b.counts.pending()));
+        }
+        m.batches_running = self.running.len() as u64;
+        m.nodes = self
+            .node_names
+            .iter()
+            .enumerate()
+            .map(|(n, name)| {
+                let (sent, failed) = self.stats.attempts.get(n).copied().unwrap_or_default();
+                NodeMetrics {
+                    name: name.clone(),
+                    attempts_sent: sent,
+                    attempts_failed: failed,
+                    ..NodeMetrics::default()
+                }
+            })
+            .collect();
+        for s in self.sessions.values() {
+            if let Some(n) = m.nodes.get_mut(s.node as usize) {
+                n.connected = true;
+                n.in_flight += s.held.len() as u64;
+                n.credit += u64::from(s.credit);
+                n.concurrency += u64::from(s.concurrency);
+            }
+        }
+        m
     }
 
     fn batch_status(&self, b: &Batch, now: Instant) -> pb::BatchStatus {

@@ -9,7 +9,9 @@
 //! - [`api`]: the client-facing `Coordinator` gRPC service and request validation.
 //! - [`link`]: the `NodeLink` gRPC service, one bidirectional stream per node.
 //! - [`store`]: the embedded durable store (redb) and its group-commit writer.
-//! - [`server`]: everything served together on one listener ([`run`]).
+//! - [`metrics`]: the Prometheus metrics, read from the reactor's snapshots.
+//! - [`server`]: everything served together on one listener ([`run`]), and
+//!   `/metrics` on another ([`run_with_metrics`]).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -17,9 +19,10 @@ pub mod batch;
 pub mod config;
 pub mod core;
 pub mod link;
+pub mod metrics;
 pub mod reactor;
 pub mod server;
 pub mod store;
 
 pub use config::Config;
-pub use server::run;
+pub use server::{run, run_with_metrics};

@@ -15,6 +15,9 @@ struct Args {
     /// Address to serve gRPC on (clients and nodes).
     #[arg(long, env = "SMSMESH_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9100). Off by default.
+    #[arg(long, env = "SMSMESH_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "SMSMESH_DATA_DIR", default_value = "smsmesh-data")]
     data_dir: std::path::PathBuf,
@@ -104,11 +107,30 @@ async fn main() -> ExitCode {
             return ExitCode::from(69); // EX_UNAVAILABLE
         }
     };
+    let metrics = match args.metrics_listen {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("smscoord: cannot serve metrics on {addr}: {e}");
+                return ExitCode::from(69);
+            }
+        },
+    };
+    // Scripts and tests read the addresses from here (useful with port 0).
     if let Ok(addr) = listener.local_addr() {
-        // Scripts and tests read the address from here (useful with --listen 127.0.0.1:0).
         println!("smscoord listening on {addr}");
     }
-    let result = smsmesh_coordinator::run(config, listener, smsmesh::cli::shutdown_signal()).await;
+    if let Some(addr) = metrics.as_ref().and_then(|l| l.local_addr().ok()) {
+        println!("smscoord metrics on {addr}");
+    }
+    let result = smsmesh_coordinator::run_with_metrics(
+        config,
+        listener,
+        metrics,
+        smsmesh::cli::shutdown_signal(),
+    )
+    .await;
     telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -50,6 +50,7 @@ pub enum Event {
 pub struct Handle {
     events: mpsc::Sender<Event>,
     progress: watch::Receiver<Arc<Snapshot>>,
+    commit_latency: Arc<std::sync::Mutex<smsmesh::metrics::Buckets>>,
 }
 
 impl Handle {
@@ -107,6 +108,11 @@ impl Handle {
     pub fn progress(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.progress.clone()
     }
+
+    /// A registry of every coordinator metric, read from this reactor.
+    pub fn metrics_registry(&self) -> prometheus_client::registry::Registry {
+        crate::metrics::registry(self.progress.clone(), self.commit_latency.clone())
+    }
 }
 
 /// The outbox of the running coordinator: one bounded queue per node stream.
@@ -138,12 +144,19 @@ pub fn spawn(
     store: Option<Store>,
 ) -> (Handle, tokio::task::JoinHandle<Result<(), String>>) {
     let (tx, rx) = mpsc::channel(4096);
+    let commit_latency = Arc::new(std::sync::Mutex::new(smsmesh::metrics::Buckets::new(
+        &smsmesh::metrics::COMMIT_BUCKETS,
+    )));
     let handle = Handle {
         events: tx.clone(),
         progress: core.subscribe(),
+        commit_latency: commit_latency.clone(),
     };
     let writer = store.map(|store| {
         Writer::spawn(store, move |r, stats| {
+            if let Ok(mut h) = commit_latency.lock() {
+                h.observe(stats.last.as_secs_f64());
+            }
             tracing::trace!(commits = stats.commits, outcomes = stats.outcomes, busy = ?stats.busy, "group commit");
             let _ = tx.blocking_send(Event::Committed(r.map_err(|e| e.to_string())));
         })

@@ -26,6 +26,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    run_with_metrics(config, listener, None, shutdown).await
+}
+
+/// [`run`], also serving Prometheus metrics at `/metrics` on `metrics`.
+pub async fn run_with_metrics(
+    config: Config,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     let store = match &config.data_dir {
         Some(dir) => Some(Store::open(dir)?),
@@ -45,6 +55,21 @@ pub async fn run(
         }
     };
     let (core, mut reactor_task) = reactor::spawn(core, store.clone());
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(listener) = metrics {
+        let registry = std::sync::Arc::new(core.metrics_registry());
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+        }
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = metrics_stopped.await;
+            };
+            if let Err(e) = smsmesh::metrics::serve(listener, registry, stopped).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -105,6 +130,7 @@ pub async fn run(
         }
     };
     drop(core);
+    let _ = metrics_stop.send(());
     match reactor_result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(anyhow::anyhow!("the store failed: {e}")),

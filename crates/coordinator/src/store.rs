@@ -377,6 +377,8 @@ pub struct CommitStats {
     pub outcomes: u64,
     /// Time spent committing.
     pub busy: Duration,
+    /// Duration of the last commit.
+    pub last: Duration,
 }
 
 /// The group-commit thread: takes a [`WriteSet`], commits it, reports back.
@@ -399,7 +401,8 @@ impl Writer {
                     let r = store.commit(&set);
                     stats.commits += 1;
                     stats.outcomes += set.outcomes.len() as u64;
-                    stats.busy += start.elapsed();
+                    stats.last = start.elapsed();
+                    stats.busy += stats.last;
                     done(r.map(|()| token), stats);
                 }
             })

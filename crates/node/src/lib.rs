@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`gateway`]: the [`gateway::Gateway`] trait and the simulated gateway.
+//! - [`metrics`]: the node's Prometheus metrics, read from its [`Stats`].
 //! - This module: [`Config`], [`run`] (the join/reconnect loop) and the
 //!   executor task that runs gateway sends.
 //!
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod gateway;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -96,6 +98,24 @@ pub struct Stats {
     pub sessions: AtomicU64,
     /// Results handed in on a later stream than the one their job came on.
     pub handed_in: AtomicU64,
+    /// Jobs held now (sending and prefetched).
+    pub in_flight: AtomicU64,
+    /// Credits granted to the coordinator, in all.
+    pub credits_granted: AtomicU64,
+    /// Gateway latency of every attempt.
+    pub latency: SendLatency,
+}
+
+/// Gateway latency of every attempt, in Prometheus buckets.
+#[derive(Debug)]
+pub struct SendLatency(pub std::sync::Mutex<smsmesh::metrics::Buckets>);
+
+impl Default for SendLatency {
+    fn default() -> Self {
+        SendLatency(std::sync::Mutex::new(smsmesh::metrics::Buckets::new(
+            &smsmesh::metrics::LATENCY_BUCKETS,
+        )))
+    }
 }
 
 /// Why [`run`] gave up.
@@ -232,6 +252,11 @@ async fn execute(
                 let sent = bunch.iter().filter(|(_, r)| r.outcome == pb::Outcome::Sent as i32).count() as u64;
                 stats.sent.fetch_add(sent, Ordering::Relaxed);
                 stats.failed.fetch_add(bunch.len() as u64 - sent, Ordering::Relaxed);
+                if let Ok(mut h) = stats.latency.0.lock() {
+                    for (_, r) in &bunch {
+                        h.observe(r.latency_us as f64 / 1e6);
+                    }
+                }
                 if results.send(bunch).is_err() {
                     break;
                 }
@@ -341,6 +366,7 @@ impl Node {
 
     fn collect(&mut self, bunch: Vec<Done>) {
         self.held -= bunch.len() as u64;
+        self.stats.in_flight.store(self.held, Ordering::Relaxed);
         self.done.extend(bunch);
     }
 
@@ -460,6 +486,7 @@ impl Node {
                             }
                             s.unused_credit = s.unused_credit.saturating_sub(n);
                             self.held += n;
+                            self.stats.in_flight.store(self.held, Ordering::Relaxed);
                             self.stats.max_held.fetch_max(self.held, Ordering::Relaxed);
                             let _ = self.jobs_tx.send((s.epoch, j.jobs));
                         }
@@ -533,6 +560,9 @@ impl Node {
         // The grant counts capacity freed by every result above, so it rides on the last
         // frame (the coordinator applies results before the grant), or goes alone.
         s.unused_credit += free;
+        self.stats
+            .credits_granted
+            .fetch_add(free, Ordering::Relaxed);
         let last = match frames.last_mut() {
             Some(f) if !f.handoff => {
                 f.grant = free as u32;

@@ -48,6 +48,9 @@ struct Args {
     /// On SIGTERM, how long to keep trying to hand in finished results.
     #[arg(long, env = "SMSMESH_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9101). Off by default.
+    #[arg(long, env = "SMSMESH_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317
     /// (the standard OTEL_* variables are honoured too).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -122,12 +125,35 @@ async fn node_main(args: Args) -> ExitCode {
     config.drain_timeout = args.drain_timeout;
     config.prefetch = args.prefetch.unwrap_or((args.concurrency / 10).max(1));
     config.reconnect_max = args.reconnect_max;
-    let result = smsmesh_node::run(
-        config,
-        Arc::new(Stats::default()),
-        smsmesh::cli::shutdown_signal(),
-    )
-    .await;
+    let stats = Arc::new(Stats::default());
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = args.metrics_listen {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("smsnode: cannot serve metrics on {addr}: {e}");
+                return ExitCode::from(69);
+            }
+        };
+        if let Ok(addr) = listener.local_addr() {
+            println!("smsnode metrics on {addr}"); // scripts and tests read it (port 0)
+        }
+        let registry = Arc::new(smsmesh_node::metrics::registry(
+            &config.name,
+            config.concurrency,
+            stats.clone(),
+        ));
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = metrics_stopped.await;
+            };
+            if let Err(e) = smsmesh::metrics::serve(listener, registry, stopped).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    let result = smsmesh_node::run(config, stats, smsmesh::cli::shutdown_signal()).await;
+    let _ = metrics_stop.send(());
     telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,6 +27,8 @@ pub use smsmesh_coordinator::Config as CoordinatorConfig;
 pub struct Mesh {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it serves Prometheus metrics (`/metrics`).
+    pub metrics_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -41,12 +43,20 @@ impl Mesh {
     pub async fn start_on(listen: SocketAddr, config: CoordinatorConfig) -> anyhow::Result<Mesh> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
+        let metrics = tokio::net::TcpListener::bind((listen.ip(), 0)).await?;
+        let metrics_addr = metrics.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(smsmesh_coordinator::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(smsmesh_coordinator::run_with_metrics(
+            config,
+            listener,
+            Some(metrics),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Ok(Mesh {
             addr,
+            metrics_addr,
             stop: Some(stop),
             task,
         })
@@ -542,4 +552,25 @@ async fn pump(
             return;
         }
     }
+}
+
+/// `GET http://{addr}{path}` over a plain HTTP/1.0 connection: the status code
+/// and the body. Enough for `/metrics` and Prometheus's API.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await?;
+    let raw = String::from_utf8(raw)?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP header end in {raw:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("bad status line in {head:?}"))?;
+    Ok((code, body.to_string()))
 }

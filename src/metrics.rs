@@ -1,0 +1,188 @@
+//! Prometheus metrics: the `/metrics` endpoint every smsmesh program serves
+//! on its own port (`--metrics-listen`), and helpers to write metrics whose
+//! values are read at scrape time.
+//!
+//! Metrics are written with `prometheus-client` in the OpenMetrics text
+//! format, which Prometheus scrapes natively. Programs keep their counters
+//! where they are cheapest to keep (the coordinator in its reactor, a node in
+//! atomics) and a [`Collector`](prometheus_client::collector::Collector)
+//! turns them into metrics when Prometheus asks.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// Upper bounds (seconds) of the send-latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Upper bounds (seconds) of the store-commit histogram buckets.
+pub const COMMIT_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The content type of the OpenMetrics text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `GET /metrics` from `registry` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::{StatusCode, header};
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], body),
+                        Err(_) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            "cannot encode metrics".to_string(),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/",
+            axum::routing::get(|| async { "smsmesh metrics: GET /metrics\n" }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Writes one unlabelled counter (`name` without the `_total` suffix, which is added).
+pub fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+/// Writes one unlabelled gauge.
+pub fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> std::fmt::Result {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// Writes a family of series of one metric type, one per label set.
+pub fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    series: impl IntoIterator<Item = (L, M)>,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, m) in series {
+        m.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A histogram as counts per bucket (not cumulative; the last counts
+/// everything above the last bound), with the sum of observations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buckets {
+    /// Upper bounds, seconds.
+    pub bounds: &'static [f64],
+    /// `bounds.len() + 1` counts.
+    pub counts: Vec<u64>,
+    /// Sum of the observations, seconds.
+    pub sum: f64,
+}
+
+impl Buckets {
+    /// Empty buckets with these bounds.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Buckets {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+        }
+    }
+
+    /// Adds one observation of `seconds`.
+    pub fn observe(&mut self, seconds: f64) {
+        let i = self.bounds.partition_point(|&b| b < seconds);
+        self.counts[i] += 1;
+        self.sum += seconds;
+    }
+
+    /// Adds `n` observations of `seconds` each.
+    pub fn observe_n(&mut self, seconds: f64, n: u64) {
+        let i = self.bounds.partition_point(|&b| b < seconds);
+        self.counts[i] += n;
+        self.sum += seconds * n as f64;
+    }
+
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Writes the histogram.
+    pub fn encode(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+    ) -> std::fmt::Result {
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts.iter().copied())
+            .collect();
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Histogram)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                self.sum,
+                self.count(),
+                &buckets,
+                None,
+            )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_count_each_observation_once_at_its_upper_bound() {
+        let mut b = Buckets::new(&LATENCY_BUCKETS);
+        b.observe(0.001); // on a bound: that bucket
+        b.observe(0.0011);
+        b.observe(100.0); // above all: the overflow bucket
+        b.observe_n(0.05, 3);
+        assert_eq!(b.counts[0], 1);
+        assert_eq!(b.counts[1], 1);
+        assert_eq!(b.counts[5], 3);
+        assert_eq!(*b.counts.last().unwrap(), 1);
+        assert_eq!(b.count(), 6);
+        assert!((b.sum - (0.001 + 0.0011 + 100.0 + 0.15)).abs() < 1e-9);
+    }
+}
