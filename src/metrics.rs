@@ -30,10 +30,13 @@ pub const COMMIT_BUCKETS: [f64; 12] = [
 /// The content type of the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves `GET /metrics` from `registry` on `listener` until `shutdown` completes.
+/// Serves `GET /metrics` from `registry` on `listener` until `shutdown`
+/// completes, and `GET /healthz`: 200 while `healthy()` says so, else 503
+/// (for container health checks and Kubernetes probes).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
+    healthy: impl Fn() -> bool + Clone + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::http::{StatusCode, header};
@@ -56,8 +59,18 @@ pub async fn serve(
             }),
         )
         .route(
+            "/healthz",
+            axum::routing::get(move || async move {
+                if healthy() {
+                    (StatusCode::OK, "ok\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }),
+        )
+        .route(
             "/",
-            axum::routing::get(|| async { "smsmesh metrics: GET /metrics\n" }),
+            axum::routing::get(|| async { "smsmesh: GET /metrics, GET /healthz\n" }),
         );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -165,6 +178,29 @@ impl Buckets {
                 None,
             )
     }
+}
+
+/// `GET http://{addr}{path}` over a plain HTTP/1.0 connection: the status code
+/// and the body. Enough for health checks, `/metrics` and Prometheus's API
+/// (no TLS, no redirects, no chunked bodies: HTTP/1.0 servers do not chunk).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let raw = String::from_utf8(raw).map_err(|_| bad("response is not UTF-8"))?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no end of HTTP headers"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("bad HTTP status line"))?;
+    Ok((code, body.to_string()))
 }
 
 #[cfg(test)]

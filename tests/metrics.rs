@@ -388,3 +388,61 @@ async fn a_real_prometheus_scrapes_coordinator_and_node() {
     println!("prometheus: sum(smsmesh_messages_total{{outcome=\"sent\"}}) = {sent}");
     println!("prometheus: sum(smsnode_attempts_total{{outcome=\"sent\"}}) = {node_sent}");
 }
+
+/// Exit code of `program --health-check` with `args`.
+async fn health(program: &str, args: &[String]) -> i32 {
+    tokio::process::Command::new(bin(program))
+        .args(args)
+        .arg("--health-check")
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .unwrap()
+        .code()
+        .unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_follow_the_processes() {
+    let mut coord = Command::new(bin("smscoord"))
+        .args(["--listen", "127.0.0.1:0", "--in-memory"])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = stdout_addrs(&mut coord, &["smscoord listening on "])[0];
+    let mut coord = Proc { child: coord };
+    let mut node = Command::new(bin("smsnode"))
+        .args(["--coordinator", &format!("http://{addr}"), "--name", "hc"])
+        .args([
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--reconnect-max",
+            "200ms",
+        ])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = stdout_addrs(&mut node, &["smsnode metrics on "])[0];
+    let _node = Proc { child: node };
+    let coord_args = vec!["--listen".to_string(), addr.to_string()];
+    let node_args = vec!["--metrics-listen".to_string(), metrics.to_string()];
+
+    assert_eq!(health("smscoord", &coord_args).await, 0);
+    wait_until(LONG, "the node to be healthy (connected)", || async {
+        (health("smsnode", &node_args).await == 0).then_some(())
+    })
+    .await
+    .unwrap();
+
+    coord.kill9();
+    assert_eq!(health("smscoord", &coord_args).await, 1, "coordinator gone");
+    wait_until(
+        LONG,
+        "the node to be unhealthy (coordinator gone)",
+        || async { (health("smsnode", &node_args).await == 1).then_some(()) },
+    )
+    .await
+    .unwrap();
+}

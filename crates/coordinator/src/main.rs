@@ -53,6 +53,10 @@ struct Args {
     /// (every 1/ratio-th message, the first always); 0 for none.
     #[arg(long, env = "SMSMESH_TRACE_MESSAGE_RATIO", default_value_t = 0.01)]
     trace_message_ratio: f64,
+    /// Check the health of the coordinator listening on --listen and exit: 0 if its
+    /// gRPC health service says SERVING, 1 if not. For container health checks.
+    #[arg(long)]
+    health_check: bool,
     /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317
     /// (the standard OTEL_* variables are honoured too).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -89,9 +93,48 @@ impl Args {
     }
 }
 
+/// `--health-check`: asks the running coordinator's gRPC health service.
+async fn health_check(mut addr: SocketAddr) -> ExitCode {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let r = client
+            .check(HealthCheckRequest::default())
+            .await
+            .map_err(|s| s.message().to_string())?;
+        Ok::<_, String>(r.into_inner().status)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), check).await {
+        Ok(Ok(s)) if s == ServingStatus::Serving as i32 => ExitCode::SUCCESS,
+        Ok(Ok(s)) => {
+            eprintln!("smscoord: unhealthy: status {s}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("smscoord: unhealthy: {addr}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("smscoord: unhealthy: {addr} did not answer within 5s");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.health_check {
+        return health_check(args.listen).await;
+    }
     let telemetry = smsmesh::telemetry::init("smscoord", "info", args.otlp_endpoint.as_deref());
     let config = match args.config() {
         Ok(c) => c,

@@ -65,7 +65,7 @@ pub async fn run_with_metrics(
             let stopped = async {
                 let _ = metrics_stopped.await;
             };
-            if let Err(e) = smsmesh::metrics::serve(listener, registry, stopped).await {
+            if let Err(e) = smsmesh::metrics::serve(listener, registry, || true, stopped).await {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         });

@@ -100,6 +100,8 @@ pub struct Stats {
     pub handed_in: AtomicU64,
     /// Jobs held now (sending and prefetched).
     pub in_flight: AtomicU64,
+    /// Whether a stream to the coordinator is open now.
+    pub connected: std::sync::atomic::AtomicBool,
     /// Credits granted to the coordinator, in all.
     pub credits_granted: AtomicU64,
     /// Gateway latency of every attempt.
@@ -313,8 +315,9 @@ impl Node {
         let mut delay = self.config.reconnect_min;
         let mut leave_deadline: Option<tokio::time::Instant> = None;
         loop {
-            let end = self.session(&mut shutdown).await?;
-            match end {
+            let end = self.session(&mut shutdown).await;
+            self.stats.connected.store(false, Ordering::Relaxed);
+            match end? {
                 SessionEnd::Done => return Ok(()),
                 SessionEnd::Broken(why) => {
                     self.epoch += 1;
@@ -425,6 +428,7 @@ impl Node {
             }
         };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        self.stats.connected.store(true, Ordering::Relaxed);
         let mut s = Session {
             epoch: self.epoch,
             out,

@@ -51,6 +51,11 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9101). Off by default.
     #[arg(long, env = "SMSMESH_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Check the health of the node running with these flags and exit: 0 if it is
+    /// connected to its coordinator (GET /healthz on --metrics-listen), 1 if not.
+    /// For container health checks.
+    #[arg(long, requires = "metrics_listen")]
+    health_check: bool,
     /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317
     /// (the standard OTEL_* variables are honoured too).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -91,7 +96,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--health-check`: asks the running node's `/healthz`.
+async fn health_check(mut addr: std::net::SocketAddr) -> ExitCode {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    match smsmesh::metrics::http_get(addr, "/healthz").await {
+        Ok((200, _)) => ExitCode::SUCCESS,
+        Ok((code, body)) => {
+            eprintln!("smsnode: unhealthy: HTTP {code}: {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("smsnode: unhealthy: cannot reach http://{addr}/healthz: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn node_main(args: Args) -> ExitCode {
+    if args.health_check {
+        if let Some(addr) = args.metrics_listen {
+            return health_check(addr).await;
+        }
+    }
     let name = args.name.clone().unwrap_or_else(default_name);
     let telemetry = smsmesh::telemetry::init_instance(
         "smsnode",
@@ -138,6 +166,10 @@ async fn node_main(args: Args) -> ExitCode {
         if let Ok(addr) = listener.local_addr() {
             println!("smsnode metrics on {addr}"); // scripts and tests read it (port 0)
         }
+        let healthy = {
+            let stats = stats.clone();
+            move || stats.connected.load(std::sync::atomic::Ordering::Relaxed)
+        };
         let registry = Arc::new(smsmesh_node::metrics::registry(
             &config.name,
             config.concurrency,
@@ -147,7 +179,7 @@ async fn node_main(args: Args) -> ExitCode {
             let stopped = async {
                 let _ = metrics_stopped.await;
             };
-            if let Err(e) = smsmesh::metrics::serve(listener, registry, stopped).await {
+            if let Err(e) = smsmesh::metrics::serve(listener, registry, healthy, stopped).await {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         });

@@ -58,6 +58,12 @@ impl Collector for NodeCollector {
         )?;
         gauge(
             e,
+            "smsnode_connected",
+            "1 while a stream to the coordinator is open.",
+            i64::from(s.connected.load(Ordering::Relaxed)),
+        )?;
+        gauge(
+            e,
             "smsnode_concurrency",
             "Most gateway sends at once.",
             i64::from(self.concurrency),

@@ -554,23 +554,4 @@ async fn pump(
     }
 }
 
-/// `GET http://{addr}{path}` over a plain HTTP/1.0 connection: the status code
-/// and the body. Enough for `/metrics` and Prometheus's API.
-pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await?;
-    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).await?;
-    let raw = String::from_utf8(raw)?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP header end in {raw:?}"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("bad status line in {head:?}"))?;
-    Ok((code, body.to_string()))
-}
+pub use smsmesh::metrics::http_get;
