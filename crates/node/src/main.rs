@@ -115,10 +115,10 @@ async fn health_check(mut addr: std::net::SocketAddr) -> ExitCode {
 }
 
 async fn node_main(args: Args) -> ExitCode {
-    if args.health_check {
-        if let Some(addr) = args.metrics_listen {
-            return health_check(addr).await;
-        }
+    if args.health_check
+        && let Some(addr) = args.metrics_listen
+    {
+        return health_check(addr).await;
     }
     let name = args.name.clone().unwrap_or_else(default_name);
     let telemetry = smsmesh::telemetry::init_instance(
