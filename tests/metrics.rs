@@ -252,6 +252,17 @@ fn prometheus_binary() -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// What Prometheus's HTTP API answers to `path` (the `data` member).
 async fn prom_api(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
     let (code, body) = http_get(addr, path).await.ok()?;
@@ -385,6 +396,14 @@ async fn a_real_prometheus_scrapes_coordinator_and_node() {
     .await
     .unwrap();
     assert_eq!(node_sent, total as f64);
+    // Every expression of the Grafana dashboard is valid PromQL for this Prometheus.
+    for expr in dashboard_exprs() {
+        let q = url_encode(&expr.replace("$__rate_interval", "1m"));
+        let (code, body) = http_get(prom_addr, &format!("/api/v1/query?query={q}"))
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "dashboard query `{expr}` refused: {body}");
+    }
     println!("prometheus: sum(smsmesh_messages_total{{outcome=\"sent\"}}) = {sent}");
     println!("prometheus: sum(smsnode_attempts_total{{outcome=\"sent\"}}) = {node_sent}");
 }
@@ -445,4 +464,83 @@ async fn health_checks_follow_the_processes() {
     )
     .await
     .unwrap();
+}
+
+/// Every PromQL expression of the Grafana dashboard.
+fn dashboard_exprs() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/dashboards/smsmesh.json"
+    );
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 10, "the dashboard has its panels");
+    exprs
+}
+
+/// Metric names (`smsmesh_*`, `smsnode_*`) an expression uses.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &expr[i..];
+        let starts_word = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        if starts_word && (rest.starts_with("smsmesh_") || rest.starts_with("smsnode_")) {
+            let len = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            names.push(rest[..len].to_string());
+            i += len;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// Series names in a Prometheus text body.
+fn series_names(body: &str) -> std::collections::HashSet<String> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_uses_only_metrics_that_exist() {
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let node = mesh.node(NodeSpec::new("dash"));
+    let mut client = mesh.client().await.unwrap();
+    // A running batch, so per-batch and per-node series exist.
+    let id = client
+        .submit_batch(synthetic(100, 2))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    wait_ended(&mut client, &id, LONG).await.unwrap();
+    let (_, coord) = http_get(mesh.metrics_addr, "/metrics").await.unwrap();
+    let mut names = series_names(&coord);
+    let mut node_text = String::new();
+    let registry = smsmesh_node::metrics::registry("dash", 10, node.stats.clone());
+    prometheus_client::encoding::text::encode(&mut node_text, &registry).unwrap();
+    names.extend(series_names(&node_text));
+    // Series of a running batch appear only while it runs.
+    names.insert("smsmesh_batch_pending_messages".into());
+    for expr in dashboard_exprs() {
+        for name in metric_names(&expr) {
+            assert!(
+                names.contains(&name),
+                "{name} (in `{expr}`) is not exported; have {names:?}"
+            );
+        }
+    }
 }
