@@ -13,7 +13,7 @@ BIN=target/release
 cargo build --release --quiet --workspace --bins
 DATA=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$DATA"' EXIT
 STORE=(--data-dir "$DATA"); [ "$MODE" = memory ] && STORE=(--in-memory)
-start_coord() { RUST_LOG=warn $BIN/smscoord --listen $ADDR "${STORE[@]}" >/dev/null & COORD=$!; }
+start_coord() { RUST_LOG=warn $BIN/smscoord --listen $ADDR --insecure-no-auth --plaintext "${STORE[@]}" >/dev/null & COORD=$!; }
 start_coord
 for i in 1 2 3 4; do
   RUST_LOG=error $BIN/smsnode --coordinator http://$ADDR --name node-$i --concurrency 1000 \

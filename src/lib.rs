@@ -9,11 +9,13 @@
 //! - [`synth`]: the deterministic generator of synthetic batches.
 //! - [`error`]: the one mapping of smsmesh errors to gRPC statuses.
 //! - [`cli`]: shutdown signals, the same in every program.
+//! - [`client`]: reaching the coordinator: plaintext or TLS endpoints, bearer tokens.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint and scrape-time helpers.
 //! - [`telemetry`]: logs, OTLP trace export and W3C trace-context propagation.
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod client;
 pub mod error;
 pub mod ids;
 pub mod metrics;

@@ -287,6 +287,7 @@ async fn a_real_prometheus_scrapes_coordinator_and_node() {
     let dir = tempfile::tempdir().unwrap();
     let mut coord = Command::new(bin("smscoord"))
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--insecure-no-auth", "--plaintext"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "warn")
@@ -424,7 +425,13 @@ async fn health(program: &str, args: &[String]) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_follow_the_processes() {
     let mut coord = Command::new(bin("smscoord"))
-        .args(["--listen", "127.0.0.1:0", "--in-memory"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--in-memory",
+            "--insecure-no-auth",
+            "--plaintext",
+        ])
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()

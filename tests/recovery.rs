@@ -345,7 +345,12 @@ fn an_unusable_store_stops_the_coordinator_with_a_clear_error() {
 
 fn run_smscoord(data: &Path) -> std::process::Output {
     let mut child = std::process::Command::new(smsmesh_testkit::bin("smscoord"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-no-auth",
+            "--plaintext",
+        ])
         .arg("--data-dir")
         .arg(data)
         .stdout(std::process::Stdio::piped())

@@ -117,6 +117,8 @@ fn coordinator(otlp: &str, extra: &[&str]) -> (Proc, SocketAddr) {
             "--listen",
             "127.0.0.1:0",
             "--in-memory",
+            "--insecure-no-auth",
+            "--plaintext",
             "--otlp-endpoint",
             otlp,
         ])

@@ -355,7 +355,12 @@ async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
     let data = tempfile::tempdir()?;
     let mut coord = Command::new(bin.join("smscoord"));
     coord
-        .args(["--listen", "127.0.0.1:0"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-no-auth",
+            "--plaintext",
+        ])
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped());
     if setup.durable {

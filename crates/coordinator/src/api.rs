@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::Config;
+use crate::auth::{Tenant, TokenBucket};
 use crate::batch::Content;
 use crate::core::{NewBatch, Snapshot, unix_ms};
 use crate::reactor::Handle;
@@ -29,6 +30,15 @@ pub struct CoordinatorApi {
     core: Handle,
     config: Config,
     store: Option<Store>,
+    /// Per tenant: its admission lock and token bucket.
+    gates: std::sync::Mutex<HashMap<Tenant, Arc<Gate>>>,
+}
+
+/// One tenant's admission state: submissions of a tenant are admitted one at
+/// a time, so its pending cap cannot be overrun by concurrent requests.
+struct Gate {
+    admit: tokio::sync::Mutex<()>,
+    bucket: std::sync::Mutex<Option<TokenBucket>>,
 }
 
 impl CoordinatorApi {
@@ -38,15 +48,91 @@ impl CoordinatorApi {
             core,
             config,
             store,
+            gates: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn gate(&self, tenant: &Tenant) -> Arc<Gate> {
+        let mut gates = self.gates.lock().expect("gates lock");
+        gates
+            .entry(tenant.clone())
+            .or_insert_with(|| {
+                let limits = self.config.tenant_limits;
+                Arc::new(Gate {
+                    admit: tokio::sync::Mutex::new(()),
+                    bucket: std::sync::Mutex::new(
+                        limits
+                            .rate
+                            .map(|r| TokenBucket::new(r, limits.burst, std::time::Instant::now())),
+                    ),
+                })
+            })
+            .clone()
+    }
+
+    /// Checks `tenant`'s limits for `n` more messages; on success the tokens are taken
+    /// (give them back with [`Gate::refund`] if the batch is not accepted after all).
+    async fn admit(&self, gate: &Gate, tenant: &Tenant, n: u64) -> Result<(), Status> {
+        let limits = self.config.tenant_limits;
+        if let Some(cap) = limits.max_pending {
+            let unfinished = self.core.tenant_unfinished(tenant).await?;
+            if unfinished + n > cap {
+                return Err(Status::resource_exhausted(format!(
+                    "tenant {tenant} has {unfinished} messages not finished yet; {n} more would exceed its cap of {cap} (--tenant-max-pending): wait for batches to finish"
+                )));
+            }
+        }
+        let mut bucket = gate.bucket.lock().expect("bucket lock");
+        if let Some(b) = bucket.as_mut() {
+            match b.take(n, std::time::Instant::now()) {
+                Ok(()) => {}
+                Err(None) => {
+                    return Err(Status::resource_exhausted(format!(
+                        "a batch of {n} messages is larger than tenant {tenant}'s burst of {} (--tenant-burst): split it",
+                        limits.burst
+                    )));
+                }
+                Err(Some(wait)) => {
+                    let msg = format!(
+                        "tenant {tenant} is over its rate of {} messages/s (--tenant-rate): retry in {:.1} s",
+                        limits.rate.unwrap_or_default(),
+                        wait.as_secs_f64()
+                    );
+                    let details = tonic_types::ErrorDetails::with_retry_info(Some(wait));
+                    use tonic_types::StatusExt;
+                    return Err(Status::with_error_details(
+                        tonic::Code::ResourceExhausted,
+                        msg,
+                        details,
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Accepts a batch: durably first when there is a store.
     async fn inner_submit(
         &self,
         req: pb::SubmitBatchRequest,
-    ) -> Result<pb::SubmitBatchResponse, Error> {
+        tenant: Tenant,
+    ) -> Result<pb::SubmitBatchResponse, Status> {
         let mut new = validate_submit(req, &self.config)?;
+        new.idempotency_key = new.idempotency_key.map(|k| scoped_key(&tenant, k));
+        new.tenant = tenant.clone();
+        let gate = self.gate(&tenant);
+        let _admitting = gate.admit.lock().await;
+        self.admit(&gate, &tenant, u64::from(new.total)).await?;
+        let total = u64::from(new.total);
+        let r = self.accept(new).await;
+        if r.is_err() {
+            gate.refund(total);
+        }
+        Ok(r?)
+    }
+
+    /// Stores (when durable) and hands a validated, admitted batch to the reactor.
+    async fn accept(&self, mut new: NewBatch) -> Result<pb::SubmitBatchResponse, Error> {
         let span = tracing::Span::current();
         span.record("batch_id", new.id.to_string());
         span.record("messages", new.total);
@@ -68,6 +154,24 @@ impl CoordinatorApi {
             }
         }
         self.core.submit(new).await
+    }
+}
+
+impl Gate {
+    fn refund(&self, n: u64) {
+        if let Some(b) = self.bucket.lock().expect("bucket lock").as_mut() {
+            b.refund(n);
+        }
+    }
+}
+
+/// An idempotency key as stored: keys of different tenants never collide
+/// (the default tenant's keys are stored as given, as before tenants).
+fn scoped_key(tenant: &Tenant, key: String) -> String {
+    if tenant.as_str().is_empty() {
+        key
+    } else {
+        format!("{}\u{0}{key}", tenant.as_str())
     }
 }
 
@@ -129,6 +233,7 @@ fn stored_batch(new: &NewBatch) -> StoredBatch {
         synthetic_seed,
         synthetic_body,
         accepted_unix_ms: unix_ms(),
+        tenant: new.tenant.as_str().to_string(),
     }
 }
 
@@ -158,6 +263,12 @@ pub fn validate_submit(req: pb::SubmitBatchRequest, config: &Config) -> Result<N
         }
         (false, None) => {
             let n = req.messages.len() as u64;
+            if n > config.max_messages_per_request {
+                return Err(Error::invalid(format!(
+                    "{n} messages in one request exceed the maximum of {} (--max-messages-per-request); use a synthetic batch or split it",
+                    config.max_messages_per_request
+                )));
+            }
             if n > max {
                 return Err(Error::invalid(format!(
                     "batch of {n} messages exceeds the maximum of {max} (--max-batch-size)"
@@ -198,6 +309,7 @@ pub fn validate_submit(req: pb::SubmitBatchRequest, config: &Config) -> Result<N
         max_attempts: max_attempts as u8,
         idempotency_key: (!req.idempotency_key.is_empty()).then_some(req.idempotency_key),
         trace: None,
+        tenant: Tenant::default(),
     })
 }
 
@@ -212,8 +324,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
         let span = rpc_span("smsmesh.v1.Coordinator/SubmitBatch", request.metadata());
+        let tenant = Tenant::of(&request);
         let response = self
-            .inner_submit(request.into_inner())
+            .inner_submit(request.into_inner(), tenant)
             .instrument(span.clone())
             .await;
         if let Err(e) = &response {
@@ -228,15 +341,19 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let span = rpc_span("smsmesh.v1.Coordinator/GetStatus", request.metadata());
+        let tenant = Tenant::of(&request);
         let target = request.into_inner().target;
         let status = async {
             Ok::<_, Status>(match target {
                 Some(get_status_request::Target::BatchId(id)) => {
-                    let batch = self.core.batch_status(id.parse()?).await?;
+                    let batch = self.core.batch_status(id.parse()?, &tenant).await?;
                     get_status_response::Status::Batch(batch)
                 }
                 Some(get_status_request::Target::MessageId(id)) => {
-                    let msg = self.core.message_status(id.parse::<MessageId>()?).await?;
+                    let msg = self
+                        .core
+                        .message_status(id.parse::<MessageId>()?, &tenant)
+                        .await?;
                     get_status_response::Status::Message(msg)
                 }
                 None => return Err(Error::invalid("give `batch_id` or `message_id`").into()),
@@ -254,9 +371,10 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
         request: Request<pb::CancelBatchRequest>,
     ) -> Result<Response<pb::CancelBatchResponse>, Status> {
         let span = rpc_span("smsmesh.v1.Coordinator/CancelBatch", request.metadata());
+        let tenant = Tenant::of(&request);
         let id: BatchId = request.into_inner().batch_id.parse()?;
         span.record("batch_id", id.to_string());
-        let batch = self.core.cancel(id).instrument(span).await?;
+        let batch = self.core.cancel(id, &tenant).instrument(span).await?;
         Ok(Response::new(pb::CancelBatchResponse {
             batch: Some(batch),
         }))
@@ -270,6 +388,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
     ) -> Result<Response<Self::WatchProgressStream>, Status> {
         // The span covers the stream's whole life: it ends when the watcher task does.
         let span = rpc_span("smsmesh.v1.Coordinator/WatchProgress", request.metadata());
+        let tenant = Tenant::of(&request);
         let req = request.into_inner();
         let interval = match req.interval_ms {
             0 => Duration::from_secs(1),
@@ -284,11 +403,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
             None
         } else {
             let id: BatchId = req.batch_id.parse()?;
-            self.core.batch_status(id).await?; // NOT_FOUND before the stream starts
+            self.core.batch_status(id, &tenant).await?; // NOT_FOUND before the stream starts
             Some(id)
         };
         let (tx, rx) = mpsc::channel(4);
         let watcher = Watcher {
+            tenant,
             batch,
             batch_str: batch.map(|id| id.to_string()),
             core: self.core.clone(),
@@ -304,6 +424,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
 
 /// Serves one WatchProgress stream.
 struct Watcher {
+    /// Only this tenant's batches are shown.
+    tenant: Tenant,
     batch: Option<BatchId>,
     /// `batch` as it appears in statuses.
     batch_str: Option<String>,
@@ -354,12 +476,12 @@ impl Watcher {
         let mut batches: Vec<pb::BatchStatus> = snap
             .batches
             .iter()
-            .filter(|b| self.watches(&b.batch_id))
+            .filter(|b| self.watches(b))
             .cloned()
             .collect();
         if let (Some(id), true) = (self.batch, batches.is_empty()) {
             // Not in the snapshot (just submitted, or ended long ago): ask the reactor.
-            batches.push(self.core.batch_status(id).await.ok()?);
+            batches.push(self.core.batch_status(id, &self.tenant).await.ok()?);
         }
         Some(pb::ProgressUpdate {
             batches,
@@ -367,15 +489,16 @@ impl Watcher {
         })
     }
 
-    /// Whether this stream follows the batch `batch_id`.
-    fn watches(&self, batch_id: &str) -> bool {
-        self.batch_str.as_deref().is_none_or(|id| id == batch_id)
+    /// Whether this stream follows the batch `b`: the caller's, and the one asked for.
+    fn watches(&self, b: &pb::BatchStatus) -> bool {
+        b.tenant == self.tenant.as_str()
+            && self.batch_str.as_deref().is_none_or(|id| id == b.batch_id)
     }
 
     fn state_changed(&self) -> bool {
         let snap = self.progress.borrow();
         snap.batches
             .iter()
-            .any(|b| self.watches(&b.batch_id) && self.states.get(&b.batch_id) != Some(&b.state))
+            .any(|b| self.watches(b) && self.states.get(&b.batch_id) != Some(&b.state))
     }
 }

@@ -161,6 +161,8 @@ pub struct Batch {
     pub rate: f64,
     /// The batch's dispatch span and which messages carry it to nodes.
     pub trace: Option<Trace>,
+    /// The tenant that owns it.
+    pub tenant: crate::auth::Tenant,
     /// `finished()` and time at the last rate sample.
     pub rate_sample: (u64, Instant),
 }
@@ -212,6 +214,7 @@ impl Batch {
             rate: 0.0,
             rate_sample: (0, now),
             trace: None,
+            tenant: crate::auth::Tenant::default(),
         }
     }
 

@@ -1,6 +1,9 @@
 //! Coordinator configuration, as the library takes it (the binary fills it from flags).
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::auth::{ClientAuth, TenantLimits};
 use std::time::Duration;
 
 /// Everything the coordinator can be tuned with. [`Config::default`] gives the documented defaults.
@@ -40,6 +43,44 @@ pub struct Config {
     /// the node (every 1/ratio-th message, the first always), so a huge batch
     /// does not flood the trace store. 0 records none. Default: 0.01.
     pub trace_message_ratio: f64,
+    /// How client RPCs are authenticated. Default: [`ClientAuth::Insecure`]
+    /// (the `smscoord` binary requires choosing explicitly).
+    pub client_auth: ClientAuth,
+    /// The secret a node must present to join (`x-smsmesh-join-token`). None: any node may join.
+    pub node_token: Option<Arc<str>>,
+    /// With mutual TLS: refuse node streams without a client certificate. Default: false.
+    pub require_node_cert: bool,
+    /// Per-tenant admission limits. Default: none.
+    pub tenant_limits: TenantLimits,
+    /// Most frames per second a node may send, sustained (twice that in a burst);
+    /// a node over it is disconnected. Default: 50,000.
+    pub node_max_frames_per_sec: u32,
+    /// Most explicit messages in one SubmitBatch. Default: 1,000,000.
+    pub max_messages_per_request: u64,
+    /// TLS for the gRPC listener. None: plaintext. Default: None (the `smscoord`
+    /// binary requires choosing explicitly).
+    pub tls: Option<Tls>,
+}
+
+/// TLS material, PEM encoded.
+#[derive(Clone)]
+pub struct Tls {
+    /// Certificate chain of the server.
+    pub cert_pem: Vec<u8>,
+    /// Its private key.
+    pub key_pem: Vec<u8>,
+    /// CA that client certificates are checked against (mutual TLS). Clients
+    /// without a certificate are still let in (the API has tokens); nodes
+    /// need one when [`Config::require_node_cert`] is set.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("client_ca", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Config {
@@ -60,6 +101,13 @@ impl Default for Config {
             keep_ended_in_progress: Duration::from_secs(60),
             resume_grace: Duration::from_secs(2),
             trace_message_ratio: 0.01,
+            client_auth: ClientAuth::Insecure,
+            node_token: None,
+            require_node_cert: false,
+            tenant_limits: TenantLimits::default(),
+            node_max_frames_per_sec: 50_000,
+            max_messages_per_request: 1_000_000,
+            tls: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use crate::Config;
+use crate::auth::Tenant;
 use crate::batch::{self, Batch, Content};
 use crate::store::{Loaded, Outcome, StoredBatchState, WriteSet};
 
@@ -53,6 +54,8 @@ pub struct NewBatch {
     pub idempotency_key: Option<String>,
     /// The dispatch span, when the batch is traced.
     pub trace: Option<batch::Trace>,
+    /// The tenant that submitted it.
+    pub tenant: Tenant,
 }
 
 /// What becomes true once a group of writes is stored.
@@ -260,6 +263,7 @@ impl Core {
                 sb.max_attempts as u8,
                 accepted,
             );
+            b.tenant = Tenant::new(&sb.tenant);
             let errors: FxHashMap<u32, String> = lb.errors.into_iter().collect();
             for (chunk, row) in &lb.chunks {
                 let base = chunk * crate::store::CHUNK;
@@ -436,6 +440,7 @@ impl Core {
         }
         let mut batch = Batch::new(id, new.content, new.total, new.max_attempts, now);
         batch.trace = new.trace;
+        batch.tenant = new.tenant;
         if self.durable {
             batch.reserved = 0; // dispatch starts once a reservation is stored
         }
@@ -451,14 +456,23 @@ impl Core {
     }
 
     /// Status of a batch.
-    pub fn on_batch_status(&self, id: BatchId, now: Instant) -> Result<pb::BatchStatus, Error> {
-        let batch = self.batch(id)?;
+    pub fn on_batch_status(
+        &self,
+        id: BatchId,
+        tenant: &Tenant,
+        now: Instant,
+    ) -> Result<pb::BatchStatus, Error> {
+        let batch = self.batch(id, tenant)?;
         Ok(self.batch_status(batch, now))
     }
 
     /// Status of a message.
-    pub fn on_message_status(&self, id: MessageId) -> Result<pb::MessageStatus, Error> {
-        let batch = self.batch(id.batch)?;
+    pub fn on_message_status(
+        &self,
+        id: MessageId,
+        tenant: &Tenant,
+    ) -> Result<pb::MessageStatus, Error> {
+        let batch = self.batch(id.batch, tenant)?;
         if u64::from(id.index) >= batch.counts.total {
             return Err(Error::NotFound(format!(
                 "message {id} not found: batch {} has {} messages (indexes 0 to {})",
@@ -490,7 +504,13 @@ impl Core {
     }
 
     /// Cancels a batch: nothing more of it is dispatched.
-    pub fn on_cancel(&mut self, id: BatchId, now: Instant) -> Result<pb::BatchStatus, Error> {
+    pub fn on_cancel(
+        &mut self,
+        id: BatchId,
+        tenant: &Tenant,
+        now: Instant,
+    ) -> Result<pb::BatchStatus, Error> {
+        self.batch(id, tenant)?;
         let batch = self.batches.get_mut(&id.0).ok_or_else(|| not_found(id))?;
         if batch.cancel(now) {
             tracing::info!(batch = %id, in_flight = batch.counts.in_flight, "batch cancelled");
@@ -504,7 +524,17 @@ impl Core {
             }
             self.publish_now = true;
         }
-        self.on_batch_status(id, now)
+        self.on_batch_status(id, tenant, now)
+    }
+
+    /// Messages of `tenant` not finished yet (pending or in flight).
+    pub fn tenant_unfinished(&self, tenant: &Tenant) -> u64 {
+        self.running
+            .iter()
+            .map(|id| &self.batches[id])
+            .filter(|b| b.tenant == *tenant)
+            .map(|b| b.counts.total - b.counts.finished())
+            .sum()
     }
 
     /// Bookkeeping once a batch reached its final state.
@@ -516,8 +546,13 @@ impl Core {
         self.publish_now = true;
     }
 
-    fn batch(&self, id: BatchId) -> Result<&Batch, Error> {
-        self.batches.get(&id.0).ok_or_else(|| not_found(id))
+    /// The batch `id` if `tenant` owns it: another tenant's batch is not found,
+    /// exactly like one that does not exist.
+    fn batch(&self, id: BatchId, tenant: &Tenant) -> Result<&Batch, Error> {
+        self.batches
+            .get(&id.0)
+            .filter(|b| b.tenant == *tenant)
+            .ok_or_else(|| not_found(id))
     }
 
     // === nodes ===
@@ -758,6 +793,15 @@ impl Core {
             }
         }
         self.drop_session(sid, None, outbox);
+    }
+
+    /// A node broke a limit: its stream is closed with `status` and its jobs requeued.
+    pub fn on_node_refused(&mut self, sid: SessionId, status: Status, outbox: &mut impl Outbox) {
+        if let Some(s) = self.sessions.get(&sid) {
+            tracing::warn!(node = %s.name, why = %status.message(), "dropping a node that broke a limit");
+            self.stats.node_protocol_errors += 1;
+        }
+        self.drop_session(sid, Some(status), outbox);
     }
 
     fn drop_session(&mut self, sid: SessionId, status: Option<Status>, outbox: &mut impl Outbox) {
@@ -1069,6 +1113,7 @@ impl Core {
             elapsed_seconds: end.saturating_duration_since(b.accepted_at).as_secs_f64(),
             resent: c.resent,
             duplicates: c.duplicates,
+            tenant: b.tenant.as_str().to_string(),
             synthetic_seed: match b.content {
                 Content::Synthetic { seed, .. } => Some(seed),
                 Content::Explicit(_) => None,

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: what can be tuned, with defaults.
+//! - [`auth`]: client JWTs and tenants, node join tokens, per-tenant limits.
 //! - [`batch`]: one batch's per-message state, queues and statistics.
 //! - [`core`]: the reactor's state and its `on_*` event functions; dispatch.
 //! - [`reactor`]: the task that owns the core, and the [`reactor::Handle`] to it.
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod core;
@@ -24,5 +26,5 @@ pub mod reactor;
 pub mod server;
 pub mod store;
 
-pub use config::Config;
+pub use config::{Config, Tls};
 pub use server::{run, run_with_metrics};

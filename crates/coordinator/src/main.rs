@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use smsmesh_coordinator::Config;
+use std::sync::Arc;
+
+use smsmesh_coordinator::auth::{ClientAuth, JwtVerifier, TenantLimits, mint_hs256};
+use smsmesh_coordinator::{Config, Tls};
 
 /// The smsmesh coordinator: accepts SMS batches over gRPC and dispatches them
 /// to sender nodes.
@@ -53,6 +56,80 @@ struct Args {
     /// (every 1/ratio-th message, the first always); 0 for none.
     #[arg(long, env = "SMSMESH_TRACE_MESSAGE_RATIO", default_value_t = 0.01)]
     trace_message_ratio: f64,
+    /// Let every client in without a token, as the default tenant. For one-machine
+    /// runs and tutorials only: it is logged loudly.
+    #[arg(long, env = "SMSMESH_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// Clients authenticate with HS256 JWTs signed with the secret in this file
+    /// (at least 32 bytes).
+    #[arg(
+        long,
+        env = "SMSMESH_JWT_SECRET_FILE",
+        conflicts_with = "jwt_public_key_file"
+    )]
+    jwt_secret_file: Option<std::path::PathBuf>,
+    /// Clients authenticate with JWTs signed by the holder of this public key (PEM).
+    #[arg(long, env = "SMSMESH_JWT_PUBLIC_KEY_FILE")]
+    jwt_public_key_file: Option<std::path::PathBuf>,
+    /// Algorithm of --jwt-public-key-file tokens: RS256 or ES256.
+    #[arg(long, env = "SMSMESH_JWT_ALGORITHM", default_value = "RS256")]
+    jwt_algorithm: String,
+    /// The audience (`aud`) tokens must be for.
+    #[arg(long, env = "SMSMESH_JWT_AUDIENCE", default_value = "smsmesh")]
+    jwt_audience: String,
+    /// The issuer (`iss`) tokens must come from. Default: any.
+    #[arg(long, env = "SMSMESH_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// The claim that names the caller's tenant.
+    #[arg(long, env = "SMSMESH_JWT_TENANT_CLAIM", default_value = "tenant")]
+    jwt_tenant_claim: String,
+    /// Print a development token for this tenant (needs --jwt-secret-file) and exit.
+    #[arg(long, value_name = "TENANT")]
+    mint_token: Option<String>,
+    /// Lifetime of --mint-token tokens.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    token_ttl: Duration,
+    /// Nodes must present the secret in this file to join (smsnode --join-token-file).
+    #[arg(long, env = "SMSMESH_NODE_TOKEN_FILE")]
+    node_token_file: Option<std::path::PathBuf>,
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "SMSMESH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SMSMESH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Check client certificates against this CA (PEM): mutual TLS.
+    #[arg(long, env = "SMSMESH_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// Refuse nodes without a client certificate from --tls-client-ca.
+    #[arg(long, env = "SMSMESH_REQUIRE_NODE_CERT", requires = "tls_client_ca")]
+    require_node_cert: bool,
+    /// Serve gRPC without TLS. Must be asked for when there is no --tls-cert.
+    #[arg(long, env = "SMSMESH_PLAINTEXT", conflicts_with = "tls_cert")]
+    plaintext: bool,
+    /// Messages per second a tenant may submit, sustained. Default: no limit.
+    #[arg(long, env = "SMSMESH_TENANT_RATE")]
+    tenant_rate: Option<f64>,
+    /// Messages a tenant may submit at once (largest batch). Default: 60 s of --tenant-rate.
+    #[arg(long, env = "SMSMESH_TENANT_BURST", requires = "tenant_rate")]
+    tenant_burst: Option<u64>,
+    /// Most messages of a tenant not finished yet. Default: no cap.
+    #[arg(long, env = "SMSMESH_TENANT_MAX_PENDING")]
+    tenant_max_pending: Option<u64>,
+    /// Most frames a second a node may send (twice that in a burst); over it, it is dropped.
+    #[arg(
+        long,
+        env = "SMSMESH_NODE_MAX_FRAMES_PER_SEC",
+        default_value_t = 50_000
+    )]
+    node_max_frames_per_sec: u32,
+    /// Most explicit messages in one SubmitBatch request.
+    #[arg(
+        long,
+        env = "SMSMESH_MAX_MESSAGES_PER_REQUEST",
+        default_value_t = 1_000_000
+    )]
+    max_messages_per_request: u64,
     /// Check the health of the coordinator listening on --listen and exit: 0 if its
     /// gRPC health service says SERVING, 1 if not. For container health checks.
     #[arg(long)]
@@ -63,8 +140,89 @@ struct Args {
     otlp_endpoint: Option<String>,
 }
 
+fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+/// A secret from a file, without surrounding whitespace (a trailing newline).
+fn read_secret(path: &std::path::Path, what: &str) -> Result<String, String> {
+    let s = String::from_utf8(read(path, what)?)
+        .map_err(|_| format!("{what} {} is not text", path.display()))?;
+    let s = s.trim().to_string();
+    if s.len() < 16 {
+        return Err(format!(
+            "{what} {} is too short ({} bytes); use at least 16 random bytes",
+            path.display(),
+            s.len()
+        ));
+    }
+    Ok(s)
+}
+
 impl Args {
+    fn client_auth(&self) -> Result<ClientAuth, String> {
+        let verifier = match (&self.jwt_secret_file, &self.jwt_public_key_file) {
+            (Some(f), _) => {
+                JwtVerifier::hs256(read_secret(f, "JWT secret")?.as_bytes(), &self.jwt_audience)
+                    .map_err(|e| format!("--jwt-secret-file: {e}"))?
+            }
+            (None, Some(f)) => {
+                let alg = match self.jwt_algorithm.to_ascii_uppercase().as_str() {
+                    "RS256" => jsonwebtoken::Algorithm::RS256,
+                    "ES256" => jsonwebtoken::Algorithm::ES256,
+                    other => return Err(format!("--jwt-algorithm {other}: use RS256 or ES256")),
+                };
+                JwtVerifier::public_key(&read(f, "JWT public key")?, alg, &self.jwt_audience)
+                    .map_err(|e| format!("--jwt-public-key-file {}: {e}", f.display()))?
+            }
+            (None, None) if self.insecure_no_auth => return Ok(ClientAuth::Insecure),
+            (None, None) => {
+                return Err("choose how clients authenticate: --jwt-secret-file FILE (HS256) or --jwt-public-key-file FILE (RS256/ES256), or --insecure-no-auth to let anyone in".into());
+            }
+        };
+        if self.insecure_no_auth {
+            return Err("--insecure-no-auth contradicts the --jwt-* flags: choose one".into());
+        }
+        let mut v = verifier.with_tenant_claim(&self.jwt_tenant_claim);
+        if let Some(iss) = &self.jwt_issuer {
+            v = v.with_issuer(iss);
+        }
+        Ok(ClientAuth::Jwt(Arc::new(v)))
+    }
+
+    fn tls(&self) -> Result<Option<Tls>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(Tls {
+                cert_pem: read(cert, "TLS certificate")?,
+                key_pem: read(key, "TLS key")?,
+                client_ca_pem: self
+                    .tls_client_ca
+                    .as_deref()
+                    .map(|ca| read(ca, "client CA"))
+                    .transpose()?,
+            })),
+            _ if self.plaintext => Ok(None),
+            _ => Err("choose TLS (--tls-cert FILE --tls-key FILE) or --plaintext".into()),
+        }
+    }
+
     fn config(&self) -> Result<Config, String> {
+        let client_auth = self.client_auth()?;
+        let node_token = self
+            .node_token_file
+            .as_deref()
+            .map(|f| read_secret(f, "node join token"))
+            .transpose()?
+            .map(Arc::from);
+        if node_token.is_none() && !self.insecure_no_auth && !self.require_node_cert {
+            return Err("nodes must authenticate too: --node-token-file FILE (or --require-node-cert with mutual TLS)".into());
+        }
+        let tls = self.tls()?;
+        if let Some(r) = self.tenant_rate
+            && !(r > 0.0 && r.is_finite())
+        {
+            return Err("--tenant-rate must be a positive number of messages per second".into());
+        }
         if self.default_max_attempts == 0 {
             return Err("--default-max-attempts must be at least 1".into());
         }
@@ -88,6 +246,19 @@ impl Args {
             max_jobs_per_frame: self.max_jobs_per_frame,
             resume_grace: self.resume_grace,
             trace_message_ratio: self.trace_message_ratio,
+            client_auth,
+            node_token,
+            require_node_cert: self.require_node_cert,
+            tenant_limits: TenantLimits {
+                rate: self.tenant_rate,
+                burst: self
+                    .tenant_burst
+                    .unwrap_or_else(|| self.tenant_rate.map_or(0, |r| (r * 60.0) as u64)),
+                max_pending: self.tenant_max_pending,
+            },
+            node_max_frames_per_sec: self.node_max_frames_per_sec,
+            max_messages_per_request: self.max_messages_per_request,
+            tls,
             ..Config::default()
         })
     }
@@ -129,11 +300,43 @@ async fn health_check(mut addr: SocketAddr) -> ExitCode {
     }
 }
 
+/// `--mint-token TENANT`: prints an HS256 token signed with --jwt-secret-file.
+fn mint(args: &Args, tenant: &str) -> ExitCode {
+    let Some(file) = &args.jwt_secret_file else {
+        eprintln!(
+            "smscoord: --mint-token needs --jwt-secret-file (the secret tokens are signed with)"
+        );
+        return ExitCode::from(64);
+    };
+    let minted = read_secret(file, "JWT secret").and_then(|secret| {
+        mint_hs256(
+            secret.as_bytes(),
+            &args.jwt_audience,
+            args.jwt_issuer.as_deref(),
+            tenant,
+            args.token_ttl,
+        )
+    });
+    match minted {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smscoord: {e}");
+            ExitCode::from(64)
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     if args.health_check {
         return health_check(args.listen).await;
+    }
+    if let Some(tenant) = &args.mint_token {
+        return mint(&args, tenant);
     }
     let telemetry = smsmesh::telemetry::init("smscoord", "info", args.otlp_endpoint.as_deref());
     let config = match args.config() {

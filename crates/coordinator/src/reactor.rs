@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
 
+use crate::auth::Tenant;
 use crate::core::{Committed, Core, NewBatch, Outbox, SessionId, Snapshot, Unreachable};
 use crate::store::{Store, WriteSet, Writer};
 
@@ -27,12 +28,16 @@ type Reply<T> = oneshot::Sender<Result<T, Error>>;
 pub enum Event {
     /// SubmitBatch, validated.
     Submit(NewBatch, Reply<pb::SubmitBatchResponse>),
-    /// GetStatus of a batch.
-    BatchStatus(BatchId, Reply<pb::BatchStatus>),
-    /// GetStatus of a message.
-    MessageStatus(MessageId, Reply<pb::MessageStatus>),
-    /// CancelBatch.
-    Cancel(BatchId, Reply<pb::BatchStatus>),
+    /// GetStatus of a batch, for a tenant.
+    BatchStatus(BatchId, Tenant, Reply<pb::BatchStatus>),
+    /// GetStatus of a message, for a tenant.
+    MessageStatus(MessageId, Tenant, Reply<pb::MessageStatus>),
+    /// CancelBatch, for a tenant.
+    Cancel(BatchId, Tenant, Reply<pb::BatchStatus>),
+    /// Messages of a tenant not finished yet.
+    TenantUnfinished(Tenant, Reply<u64>),
+    /// Drop a node's stream, telling it why (it broke a limit).
+    NodeRefused(SessionId, Status),
     /// A node's Hello, with the sender of its outbound stream.
     NodeJoin(pb::Hello, NodeTx, Reply<SessionId>),
     /// A frame from a node.
@@ -69,19 +74,40 @@ impl Handle {
         self.ask(|r| Event::Submit(b, r)).await
     }
 
-    /// Status of a batch.
-    pub async fn batch_status(&self, id: BatchId) -> Result<pb::BatchStatus, Error> {
-        self.ask(|r| Event::BatchStatus(id, r)).await
+    /// Status of a batch of `tenant`.
+    pub async fn batch_status(
+        &self,
+        id: BatchId,
+        tenant: &Tenant,
+    ) -> Result<pb::BatchStatus, Error> {
+        self.ask(|r| Event::BatchStatus(id, tenant.clone(), r))
+            .await
+    }
+
+    /// Messages of `tenant` not finished yet (pending or in flight).
+    pub async fn tenant_unfinished(&self, tenant: &Tenant) -> Result<u64, Error> {
+        self.ask(|r| Event::TenantUnfinished(tenant.clone(), r))
+            .await
+    }
+
+    /// Drops a node's stream with `status` (the node broke a limit).
+    pub async fn refuse_node(&self, sid: SessionId, status: Status) {
+        let _ = self.events.send(Event::NodeRefused(sid, status)).await;
     }
 
     /// Status of a message.
-    pub async fn message_status(&self, id: MessageId) -> Result<pb::MessageStatus, Error> {
-        self.ask(|r| Event::MessageStatus(id, r)).await
+    pub async fn message_status(
+        &self,
+        id: MessageId,
+        tenant: &Tenant,
+    ) -> Result<pb::MessageStatus, Error> {
+        self.ask(|r| Event::MessageStatus(id, tenant.clone(), r))
+            .await
     }
 
-    /// Cancels a batch.
-    pub async fn cancel(&self, id: BatchId) -> Result<pb::BatchStatus, Error> {
-        self.ask(|r| Event::Cancel(id, r)).await
+    /// Cancels a batch of `tenant`.
+    pub async fn cancel(&self, id: BatchId, tenant: &Tenant) -> Result<pb::BatchStatus, Error> {
+        self.ask(|r| Event::Cancel(id, tenant.clone(), r)).await
     }
 
     /// Registers a node stream.
@@ -219,9 +245,9 @@ async fn run(
                                 let _ = reply.send(result);
                             }
                         }
-                        Event::Cancel(id, reply) if writer.is_some() => {
+                        Event::Cancel(id, tenant, reply) if writer.is_some() => {
                             // Answer once the cancel is stored.
-                            let result = core.on_cancel(id, std::time::Instant::now());
+                            let result = core.on_cancel(id, &tenant, std::time::Instant::now());
                             deferred.push((reply, result));
                         }
                         Event::Committed(Err(e)) => {
@@ -270,15 +296,19 @@ fn handle(core: &mut Core, outbox: &mut ChannelOutbox, ev: Event) {
         Event::Submit(b, reply) => {
             let _ = reply.send(Ok(core.on_submit(b, now)));
         }
-        Event::BatchStatus(id, reply) => {
-            let _ = reply.send(core.on_batch_status(id, now));
+        Event::BatchStatus(id, tenant, reply) => {
+            let _ = reply.send(core.on_batch_status(id, &tenant, now));
         }
-        Event::MessageStatus(id, reply) => {
-            let _ = reply.send(core.on_message_status(id));
+        Event::MessageStatus(id, tenant, reply) => {
+            let _ = reply.send(core.on_message_status(id, &tenant));
         }
-        Event::Cancel(id, reply) => {
-            let _ = reply.send(core.on_cancel(id, now));
+        Event::Cancel(id, tenant, reply) => {
+            let _ = reply.send(core.on_cancel(id, &tenant, now));
         }
+        Event::TenantUnfinished(tenant, reply) => {
+            let _ = reply.send(Ok(core.tenant_unfinished(&tenant)));
+        }
+        Event::NodeRefused(sid, status) => core.on_node_refused(sid, status, outbox),
         Event::NodeJoin(hello, tx, reply) => {
             let sid = core.next_session_id();
             outbox.txs.insert(sid, tx);

@@ -8,7 +8,10 @@ use std::time::Duration;
 use smsmesh::pb::coordinator_server::CoordinatorServer;
 use smsmesh::pb::node_link_server::NodeLinkServer;
 use tokio::net::TcpListener;
-use tonic::transport::Server;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::auth::ClientAuth;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::CoordinatorApi;
@@ -56,7 +59,13 @@ pub async fn run_with_metrics(
     };
     let (core, mut reactor_task) = reactor::spawn(core, store.clone());
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    // What /healthz says: serving until shutdown begins.
+    let serving = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     if let Some(listener) = metrics {
+        let healthy = {
+            let serving = serving.clone();
+            move || serving.load(std::sync::atomic::Ordering::Relaxed)
+        };
         let registry = std::sync::Arc::new(core.metrics_registry());
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "serving Prometheus metrics at /metrics");
@@ -65,7 +74,7 @@ pub async fn run_with_metrics(
             let stopped = async {
                 let _ = metrics_stopped.await;
             };
-            if let Err(e) = smsmesh::metrics::serve(listener, registry, || true, stopped).await {
+            if let Err(e) = smsmesh::metrics::serve(listener, registry, healthy, stopped).await {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         });
@@ -85,10 +94,25 @@ pub async fn run_with_metrics(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let api = CoordinatorServer::new(CoordinatorApi::new(core.clone(), config.clone(), store))
-        .max_decoding_message_size(config.max_request_bytes);
-    let link =
-        NodeLinkServer::new(NodeLinkService::new(core.clone())).max_decoding_message_size(16 << 20);
+    // Every client RPC passes authentication first (health and reflection stay open).
+    let auth = config.client_auth.clone();
+    if let ClientAuth::Insecure = auth {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF (--insecure-no-auth): anyone who can reach this port can submit, read and cancel batches"
+        );
+    }
+    let api = InterceptedService::new(
+        CoordinatorServer::new(CoordinatorApi::new(core.clone(), config.clone(), store))
+            .max_decoding_message_size(config.max_request_bytes),
+        move |req| auth.check(req),
+    );
+    if config.node_token.is_none() {
+        tracing::warn!(
+            "no node join token: any process that can reach this port can join as a node"
+        );
+    }
+    let link = NodeLinkServer::new(NodeLinkService::new(core.clone(), &config))
+        .max_decoding_message_size(16 << 20);
 
     tracing::info!(%addr, "coordinator listening");
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
@@ -99,13 +123,36 @@ pub async fn run_with_metrics(
                 () = shutdown => tracing::info!("coordinator shutting down"),
                 Ok(e) = failed_rx => tracing::error!(error = %e, "coordinator stopping: the store failed"),
             }
+            serving.store(false, std::sync::atomic::Ordering::Relaxed);
             health
                 .set_not_serving::<CoordinatorServer<CoordinatorApi>>()
                 .await;
             core.shutdown().await;
         }
     };
-    let serve = Server::builder()
+    let mut builder = Server::builder();
+    match &config.tls {
+        Some(tls) => {
+            let mut t =
+                ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+            if let Some(ca) = &tls.client_ca_pem {
+                t = t
+                    .client_ca_root(Certificate::from_pem(ca))
+                    .client_auth_optional(true);
+            }
+            builder = builder
+                .tls_config(t)
+                .map_err(|e| anyhow::anyhow!("bad TLS configuration: {e}"))?;
+            tracing::info!(
+                mutual = tls.client_ca_pem.is_some(),
+                "serving gRPC over TLS"
+            );
+        }
+        None => tracing::warn!(
+            "serving gRPC in plaintext (--plaintext): traffic and tokens can be read on the network"
+        ),
+    }
+    let serve = builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)

@@ -83,6 +83,9 @@ pub struct StoredBatch {
     /// Unix time of acceptance, milliseconds.
     #[prost(uint64, tag = "9")]
     pub accepted_unix_ms: u64,
+    /// The tenant that owns it ("" for the default tenant, and batches stored before tenants).
+    #[prost(string, tag = "10")]
+    pub tenant: String,
 }
 
 /// The small, changing part of a stored batch.

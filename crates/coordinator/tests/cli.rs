@@ -12,6 +12,8 @@ fn bad_flags_exit_with_a_usage_error() {
         .args([
             "--listen",
             "127.0.0.1:0",
+            "--insecure-no-auth",
+            "--plaintext",
             "--node-timeout",
             "1s",
             "--heartbeat-interval",
@@ -36,7 +38,7 @@ fn an_address_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = Command::new(SMSCOORD)
-        .args(["--listen", &addr])
+        .args(["--listen", &addr, "--insecure-no-auth", "--plaintext"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(69));

@@ -1,6 +1,7 @@
 //! The reactor's `on_*` functions driven directly, with a recording outbox
 //! and explicit time: no sockets, no tasks.
 
+use smsmesh_coordinator::auth::Tenant;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -131,6 +132,7 @@ impl World {
             max_attempts,
             idempotency_key: None,
             trace: None,
+            tenant: Tenant::default(),
         };
         self.core.on_submit(b, self.now).batch_id.parse().unwrap()
     }
@@ -140,7 +142,9 @@ impl World {
     }
 
     fn status(&self, id: BatchId) -> pb::BatchStatus {
-        self.core.on_batch_status(id, self.now).unwrap()
+        self.core
+            .on_batch_status(id, &Tenant::default(), self.now)
+            .unwrap()
     }
 }
 
@@ -241,10 +245,13 @@ fn a_failed_attempt_is_retried_after_backoff_preferably_elsewhere() {
     );
     let m = w
         .core
-        .on_message_status(MessageId {
-            batch: id,
-            index: 0,
-        })
+        .on_message_status(
+            MessageId {
+                batch: id,
+                index: 0,
+            },
+            &Tenant::default(),
+        )
         .unwrap();
     assert_eq!((m.attempts, m.last_error.as_str()), (3, "boom"));
 }

@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut display = Display::new(args.plain);
     let last = watch(
-        &mesh.url(),
+        &smsmesh_monitor::Target::plain(&mesh.url()),
         Some(&resp.batch_id),
         Duration::from_millis(250),
         &mut display,

@@ -17,18 +17,25 @@ use smsmesh::pb::{self, BatchState};
 /// `interval`, rendering each update on `display`. Returns when the stream
 /// ends, with the last status seen of the watched batch.
 pub async fn watch(
-    coordinator: &str,
+    target: &Target,
     batch: Option<&str>,
     interval: Duration,
     display: &mut Display,
 ) -> anyhow::Result<Option<pb::BatchStatus>> {
-    let mut client = pb::coordinator_client::CoordinatorClient::connect(coordinator.to_string())
+    let coordinator = &target.url;
+    let channel = smsmesh::client::endpoint(coordinator, target.tls.as_ref())
+        .map_err(|e| anyhow::anyhow!(e))?
+        .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {coordinator}: {e}"))?;
+    let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
     let mut request = tonic::Request::new(pb::WatchProgressRequest {
         batch_id: batch.unwrap_or_default().to_string(),
         interval_ms: interval.as_millis() as u32,
     });
+    if let Some(token) = &target.token {
+        smsmesh::client::bearer(&mut request, token).map_err(|e| anyhow::anyhow!(e))?;
+    }
     // The coordinator's side of the stream joins the caller's trace, if any.
     smsmesh::telemetry::inject_into_metadata(&tracing::Span::current(), request.metadata_mut());
     let mut stream = client
@@ -49,6 +56,27 @@ pub async fn watch(
     }
     display.finish();
     Ok(last)
+}
+
+/// The coordinator to watch and how to reach it.
+#[derive(Clone, Debug, Default)]
+pub struct Target {
+    /// Its URL (`http://` or `https://`).
+    pub url: String,
+    /// TLS settings, for `https://`.
+    pub tls: Option<smsmesh::client::ClientTls>,
+    /// Bearer token, when the coordinator checks tokens.
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// A plaintext coordinator without authentication.
+    pub fn plain(url: &str) -> Self {
+        Target {
+            url: url.to_string(),
+            ..Target::default()
+        }
+    }
 }
 
 /// Where progress goes: bars on a terminal, lines otherwise.

@@ -28,6 +28,15 @@ struct Args {
     /// Plain lines even on a terminal.
     #[arg(long)]
     plain: bool,
+    /// Bearer token (a JWT naming your tenant); not needed with --insecure-no-auth.
+    #[arg(long, env = "SMSMESH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA (PEM) the coordinator's certificate must chain to; for an https:// --coordinator.
+    #[arg(long, env = "SMSMESH_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Name expected in the coordinator's certificate, if not the URL's host.
+    #[arg(long, env = "SMSMESH_TLS_DOMAIN")]
+    tls_domain: Option<String>,
     /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317
     /// (the standard OTEL_* variables are honoured too).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -41,14 +50,26 @@ async fn main() -> ExitCode {
     let telemetry = smsmesh::telemetry::init("smsmon", "warn", args.otlp_endpoint.as_deref());
     let mut display = Display::new(args.plain);
     let span = tracing::info_span!("watch", batch_id = args.batch.as_deref().unwrap_or("all"));
-    let result = watch(
-        &args.coordinator,
-        args.batch.as_deref(),
-        args.interval,
-        &mut display,
-    )
-    .instrument(span)
-    .await;
+    let tls = match smsmesh::client::ClientTls::from_files(
+        args.tls_ca.as_deref(),
+        None,
+        None,
+        args.tls_domain.clone(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("smsmon: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let target = smsmesh_monitor::Target {
+        url: args.coordinator.clone(),
+        tls,
+        token: args.token.clone(),
+    };
+    let result = watch(&target, args.batch.as_deref(), args.interval, &mut display)
+        .instrument(span)
+        .await;
     telemetry.shutdown().await;
     match result {
         Ok(_) => ExitCode::SUCCESS,

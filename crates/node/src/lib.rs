@@ -55,6 +55,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Most results in one frame. Default: 512.
     pub max_results_per_frame: usize,
+    /// The secret the coordinator asks of joining nodes. Default: none.
+    pub join_token: Option<String>,
+    /// TLS to the coordinator (needed for an `https://` URL). Default: none.
+    pub tls: Option<smsmesh::client::ClientTls>,
 }
 
 impl Config {
@@ -75,6 +79,8 @@ impl Config {
             reconnect_max: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             max_results_per_frame: 512,
+            join_token: None,
+            tls: None,
         }
     }
 }
@@ -378,20 +384,8 @@ impl Node {
         &mut self,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<SessionEnd, NodeError> {
-        let channel = match tonic::transport::Endpoint::from_shared(self.config.coordinator.clone())
-        {
-            Ok(ep) => ep
-                .connect_timeout(Duration::from_secs(5))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(20)),
-            Err(e) => {
-                return Err(NodeError::Config(format!(
-                    "bad coordinator URL {:?}: {e}",
-                    self.config.coordinator
-                )));
-            }
-        };
+        let channel = smsmesh::client::endpoint(&self.config.coordinator, self.config.tls.as_ref())
+            .map_err(NodeError::Config)?;
         let channel = match channel.connect().await {
             Ok(c) => c,
             Err(e) => {
@@ -414,9 +408,22 @@ impl Node {
                 gateway: self.config.gateway.kind().to_string(),
             })))
             .await;
-        let mut inbound = match client.join(ReceiverStream::new(out_rx)).await {
+        let mut join = tonic::Request::new(ReceiverStream::new(out_rx));
+        if let Some(token) = &self.config.join_token {
+            let value = token.parse().map_err(|_| {
+                NodeError::Config("the join token has characters not allowed in metadata".into())
+            })?;
+            join.metadata_mut().insert("x-smsmesh-join-token", value);
+        }
+        let mut inbound = match client.join(join).await {
             Ok(r) => r.into_inner(),
-            Err(s) if s.code() == Code::InvalidArgument => {
+            // Retrying cannot fix these: a bad name or settings, a wrong or missing token.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
+                ) =>
+            {
                 return Err(NodeError::Refused(s.message().to_string()));
             }
             Err(s) => {

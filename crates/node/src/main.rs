@@ -51,6 +51,24 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9101). Off by default.
     #[arg(long, env = "SMSMESH_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// File holding the join token the coordinator asks of nodes (its --node-token-file).
+    #[arg(long, env = "SMSMESH_JOIN_TOKEN_FILE", conflicts_with = "join_token")]
+    join_token_file: Option<std::path::PathBuf>,
+    /// The join token itself (prefer the file: command lines are visible to other users).
+    #[arg(long, env = "SMSMESH_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// CA (PEM) the coordinator's certificate must chain to; for an https:// --coordinator.
+    #[arg(long, env = "SMSMESH_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key.
+    #[arg(long, env = "SMSMESH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SMSMESH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Name expected in the coordinator's certificate, if not the URL's host.
+    #[arg(long, env = "SMSMESH_TLS_DOMAIN")]
+    tls_domain: Option<String>,
     /// Check the health of the node running with these flags and exit: 0 if it is
     /// connected to its coordinator (GET /healthz on --metrics-listen), 1 if not.
     /// For container health checks.
@@ -151,6 +169,28 @@ async fn node_main(args: Args) -> ExitCode {
     });
     let mut config = Config::new(args.coordinator, name, args.concurrency, gateway);
     config.drain_timeout = args.drain_timeout;
+    config.join_token = match (&args.join_token_file, &args.join_token) {
+        (Some(f), _) => match std::fs::read_to_string(f) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                eprintln!("smsnode: cannot read the join token {}: {e}", f.display());
+                return ExitCode::from(64);
+            }
+        },
+        (None, t) => t.clone(),
+    };
+    config.tls = match smsmesh::client::ClientTls::from_files(
+        args.tls_ca.as_deref(),
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.tls_domain.clone(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("smsnode: {e}");
+            return ExitCode::from(64);
+        }
+    };
     config.prefetch = args.prefetch.unwrap_or((args.concurrency / 10).max(1));
     config.reconnect_max = args.reconnect_max;
     let stats = Arc::new(Stats::default());

@@ -418,6 +418,7 @@ impl Proc {
     ) -> anyhow::Result<(Proc, SocketAddr)> {
         let child = std::process::Command::new(bin("smscoord"))
             .args(["--listen", &listen.to_string()])
+            .args(["--insecure-no-auth", "--plaintext"])
             .arg("--data-dir")
             .arg(data)
             .args(args)

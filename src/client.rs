@@ -1,0 +1,100 @@
+//! How smsmesh programs reach the coordinator: the endpoint (plaintext for
+//! `http://`, TLS for `https://`, optionally with a client certificate), and
+//! the credentials they attach to calls.
+
+use std::time::Duration;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// TLS material of a client, PEM encoded.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    /// CA that the coordinator's certificate must chain to.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and key, for mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Name expected in the coordinator's certificate, when it is not the URL's host.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_cert", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// Reads `--tls-ca`, `--tls-cert` / `--tls-key` files. None if none is given.
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+        domain: Option<String>,
+    ) -> Result<Option<ClientTls>, String> {
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
+        };
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((read(c, "client certificate")?, read(k, "client key")?)),
+            (None, None) => None,
+            _ => return Err("give both --tls-cert and --tls-key, or neither".into()),
+        };
+        let ca_pem = ca.map(|p| read(p, "CA certificate")).transpose()?;
+        if ca_pem.is_none() && identity.is_none() && domain.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(ClientTls {
+            ca_pem,
+            identity,
+            domain,
+        }))
+    }
+}
+
+/// The endpoint of `url`: TLS when it is `https://` (checked against the CA
+/// of `tls`), plaintext for `http://`.
+pub fn endpoint(url: &str, tls: Option<&ClientTls>) -> Result<Endpoint, String> {
+    let ep = Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("bad coordinator URL {url:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let https = url.starts_with("https://");
+    match (https, tls) {
+        (false, None) => Ok(ep),
+        (false, Some(_)) => Err(format!(
+            "TLS files are given but the coordinator URL {url:?} is http://: use https://"
+        )),
+        (true, None) => Err(format!(
+            "{url:?} is https://: give the CA to trust with --tls-ca FILE"
+        )),
+        (true, Some(t)) => {
+            let ca = t.ca_pem.as_ref().ok_or_else(|| {
+                format!("{url:?} is https://: give the CA to trust with --tls-ca FILE")
+            })?;
+            let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            if let Some((cert, key)) = &t.identity {
+                cfg = cfg.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(d) = &t.domain {
+                cfg = cfg.domain_name(d.clone());
+            }
+            ep.tls_config(cfg)
+                .map_err(|e| format!("bad TLS configuration: {e}"))
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to a request.
+pub fn bearer<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), String> {
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "the token has characters not allowed in metadata".to_string())?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(())
+}
