@@ -29,6 +29,8 @@ pub struct Mesh {
     pub addr: SocketAddr,
     /// Where it serves Prometheus metrics (`/metrics`).
     pub metrics_addr: SocketAddr,
+    /// Whether it serves TLS (then its URL is `https://`).
+    pub tls: bool,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -45,6 +47,7 @@ impl Mesh {
         let addr = listener.local_addr()?;
         let metrics = tokio::net::TcpListener::bind((listen.ip(), 0)).await?;
         let metrics_addr = metrics.local_addr()?;
+        let tls = config.tls.is_some();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(smsmesh_coordinator::run_with_metrics(
             config,
@@ -57,6 +60,7 @@ impl Mesh {
         Ok(Mesh {
             addr,
             metrics_addr,
+            tls,
             stop: Some(stop),
             task,
         })
@@ -64,7 +68,8 @@ impl Mesh {
 
     /// The coordinator's URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// A client of the Coordinator API.
@@ -109,6 +114,10 @@ pub struct NodeSpec {
     pub recorder: Option<Recorder>,
     /// Jobs held ready beyond the concurrency.
     pub prefetch: u32,
+    /// Join token to present.
+    pub join_token: Option<String>,
+    /// TLS to the coordinator.
+    pub tls: Option<smsmesh::client::ClientTls>,
 }
 
 impl NodeSpec {
@@ -121,7 +130,21 @@ impl NodeSpec {
             failure_rate: 0.0,
             recorder: None,
             prefetch: 0,
+            join_token: None,
+            tls: None,
         }
+    }
+
+    /// Presenting this join token.
+    pub fn join_token(mut self, token: &str) -> Self {
+        self.join_token = Some(token.into());
+        self
+    }
+
+    /// Connecting with TLS (the URL must be `https://`).
+    pub fn tls(mut self, tls: smsmesh::client::ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// With this prefetch.
@@ -183,6 +206,8 @@ impl Node {
         let mut config =
             smsmesh_node::Config::new(coordinator, spec.name.clone(), spec.concurrency, gateway);
         config.prefetch = spec.prefetch;
+        config.join_token = spec.join_token.clone();
+        config.tls = spec.tls.clone();
         config.reconnect_min = Duration::from_millis(20);
         config.reconnect_max = Duration::from_millis(500);
         let stats = Arc::new(Stats::default());
@@ -196,6 +221,13 @@ impl Node {
             stop: Some(stop),
             task,
         }
+    }
+
+    /// Waits for the node to end on its own (it was refused, say), `within` at most.
+    pub async fn ended(mut self, within: Duration) -> anyhow::Result<Result<(), NodeError>> {
+        Ok(tokio::time::timeout(within, &mut self.task)
+            .await
+            .map_err(|_| anyhow::anyhow!("node {} still running after {within:?}", self.name))??)
     }
 
     /// Kills the node: its stream breaks with no goodbye, like `kill -9`.
