@@ -746,3 +746,223 @@ async fn garbage_on_the_port_and_oversized_requests_do_not_stop_the_coordinator(
     let id = client.submit(synthetic(10, 1)).await.unwrap();
     client.status(&id).await.unwrap();
 }
+
+/// Runs a program to completion and returns (exit code, stdout, stderr).
+fn run(program: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(smsmesh_testkit::bin(program))
+        .args(args)
+        .env_remove("SMSMESH_INSECURE_NO_AUTH")
+        .env_remove("SMSMESH_PLAINTEXT")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn smscoord_makes_you_choose_authentication_and_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt.secret");
+    std::fs::write(
+        &secret,
+        "0123456789abcdef0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let short = dir.path().join("short.secret");
+    std::fs::write(&short, "0123456789abcdef01").unwrap();
+    let s = secret.to_str().unwrap();
+    let base = ["--listen", "127.0.0.1:0", "--in-memory"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![], "choose how clients authenticate"),
+        (
+            vec!["--insecure-no-auth"],
+            "choose TLS (--tls-cert FILE --tls-key FILE) or --plaintext",
+        ),
+        (
+            vec!["--jwt-secret-file", s, "--plaintext"],
+            "nodes must authenticate too",
+        ),
+        (
+            vec![
+                "--jwt-secret-file",
+                short.to_str().unwrap(),
+                "--plaintext",
+                "--insecure-no-auth",
+            ],
+            "use at least 32 random bytes",
+        ),
+        (
+            vec!["--jwt-secret-file", s, "--insecure-no-auth", "--plaintext"],
+            "contradicts",
+        ),
+        (
+            vec!["--jwt-secret-file", "/nonexistent/secret", "--plaintext"],
+            "cannot read JWT secret /nonexistent/secret",
+        ),
+        (
+            vec![
+                "--insecure-no-auth",
+                "--tls-cert",
+                "/nonexistent/c.pem",
+                "--tls-key",
+                "/nonexistent/k.pem",
+            ],
+            "cannot read TLS certificate /nonexistent/c.pem",
+        ),
+    ];
+    for (extra, says) in cases {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let (code, _, err) = run("smscoord", &args);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?} should say {says:?}: {err}");
+    }
+    // A minted token verifies with the same secret.
+    let (code, out, err) = run(
+        "smscoord",
+        &["--jwt-secret-file", s, "--mint-token", "acme"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let verifier = JwtVerifier::hs256(
+        std::fs::read_to_string(&secret).unwrap().trim().as_bytes(),
+        AUD,
+    )
+    .unwrap();
+    assert_eq!(verifier.verify(out.trim()).unwrap().as_str(), "acme");
+}
+
+/// Reads `smscoord listening on ADDR` from a child's stdout.
+fn listening(child: &mut std::process::Child) -> std::net::SocketAddr {
+    smsmesh_testkit::listening_addr(child).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_programs_with_tokens_and_tls_as_the_readme_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let pki = Pki::new("smsmesh dev CA");
+    let (cert, key) = pki.issue(&["localhost", "127.0.0.1"]);
+    std::fs::write(path("ca.pem"), pki.ca_pem()).unwrap();
+    std::fs::write(path("coord.pem"), cert).unwrap();
+    std::fs::write(path("coord.key"), key).unwrap();
+    std::fs::write(
+        path("jwt.secret"),
+        "b7c1e0f2a9d84c3e9f5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f80910\n",
+    )
+    .unwrap();
+    std::fs::write(path("node.token"), "4f1e2d3c4b5a69788796a5b4c3d2e1f0\n").unwrap();
+
+    let mut coord = std::process::Command::new(smsmesh_testkit::bin("smscoord"))
+        .args(["--listen", "127.0.0.1:0", "--in-memory"])
+        .args(["--jwt-secret-file", &path("jwt.secret")])
+        .args(["--node-token-file", &path("node.token")])
+        .args([
+            "--tls-cert",
+            &path("coord.pem"),
+            "--tls-key",
+            &path("coord.key"),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = listening(&mut coord);
+    let _coord = smsmesh_testkit::Proc { child: coord };
+    let url = format!("https://{addr}");
+    let _node = smsmesh_testkit::Proc {
+        child: std::process::Command::new(smsmesh_testkit::bin("smsnode"))
+            .args(["--coordinator", &url, "--name", "tls-node"])
+            .args([
+                "--join-token-file",
+                &path("node.token"),
+                "--tls-ca",
+                &path("ca.pem"),
+            ])
+            .args(["--mean-latency", "1ms"])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    };
+    let (code, token, err) = run(
+        "smscoord",
+        &[
+            "--jwt-secret-file",
+            &path("jwt.secret"),
+            "--mint-token",
+            "acme",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let tls = ClientTls {
+        ca_pem: Some(pki.ca_pem()),
+        ..ClientTls::default()
+    };
+    let mut acme = Caller::new(&url, Some(&tls), Some(token.trim().to_string())).await;
+    let id = acme.submit(synthetic(500, 9)).await.unwrap();
+
+    // smsmon with the token over TLS follows the batch to its end.
+    let mon = tokio::process::Command::new(smsmesh_testkit::bin("smsmon"))
+        .args([
+            "--coordinator",
+            &url,
+            "--batch",
+            &id,
+            "--plain",
+            "--interval",
+            "100ms",
+        ])
+        .args(["--tls-ca", &path("ca.pem")])
+        .env("SMSMESH_TOKEN", token.trim())
+        .output();
+    let out = tokio::time::timeout(LONG, mon).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("COMPLETED") || stdout.contains("completed"),
+        "{stdout}"
+    );
+    assert_eq!(acme.wait_ended(&id).await.sent, 500);
+
+    // smsmon without a token is refused, clearly.
+    let (code, _, err) = run(
+        "smsmon",
+        &[
+            "--coordinator",
+            &url,
+            "--batch",
+            &id,
+            "--plain",
+            "--tls-ca",
+            &path("ca.pem"),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Unauthenticated") || err.contains("authorization"),
+        "{err}"
+    );
+
+    // A node with a wrong token exits with the reason instead of retrying forever.
+    std::fs::write(path("wrong.token"), "not-the-node-token-at-all\n").unwrap();
+    let (code, _, err) = run(
+        "smsnode",
+        &[
+            "--coordinator",
+            &url,
+            "--name",
+            "intruder",
+            "--join-token-file",
+            &path("wrong.token"),
+            "--tls-ca",
+            &path("ca.pem"),
+        ],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("wrong join token"), "{err}");
+}
