@@ -966,3 +966,62 @@ async fn the_programs_with_tokens_and_tls_as_the_readme_shows() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("wrong join token"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_tokens_from_a_public_key() {
+    // An RSA key pair from openssl (ring, which rcgen uses, cannot make RSA keys).
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("rsa.key");
+    let public = dir.path().join("rsa.pub");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .status()
+        .expect("openssl is installed")
+        .success()
+        && std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "openssl made the key pair");
+    let verifier = JwtVerifier::public_key(
+        &std::fs::read(&public).unwrap(),
+        jsonwebtoken::Algorithm::RS256,
+        AUD,
+    )
+    .unwrap();
+    let mesh = Mesh::start(CoordinatorConfig {
+        client_auth: ClientAuth::Jwt(Arc::new(verifier)),
+        ..CoordinatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let rs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &serde_json::json!({"tenant": "acme", "aud": AUD, "exp": now() + 600}),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&key).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let mut good = Caller::new(&mesh.url(), None, Some(rs)).await;
+    let id = good.submit(synthetic(5, 1)).await.unwrap();
+    assert_eq!(good.status(&id).await.unwrap().tenant, "acme");
+    // The same claims signed with HS256 are refused: the algorithm is pinned.
+    let hs = token("acme");
+    let mut bad = Caller::new(&mesh.url(), None, Some(hs)).await;
+    assert_status(
+        bad.submit(synthetic(5, 1)).await,
+        Code::Unauthenticated,
+        "algorithm",
+    );
+}
