@@ -41,7 +41,7 @@ pub struct Config {
     pub resume_grace: Duration,
     /// Share of a traced batch's messages whose send is recorded as a span on
     /// the node (every 1/ratio-th message, the first always), so a huge batch
-    /// does not flood the trace store. 0 records none. Default: 0.01.
+    /// does not flood the trace store. 0 records none. Default: 0.001.
     pub trace_message_ratio: f64,
     /// How client RPCs are authenticated. Default: [`ClientAuth::Insecure`]
     /// (the `smscoord` binary requires choosing explicitly).
@@ -100,7 +100,7 @@ impl Default for Config {
             max_request_bytes: 64 << 20,
             keep_ended_in_progress: Duration::from_secs(60),
             resume_grace: Duration::from_secs(2),
-            trace_message_ratio: 0.01,
+            trace_message_ratio: 0.001,
             client_auth: ClientAuth::Insecure,
             node_token: None,
             require_node_cert: false,

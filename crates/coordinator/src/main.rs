@@ -54,7 +54,7 @@ struct Args {
     max_jobs_per_frame: usize,
     /// Of a traced batch, the share of messages whose send on the node is a span
     /// (every 1/ratio-th message, the first always); 0 for none.
-    #[arg(long, env = "SMSMESH_TRACE_MESSAGE_RATIO", default_value_t = 0.01)]
+    #[arg(long, env = "SMSMESH_TRACE_MESSAGE_RATIO", default_value_t = 0.001)]
     trace_message_ratio: f64,
     /// Let every client in without a token, as the default tenant. For one-machine
     /// runs and tutorials only: it is logged loudly.
