@@ -165,6 +165,16 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
     carrier.remove("traceparent")
 }
 
+/// Makes `span` a child of `parent` in the trace only, by `parent`'s span
+/// context (no reference to it is kept). For a span that outlives its
+/// parent: create it with `parent: None` and link it here, so the parent
+/// still ends (and is exported) when it closes.
+pub fn set_trace_parent(span: &tracing::Span, parent: &tracing::Span) {
+    if let Some(tp) = traceparent(parent) {
+        set_remote_parent(span, &tp);
+    }
+}
+
 /// Makes `span` a child of the remote span named by a W3C `traceparent`
 /// (ignored when it does not parse).
 pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {

@@ -929,6 +929,23 @@ async fn the_programs_with_tokens_and_tls_as_the_readme_shows() {
     );
     assert_eq!(acme.wait_ended(&id).await.sent, 500);
 
+    // The health check (what the Kubernetes probes run) speaks TLS to a TLS coordinator.
+    let addr_s = addr.to_string();
+    let tls_args = [
+        "--tls-cert",
+        &path("coord.pem"),
+        "--tls-key",
+        &path("coord.key"),
+    ];
+    let mut hc: Vec<&str> = vec!["--listen", &addr_s, "--health-check"];
+    hc.extend(tls_args);
+    let ca = path("ca.pem");
+    let (code, _, err) = run("smscoord", &[&hc[..], &["--tls-ca", &ca]].concat());
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run("smscoord", &hc);
+    assert_eq!(code, 1, "no CA to trust: unhealthy, saying why");
+    assert!(err.contains("--tls-ca"), "{err}");
+
     // smsmon without a token is refused, clearly.
     let (code, _, err) = run(
         "smsmon",

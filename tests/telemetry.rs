@@ -337,3 +337,61 @@ async fn no_collector_listening_breaks_nothing() {
     let exit = coord.wait(Duration::from_secs(20)).await.unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_otel_variables_name_the_service_and_choose_the_sampler() {
+    let (receiver, otlp) = Receiver::start().await;
+    let mut child = Command::new(bin("smscoord"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--in-memory",
+            "--insecure-no-auth",
+            "--plaintext",
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+        .env("OTEL_SERVICE_NAME", "coordinator-eu-1")
+        // Follow the caller's decision: sampled parent, spans; unsampled, none.
+        .env("OTEL_TRACES_SAMPLER", "parentbased_always_off")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = listening_addr(&mut child).unwrap();
+    let _coord = Proc { child };
+    let mut client = pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let submit = |trace: &str, flags: &str| {
+        let mut r = tonic::Request::new(smsmesh_testkit::synthetic(10, 1));
+        r.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace}-00f067aa0ba902b7-{flags}")
+                .parse()
+                .unwrap(),
+        );
+        r
+    };
+    let unsampled = "11111111111111111111111111111111";
+    let sampled = "22222222222222222222222222222222";
+    client.submit_batch(submit(unsampled, "00")).await.unwrap();
+    client.submit_batch(submit(sampled, "01")).await.unwrap();
+    // No node: the batches never end, so only their SubmitBatch spans are exported.
+    let spans = wait_until(LONG, "the sampled trace's SubmitBatch span", || {
+        let spans = receiver.spans();
+        let found = spans.iter().any(|s| s.trace_id == sampled);
+        async move { found.then_some(spans) }
+    })
+    .await
+    .unwrap();
+    assert!(
+        spans.iter().all(|s| s.service == "coordinator-eu-1"),
+        "{spans:#?}"
+    );
+    // Spans are exported in the order they end: the unsampled batch's would have come first.
+    assert!(
+        spans.iter().all(|s| s.trace_id != unsampled),
+        "no span of the unsampled trace: {spans:#?}"
+    );
+}

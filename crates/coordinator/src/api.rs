@@ -178,13 +178,17 @@ fn scoped_key(tenant: &Tenant, key: String) -> String {
 /// The dispatch span of a new batch (a child of the current SubmitBatch
 /// span), if it is recorded and sampled.
 fn dispatch_trace(id: BatchId, ratio: f64) -> Option<crate::batch::Trace> {
+    // It lives until the batch ends, long after SubmitBatch: a child in the
+    // trace, but not a tracing child (which would hold SubmitBatch open).
     let span = tracing::info_span!(
+        parent: None,
         "dispatch",
         batch_id = %id,
         state = tracing::field::Empty,
         sent = tracing::field::Empty,
         failed = tracing::field::Empty,
     );
+    smsmesh::telemetry::set_trace_parent(&span, &tracing::Span::current());
     let traceparent = smsmesh::telemetry::traceparent(&span)?;
     let every = if ratio > 0.0 && ratio.is_finite() {
         (1.0 / ratio.min(1.0))

@@ -134,6 +134,12 @@ struct Args {
     /// gRPC health service says SERVING, 1 if not. For container health checks.
     #[arg(long)]
     health_check: bool,
+    /// With --health-check on a TLS coordinator: the CA (PEM) its certificate chains to.
+    #[arg(long, env = "SMSMESH_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// With --health-check on a TLS coordinator: the name its certificate is for.
+    #[arg(long, env = "SMSMESH_TLS_DOMAIN", default_value = "localhost")]
+    tls_domain: String,
     /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317
     /// (the standard OTEL_* variables are honoured too).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -265,14 +271,26 @@ impl Args {
 }
 
 /// `--health-check`: asks the running coordinator's gRPC health service.
-async fn health_check(mut addr: SocketAddr) -> ExitCode {
+async fn health_check(args: &Args) -> ExitCode {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let mut addr = args.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
+        // Over TLS when the coordinator serves TLS: trusting --tls-ca, expecting --tls-domain.
+        let (url, tls) = if args.tls_cert.is_some() {
+            let tls = smsmesh::client::ClientTls::from_files(
+                args.tls_ca.as_deref(),
+                None,
+                None,
+                Some(args.tls_domain.clone()),
+            )?;
+            (format!("https://{addr}"), tls)
+        } else {
+            (format!("http://{addr}"), None)
+        };
+        let channel = smsmesh::client::endpoint(&url, tls.as_ref())?
             .connect()
             .await
             .map_err(|e| e.to_string())?;
@@ -333,7 +351,7 @@ fn mint(args: &Args, tenant: &str) -> ExitCode {
 async fn main() -> ExitCode {
     let args = Args::parse();
     if args.health_check {
-        return health_check(args.listen).await;
+        return health_check(&args).await;
     }
     if let Some(tenant) = &args.mint_token {
         return mint(&args, tenant);
