@@ -55,7 +55,14 @@ struct Caller {
 
 impl Caller {
     async fn new(url: &str, tls: Option<&ClientTls>, token: Option<String>) -> Caller {
-        let channel = endpoint(url, tls).unwrap().connect().await.unwrap();
+        let ep = endpoint(url, tls).unwrap();
+        // A coordinator that has just (re)started may still reset the first connection.
+        let channel = wait_until(LONG, "a connection to the coordinator", || {
+            let ep = ep.clone();
+            async move { ep.connect().await.ok() }
+        })
+        .await
+        .unwrap();
         Caller {
             client: CoordinatorClient::new(channel),
             token,

@@ -187,7 +187,15 @@ pub fn spawn(
             let _ = tx.blocking_send(Event::Committed(r.map_err(|e| e.to_string())));
         })
     });
-    let task = tokio::spawn(run(core, rx, writer)); // the reactor
+    let (writer, writer_thread) = writer.unzip();
+    let task = tokio::spawn(async move {
+        let result = run(core, rx, writer).await; // the reactor
+        // The writer stops once its channel is gone; the store is free when it has.
+        if let Some(thread) = writer_thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        result
+    });
     (handle, task)
 }
 

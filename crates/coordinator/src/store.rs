@@ -389,13 +389,18 @@ pub struct Writer;
 
 impl Writer {
     /// Starts the writer thread. Each set sent on the returned channel is
-    /// committed, then `done` is called with the outcome of the commit.
+    /// committed, then `done` is called with the outcome of the commit. The
+    /// thread ends, releasing the store, once the channel is dropped; join it
+    /// to know the store is free (for a restart in the same process).
     pub fn spawn<T: Send + 'static>(
         store: Store,
         done: impl Fn(Result<T, StoreError>, CommitStats) + Send + 'static,
-    ) -> std::sync::mpsc::Sender<(WriteSet, T)> {
+    ) -> (
+        std::sync::mpsc::Sender<(WriteSet, T)>,
+        std::thread::JoinHandle<()>,
+    ) {
         let (tx, rx) = std::sync::mpsc::channel::<(WriteSet, T)>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
                 let mut stats = CommitStats::default();
@@ -410,6 +415,6 @@ impl Writer {
                 }
             })
             .expect("spawn store writer");
-        tx
+        (tx, thread)
     }
 }
