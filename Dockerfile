@@ -17,6 +17,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/smscoord target/release/smsnode target/release/smsmon /out/
 
 FROM debian:bookworm-slim
+# CA certificates: for an https:// OTLP collector (system roots).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/smsmesh --create-home smsmesh \
  && mkdir -p /var/lib/smsmesh/data \
  && chown -R smsmesh:smsmesh /var/lib/smsmesh

@@ -77,6 +77,33 @@ pub async fn serve(
         .await
 }
 
+/// A `/metrics` endpoint running in the background; it stops when dropped.
+pub struct Endpoint {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Serves `registry` on `listener` in a background task (see [`serve`])
+/// until the returned [`Endpoint`] is dropped.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    healthy: impl Fn() -> bool + Clone + Send + Sync + 'static,
+) -> Endpoint {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
+    tokio::spawn(async move {
+        let stopped = async {
+            let _ = stopped.await; // a send or the sender's drop
+        };
+        if let Err(e) = serve(listener, Arc::new(registry), healthy, stopped).await {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    });
+    Endpoint { _stop: stop }
+}
+
 /// Writes one unlabelled counter (`name` without the `_total` suffix, which is added).
 pub fn counter(
     encoder: &mut DescriptorEncoder<'_>,

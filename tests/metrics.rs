@@ -10,8 +10,8 @@ use std::time::Duration;
 use prometheus_parse::{Sample, Scrape, Value};
 use smsmesh::pb;
 use smsmesh_testkit::{
-    CoordinatorConfig, Mesh, NodeSpec, Proc, Recorder, bin, http_get, synthetic, wait_ended,
-    wait_until,
+    CoordinatorConfig, Mesh, NodeSpec, Proc, Recorder, bin, http_get, stdout_addrs, synthetic,
+    wait_ended, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -224,25 +224,6 @@ async fn pending_per_batch_shows_while_a_batch_runs() {
     .unwrap();
 }
 
-/// Reads `<prefix><addr>` lines from a child's stdout, in order.
-fn stdout_addrs(child: &mut std::process::Child, prefixes: &[&str]) -> Vec<SocketAddr> {
-    use std::io::BufRead;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let addrs = prefixes
-        .iter()
-        .map(|p| {
-            let line = lines.next().expect("a line").expect("utf-8");
-            line.strip_prefix(p)
-                .unwrap_or_else(|| panic!("expected {p:?}, got {line:?}"))
-                .parse()
-                .unwrap()
-        })
-        .collect();
-    std::thread::spawn(move || lines.for_each(drop));
-    addrs
-}
-
 fn prometheus_binary() -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -297,7 +278,8 @@ async fn a_real_prometheus_scrapes_coordinator_and_node() {
     let [addr, coord_metrics] = stdout_addrs(
         &mut coord,
         &["smscoord listening on ", "smscoord metrics on "],
-    )[..] else {
+    )
+    .unwrap()[..] else {
         unreachable!()
     };
     let _coord = Proc { child: coord };
@@ -313,7 +295,7 @@ async fn a_real_prometheus_scrapes_coordinator_and_node() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let node_metrics = stdout_addrs(&mut node, &["smsnode metrics on "])[0];
+    let node_metrics = stdout_addrs(&mut node, &["smsnode metrics on "]).unwrap()[0];
     let _node = Proc { child: node };
 
     let mut client = pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
@@ -436,7 +418,7 @@ async fn health_checks_follow_the_processes() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let addr = stdout_addrs(&mut coord, &["smscoord listening on "])[0];
+    let addr = stdout_addrs(&mut coord, &["smscoord listening on "]).unwrap()[0];
     let mut coord = Proc { child: coord };
     let mut node = Command::new(bin("smsnode"))
         .args(["--coordinator", &format!("http://{addr}"), "--name", "hc"])
@@ -450,7 +432,7 @@ async fn health_checks_follow_the_processes() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let metrics = stdout_addrs(&mut node, &["smsnode metrics on "])[0];
+    let metrics = stdout_addrs(&mut node, &["smsnode metrics on "]).unwrap()[0];
     let _node = Proc { child: node };
     let coord_args = vec!["--listen".to_string(), addr.to_string()];
     let node_args = vec!["--metrics-listen".to_string(), metrics.to_string()];

@@ -58,27 +58,14 @@ pub async fn run_with_metrics(
         }
     };
     let (core, mut reactor_task) = reactor::spawn(core, store.clone());
-    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     // What /healthz says: serving until shutdown begins.
     let serving = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    if let Some(listener) = metrics {
-        let healthy = {
-            let serving = serving.clone();
-            move || serving.load(std::sync::atomic::Ordering::Relaxed)
-        };
-        let registry = std::sync::Arc::new(core.metrics_registry());
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-        }
-        tokio::spawn(async move {
-            let stopped = async {
-                let _ = metrics_stopped.await;
-            };
-            if let Err(e) = smsmesh::metrics::serve(listener, registry, healthy, stopped).await {
-                tracing::error!(error = %e, "metrics endpoint failed");
-            }
-        });
-    }
+    let _metrics = metrics.map(|listener| {
+        let serving = serving.clone();
+        smsmesh::metrics::spawn(listener, core.metrics_registry(), move || {
+            serving.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -177,7 +164,6 @@ pub async fn run_with_metrics(
         }
     };
     drop(core);
-    let _ = metrics_stop.send(());
     match reactor_result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(anyhow::anyhow!("the store failed: {e}")),

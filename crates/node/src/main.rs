@@ -194,7 +194,7 @@ async fn node_main(args: Args) -> ExitCode {
     config.prefetch = args.prefetch.unwrap_or((args.concurrency / 10).max(1));
     config.reconnect_max = args.reconnect_max;
     let stats = Arc::new(Stats::default());
-    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut _metrics = None;
     if let Some(addr) = args.metrics_listen {
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
@@ -206,26 +206,14 @@ async fn node_main(args: Args) -> ExitCode {
         if let Ok(addr) = listener.local_addr() {
             println!("smsnode metrics on {addr}"); // scripts and tests read it (port 0)
         }
-        let healthy = {
-            let stats = stats.clone();
-            move || stats.connected.load(std::sync::atomic::Ordering::Relaxed)
-        };
-        let registry = Arc::new(smsmesh_node::metrics::registry(
-            &config.name,
-            config.concurrency,
-            stats.clone(),
-        ));
-        tokio::spawn(async move {
-            let stopped = async {
-                let _ = metrics_stopped.await;
-            };
-            if let Err(e) = smsmesh::metrics::serve(listener, registry, healthy, stopped).await {
-                tracing::error!(error = %e, "metrics endpoint failed");
-            }
-        });
+        let registry =
+            smsmesh_node::metrics::registry(&config.name, config.concurrency, stats.clone());
+        let stats = stats.clone();
+        _metrics = Some(smsmesh::metrics::spawn(listener, registry, move || {
+            stats.connected.load(std::sync::atomic::Ordering::Relaxed)
+        }));
     }
     let result = smsmesh_node::run(config, stats, smsmesh::cli::shutdown_signal()).await;
-    let _ = metrics_stop.send(());
     telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,

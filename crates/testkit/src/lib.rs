@@ -409,21 +409,35 @@ pub fn bin(name: &str) -> PathBuf {
 /// `child` must have been started with its stdout piped. The rest of its stdout is
 /// drained in the background so it never blocks on a full pipe.
 pub fn listening_addr(child: &mut std::process::Child) -> anyhow::Result<SocketAddr> {
+    Ok(stdout_addrs(child, &["smscoord listening on "])?[0])
+}
+
+/// Reads one `<prefix><address>` line per prefix, in order, from a child's piped
+/// stdout (e.g. `smscoord listening on ...` then `smscoord metrics on ...`), then
+/// drains the rest in the background so the child never blocks on a full pipe.
+pub fn stdout_addrs(
+    child: &mut std::process::Child,
+    prefixes: &[&str],
+) -> anyhow::Result<Vec<SocketAddr>> {
     use std::io::BufRead;
     let stdout = child
         .stdout
         .take()
-        .ok_or_else(|| anyhow::anyhow!("smscoord's stdout is not piped"))?;
+        .ok_or_else(|| anyhow::anyhow!("the child's stdout is not piped"))?;
     let mut lines = std::io::BufReader::new(stdout).lines();
-    let line = lines
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("smscoord exited before listening"))??;
-    let addr = line
-        .strip_prefix("smscoord listening on ")
-        .ok_or_else(|| anyhow::anyhow!("unexpected first line from smscoord: {line:?}"))?
-        .parse()?;
+    let mut addrs = Vec::with_capacity(prefixes.len());
+    for prefix in prefixes {
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the child exited before printing {prefix:?}"))??;
+        let addr = line
+            .strip_prefix(prefix)
+            .ok_or_else(|| anyhow::anyhow!("expected {prefix:?}, got {line:?}"))?
+            .parse()?;
+        addrs.push(addr);
+    }
     std::thread::spawn(move || lines.for_each(drop));
-    Ok(addr)
+    Ok(addrs)
 }
 
 /// A child process of one of our programs, killed when dropped.
