@@ -152,6 +152,21 @@ fn node(coordinator: SocketAddr, name: &str, otlp: &str) -> Proc {
     Proc { child }
 }
 
+type Client = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
+
+async fn connect(addr: SocketAddr) -> Client {
+    Client::connect(format!("http://{addr}")).await.unwrap()
+}
+
+async fn submit(client: &mut Client, req: pb::SubmitBatchRequest) -> String {
+    client
+        .submit_batch(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id
+}
+
 fn messages(n: usize) -> Vec<pb::SmsMessage> {
     (0..n)
         .map(|i| pb::SmsMessage {
@@ -168,9 +183,7 @@ async fn one_batch_is_one_trace_across_coordinator_and_node() {
     let otlp = format!("http://{otlp}");
     let (_coord, addr) = coordinator(&otlp, &["--trace-message-ratio", "1"]);
     let _node = node(addr, "traced-node", &otlp);
-    let mut client = pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = connect(addr).await;
 
     // The caller's own span: the batch's trace continues it.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -272,15 +285,8 @@ async fn only_the_sampled_share_of_messages_is_traced() {
     // One message in 100: messages 0, 100, ..., 900 of a 1000-message batch.
     let (_coord, addr) = coordinator(&otlp, &["--trace-message-ratio", "0.01"]);
     let _node = node(addr, "sampled-node", &otlp);
-    let mut client = pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let id = client
-        .submit_batch(smsmesh_testkit::synthetic(1000, 3))
-        .await
-        .unwrap()
-        .into_inner()
-        .batch_id;
+    let mut client = connect(addr).await;
+    let id = submit(&mut client, smsmesh_testkit::synthetic(1000, 3)).await;
     wait_ended(&mut client, &id, LONG).await.unwrap();
     let dispatch = wait_until(LONG, "the dispatch span", || {
         let d = receiver
@@ -321,15 +327,8 @@ async fn no_collector_listening_breaks_nothing() {
     let otlp = format!("http://{dead}");
     let (mut coord, addr) = coordinator(&otlp, &["--trace-message-ratio", "1"]);
     let _node = node(addr, "lonely-node", &otlp);
-    let mut client = pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let id = client
-        .submit_batch(smsmesh_testkit::synthetic(2000, 4))
-        .await
-        .unwrap()
-        .into_inner()
-        .batch_id;
+    let mut client = connect(addr).await;
+    let id = submit(&mut client, smsmesh_testkit::synthetic(2000, 4)).await;
     let status = wait_ended(&mut client, &id, LONG).await.unwrap();
     assert_eq!(status.sent, 2000);
     // And it stops promptly on SIGTERM, though its last spans cannot be delivered.
@@ -360,9 +359,7 @@ async fn the_standard_otel_variables_name_the_service_and_choose_the_sampler() {
         .unwrap();
     let addr = listening_addr(&mut child).unwrap();
     let _coord = Proc { child };
-    let mut client = pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = connect(addr).await;
     let submit = |trace: &str, flags: &str| {
         let mut r = tonic::Request::new(smsmesh_testkit::synthetic(10, 1));
         r.metadata_mut().insert(
