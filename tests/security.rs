@@ -82,21 +82,27 @@ impl Caller {
         Ok(self.client.submit_batch(r).await?.into_inner().batch_id)
     }
 
-    async fn status(&mut self, id: &str) -> Result<pb::BatchStatus, tonic::Status> {
+    async fn get_status(
+        &mut self,
+        target: pb::get_status_request::Target,
+    ) -> Result<Option<pb::get_status_response::Status>, tonic::Status> {
         let r = self.req(pb::GetStatusRequest {
-            target: Some(pb::get_status_request::Target::BatchId(id.into())),
+            target: Some(target),
         });
-        match self.client.get_status(r).await?.into_inner().status {
+        Ok(self.client.get_status(r).await?.into_inner().status)
+    }
+
+    async fn status(&mut self, id: &str) -> Result<pb::BatchStatus, tonic::Status> {
+        use pb::get_status_request::Target;
+        match self.get_status(Target::BatchId(id.into())).await? {
             Some(pb::get_status_response::Status::Batch(b)) => Ok(b),
             other => panic!("unexpected {other:?}"),
         }
     }
 
     async fn message(&mut self, id: &str) -> Result<pb::MessageStatus, tonic::Status> {
-        let r = self.req(pb::GetStatusRequest {
-            target: Some(pb::get_status_request::Target::MessageId(id.into())),
-        });
-        match self.client.get_status(r).await?.into_inner().status {
+        use pb::get_status_request::Target;
+        match self.get_status(Target::MessageId(id.into())).await? {
             Some(pb::get_status_response::Status::Message(m)) => Ok(m),
             other => panic!("unexpected {other:?}"),
         }
