@@ -456,7 +456,13 @@ async fn the_pending_cap_frees_up_as_messages_finish() {
     .await
     .unwrap();
     let mut acme = Caller::new(&mesh.url(), None, Some(token("acme"))).await;
-    let id = acme.submit(synthetic(400, 1)).await.unwrap();
+    let keyed = pb::SubmitBatchRequest {
+        idempotency_key: "first".into(),
+        ..synthetic(400, 1)
+    };
+    let id = acme.submit(keyed.clone()).await.unwrap();
+    // A repeat of the accepted request still gets its batch, though at the cap.
+    assert_eq!(acme.submit(keyed).await.unwrap(), id);
     assert_status(
         acme.submit(synthetic(200, 2)).await,
         Code::ResourceExhausted,

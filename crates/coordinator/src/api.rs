@@ -122,6 +122,12 @@ impl CoordinatorApi {
         new.tenant = tenant.clone();
         let gate = self.gate(&tenant);
         let _admitting = gate.admit.lock().await;
+        // A repeat of an accepted request is answered as before, whatever the limits say now.
+        if let Some(key) = &new.idempotency_key
+            && let Some(existing) = self.core.idempotent(key).await?
+        {
+            return Ok(existing);
+        }
         self.admit(&gate, &tenant, u64::from(new.total)).await?;
         let total = u64::from(new.total);
         let r = self.accept(new).await;

@@ -423,16 +423,24 @@ impl Core {
 
     // === client requests ===
 
+    /// The batch an idempotency key (as stored) already made, if any.
+    pub fn on_idempotent(&self, key: &str) -> Option<pb::SubmitBatchResponse> {
+        let id = self.idempotency.get(key)?;
+        let accepted = self.batches.get(&id.0).map_or(0, |b| b.counts.total);
+        Some(pb::SubmitBatchResponse {
+            batch_id: id.to_string(),
+            accepted,
+        })
+    }
+
     /// Accepts a batch.
     pub fn on_submit(&mut self, new: NewBatch, now: Instant) -> pb::SubmitBatchResponse {
-        if let Some(key) = &new.idempotency_key
-            && let Some(id) = self.idempotency.get(key)
+        if let Some(existing) = new
+            .idempotency_key
+            .as_deref()
+            .and_then(|key| self.on_idempotent(key))
         {
-            let accepted = self.batches.get(&id.0).map_or(0, |b| b.counts.total);
-            return pb::SubmitBatchResponse {
-                batch_id: id.to_string(),
-                accepted,
-            };
+            return existing;
         }
         let id = new.id;
         if let Some(key) = new.idempotency_key {

@@ -36,6 +36,8 @@ pub enum Event {
     Cancel(BatchId, Tenant, Reply<pb::BatchStatus>),
     /// Messages of a tenant not finished yet.
     TenantUnfinished(Tenant, Reply<u64>),
+    /// The batch an idempotency key already made.
+    Idempotent(String, Reply<Option<pb::SubmitBatchResponse>>),
     /// Drop a node's stream, telling it why (it broke a limit).
     NodeRefused(SessionId, Status),
     /// A node's Hello, with the sender of its outbound stream.
@@ -88,6 +90,11 @@ impl Handle {
     pub async fn tenant_unfinished(&self, tenant: &Tenant) -> Result<u64, Error> {
         self.ask(|r| Event::TenantUnfinished(tenant.clone(), r))
             .await
+    }
+
+    /// The batch an idempotency key (as stored) already made, if any.
+    pub async fn idempotent(&self, key: &str) -> Result<Option<pb::SubmitBatchResponse>, Error> {
+        self.ask(|r| Event::Idempotent(key.to_string(), r)).await
     }
 
     /// Drops a node's stream with `status` (the node broke a limit).
@@ -312,6 +319,9 @@ fn handle(core: &mut Core, outbox: &mut ChannelOutbox, ev: Event) {
         }
         Event::Cancel(id, tenant, reply) => {
             let _ = reply.send(core.on_cancel(id, &tenant, now));
+        }
+        Event::Idempotent(key, reply) => {
+            let _ = reply.send(Ok(core.on_idempotent(&key)));
         }
         Event::TenantUnfinished(tenant, reply) => {
             let _ = reply.send(Ok(core.tenant_unfinished(&tenant)));
