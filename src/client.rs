@@ -6,6 +6,14 @@ use std::time::Duration;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+/// Metadata key of the join token a node presents to the coordinator.
+pub const JOIN_TOKEN_METADATA: &str = "x-smsmesh-join-token";
+
+/// Reads a file, naming `what` and the path in the error.
+pub fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
 /// TLS material of a client, PEM encoded.
 #[derive(Clone, Default)]
 pub struct ClientTls {
@@ -35,15 +43,15 @@ impl ClientTls {
         key: Option<&std::path::Path>,
         domain: Option<String>,
     ) -> Result<Option<ClientTls>, String> {
-        let read = |p: &std::path::Path, what: &str| {
-            std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
-        };
         let identity = match (cert, key) {
-            (Some(c), Some(k)) => Some((read(c, "client certificate")?, read(k, "client key")?)),
+            (Some(c), Some(k)) => Some((
+                read_file(c, "client certificate")?,
+                read_file(k, "client key")?,
+            )),
             (None, None) => None,
             _ => return Err("give both --tls-cert and --tls-key, or neither".into()),
         };
-        let ca_pem = ca.map(|p| read(p, "CA certificate")).transpose()?;
+        let ca_pem = ca.map(|p| read_file(p, "CA certificate")).transpose()?;
         if ca_pem.is_none() && identity.is_none() && domain.is_none() {
             return Ok(None);
         }

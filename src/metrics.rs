@@ -163,6 +163,11 @@ impl Buckets {
         }
     }
 
+    /// Empty buckets for send latency ([`LATENCY_BUCKETS`]).
+    pub fn latency() -> Self {
+        Self::new(&LATENCY_BUCKETS)
+    }
+
     /// Adds one observation of `seconds`.
     pub fn observe(&mut self, seconds: f64) {
         let i = self.bounds.partition_point(|&b| b < seconds);

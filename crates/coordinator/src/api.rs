@@ -128,8 +128,8 @@ impl CoordinatorApi {
         {
             return Ok(existing);
         }
-        self.admit(&gate, &tenant, u64::from(new.total)).await?;
         let total = u64::from(new.total);
+        self.admit(&gate, &tenant, total).await?;
         let r = self.accept(new).await;
         if r.is_err() {
             gate.refund(total);
@@ -184,6 +184,9 @@ fn scoped_key(tenant: &Tenant, key: String) -> String {
 /// The dispatch span of a new batch (a child of the current SubmitBatch
 /// span), if it is recorded and sampled.
 fn dispatch_trace(id: BatchId, ratio: f64) -> Option<crate::batch::Trace> {
+    if ratio.is_nan() || ratio <= 0.0 {
+        return None; // no message is traced: no dispatch span either
+    }
     // It lives until the batch ends, long after SubmitBatch: a child in the
     // trace, but not a tracing child (which would hold SubmitBatch open).
     let span = tracing::info_span!(
@@ -196,14 +199,14 @@ fn dispatch_trace(id: BatchId, ratio: f64) -> Option<crate::batch::Trace> {
     );
     smsmesh::telemetry::set_trace_parent(&span, &tracing::Span::current());
     let traceparent = smsmesh::telemetry::traceparent(&span)?;
-    let every = if ratio > 0.0 && ratio.is_finite() {
+    let every = if ratio.is_finite() {
         (1.0 / ratio.min(1.0))
             .round()
             .clamp(1.0, f64::from(u32::MAX)) as u32
     } else {
         u32::MAX // only message 0
     };
-    (ratio > 0.0).then_some(crate::batch::Trace {
+    Some(crate::batch::Trace {
         span,
         traceparent,
         every,

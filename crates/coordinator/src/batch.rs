@@ -103,6 +103,20 @@ pub struct Counts {
     pub resent: u64,
 }
 
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, c: Counts) {
+        self.total += c.total;
+        self.in_flight += c.in_flight;
+        self.sent += c.sent;
+        self.failed += c.failed;
+        self.cancelled += c.cancelled;
+        self.retried += c.retried;
+        self.requeued += c.requeued;
+        self.duplicates += c.duplicates;
+        self.resent += c.resent;
+    }
+}
+
 impl Counts {
     /// Messages with a final outcome.
     pub fn finished(&self) -> u64 {

@@ -115,7 +115,7 @@ impl Default for MeshMetrics {
             batches_cancelled: 0,
             pending_by_batch: Vec::new(),
             nodes: Vec::new(),
-            latency: smsmesh::metrics::Buckets::new(&smsmesh::metrics::LATENCY_BUCKETS),
+            latency: smsmesh::metrics::Buckets::latency(),
             credits_granted: 0,
             node_joins: 0,
             node_protocol_errors: 0,
@@ -220,7 +220,7 @@ impl Core {
             durable: false,
             progress: watch::Sender::new(Arc::new(Snapshot::default())),
             stats: RunningStats {
-                latency: smsmesh::metrics::Buckets::new(&smsmesh::metrics::LATENCY_BUCKETS),
+                latency: smsmesh::metrics::Buckets::latency(),
                 attempts: Vec::new(),
                 credits_granted: 0,
                 node_joins: 0,
@@ -1031,16 +1031,7 @@ impl Core {
             ..MeshMetrics::default()
         };
         for b in self.batches.values() {
-            let (t, c) = (&mut m.messages, &b.counts);
-            t.total += c.total;
-            t.in_flight += c.in_flight;
-            t.sent += c.sent;
-            t.failed += c.failed;
-            t.cancelled += c.cancelled;
-            t.retried += c.retried;
-            t.requeued += c.requeued;
-            t.duplicates += c.duplicates;
-            t.resent += c.resent;
+            m.messages += b.counts;
             match b.state {
                 pb::BatchState::Completed => m.batches_completed += 1,
                 pb::BatchState::Cancelled => m.batches_cancelled += 1,

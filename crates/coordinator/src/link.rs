@@ -13,13 +13,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use smsmesh::client::JOIN_TOKEN_METADATA;
+
 use crate::reactor::Handle;
 
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Metadata key of the join token a node presents.
-pub const JOIN_TOKEN_KEY: &str = "x-smsmesh-join-token";
 
 /// The `NodeLink` gRPC service.
 pub struct NodeLinkService {
@@ -47,10 +46,10 @@ impl NodeLinkService {
         if let Some(expected) = &self.token {
             let presented = request
                 .metadata()
-                .get(JOIN_TOKEN_KEY)
+                .get(JOIN_TOKEN_METADATA)
                 .ok_or_else(|| {
                     Status::unauthenticated(format!(
-                        "this coordinator requires a join token (`{JOIN_TOKEN_KEY}` metadata; smsnode --join-token-file)"
+                        "this coordinator requires a join token (`{JOIN_TOKEN_METADATA}` metadata; smsnode --join-token-file)"
                     ))
                 })?
                 .as_bytes();

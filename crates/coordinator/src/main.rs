@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use std::sync::Arc;
 
+use smsmesh::client::read_file;
 use smsmesh_coordinator::auth::{ClientAuth, JwtVerifier, TenantLimits, mint_hs256};
 use smsmesh_coordinator::{Config, Tls};
 
@@ -146,13 +147,9 @@ struct Args {
     otlp_endpoint: Option<String>,
 }
 
-fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
-}
-
 /// A secret from a file, without surrounding whitespace (a trailing newline).
 fn read_secret(path: &std::path::Path, what: &str) -> Result<String, String> {
-    let s = String::from_utf8(read(path, what)?)
+    let s = String::from_utf8(read_file(path, what)?)
         .map_err(|_| format!("{what} {} is not text", path.display()))?;
     let s = s.trim().to_string();
     if s.len() < 16 {
@@ -178,7 +175,7 @@ impl Args {
                     "ES256" => jsonwebtoken::Algorithm::ES256,
                     other => return Err(format!("--jwt-algorithm {other}: use RS256 or ES256")),
                 };
-                JwtVerifier::public_key(&read(f, "JWT public key")?, alg, &self.jwt_audience)
+                JwtVerifier::public_key(&read_file(f, "JWT public key")?, alg, &self.jwt_audience)
                     .map_err(|e| format!("--jwt-public-key-file {}: {e}", f.display()))?
             }
             (None, None) if self.insecure_no_auth => return Ok(ClientAuth::Insecure),
@@ -199,12 +196,12 @@ impl Args {
     fn tls(&self) -> Result<Option<Tls>, String> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Ok(Some(Tls {
-                cert_pem: read(cert, "TLS certificate")?,
-                key_pem: read(key, "TLS key")?,
+                cert_pem: read_file(cert, "TLS certificate")?,
+                key_pem: read_file(key, "TLS key")?,
                 client_ca_pem: self
                     .tls_client_ca
                     .as_deref()
-                    .map(|ca| read(ca, "client CA"))
+                    .map(|ca| read_file(ca, "client CA"))
                     .transpose()?,
             })),
             _ if self.plaintext => Ok(None),

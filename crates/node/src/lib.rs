@@ -120,9 +120,7 @@ pub struct SendLatency(pub std::sync::Mutex<smsmesh::metrics::Buckets>);
 
 impl Default for SendLatency {
     fn default() -> Self {
-        SendLatency(std::sync::Mutex::new(smsmesh::metrics::Buckets::new(
-            &smsmesh::metrics::LATENCY_BUCKETS,
-        )))
+        SendLatency(std::sync::Mutex::new(smsmesh::metrics::Buckets::latency()))
     }
 }
 
@@ -413,7 +411,8 @@ impl Node {
             let value = token.parse().map_err(|_| {
                 NodeError::Config("the join token has characters not allowed in metadata".into())
             })?;
-            join.metadata_mut().insert("x-smsmesh-join-token", value);
+            join.metadata_mut()
+                .insert(smsmesh::client::JOIN_TOKEN_METADATA, value);
         }
         let mut inbound = match client.join(join).await {
             Ok(r) => r.into_inner(),
