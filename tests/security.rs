@@ -18,11 +18,16 @@ const LONG: Duration = Duration::from_secs(30);
 const SECRET: &[u8] = b"test-secret-of-at-least-32-bytes-0123456789";
 const AUD: &str = "smsmesh";
 
-fn jwt_config() -> CoordinatorConfig {
+/// A coordinator that checks tokens with `verifier`.
+fn verifying(verifier: JwtVerifier) -> CoordinatorConfig {
     CoordinatorConfig {
-        client_auth: ClientAuth::Jwt(Arc::new(JwtVerifier::hs256(SECRET, AUD).unwrap())),
+        client_auth: ClientAuth::Jwt(Arc::new(verifier)),
         ..CoordinatorConfig::default()
     }
+}
+
+fn jwt_config() -> CoordinatorConfig {
+    verifying(JwtVerifier::hs256(SECRET, AUD).unwrap())
 }
 
 fn token(tenant: &str) -> String {
@@ -369,12 +374,7 @@ async fn es256_tokens_from_a_public_key() {
         AUD,
     )
     .unwrap();
-    let mesh = Mesh::start(CoordinatorConfig {
-        client_auth: ClientAuth::Jwt(Arc::new(verifier)),
-        ..CoordinatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let mesh = Mesh::start(verifying(verifier)).await.unwrap();
     let claims = serde_json::json!({"tenant": "acme", "aud": AUD, "exp": now() + 600});
     let es = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
@@ -1041,12 +1041,7 @@ async fn rs256_tokens_from_a_public_key() {
         AUD,
     )
     .unwrap();
-    let mesh = Mesh::start(CoordinatorConfig {
-        client_auth: ClientAuth::Jwt(Arc::new(verifier)),
-        ..CoordinatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let mesh = Mesh::start(verifying(verifier)).await.unwrap();
     let rs = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
         &serde_json::json!({"tenant": "acme", "aud": AUD, "exp": now() + 600}),
