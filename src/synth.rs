@@ -11,6 +11,17 @@ pub const BODY_LEN: usize = 100;
 
 const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
+/// Character of each 6-bit value: `ALPHABET[v % 62]`, looked up instead of divided.
+const SIX_BITS: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut v = 0;
+    while v < 64 {
+        t[v] = ALPHABET[v % ALPHABET.len()];
+        v += 1;
+    }
+    t
+};
+
 /// SplitMix64: a small, fast, well-distributed 64-bit generator.
 #[derive(Clone, Debug)]
 pub struct SplitMix64(u64);
@@ -58,7 +69,7 @@ pub fn body(g: &mut SplitMix64, body: &mut String) {
     for chunk in bytes.chunks_mut(10) {
         let mut r = g.next_u64();
         for b in chunk {
-            *b = ALPHABET[(r & 63) as usize % ALPHABET.len()];
+            *b = SIX_BITS[(r & 63) as usize];
             r >>= 6;
         }
     }

@@ -5,16 +5,47 @@
 
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use rand::Rng;
 use smsmesh::pb;
 
-/// Sends one message; resolves to `Err(reason)` when the attempt failed.
+/// A send the gateway started: finished already, or still going.
+///
+/// A gateway that knows the outcome at once (a zero-latency simulation, a
+/// message it rejects before any I/O) says so with `Done`, and the node
+/// reports it without scheduling a task for it.
+pub enum Sending {
+    /// The outcome is known now: `Err(reason)` when the attempt failed.
+    Done(Result<(), String>),
+    /// The outcome comes when this future resolves.
+    Pending(BoxFuture<'static, Result<(), String>>),
+}
+
+impl Sending {
+    /// Waits for the outcome.
+    pub fn into_future(self) -> BoxFuture<'static, Result<(), String>> {
+        match self {
+            Sending::Done(r) => futures::future::ready(r).boxed(),
+            Sending::Pending(f) => f,
+        }
+    }
+
+    /// Applies `f` to the outcome, now or when it comes.
+    pub fn map(self, f: impl FnOnce(Result<(), String>) -> Result<(), String> + Send + 'static) -> Self {
+        match self {
+            Sending::Done(r) => Sending::Done(f(r)),
+            Sending::Pending(fut) => Sending::Pending(fut.map(f).boxed()),
+        }
+    }
+}
+
+/// Sends one message.
 pub trait Gateway: Send + Sync + 'static {
     /// The kind, as the node reports it in Hello (e.g. "simulated").
     fn kind(&self) -> &'static str;
-    /// Sends `job`.
-    fn send(&self, job: &pb::Job) -> BoxFuture<'static, Result<(), String>>;
+    /// Starts sending `job`.
+    fn send(&self, job: &pb::Job) -> Sending;
 }
 
 /// A gateway that only waits and sometimes fails: latency drawn from an
@@ -32,27 +63,28 @@ impl Gateway for Simulated {
         "simulated"
     }
 
-    fn send(&self, _job: &pb::Job) -> BoxFuture<'static, Result<(), String>> {
+    fn send(&self, _job: &pb::Job) -> Sending {
         let mut rng = rand::rng();
         let fail = self.failure_rate > 0.0 && rng.random::<f64>() < self.failure_rate;
-        let delay = if self.mean_latency.is_zero() {
-            Duration::ZERO
-        } else {
-            // Inverse transform: -mean * ln(1 - u), u in [0, 1).
-            let u: f64 = rng.random();
-            self.mean_latency
-                .mul_f64(-(1.0 - u).ln())
-                .min(self.mean_latency * 50)
-        };
-        Box::pin(async move {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
+        let outcome = move || {
             if fail {
                 Err("simulated gateway failure (submit_sm rejected)".to_string())
             } else {
                 Ok(())
             }
-        })
+        };
+        if self.mean_latency.is_zero() {
+            return Sending::Done(outcome());
+        }
+        // Inverse transform: -mean * ln(1 - u), u in [0, 1).
+        let u: f64 = rng.random();
+        let delay = self
+            .mean_latency
+            .mul_f64(-(1.0 - u).ln())
+            .min(self.mean_latency * 50);
+        Sending::Pending(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            outcome()
+        }))
     }
 }

@@ -12,11 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use smsmesh::pb;
 use smsmesh::pb::coordinator_client::CoordinatorClient;
-use smsmesh_node::{Gateway, NodeError, Simulated, Stats};
+use smsmesh_node::{Gateway, NodeError, Sending, Simulated, Stats};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -298,7 +296,7 @@ impl Gateway for Recording {
         "simulated"
     }
 
-    fn send(&self, job: &pb::Job) -> BoxFuture<'static, Result<(), String>> {
+    fn send(&self, job: &pb::Job) -> Sending {
         let log = self.log.clone();
         let mut a = Attempt {
             node: self.node.clone(),
@@ -307,14 +305,11 @@ impl Gateway for Recording {
             attempt: job.attempt,
             sent: false,
         };
-        self.inner
-            .send(job)
-            .map(move |r| {
-                a.sent = r.is_ok();
-                log.0.lock().expect("recorder lock").push(a);
-                r
-            })
-            .boxed()
+        self.inner.send(job).map(move |r| {
+            a.sent = r.is_ok();
+            log.0.lock().expect("recorder lock").push(a);
+            r
+        })
     }
 }
 
