@@ -160,3 +160,62 @@ async fn smsmon_follows_a_batch_to_the_end() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("batch 00000000000000ff not found"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_runs_many_nodes_that_share_a_batch_and_leave_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
+    let url = format!("http://{addr}");
+    let mut host = Proc::node(
+        &url,
+        "host",
+        &[
+            "--instances",
+            "5",
+            "--concurrency",
+            "20",
+            "--mean-latency",
+            "5ms",
+        ],
+    )
+    .unwrap();
+    let mut client = client(addr).await;
+    let total = 5_000;
+    let id = client
+        .submit_batch(synthetic(total, 31))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    let b = wait_ended(&mut client, &id, LONG).await.unwrap();
+    assert_eq!((b.sent, b.failed), (total, 0), "{b:?}");
+    let mut names: Vec<&str> = b.nodes.iter().map(|n| n.node.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["host-000", "host-001", "host-002", "host-003", "host-004"],
+        "five nodes, each on its own stream"
+    );
+    for n in &b.nodes {
+        assert!(n.sent > 0, "every node took part: {n:?}");
+    }
+    host.term();
+    let status = host.wait(Duration::from_secs(20)).await.unwrap();
+    assert!(status.success(), "all five leave cleanly: {status:?}");
+    wait_until(LONG, "the five nodes to be gone", || {
+        let mut c = client.clone();
+        async move {
+            let s = c
+                .watch_progress(pb::WatchProgressRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .message()
+                .await
+                .ok()??;
+            (s.nodes_connected == 0).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+}

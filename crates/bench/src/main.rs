@@ -32,6 +32,11 @@ struct Args {
     markdown: PathBuf,
 }
 
+/// Scenario (f) runs its nodes in this many `smsnode` processes, as on this
+/// many hosts: 200 processes on 2 cores would measure the scheduler's cost of
+/// 200 processes, not the mesh.
+const F_PROCESSES: usize = 4;
+
 /// How the mesh of one run is made.
 #[derive(Clone, Debug)]
 struct Setup {
@@ -39,8 +44,10 @@ struct Setup {
     durable: bool,
     /// (concurrency, mean latency) of each node.
     nodes: Vec<(u32, Duration)>,
-    /// Runtime threads per node (0: one per core).
+    /// Runtime threads per node process (0: one per core).
     node_threads: usize,
+    /// Nodes per `smsnode` process (`--instances`): 1 for a process each.
+    per_process: usize,
 }
 
 /// What one run measured.
@@ -48,6 +55,8 @@ struct Setup {
 struct Run {
     messages: u64,
     nodes: usize,
+    /// `smsnode` processes the nodes ran in.
+    node_processes: usize,
     durable: bool,
     seconds: f64,
     msgs_per_sec: f64,
@@ -107,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
                         durable,
                         nodes: vec![(1000, zero); 4],
                         node_threads: 0,
+                        per_process: 1,
                     },
                 )
                 .await?;
@@ -141,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
                         durable: true,
                         nodes: vec![(1000, zero); 4],
                         node_threads: 0,
+                        per_process: 1,
                     },
                 )
                 .await?;
@@ -166,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
                         durable: true,
                         nodes: vec![(1000, latency); 3],
                         node_threads: 0,
+                        per_process: 1,
                     },
                 )
                 .await?;
@@ -204,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
                         durable: true,
                         nodes: nodes.clone(),
                         node_threads: 0,
+                        per_process: 1,
                     },
                 )
                 .await?;
@@ -244,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
                         durable: true,
                         nodes: vec![(10, latency); 20],
                         node_threads: 1,
+                        per_process: 20 / F_PROCESSES,
                     },
                 )
                 .await?;
@@ -254,6 +268,7 @@ async fn main() -> anyhow::Result<()> {
                         durable: true,
                         nodes: vec![(10, latency); 200],
                         node_threads: 1,
+                        per_process: 200 / F_PROCESSES,
                     },
                 )
                 .await?;
@@ -375,9 +390,14 @@ async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
     let url = format!("http://{addr}");
     let mut nodes: Vec<Proc> = setup
         .nodes
-        .iter()
+        .chunks(setup.per_process.max(1))
         .enumerate()
-        .map(|(i, (c, l))| {
+        .map(|(i, group)| {
+            let (c, l) = group[0];
+            assert!(
+                group.iter().all(|n| *n == (c, l)),
+                "one kind of node per process"
+            );
             Command::new(bin.join("smsnode"))
                 .args(["--coordinator", &url, "--name", &format!("node-{i:03}")])
                 .args([
@@ -387,6 +407,7 @@ async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
                     &format!("{}ms", l.as_millis()),
                 ])
                 .args(["--worker-threads", &setup.node_threads.to_string()])
+                .args(["--instances", &group.len().to_string()])
                 .env("RUST_LOG", "error")
                 .spawn()
                 .map(|child| Proc { child })
@@ -401,7 +422,7 @@ async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
             .await?
             .into_inner();
         if let Some(u) = s.message().await?
-            && u.nodes_connected as usize == nodes.len()
+            && u.nodes_connected as usize == setup.nodes.len()
         {
             break;
         }
@@ -478,7 +499,8 @@ async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
     per_node.sort_by(|x, y| x.0.cmp(&y.0));
     Ok(Run {
         messages: setup.messages,
-        nodes: nodes.len(),
+        nodes: setup.nodes.len(),
+        node_processes: nodes.len(),
         durable: setup.durable,
         seconds: wall,
         msgs_per_sec: setup.messages as f64 / wall,

@@ -155,6 +155,9 @@ struct Session {
     last_seen: Instant,
     /// Highest Results seq recorded and not yet acked.
     ack_due: Option<u64>,
+    /// Highest Results seq stored and not yet acked to the node: the ack rides
+    /// with the next Jobs frame, or goes on the next tick.
+    ack_ready: Option<u64>,
 }
 
 /// The coordinator's whole scheduling state.
@@ -403,7 +406,33 @@ impl Core {
                 b.reserved = b.reserved.max(reserved);
             }
         }
-        self.send_acks(done.acks, outbox);
+        // An ack only lets the node forget results it keeps: it waits for the next Jobs
+        // frame to the node (one write for both), or the next tick. A leaving node, or one
+        // that will get no more jobs, has it now.
+        let mut now_due = Vec::new();
+        let idle = self.running.is_empty();
+        for (sid, seq) in done.acks {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                let seq = s.ack_ready.map_or(seq, |a| a.max(seq));
+                if idle || s.going_away {
+                    s.ack_ready = None;
+                    now_due.push((sid, seq));
+                } else {
+                    s.ack_ready = Some(seq);
+                }
+            }
+        }
+        self.send_acks(now_due, outbox);
+    }
+
+    /// Sends every ack that waits for a Jobs frame.
+    fn flush_acks(&mut self, outbox: &mut impl Outbox) {
+        let due = self
+            .sessions
+            .iter_mut()
+            .filter_map(|(sid, s)| s.ack_ready.take().map(|seq| (*sid, seq)))
+            .collect();
+        self.send_acks(due, outbox);
     }
 
     /// The configuration.
@@ -627,6 +656,7 @@ impl Core {
                 going_away: false,
                 last_seen: now,
                 ack_due: None,
+                ack_ready: None,
             },
         );
         self.publish_now = true;
@@ -661,6 +691,12 @@ impl Core {
             Some(Update::GoingAway(_)) => {
                 session.going_away = true;
                 session.credit = 0;
+                if let Some(seq) = session.ack_ready.take() {
+                    let ack = pb::CoordinatorToNode {
+                        update: Some(coordinator_to_node::Update::Ack(pb::Ack { seq })),
+                    };
+                    let _ = outbox.send(sid, ack);
+                }
                 tracing::info!(node = %session.name, held = session.held.len(), "node going away");
                 let drained = pb::CoordinatorToNode {
                     update: Some(coordinator_to_node::Update::Drained(pb::Drained {})),
@@ -843,6 +879,7 @@ impl Core {
 
     /// Periodic work: drops nodes that went silent.
     pub fn on_tick(&mut self, now: Instant, outbox: &mut impl Outbox) {
+        self.flush_acks(outbox);
         let timeout = self.config.node_timeout;
         let silent: Vec<SessionId> = self
             .sessions
@@ -904,6 +941,8 @@ impl Core {
             any |= batch.has_ready_work();
         }
         if !any {
+            // No Jobs frame will carry the acks that wait for one.
+            self.flush_acks(outbox);
             return;
         }
         let ready: Vec<SessionId> = self
@@ -959,6 +998,15 @@ impl Core {
                     break 'nodes; // nothing left to send
                 }
                 session.credit -= jobs.len() as u32;
+                if let Some(seq) = session.ack_ready.take() {
+                    let ack = pb::CoordinatorToNode {
+                        update: Some(coordinator_to_node::Update::Ack(pb::Ack { seq })),
+                    };
+                    if outbox.send(sid, ack).is_err() {
+                        broken.push(sid);
+                        continue 'nodes;
+                    }
+                }
                 let frame = pb::CoordinatorToNode {
                     update: Some(coordinator_to_node::Update::Jobs(pb::Jobs { jobs })),
                 };

@@ -32,7 +32,10 @@ impl Sending {
     }
 
     /// Applies `f` to the outcome, now or when it comes.
-    pub fn map(self, f: impl FnOnce(Result<(), String>) -> Result<(), String> + Send + 'static) -> Self {
+    pub fn map(
+        self,
+        f: impl FnOnce(Result<(), String>) -> Result<(), String> + Send + 'static,
+    ) -> Self {
         match self {
             Sending::Done(r) => Sending::Done(f(r)),
             Sending::Pending(fut) => Sending::Pending(fut.map(f).boxed()),

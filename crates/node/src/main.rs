@@ -74,10 +74,54 @@ struct Args {
     /// For container health checks.
     #[arg(long, requires = "metrics_listen")]
     health_check: bool,
+    /// Run this many nodes in this one process, each with its own connection and
+    /// stream, named NAME-000, NAME-001, …: many small nodes on one host (load
+    /// tests, benchmarks) without a process each. Not with --metrics-listen.
+    #[arg(long, env = "SMSMESH_INSTANCES", default_value_t = 1)]
+    instances: u32,
     /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317
     /// (the standard OTEL_* variables are honoured too).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+}
+
+/// Runs `n` nodes made from `config` (named NAME-000 …) until a shutdown signal
+/// has let them all leave; the first error any of them met, if one did.
+async fn run_instances(config: Config, n: u32) -> Result<(), smsmesh_node::NodeError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let nodes: Vec<_> = (0..n)
+        .map(|i| {
+            let mut config = config.clone();
+            config.name = format!("{}-{i:03}", config.name);
+            let mut stop = stop_rx.clone();
+            tokio::spawn(smsmesh_node::run(
+                config,
+                Arc::new(Stats::default()),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ))
+        })
+        .collect();
+    let all = futures::future::join_all(nodes);
+    tokio::pin!(all);
+    let finished = tokio::select! {
+        done = &mut all => done,
+        () = smsmesh::cli::shutdown_signal() => {
+            let _ = stop_tx.send(true);
+            all.await
+        }
+    };
+    finished
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|e| {
+                Err(smsmesh_node::NodeError::Config(format!(
+                    "a node task failed: {e}"
+                )))
+            })
+        })
+        .collect()
 }
 
 fn default_name() -> String {
@@ -163,6 +207,17 @@ async fn node_main(args: Args) -> ExitCode {
         eprintln!("smsnode: --concurrency must be at least 1");
         return ExitCode::from(64);
     }
+    if args.instances == 0 || args.instances > 10_000 {
+        eprintln!(
+            "smsnode: --instances must be between 1 and 10000, got {}",
+            args.instances
+        );
+        return ExitCode::from(64);
+    }
+    if args.instances > 1 && args.metrics_listen.is_some() {
+        eprintln!("smsnode: --metrics-listen serves one node: it cannot go with --instances > 1");
+        return ExitCode::from(64);
+    }
     let gateway = Arc::new(Simulated {
         mean_latency: args.mean_latency,
         failure_rate: args.failure_rate,
@@ -213,7 +268,11 @@ async fn node_main(args: Args) -> ExitCode {
             stats.connected.load(std::sync::atomic::Ordering::Relaxed)
         }));
     }
-    let result = smsmesh_node::run(config, stats, smsmesh::cli::shutdown_signal()).await;
+    let result = if args.instances == 1 {
+        smsmesh_node::run(config, stats, smsmesh::cli::shutdown_signal()).await
+    } else {
+        run_instances(config, args.instances).await
+    };
     telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
