@@ -330,10 +330,19 @@ fn markdown(results: &[Scenario]) -> String {
     );
     for r in results {
         for run in &r.runs {
+            // A scenario of several runs: each row says which run it is.
+            let title = if r.runs.len() > 1 {
+                format!(
+                    "{}: run with {} nodes in {} processes",
+                    r.title, run.nodes, run.node_processes
+                )
+            } else {
+                r.title.clone()
+            };
             s.push_str(&format!(
                 "| ({}) {} | {} | {} | {} | {:.0} | {:.2} / {:.2} | {:.2} | {:.0} / {:.0} |\n",
                 r.id,
-                r.title,
+                title,
                 r.target,
                 r.result,
                 if r.met { "yes" } else { "**no**" },
