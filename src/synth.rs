@@ -8,15 +8,23 @@
 
 /// Length of a generated body when the batch does not give one.
 pub const BODY_LEN: usize = 100;
+const _: () = assert!(
+    BODY_LEN % 10 == 0,
+    "bodies are made 10 characters at a time"
+);
 
 const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
-/// Character of each 6-bit value: `ALPHABET[v % 62]`, looked up instead of divided.
-const SIX_BITS: [u8; 64] = {
-    let mut t = [0u8; 64];
+/// The two characters of each 12-bit value, low 6 bits first: character `c`
+/// of a 6-bit value `v` is `ALPHABET[v % 62]`, looked up two at a time.
+const TWELVE_BITS: [[u8; 2]; 4096] = {
+    let mut t = [[0u8; 2]; 4096];
     let mut v = 0;
-    while v < 64 {
-        t[v] = ALPHABET[v % ALPHABET.len()];
+    while v < 4096 {
+        t[v] = [
+            ALPHABET[(v & 63) % ALPHABET.len()],
+            ALPHABET[(v >> 6) % ALPHABET.len()],
+        ];
         v += 1;
     }
     t
@@ -66,11 +74,11 @@ pub fn body(g: &mut SplitMix64, body: &mut String) {
     // 6 bits a character, 10 characters per 64 bits, in this order: the output is
     // part of the stored format (batches regenerate their messages from it).
     let mut bytes = [0u8; BODY_LEN];
-    for chunk in bytes.chunks_mut(10) {
+    for chunk in bytes.chunks_exact_mut(10) {
         let mut r = g.next_u64();
-        for b in chunk {
-            *b = SIX_BITS[(r & 63) as usize];
-            r >>= 6;
+        for pair in chunk.chunks_exact_mut(2) {
+            pair.copy_from_slice(&TWELVE_BITS[(r & 4095) as usize]);
+            r >>= 12;
         }
     }
     body.clear();
