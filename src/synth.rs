@@ -9,7 +9,7 @@
 /// Length of a generated body when the batch does not give one.
 pub const BODY_LEN: usize = 100;
 const _: () = assert!(
-    BODY_LEN % 10 == 0,
+    BODY_LEN.is_multiple_of(10),
     "bodies are made 10 characters at a time"
 );
 
