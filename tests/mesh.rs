@@ -156,6 +156,35 @@ async fn a_node_never_holds_more_than_its_credit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefetch_grows_to_cover_the_round_trip_and_no_further_than_its_ceiling() {
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    // 20 slots of 1 ms: sends finish far faster than one job a round trip, so
+    // a prefetch of 1 cannot keep the slots busy and it grows.
+    let spec = |name: &str| {
+        NodeSpec::new(name)
+            .concurrency(20)
+            .latency(ms(1))
+            .prefetch(1)
+    };
+    let grows = mesh.node(spec("grows").prefetch_max(20));
+    let fixed = mesh.node(spec("fixed"));
+    let mut client = mesh.client().await.unwrap();
+    let id = submit(&mut client, synthetic(40_000, 13)).await;
+    let b = wait_ended(&mut client, &id, LONG).await.unwrap();
+    assert_eq!(b.sent, 40_000);
+    for n in [&grows, &fixed] {
+        assert_eq!(n.stats.over_credit.load(Relaxed), 0, "{}", n.name);
+    }
+    let held = |n: &smsmesh_testkit::Node| n.stats.max_held.load(Relaxed);
+    assert!(held(&fixed) <= 21, "fixed prefetch: {}", held(&fixed));
+    assert!(
+        held(&grows) > 21 && held(&grows) <= 40,
+        "grown prefetch, at most 20 beyond the slots: {}",
+        held(&grows)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetched_jobs_wait_for_a_free_send_slot() {
     let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
     let node = mesh.node(NodeSpec::new("p").concurrency(5).prefetch(3).latency(ms(5)));

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`gateway`]: the [`gateway::Gateway`] trait and the simulated gateway.
 //! - [`metrics`]: the node's Prometheus metrics, read from its [`Stats`].
+//! - [`pipeline`]: sizes the prefetch to the round trip to the coordinator.
 //! - This module: [`Config`], [`run`] (the join/reconnect loop) and the
 //!   executor task that runs gateway sends.
 //!
@@ -16,6 +17,7 @@
 
 pub mod gateway;
 pub mod metrics;
+pub mod pipeline;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -45,6 +47,12 @@ pub struct Config {
     /// so no send slot idles for a result-to-job round trip. The credit limit told
     /// to the coordinator is `concurrency + prefetch`. Default: 0.
     pub prefetch: u32,
+    /// The most the prefetch grows to when the node measures that it needs more
+    /// to keep its send slots busy: about as many jobs as sends finish in one
+    /// round trip to the coordinator (see [`pipeline`]). At or below `prefetch`,
+    /// the prefetch stays at `prefetch`. The credit limit told to the coordinator
+    /// is then `concurrency + prefetch_max`. Default: 0.
+    pub prefetch_max: u32,
     /// The gateway messages go through.
     pub gateway: Arc<dyn Gateway>,
     /// First reconnect delay; doubles up to `reconnect_max`. Default: 100 ms.
@@ -74,6 +82,7 @@ impl Config {
             name: name.into(),
             concurrency,
             prefetch: 0,
+            prefetch_max: 0,
             gateway,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
@@ -110,6 +119,8 @@ pub struct Stats {
     pub connected: std::sync::atomic::AtomicBool,
     /// Credits granted to the coordinator, in all.
     pub credits_granted: AtomicU64,
+    /// Jobs the node keeps ready beyond its send slots now (see [`pipeline`]).
+    pub prefetch: AtomicU64,
     /// Gateway latency of every attempt.
     pub latency: SendLatency,
 }
@@ -154,8 +165,10 @@ pub async fn run(
         stats.clone(),
     ));
     let _abort = AbortOnDrop(executor);
+    let pipeline = pipeline::Pipeline::new(config.prefetch, config.prefetch_max, Instant::now());
     let mut node = Node {
         instance_id: rand::random(),
+        pipeline,
         config,
         stats,
         jobs_tx,
@@ -339,6 +352,8 @@ struct Node {
     next_seq: u64,
     /// A shutdown was asked for.
     leaving: bool,
+    /// Sizes the prefetch.
+    pipeline: pipeline::Pipeline,
 }
 
 /// How a stream ended.
@@ -398,9 +413,20 @@ impl Node {
         }
     }
 
-    /// Most jobs held at once: sends in progress plus prefetched jobs.
+    /// Most jobs ever held at once: sends in progress plus the most prefetched jobs.
     fn credit_limit(&self) -> u32 {
-        self.config.concurrency.saturating_add(self.config.prefetch)
+        self.config
+            .concurrency
+            .saturating_add(self.pipeline.ceiling())
+    }
+
+    /// Jobs to hold now: sends in progress plus the prefetch the pipeline wants now.
+    fn credit_target(&self) -> u32 {
+        let prefetch = self.pipeline.prefetch();
+        self.stats
+            .prefetch
+            .store(u64::from(prefetch), Ordering::Relaxed);
+        self.config.concurrency.saturating_add(prefetch)
     }
 
     fn is_empty(&self) -> bool {
@@ -409,6 +435,7 @@ impl Node {
 
     fn collect(&mut self, bunch: Vec<Done>) {
         self.held -= bunch.len() as u64;
+        self.pipeline.finished(bunch.len() as u64, Instant::now());
         self.stats.in_flight.store(self.held, Ordering::Relaxed);
         self.done.extend(bunch);
     }
@@ -471,6 +498,7 @@ impl Node {
         };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         self.stats.connected.store(true, Ordering::Relaxed);
+        self.pipeline.new_stream();
         let mut s = Session {
             epoch: self.epoch,
             out,
@@ -531,6 +559,7 @@ impl Node {
                                 tracing::error!(node = %self.config.name, jobs = n, credit = s.unused_credit, "coordinator sent more jobs than granted");
                             }
                             s.unused_credit = s.unused_credit.saturating_sub(n);
+                            self.pipeline.filled(n, Instant::now());
                             self.held += n;
                             self.stats.in_flight.store(self.held, Ordering::Relaxed);
                             self.stats.max_held.fetch_max(self.held, Ordering::Relaxed);
@@ -577,7 +606,7 @@ impl Node {
         let free = if self.leaving {
             0
         } else {
-            u64::from(self.credit_limit()).saturating_sub(self.held + s.unused_credit)
+            u64::from(self.credit_target()).saturating_sub(self.held + s.unused_credit)
         };
         if self.done.is_empty() && free == 0 {
             return Ok(());
@@ -606,6 +635,7 @@ impl Node {
         // The grant counts capacity freed by every result above, so it rides on the last
         // frame (the coordinator applies results before the grant), or goes alone.
         s.unused_credit += free;
+        self.pipeline.granted(free, Instant::now());
         self.stats
             .credits_granted
             .fetch_add(free, Ordering::Relaxed);

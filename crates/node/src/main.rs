@@ -29,6 +29,11 @@ struct Args {
     /// Default: a tenth of --concurrency, at least 1.
     #[arg(long, env = "SMSMESH_PREFETCH")]
     prefetch: Option<u32>,
+    /// The most the prefetch grows to, when sends finish faster than one coordinator
+    /// round trip can refill them (the node measures both). Default: --concurrency.
+    /// Equal to --prefetch for a fixed prefetch.
+    #[arg(long, env = "SMSMESH_PREFETCH_MAX")]
+    prefetch_max: Option<u32>,
     /// Gateway kind. Only "simulated" exists for now.
     #[arg(long, env = "SMSMESH_GATEWAY", default_value = "simulated")]
     gateway: String,
@@ -247,6 +252,17 @@ async fn node_main(args: Args) -> ExitCode {
         }
     };
     config.prefetch = args.prefetch.unwrap_or((args.concurrency / 10).max(1));
+    config.prefetch_max = match args.prefetch_max {
+        Some(max) if max < config.prefetch => {
+            eprintln!(
+                "smsnode: --prefetch-max ({max}) must be at least the prefetch ({})",
+                config.prefetch
+            );
+            return ExitCode::from(64);
+        }
+        Some(max) => max,
+        None => args.concurrency.max(config.prefetch),
+    };
     config.reconnect_max = args.reconnect_max;
     let stats = Arc::new(Stats::default());
     let mut _metrics = None;

@@ -68,6 +68,12 @@ impl Collector for NodeCollector {
             "Most gateway sends at once.",
             i64::from(self.concurrency),
         )?;
+        gauge(
+            e,
+            "smsnode_prefetch",
+            "Jobs kept ready beyond the send slots now (sized to the coordinator round trip).",
+            get(&s.prefetch) as i64,
+        )?;
         counter(
             e,
             "smsnode_credits_granted",

@@ -19,6 +19,10 @@ fn bad_flags_exit_with_a_usage_error() {
         ),
         (&["--gateway", "smpp"][..], "unknown --gateway \"smpp\""),
         (
+            &["--prefetch", "5", "--prefetch-max", "4"][..],
+            "--prefetch-max (4) must be at least the prefetch (5)",
+        ),
+        (
             &["--instances", "0"][..],
             "--instances must be between 1 and 10000",
         ),

@@ -112,6 +112,8 @@ pub struct NodeSpec {
     pub recorder: Option<Recorder>,
     /// Jobs held ready beyond the concurrency.
     pub prefetch: u32,
+    /// The most the prefetch may grow to (0: fixed).
+    pub prefetch_max: u32,
     /// Join token to present.
     pub join_token: Option<String>,
     /// TLS to the coordinator.
@@ -128,6 +130,7 @@ impl NodeSpec {
             failure_rate: 0.0,
             recorder: None,
             prefetch: 0,
+            prefetch_max: 0,
             join_token: None,
             tls: None,
         }
@@ -142,6 +145,12 @@ impl NodeSpec {
     /// Connecting with TLS (the URL must be `https://`).
     pub fn tls(mut self, tls: smsmesh::client::ClientTls) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// With this most prefetch, to which it grows as the node measures it needs.
+    pub fn prefetch_max(mut self, p: u32) -> Self {
+        self.prefetch_max = p;
         self
     }
 
@@ -204,6 +213,7 @@ impl Node {
         let mut config =
             smsmesh_node::Config::new(coordinator, spec.name.clone(), spec.concurrency, gateway);
         config.prefetch = spec.prefetch;
+        config.prefetch_max = spec.prefetch_max;
         config.join_token = spec.join_token.clone();
         config.tls = spec.tls.clone();
         config.reconnect_min = Duration::from_millis(20);
