@@ -32,6 +32,10 @@ pub struct Config {
     pub max_node_concurrency: u32,
     /// How often progress snapshots are published to watchers. Default: 200 ms.
     pub publish_interval: Duration,
+    /// Outcomes wait up to this long after the last group commit began to join
+    /// the next one (fewer, larger commits when traffic is light; a full group,
+    /// a cancel, a new batch state or node goes at once). Default: 2 ms.
+    pub commit_interval: Duration,
     /// Largest gRPC request accepted, in bytes (a SubmitBatch with explicit messages). Default: 64 MiB.
     pub max_request_bytes: usize,
     /// How long an ended batch stays in the all-batches progress stream. Default: 60 s.
@@ -97,6 +101,7 @@ impl Default for Config {
             max_jobs_per_frame: 512,
             max_node_concurrency: 100_000,
             publish_interval: Duration::from_millis(200),
+            commit_interval: Duration::from_millis(2),
             max_request_bytes: 64 << 20,
             keep_ended_in_progress: Duration::from_secs(60),
             resume_grace: Duration::from_secs(2),

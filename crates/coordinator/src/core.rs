@@ -160,6 +160,9 @@ struct Session {
     ack_ready: Option<u64>,
 }
 
+/// Outcomes enough for a group commit to go without waiting for the commit interval.
+const URGENT_OUTCOMES: usize = 4096;
+
 /// The coordinator's whole scheduling state.
 pub struct Core {
     config: Config,
@@ -377,6 +380,16 @@ impl Core {
     pub fn has_writes(&self) -> bool {
         !self.write.is_empty()
             || self.sessions.values().any(|s| s.ack_due.is_some())
+            || self.running.iter().any(|&id| self.state_changed(id))
+    }
+
+    /// Whether waiting changes should be stored without waiting for the commit
+    /// interval: a full group, a new node, or a batch state (a reservation that
+    /// dispatch may wait for, a cancel, a batch's end).
+    pub fn commit_urgent(&self) -> bool {
+        self.write.outcomes.len() >= URGENT_OUTCOMES
+            || !self.write.nodes.is_empty()
+            || !self.write.batches.is_empty()
             || self.running.iter().any(|&id| self.state_changed(id))
     }
 

@@ -50,6 +50,10 @@ struct Args {
     /// out again (reconnecting nodes hand in their results meanwhile).
     #[arg(long, env = "SMSMESH_RESUME_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
     resume_grace: Duration,
+    /// Outcomes wait up to this long after the last group commit began, to share the
+    /// next one (a full group, a cancel or a new batch state goes at once).
+    #[arg(long, env = "SMSMESH_COMMIT_INTERVAL", default_value = "2ms", value_parser = humantime::parse_duration)]
+    commit_interval: Duration,
     /// Most jobs in one frame to a node.
     #[arg(long, env = "SMSMESH_MAX_JOBS_PER_FRAME", default_value_t = 512)]
     max_jobs_per_frame: usize,
@@ -248,6 +252,7 @@ impl Args {
             node_timeout: self.node_timeout,
             max_jobs_per_frame: self.max_jobs_per_frame,
             resume_grace: self.resume_grace,
+            commit_interval: self.commit_interval,
             trace_message_ratio: self.trace_message_ratio,
             client_auth,
             node_token,

@@ -226,6 +226,9 @@ async fn run(
     let now = Instant::now();
     let mut next_tick = now + TICK;
     let mut next_publish = now + publish_interval;
+    let commit_interval = core.config().commit_interval;
+    // When the last group commit began; the next waits for the interval unless urgent.
+    let mut last_commit = now;
     let mut sleep = pin!(tokio::time::sleep_until(next_tick));
     // One group commit at a time: what arrives meanwhile joins the next group.
     let mut committing = false;
@@ -235,6 +238,7 @@ async fn run(
             Some(next_tick),
             Some(next_publish),
             core.next_retry_due().map(Instant::from_std),
+            (!committing && core.has_writes()).then_some(last_commit + commit_interval),
         ]
         .into_iter()
         .flatten()
@@ -283,7 +287,13 @@ async fn run(
             next_tick = now + TICK;
         }
         core.dispatch(std_now, &mut outbox);
-        if !committing && (core.has_writes() || !deferred.is_empty()) {
+        let commit_due = !deferred.is_empty()
+            || (core.has_writes()
+                && (writer.is_none()
+                    || now >= last_commit + commit_interval
+                    || core.commit_urgent()));
+        if !committing && commit_due {
+            last_commit = now;
             let (set, done) = core.take_writes();
             match &writer {
                 Some(w) => {

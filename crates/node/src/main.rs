@@ -30,7 +30,8 @@ struct Args {
     #[arg(long, env = "SMSMESH_PREFETCH")]
     prefetch: Option<u32>,
     /// The most the prefetch grows to, when sends finish faster than one coordinator
-    /// round trip can refill them (the node measures both). Default: --concurrency.
+    /// round trip can refill them (the node measures both). Default: --concurrency,
+    /// at most 10,000.
     /// Equal to --prefetch for a fixed prefetch.
     #[arg(long, env = "SMSMESH_PREFETCH_MAX")]
     prefetch_max: Option<u32>,
@@ -261,7 +262,8 @@ async fn node_main(args: Args) -> ExitCode {
             return ExitCode::from(64);
         }
         Some(max) => max,
-        None => args.concurrency.max(config.prefetch),
+        // Up to the concurrency, within what a coordinator takes from one node.
+        None => args.concurrency.min(10_000).max(config.prefetch),
     };
     config.reconnect_max = args.reconnect_max;
     let stats = Arc::new(Stats::default());
