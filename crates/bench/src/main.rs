@@ -272,16 +272,18 @@ async fn main() -> anyhow::Result<()> {
                     },
                 )
                 .await?;
-                let per_credit = |r: &Run| r.msgs_per_sec / (r.nodes as f64 * 10.0);
-                let ratio = per_credit(&large) / per_credit(&small);
+                // Per send slot (a node's concurrency): the credit a node grants beyond
+                // it, its prefetch, is sized by the node itself and not counted.
+                let per_slot = |r: &Run| r.msgs_per_sec / (r.nodes as f64 * 10.0);
+                let ratio = per_slot(&large) / per_slot(&small);
                 Scenario {
                     id: s.clone(),
                     title: "200 nodes of concurrency 10 (20 ms) vs 20 such nodes".into(),
-                    target: "no loss of throughput per credit as nodes grow".into(),
+                    target: "no loss of throughput per credit (per send slot) as nodes grow: ≥ 95% of the 20-node figure".into(),
                     result: format!(
-                        "{:.1} msg/s per credit with 20 nodes, {:.1} with 200 ({:.0}%; ideal 50)",
-                        per_credit(&small),
-                        per_credit(&large),
+                        "{:.1} msg/s per send slot with 20 nodes, {:.1} with 200 ({:.0}%; ideal 50)",
+                        per_slot(&small),
+                        per_slot(&large),
                         ratio * 100.0
                     ),
                     met: ratio >= 0.95,
