@@ -86,8 +86,11 @@ async fn main() -> anyhow::Result<()> {
     let nodes: Vec<_> = (0..args.nodes)
         .map(|i| {
             mesh.node(
+                // The prefetch smsnode has by default.
                 NodeSpec::new(&format!("node-{}", i + 1))
                     .concurrency(args.concurrency)
+                    .prefetch((args.concurrency / 10).max(1))
+                    .prefetch_max(args.concurrency.min(10_000))
                     .latency(args.mean_latency)
                     .failure_rate(args.failure_rate),
             )
