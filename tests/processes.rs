@@ -199,6 +199,12 @@ async fn one_process_runs_many_nodes_that_share_a_batch_and_leave_on_sigterm() {
     for n in &b.nodes {
         assert!(n.sent > 0, "every node took part: {n:?}");
     }
+    // One connection carries the five streams: with this client's, two in all.
+    assert_eq!(
+        established_to(addr.port()),
+        2,
+        "one connection for five nodes"
+    );
     host.term();
     let status = host.wait(Duration::from_secs(20)).await.unwrap();
     assert!(status.success(), "all five leave cleanly: {status:?}");
@@ -218,4 +224,18 @@ async fn one_process_runs_many_nodes_that_share_a_batch_and_leave_on_sigterm() {
     })
     .await
     .unwrap();
+}
+
+/// TCP connections established to `port` on this host (Linux `/proc/net/tcp`).
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local address "0100007F:PORT" (hex), state 01 = ESTABLISHED
+            f.len() > 3 && f[1].ends_with(&format!(":{port:04X}")) && f[3] == "01"
+        })
+        .count()
 }

@@ -32,9 +32,10 @@ struct Args {
     markdown: PathBuf,
 }
 
-/// Scenario (f) runs its nodes in this many `smsnode` processes, as on this
-/// many hosts: 200 processes on 2 cores would measure the scheduler's cost of
-/// 200 processes, not the mesh.
+/// Scenario (f) runs its nodes in this many `smsnode` processes (`--instances`:
+/// a stream per node, a connection per process), as on this many hosts: 200
+/// processes on 2 cores would measure the scheduler's cost of 200 processes,
+/// not the mesh.
 const F_PROCESSES: usize = 4;
 
 /// How the mesh of one run is made.

@@ -67,6 +67,10 @@ pub struct Config {
     pub join_token: Option<String>,
     /// TLS to the coordinator (needed for an `https://` URL). Default: none.
     pub tls: Option<smsmesh::client::ClientTls>,
+    /// A connection to the coordinator that this node shares with other nodes of
+    /// the process, each on its own HTTP/2 stream (made from `coordinator` and
+    /// `tls`). Default: none, the node opens its own.
+    pub shared_channel: Option<tonic::transport::Channel>,
 }
 
 impl Config {
@@ -90,6 +94,7 @@ impl Config {
             max_results_per_frame: 512,
             join_token: None,
             tls: None,
+            shared_channel: None,
         }
     }
 }
@@ -445,15 +450,22 @@ impl Node {
         &mut self,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<SessionEnd, NodeError> {
-        let channel = smsmesh::client::endpoint(&self.config.coordinator, self.config.tls.as_ref())
-            .map_err(NodeError::Config)?;
-        let channel = match channel.connect().await {
-            Ok(c) => c,
-            Err(e) => {
-                return Ok(SessionEnd::Broken(format!(
-                    "cannot connect to {}: {e}",
-                    self.config.coordinator
-                )));
+        let channel = match &self.config.shared_channel {
+            // Connects on first use, and again after the connection broke.
+            Some(shared) => shared.clone(),
+            None => {
+                let endpoint =
+                    smsmesh::client::endpoint(&self.config.coordinator, self.config.tls.as_ref())
+                        .map_err(NodeError::Config)?;
+                match endpoint.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return Ok(SessionEnd::Broken(format!(
+                            "cannot connect to {}: {e}",
+                            self.config.coordinator
+                        )));
+                    }
+                }
             }
         };
         let mut client =
