@@ -172,6 +172,10 @@ pub struct Core {
     /// Rotates which batch fills the next frame.
     batch_cursor: usize,
     sessions: BTreeMap<SessionId, Session>,
+    /// Sum of the concurrency the connected nodes declared.
+    capacity: u64,
+    /// Whether some session has an ack due (its `ack_due` is set).
+    acks_due: bool,
     /// Rotates which node is served first.
     node_cursor: usize,
     next_session: u64,
@@ -214,6 +218,8 @@ impl Core {
             running: Vec::new(),
             batch_cursor: 0,
             sessions: BTreeMap::new(),
+            capacity: 0,
+            acks_due: false,
             node_cursor: 0,
             next_session: 1,
             node_names: Vec::new(),
@@ -340,12 +346,7 @@ impl Core {
         // Reserve what the nodes can hold at once (256 to 65,536 messages), refilled at
         // half: dispatch rarely waits for a commit, and after a crash at most that many
         // messages more than were really in flight are counted as re-sent.
-        let capacity: u64 = self
-            .sessions
-            .values()
-            .map(|s| u64::from(s.concurrency))
-            .sum();
-        let step = capacity.clamp(256, 65_536) as u32;
+        let step = self.capacity.clamp(256, 65_536) as u32;
         (stored < total && left < step / 2).then(|| b.next_fresh.saturating_add(step).min(total))
     }
 
@@ -365,11 +366,14 @@ impl Core {
             self.stored_state.insert(state.id, state.clone());
             self.write.batches.push(state);
         }
-        let acks = self
-            .sessions
-            .iter_mut()
-            .filter_map(|(sid, s)| s.ack_due.take().map(|seq| (*sid, seq)))
-            .collect();
+        let acks = if std::mem::take(&mut self.acks_due) {
+            self.sessions
+                .iter_mut()
+                .filter_map(|(sid, s)| s.ack_due.take().map(|seq| (*sid, seq)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         (
             std::mem::take(&mut self.write),
             Committed { acks, reservations },
@@ -379,7 +383,7 @@ impl Core {
     /// Whether changes or acks wait for [`take_writes`](Self::take_writes).
     pub fn has_writes(&self) -> bool {
         !self.write.is_empty()
-            || self.sessions.values().any(|s| s.ack_due.is_some())
+            || self.acks_due
             || self.running.iter().any(|&id| self.state_changed(id))
     }
 
@@ -657,6 +661,7 @@ impl Core {
             .map_err(|Unreachable| Error::Unavailable("node stream closed during hello".into()))?;
         tracing::info!(node = %hello.name, session = session.0, concurrency = hello.concurrency, gateway = %hello.gateway, "node joined");
         self.stats.node_joins += 1;
+        self.capacity += u64::from(hello.concurrency);
         self.sessions.insert(
             session,
             Session {
@@ -759,6 +764,7 @@ impl Core {
         let session = self.sessions.get_mut(&sid).expect("caller checked");
         if r.seq > 0 {
             session.ack_due = Some(session.ack_due.map_or(r.seq, |s| s.max(r.seq)));
+            self.acks_due = true;
         }
         self.on_credit(sid, r.grant)
     }
@@ -866,6 +872,7 @@ impl Core {
         let Some(session) = self.sessions.remove(&sid) else {
             return;
         };
+        self.capacity -= u64::from(session.concurrency);
         let now = Instant::now();
         for (batch, index) in session.held {
             if let Some(b) = self.batches.get_mut(&batch) {

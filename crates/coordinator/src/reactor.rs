@@ -249,6 +249,8 @@ async fn run(
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 let mut next = Some(ev);
+                // One clock reading for the events handled together.
+                let now = std::time::Instant::now();
                 // Handle this and whatever else is queued, then dispatch once for all of it.
                 for _ in 0..1024 {
                     let Some(ev) = next.take().or_else(|| rx.try_recv().ok()) else { break };
@@ -274,7 +276,7 @@ async fn run(
                             core.on_shutdown(&mut outbox);
                             return Err(e);
                         }
-                        ev => handle(&mut core, &mut outbox, ev),
+                        ev => handle(&mut core, &mut outbox, ev, now),
                     }
                 }
             }
@@ -315,8 +317,7 @@ async fn run(
     Ok(())
 }
 
-fn handle(core: &mut Core, outbox: &mut ChannelOutbox, ev: Event) {
-    let now = std::time::Instant::now();
+fn handle(core: &mut Core, outbox: &mut ChannelOutbox, ev: Event, now: std::time::Instant) {
     match ev {
         Event::Submit(b, reply) => {
             let _ = reply.send(Ok(core.on_submit(b, now)));
