@@ -123,16 +123,13 @@ async fn run_instances(mut config: Config, n: u32) -> Result<(), smsmesh_node::N
             all.await
         }
     };
-    finished
-        .into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|e| {
-                Err(smsmesh_node::NodeError::Config(format!(
-                    "a node task failed: {e}"
-                )))
-            })
+    finished.into_iter().try_for_each(|r| {
+        r.unwrap_or_else(|e| {
+            Err(smsmesh_node::NodeError::Config(format!(
+                "a node task failed: {e}"
+            )))
         })
-        .collect()
+    })
 }
 
 fn default_name() -> String {
