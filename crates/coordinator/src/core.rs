@@ -160,6 +160,13 @@ struct Session {
     ack_ready: Option<u64>,
 }
 
+/// The frame that acks a node's Results frames up to `seq`.
+fn ack_frame(seq: u64) -> pb::CoordinatorToNode {
+    pb::CoordinatorToNode {
+        update: Some(coordinator_to_node::Update::Ack(pb::Ack { seq })),
+    }
+}
+
 /// Outcomes enough for a group commit to go without waiting for the commit interval.
 const URGENT_OUTCOMES: usize = 4096;
 
@@ -710,9 +717,7 @@ impl Core {
                 session.going_away = true;
                 session.credit = 0;
                 if let Some(seq) = session.ack_ready.take() {
-                    let ack = pb::CoordinatorToNode {
-                        update: Some(coordinator_to_node::Update::Ack(pb::Ack { seq })),
-                    };
+                    let ack = ack_frame(seq);
                     let _ = outbox.send(sid, ack);
                 }
                 tracing::info!(node = %session.name, held = session.held.len(), "node going away");
@@ -934,9 +939,7 @@ impl Core {
             if !self.sessions.contains_key(&sid) {
                 continue;
             }
-            let ack = pb::CoordinatorToNode {
-                update: Some(coordinator_to_node::Update::Ack(pb::Ack { seq })),
-            };
+            let ack = ack_frame(seq);
             if outbox.send(sid, ack).is_err() {
                 broken.push(sid);
             }
@@ -1019,9 +1022,7 @@ impl Core {
                 }
                 session.credit -= jobs.len() as u32;
                 if let Some(seq) = session.ack_ready.take() {
-                    let ack = pb::CoordinatorToNode {
-                        update: Some(coordinator_to_node::Update::Ack(pb::Ack { seq })),
-                    };
+                    let ack = ack_frame(seq);
                     if outbox.send(sid, ack).is_err() {
                         broken.push(sid);
                         continue 'nodes;
