@@ -183,6 +183,8 @@ pub struct Core {
     capacity: u64,
     /// Whether some session has an ack due (its `ack_due` is set).
     acks_due: bool,
+    /// Whether some session has an ack waiting for a Jobs frame (its `ack_ready` is set).
+    acks_ready: bool,
     /// Rotates which node is served first.
     node_cursor: usize,
     next_session: u64,
@@ -227,6 +229,7 @@ impl Core {
             sessions: BTreeMap::new(),
             capacity: 0,
             acks_due: false,
+            acks_ready: false,
             node_cursor: 0,
             next_session: 1,
             node_names: Vec::new(),
@@ -443,6 +446,7 @@ impl Core {
                     now_due.push((sid, seq));
                 } else {
                     s.ack_ready = Some(seq);
+                    self.acks_ready = true;
                 }
             }
         }
@@ -451,6 +455,9 @@ impl Core {
 
     /// Sends every ack that waits for a Jobs frame.
     fn flush_acks(&mut self, outbox: &mut impl Outbox) {
+        if !std::mem::take(&mut self.acks_ready) {
+            return;
+        }
         let due = self
             .sessions
             .iter_mut()
@@ -717,8 +724,7 @@ impl Core {
                 session.going_away = true;
                 session.credit = 0;
                 if let Some(seq) = session.ack_ready.take() {
-                    let ack = ack_frame(seq);
-                    let _ = outbox.send(sid, ack);
+                    let _ = outbox.send(sid, ack_frame(seq));
                 }
                 tracing::info!(node = %session.name, held = session.held.len(), "node going away");
                 let drained = pb::CoordinatorToNode {
@@ -939,8 +945,7 @@ impl Core {
             if !self.sessions.contains_key(&sid) {
                 continue;
             }
-            let ack = ack_frame(seq);
-            if outbox.send(sid, ack).is_err() {
+            if outbox.send(sid, ack_frame(seq)).is_err() {
                 broken.push(sid);
             }
         }
@@ -1021,12 +1026,11 @@ impl Core {
                     break 'nodes; // nothing left to send
                 }
                 session.credit -= jobs.len() as u32;
-                if let Some(seq) = session.ack_ready.take() {
-                    let ack = ack_frame(seq);
-                    if outbox.send(sid, ack).is_err() {
-                        broken.push(sid);
-                        continue 'nodes;
-                    }
+                if let Some(seq) = session.ack_ready.take()
+                    && outbox.send(sid, ack_frame(seq)).is_err()
+                {
+                    broken.push(sid);
+                    continue 'nodes;
                 }
                 let frame = pb::CoordinatorToNode {
                     update: Some(coordinator_to_node::Update::Jobs(pb::Jobs { jobs })),
