@@ -83,14 +83,15 @@ async fn main() -> anyhow::Result<()> {
         args.mean_latency,
         args.failure_rate
     );
+    // The prefetch smsnode has by default.
+    let (prefetch, prefetch_max) = smsmesh_node::default_prefetch(args.concurrency);
     let nodes: Vec<_> = (0..args.nodes)
         .map(|i| {
             mesh.node(
-                // The prefetch smsnode has by default.
                 NodeSpec::new(&format!("node-{}", i + 1))
                     .concurrency(args.concurrency)
-                    .prefetch((args.concurrency / 10).max(1))
-                    .prefetch_max(args.concurrency.min(10_000))
+                    .prefetch(prefetch)
+                    .prefetch_max(prefetch_max)
                     .latency(args.mean_latency)
                     .failure_rate(args.failure_rate),
             )

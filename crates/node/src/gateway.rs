@@ -23,14 +23,6 @@ pub enum Sending {
 }
 
 impl Sending {
-    /// Waits for the outcome.
-    pub fn into_future(self) -> BoxFuture<'static, Result<(), String>> {
-        match self {
-            Sending::Done(r) => futures::future::ready(r).boxed(),
-            Sending::Pending(f) => f,
-        }
-    }
-
     /// Applies `f` to the outcome, now or when it comes.
     pub fn map(
         self,

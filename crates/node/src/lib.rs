@@ -44,8 +44,8 @@ pub struct Config {
     /// Most gateway sends at once.
     pub concurrency: u32,
     /// Jobs held beyond `concurrency`, waiting to start the moment a send finishes,
-    /// so no send slot idles for a result-to-job round trip. The credit limit told
-    /// to the coordinator is `concurrency + prefetch`. Default: 0.
+    /// so no send slot idles for a result-to-job round trip: the least prefetch
+    /// (see `prefetch_max`). Default: 0.
     pub prefetch: u32,
     /// The most the prefetch grows to when the node measures that it needs more
     /// to keep its send slots busy: about as many jobs as sends finish in one
@@ -71,6 +71,14 @@ pub struct Config {
     /// the process, each on its own HTTP/2 stream (made from `coordinator` and
     /// `tls`). Default: none, the node opens its own.
     pub shared_channel: Option<tonic::transport::Channel>,
+}
+
+/// The prefetch `smsnode` has by default for `concurrency` send slots:
+/// (`prefetch`, `prefetch_max`) = (a tenth, at least 1; the concurrency, at
+/// most 10,000, within what a coordinator takes from one node).
+pub fn default_prefetch(concurrency: u32) -> (u32, u32) {
+    let floor = (concurrency / 10).max(1);
+    (floor, concurrency.min(10_000).max(floor))
 }
 
 impl Config {

@@ -254,7 +254,8 @@ async fn node_main(args: Args) -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    config.prefetch = args.prefetch.unwrap_or((args.concurrency / 10).max(1));
+    let (floor, ceiling) = smsmesh_node::default_prefetch(args.concurrency);
+    config.prefetch = args.prefetch.unwrap_or(floor);
     config.prefetch_max = match args.prefetch_max {
         Some(max) if max < config.prefetch => {
             eprintln!(
@@ -264,8 +265,7 @@ async fn node_main(args: Args) -> ExitCode {
             return ExitCode::from(64);
         }
         Some(max) => max,
-        // Up to the concurrency, within what a coordinator takes from one node.
-        None => args.concurrency.min(10_000).max(config.prefetch),
+        None => ceiling.max(config.prefetch),
     };
     config.reconnect_max = args.reconnect_max;
     let stats = Arc::new(Stats::default());
