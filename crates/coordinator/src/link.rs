@@ -4,18 +4,27 @@
 //! (which answers Welcome), then spawns a reader task that forwards every
 //! frame to the reactor and reports when the stream ends. The outbound side
 //! is a bounded queue the reactor writes with `try_send` only.
+//!
+//! A `JoinGroup` stream carries many nodes (members) of one process. Its
+//! reader registers each member at its Hello and forwards the frames of one
+//! group frame as one event; the members' outbound frames share one queue,
+//! and what is queued when the stream can write goes out as one group frame.
 
 use std::time::Duration;
 
+use futures::StreamExt;
+use rustc_hash::FxHashMap;
 use smsmesh::Error;
 use smsmesh::pb::{self, node_to_coordinator};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use smsmesh::client::JOIN_TOKEN_METADATA;
 
-use crate::reactor::Handle;
+use crate::auth::TokenBucket;
+use crate::core::SessionId;
+use crate::reactor::{Handle, NodeTx};
 
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,6 +78,33 @@ impl NodeLinkService {
 #[tonic::async_trait]
 impl pb::node_link_server::NodeLink for NodeLinkService {
     type JoinStream = ReceiverStream<Result<pb::CoordinatorToNode, Status>>;
+    type JoinGroupStream = GroupDownStream;
+
+    async fn join_group(
+        &self,
+        request: Request<Streaming<pb::GroupUp>>,
+    ) -> Result<Response<Self::JoinGroupStream>, Status> {
+        let peer = request.remote_addr();
+        if let Err(status) = self.admit(&request) {
+            tracing::warn!(?peer, why = %status.message(), "node group refused");
+            return Err(status);
+        }
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tracing::debug!(?peer, "node group stream open");
+        let reader = GroupReader {
+            core: self.core.clone(),
+            tx,
+            members: FxHashMap::default(),
+            newest: None,
+            rate: f64::from(self.max_frames_per_sec.max(1)),
+        };
+        tokio::spawn(reader.run(inbound));
+        let frames = UnboundedReceiverStream::new(rx)
+            .ready_chunks(MEMBER_FRAMES_PER_GROUP_FRAME)
+            .map(|frames| Ok(pb::GroupDown { frames }));
+        Ok(Response::new(Box::pin(frames)))
+    }
 
     async fn join(
         &self,
@@ -103,14 +139,13 @@ impl pb::node_link_server::NodeLink for NodeLinkService {
             .clamp(64, 1 << 20);
         let (tx, rx) = mpsc::channel(capacity);
         let name = hello.name.clone();
-        let sid = self.core.join(hello, tx).await?;
+        let sid = self.core.join(hello, NodeTx::Stream(tx)).await?;
         tracing::debug!(node = %name, ?peer, session = sid.0, "node stream open");
         let core = self.core.clone();
         let rate = f64::from(self.max_frames_per_sec.max(1));
         tokio::spawn(async move {
             // At most `rate` frames a second, sustained, with bursts of twice that.
-            let mut frames =
-                crate::auth::TokenBucket::new(rate, (2.0 * rate) as u64, std::time::Instant::now());
+            let mut frames = TokenBucket::new(rate, (2.0 * rate) as u64, std::time::Instant::now());
             // Reader of this node's stream: lives as long as the stream.
             let reason = loop {
                 match inbound.message().await {
@@ -133,5 +168,146 @@ impl pb::node_link_server::NodeLink for NodeLinkService {
             core.node_closed(sid, reason).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The outbound side of a `JoinGroup` stream.
+pub type GroupDownStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::GroupDown, Status>> + Send>>;
+
+/// Most member frames packed into one group frame, each way.
+pub const MEMBER_FRAMES_PER_GROUP_FRAME: usize = 64;
+
+/// Most members live at once on one group stream.
+pub const MAX_MEMBERS_PER_GROUP: usize = 10_000;
+
+/// A live member of a group stream.
+struct Member {
+    sid: SessionId,
+    /// Its frames a second, as for a node on its own stream.
+    frames: TokenBucket,
+}
+
+/// Reads a `JoinGroup` stream: registers members, forwards their frames.
+struct GroupReader {
+    core: Handle,
+    tx: mpsc::UnboundedSender<pb::MemberDown>,
+    members: FxHashMap<u32, Member>,
+    /// The highest member number seen: lower numbers not in `members` have ended.
+    newest: Option<u32>,
+    rate: f64,
+}
+
+impl GroupReader {
+    async fn run(mut self, mut inbound: Streaming<pb::GroupUp>) {
+        let reason = loop {
+            match inbound.message().await {
+                Ok(Some(group)) => {
+                    if !self.frames(group.frames).await {
+                        return; // the reactor is gone
+                    }
+                }
+                Ok(None) => break "group stream closed by the node".to_string(),
+                Err(status) => break format!("group stream broke: {}", status.message()),
+            }
+        };
+        for (_, m) in self.members.drain() {
+            self.core.node_closed(m.sid, reason.clone()).await;
+        }
+    }
+
+    /// Ends member `member` with `status` (it never joined, or broke a limit here).
+    fn close(&self, member: u32, status: &Status) {
+        let _ = self.tx.send(pb::MemberDown {
+            member,
+            frame: None,
+            closed: Some(pb::MemberClosed {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+            }),
+        });
+    }
+
+    /// Handles the member frames of one group frame; false if the reactor is gone.
+    async fn frames(&mut self, frames: Vec<pb::MemberUp>) -> bool {
+        let mut batch: Vec<(SessionId, pb::NodeToCoordinator)> = Vec::with_capacity(frames.len());
+        let now = std::time::Instant::now();
+        for up in frames {
+            let Some(member) = self.members.get_mut(&up.member) else {
+                if self.newest.is_some_and(|n| up.member <= n) {
+                    continue; // a member that has ended: ignore what it still says
+                }
+                self.newest = Some(up.member);
+                if up.left {
+                    continue;
+                }
+                // Frames before this one reach the reactor first.
+                if !batch.is_empty() && !self.core.node_messages(std::mem::take(&mut batch)).await {
+                    return false;
+                }
+                self.join(up).await;
+                continue;
+            };
+            if up.left {
+                let sid = member.sid;
+                self.members.remove(&up.member);
+                if !batch.is_empty() && !self.core.node_messages(std::mem::take(&mut batch)).await {
+                    return false;
+                }
+                self.core
+                    .node_closed(sid, "the node ended it on its group stream".into())
+                    .await;
+                continue;
+            }
+            if member.frames.take(1, now).is_err() {
+                let status = Status::resource_exhausted(format!(
+                    "more than {} frames a second from this node (--node-max-frames-per-sec)",
+                    self.rate
+                ));
+                let sid = member.sid;
+                self.members.remove(&up.member);
+                self.core.refuse_node(sid, status).await;
+                continue;
+            }
+            if let Some(frame) = up.frame {
+                batch.push((member.sid, frame));
+            }
+        }
+        batch.is_empty() || self.core.node_messages(batch).await
+    }
+
+    /// A new member: its first frame must be Hello.
+    async fn join(&mut self, up: pb::MemberUp) {
+        let hello = match up.frame.and_then(|f| f.update) {
+            Some(node_to_coordinator::Update::Hello(h)) => h,
+            _ => {
+                let status =
+                    Status::failed_precondition("the first frame of a group member must be Hello");
+                return self.close(up.member, &status);
+            }
+        };
+        if self.members.len() >= MAX_MEMBERS_PER_GROUP {
+            let status = Status::resource_exhausted(format!(
+                "a group stream carries at most {MAX_MEMBERS_PER_GROUP} members at once"
+            ));
+            return self.close(up.member, &status);
+        }
+        let name = hello.name.clone();
+        let tx = NodeTx::Member {
+            group: self.tx.clone(),
+            member: up.member,
+        };
+        match self.core.join(hello, tx).await {
+            Ok(sid) => {
+                tracing::debug!(node = %name, member = up.member, session = sid.0, "group member joined");
+                let frames = TokenBucket::new(
+                    self.rate,
+                    (2.0 * self.rate) as u64,
+                    std::time::Instant::now(),
+                );
+                self.members.insert(up.member, Member { sid, frames });
+            }
+            Err(e) => self.close(up.member, &Status::from(e)),
+        }
     }
 }

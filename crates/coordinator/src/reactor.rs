@@ -19,8 +19,54 @@ use crate::auth::Tenant;
 use crate::core::{Committed, Core, NewBatch, Outbox, SessionId, Snapshot, Unreachable};
 use crate::store::{Store, WriteSet, Writer};
 
-/// The sending half of a node's outbound stream.
-pub type NodeTx = mpsc::Sender<Result<pb::CoordinatorToNode, Status>>;
+/// Where the reactor writes a node's frames.
+pub enum NodeTx {
+    /// The node's own `Join` stream: a bounded queue (credits bound its job frames).
+    Stream(mpsc::Sender<Result<pb::CoordinatorToNode, Status>>),
+    /// A member of a `JoinGroup` stream: the group's queue, and the member's number.
+    Member {
+        /// The group stream's queue, shared by its members.
+        group: mpsc::UnboundedSender<pb::MemberDown>,
+        /// The member's number on that stream.
+        member: u32,
+    },
+}
+
+impl NodeTx {
+    fn send(&self, frame: pb::CoordinatorToNode) -> Result<(), Unreachable> {
+        match self {
+            NodeTx::Stream(tx) => tx.try_send(Ok(frame)).map_err(|_| Unreachable),
+            NodeTx::Member { group, member } => group
+                .send(pb::MemberDown {
+                    member: *member,
+                    frame: Some(frame),
+                    closed: None,
+                })
+                .map_err(|_| Unreachable),
+        }
+    }
+
+    /// Ends the node's stream, with `status` if it is an error.
+    fn close(self, status: Option<Status>) {
+        match self {
+            NodeTx::Stream(tx) => {
+                if let Some(status) = status {
+                    let _ = tx.try_send(Err(status));
+                }
+            }
+            NodeTx::Member { group, member } => {
+                let (code, message) = status
+                    .map(|s| (s.code() as i32, s.message().to_string()))
+                    .unwrap_or_default();
+                let _ = group.send(pb::MemberDown {
+                    member,
+                    frame: None,
+                    closed: Some(pb::MemberClosed { code, message }),
+                });
+            }
+        }
+    }
+}
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
@@ -44,6 +90,8 @@ pub enum Event {
     NodeJoin(pb::Hello, NodeTx, Reply<SessionId>),
     /// A frame from a node.
     NodeMessage(SessionId, pb::NodeToCoordinator),
+    /// Frames from the members of a group stream, in order.
+    NodeMessages(Vec<(SessionId, pb::NodeToCoordinator)>),
     /// A node's stream ended.
     NodeClosed(SessionId, String),
     /// Close every node stream and stop.
@@ -127,6 +175,11 @@ impl Handle {
         self.events.send(Event::NodeMessage(sid, msg)).await.is_ok()
     }
 
+    /// Forwards the frames of one group frame; false if the reactor is gone.
+    pub async fn node_messages(&self, frames: Vec<(SessionId, pb::NodeToCoordinator)>) -> bool {
+        self.events.send(Event::NodeMessages(frames)).await.is_ok()
+    }
+
     /// Tells the reactor a node stream ended.
     pub async fn node_closed(&self, sid: SessionId, reason: String) {
         let _ = self.events.send(Event::NodeClosed(sid, reason)).await;
@@ -157,14 +210,14 @@ pub struct ChannelOutbox {
 impl Outbox for ChannelOutbox {
     fn send(&mut self, session: SessionId, msg: pb::CoordinatorToNode) -> Result<(), Unreachable> {
         match self.txs.get(&session) {
-            Some(tx) => tx.try_send(Ok(msg)).map_err(|_| Unreachable),
+            Some(tx) => tx.send(msg),
             None => Err(Unreachable),
         }
     }
 
     fn close(&mut self, session: SessionId, status: Option<Status>) {
-        if let (Some(tx), Some(status)) = (self.txs.remove(&session), status) {
-            let _ = tx.try_send(Err(status));
+        if let Some(tx) = self.txs.remove(&session) {
+            tx.close(status);
         }
     }
 }
@@ -348,6 +401,11 @@ fn handle(core: &mut Core, outbox: &mut ChannelOutbox, ev: Event, now: std::time
             let _ = reply.send(res.map(|()| sid));
         }
         Event::NodeMessage(sid, msg) => core.on_node_message(sid, msg, now, outbox),
+        Event::NodeMessages(frames) => {
+            for (sid, msg) in frames {
+                core.on_node_message(sid, msg, now, outbox);
+            }
+        }
         Event::NodeClosed(sid, reason) => core.on_node_lost(sid, &reason, outbox),
         Event::Shutdown | Event::Committed(_) => unreachable!("handled by the loop"),
     }

@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`gateway`]: the [`gateway::Gateway`] trait and the simulated gateway.
+//! - [`group`]: many nodes of one process over one `JoinGroup` stream.
 //! - [`metrics`]: the node's Prometheus metrics, read from its [`Stats`].
 //! - [`pipeline`]: sizes the prefetch to the round trip to the coordinator.
 //! - This module: [`Config`], [`run`] (the join/reconnect loop) and the
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod gateway;
+pub mod group;
 pub mod metrics;
 pub mod pipeline;
 
@@ -31,6 +33,8 @@ use smsmesh::pb::{self, coordinator_to_node, node_to_coordinator};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
+
+use group::{Inbound, Outbound};
 
 pub use gateway::{Gateway, Sending, Simulated};
 
@@ -67,10 +71,11 @@ pub struct Config {
     pub join_token: Option<String>,
     /// TLS to the coordinator (needed for an `https://` URL). Default: none.
     pub tls: Option<smsmesh::client::ClientTls>,
-    /// A connection to the coordinator that this node shares with other nodes of
-    /// the process, each on its own HTTP/2 stream (made from `coordinator` and
-    /// `tls`). Default: none, the node opens its own.
-    pub shared_channel: Option<tonic::transport::Channel>,
+    /// A group stream this node shares with other nodes of the process, its
+    /// frames packed with theirs (see [`group`]); `coordinator`, `tls` and
+    /// `join_token` are then the group's. Default: none, the node opens a
+    /// connection and a stream of its own.
+    pub group: Option<Arc<group::Group>>,
 }
 
 /// The prefetch `smsnode` has by default for `concurrency` send slots:
@@ -102,7 +107,7 @@ impl Config {
             max_results_per_frame: 512,
             join_token: None,
             tls: None,
-            shared_channel: None,
+            group: None,
         }
     }
 }
@@ -458,14 +463,27 @@ impl Node {
         &mut self,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<SessionEnd, NodeError> {
-        let channel = match &self.config.shared_channel {
-            // Connects on first use, and again after the connection broke.
-            Some(shared) => shared.clone(),
+        let send = |m| pb::NodeToCoordinator { update: Some(m) };
+        // Hello, then hand in what earlier streams left unacked, then grant.
+        let hello = send(node_to_coordinator::Update::Hello(pb::Hello {
+            name: self.config.name.clone(),
+            instance_id: self.instance_id,
+            concurrency: self.credit_limit(),
+            gateway: self.config.gateway.kind().to_string(),
+        }));
+        let (out, mut inbound) = match &self.config.group {
+            Some(group) => match group.attach().await {
+                Ok((out, inbound)) => {
+                    let _ = out.send(hello).await;
+                    (out, inbound)
+                }
+                Err(s) => return join_failed(s),
+            },
             None => {
                 let endpoint =
                     smsmesh::client::endpoint(&self.config.coordinator, self.config.tls.as_ref())
                         .map_err(NodeError::Config)?;
-                match endpoint.connect().await {
+                let channel = match endpoint.connect().await {
                     Ok(c) => c,
                     Err(e) => {
                         return Ok(SessionEnd::Broken(format!(
@@ -473,47 +491,25 @@ impl Node {
                             self.config.coordinator
                         )));
                     }
+                };
+                let mut client = pb::node_link_client::NodeLinkClient::new(channel)
+                    .max_decoding_message_size(64 << 20);
+                let (out, out_rx) = mpsc::channel::<pb::NodeToCoordinator>(1024);
+                let _ = out.send(hello).await;
+                let mut join = tonic::Request::new(ReceiverStream::new(out_rx));
+                if let Some(token) = &self.config.join_token {
+                    let value = token.parse().map_err(|_| {
+                        NodeError::Config(
+                            "the join token has characters not allowed in metadata".into(),
+                        )
+                    })?;
+                    join.metadata_mut()
+                        .insert(smsmesh::client::JOIN_TOKEN_METADATA, value);
                 }
-            }
-        };
-        let mut client =
-            pb::node_link_client::NodeLinkClient::new(channel).max_decoding_message_size(64 << 20);
-        let (out, out_rx) = mpsc::channel::<pb::NodeToCoordinator>(1024);
-        let send = |m| pb::NodeToCoordinator { update: Some(m) };
-        // Hello, then hand in what earlier streams left unacked, then grant.
-        let _ = out
-            .send(send(node_to_coordinator::Update::Hello(pb::Hello {
-                name: self.config.name.clone(),
-                instance_id: self.instance_id,
-                concurrency: self.credit_limit(),
-                gateway: self.config.gateway.kind().to_string(),
-            })))
-            .await;
-        let mut join = tonic::Request::new(ReceiverStream::new(out_rx));
-        if let Some(token) = &self.config.join_token {
-            let value = token.parse().map_err(|_| {
-                NodeError::Config("the join token has characters not allowed in metadata".into())
-            })?;
-            join.metadata_mut()
-                .insert(smsmesh::client::JOIN_TOKEN_METADATA, value);
-        }
-        let mut inbound = match client.join(join).await {
-            Ok(r) => r.into_inner(),
-            // Retrying cannot fix these: a bad name or settings, a wrong or missing token.
-            Err(s)
-                if matches!(
-                    s.code(),
-                    Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
-                ) =>
-            {
-                return Err(NodeError::Refused(s.message().to_string()));
-            }
-            Err(s) => {
-                return Ok(SessionEnd::Broken(format!(
-                    "join refused: {}: {}",
-                    s.code(),
-                    s.message()
-                )));
+                match client.join(join).await {
+                    Ok(r) => (Outbound::Own(out), Inbound::Own(Box::new(r.into_inner()))),
+                    Err(s) => return join_failed(s),
+                }
             }
         };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
@@ -555,6 +551,7 @@ impl Node {
         if let Err(why) = self.flush(&mut s).await {
             return Ok(SessionEnd::Broken(why));
         }
+        let mut welcomed = false;
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -563,10 +560,13 @@ impl Node {
                     let msg = match msg {
                         Ok(Some(m)) => m,
                         Ok(None) => return Ok(SessionEnd::Broken("coordinator closed the stream".into())),
+                        // A group member learns here what a `Join` stream learns on opening.
+                        Err(st) if !welcomed => return join_failed(st),
                         Err(st) => return Ok(SessionEnd::Broken(format!("stream ended: {}: {}", st.code(), st.message()))),
                     };
                     match msg.update {
                         Some(coordinator_to_node::Update::Welcome(w)) => {
+                            welcomed = true;
                             let every = Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(50)));
                             heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                             tracing::info!(node = %self.config.name, session = w.session_id, "joined the coordinator");
@@ -687,10 +687,27 @@ impl Node {
     }
 }
 
+/// How a stream that could not be opened (or a member the coordinator would
+/// not take) ends the session: retrying cannot fix a bad name or settings, or
+/// a wrong or missing token; anything else is retried.
+fn join_failed(s: tonic::Status) -> Result<SessionEnd, NodeError> {
+    if matches!(
+        s.code(),
+        Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
+    ) {
+        return Err(NodeError::Refused(s.message().to_string()));
+    }
+    Ok(SessionEnd::Broken(format!(
+        "join refused: {}: {}",
+        s.code(),
+        s.message()
+    )))
+}
+
 /// One open stream.
 struct Session {
     epoch: u64,
-    out: mpsc::Sender<pb::NodeToCoordinator>,
+    out: Outbound,
     /// Credit granted on this stream and not yet used by a job.
     unused_credit: u64,
     /// The coordinator confirmed no more jobs will come.

@@ -81,9 +81,10 @@ struct Args {
     #[arg(long, requires = "metrics_listen")]
     health_check: bool,
     /// Run this many nodes in this one process, named NAME-000, NAME-001, …, each
-    /// on its own stream with its own credit, all over one connection: many small
-    /// nodes on one host (load tests, benchmarks) without a process and a
-    /// connection each. Not with --metrics-listen.
+    /// with its own credit, all over one connection and one group stream whose
+    /// frames carry many nodes' jobs and results: many small nodes on one host
+    /// (load tests, benchmarks) at about the cost of one big node. Not with
+    /// --metrics-listen.
     #[arg(long, env = "SMSMESH_INSTANCES", default_value_t = 1)]
     instances: u32,
     /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317
@@ -95,10 +96,13 @@ struct Args {
 /// Runs `n` nodes made from `config` (named NAME-000 …) until a shutdown signal
 /// has let them all leave; the first error any of them met, if one did.
 async fn run_instances(mut config: Config, n: u32) -> Result<(), smsmesh_node::NodeError> {
-    // One connection for all, a stream each: their frames share the connection's writes.
+    // One connection and one group stream for all: their frames are packed together.
     let endpoint = smsmesh::client::endpoint(&config.coordinator, config.tls.as_ref())
         .map_err(smsmesh_node::NodeError::Config)?;
-    config.shared_channel = Some(endpoint.connect_lazy());
+    config.group = Some(
+        smsmesh_node::group::Group::new(endpoint.connect_lazy(), config.join_token.as_deref())
+            .map_err(smsmesh_node::NodeError::Config)?,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let nodes: Vec<_> = (0..n)
         .map(|i| {

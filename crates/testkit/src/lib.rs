@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use smsmesh::pb;
 use smsmesh::pb::coordinator_client::CoordinatorClient;
+use smsmesh_node::group::Group;
 use smsmesh_node::{Gateway, NodeError, Sending, Simulated, Stats};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -118,6 +119,15 @@ pub struct NodeSpec {
     pub join_token: Option<String>,
     /// TLS to the coordinator.
     pub tls: Option<smsmesh::client::ClientTls>,
+    /// The group stream it shares with other nodes, if any.
+    pub group: Option<Arc<Group>>,
+}
+
+/// A group stream for nodes of this process to share, to the coordinator at
+/// `url` (plaintext), presenting `join_token`; it connects on first use.
+pub fn group(url: &str, join_token: Option<&str>) -> anyhow::Result<Arc<Group>> {
+    let endpoint = smsmesh::client::endpoint(url, None).map_err(anyhow::Error::msg)?;
+    Group::new(endpoint.connect_lazy(), join_token).map_err(anyhow::Error::msg)
 }
 
 impl NodeSpec {
@@ -133,7 +143,14 @@ impl NodeSpec {
             prefetch_max: 0,
             join_token: None,
             tls: None,
+            group: None,
         }
+    }
+
+    /// As a member of `group`, sharing its stream.
+    pub fn group(mut self, group: &Arc<Group>) -> Self {
+        self.group = Some(group.clone());
+        self
     }
 
     /// Presenting this join token.
@@ -216,6 +233,7 @@ impl Node {
         config.prefetch_max = spec.prefetch_max;
         config.join_token = spec.join_token.clone();
         config.tls = spec.tls.clone();
+        config.group = spec.group.clone();
         config.reconnect_min = Duration::from_millis(20);
         config.reconnect_max = Duration::from_millis(500);
         let stats = Arc::new(Stats::default());
