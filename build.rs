@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("smsmesh_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // `Jobs` has a hand-written encoding (src/wire.rs): the coordinator's hot path.
+    tonic_prost_build::configure()
+        .extern_path(".smsmesh.v1.Jobs", "crate::wire::Jobs")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! - [`client`]: reaching the coordinator: plaintext or TLS endpoints, bearer tokens.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint and scrape-time helpers.
 //! - [`telemetry`]: logs, OTLP trace export and W3C trace-context propagation.
+//! - [`wire`]: the hand-written encoding of `Jobs` frames (`pb::Jobs`).
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod sms;
 pub mod synth;
 pub mod telemetry;
+pub mod wire;
 
 pub use error::Error;
 pub use ids::{BatchId, MessageId};

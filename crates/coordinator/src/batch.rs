@@ -233,10 +233,10 @@ impl Batch {
     }
 
     /// The `traceparent` that message `index`'s job carries ("" for untraced ones).
-    pub fn job_traceparent(&self, index: u32) -> String {
+    pub fn job_traceparent(&self, index: u32) -> &str {
         match &self.trace {
-            Some(t) if index.is_multiple_of(t.every) => t.traceparent.clone(),
-            _ => String::new(),
+            Some(t) if index.is_multiple_of(t.every) => &t.traceparent,
+            _ => "",
         }
     }
 
@@ -563,6 +563,22 @@ impl Batch {
             ST_SENT => MessageState::Sent,
             ST_FAILED => MessageState::Failed,
             _ => MessageState::Cancelled,
+        }
+    }
+
+    /// The number and body of message `index`, into `to` and `body`.
+    pub fn content(&self, index: u32, to: &mut String, body: &mut String) {
+        match &self.content {
+            Content::Explicit(msgs) => {
+                let m = &msgs[index as usize];
+                to.clear();
+                to.push_str(&m.to);
+                body.clear();
+                body.push_str(&m.body);
+            }
+            Content::Synthetic { seed, body: fixed } => {
+                smsmesh::synth::message(*seed, index, fixed.as_deref(), to, body);
+            }
         }
     }
 

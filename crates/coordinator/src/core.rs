@@ -187,6 +187,8 @@ pub struct Core {
     acks_ready: bool,
     /// Rotates which node is served first.
     node_cursor: usize,
+    /// Scratch (number, body) of the job being encoded: reused, never reallocated.
+    scratch: (String, String),
     next_session: u64,
     node_names: Vec<String>,
     node_index: FxHashMap<String, u16>,
@@ -231,6 +233,10 @@ impl Core {
             acks_due: false,
             acks_ready: false,
             node_cursor: 0,
+            scratch: (
+                String::with_capacity(32),
+                String::with_capacity(2 * smsmesh::synth::BODY_LEN),
+            ),
             next_session: 1,
             node_names: Vec::new(),
             node_index: FxHashMap::default(),
@@ -985,13 +991,12 @@ impl Core {
         self.node_cursor = (self.node_cursor + 1) % ready.len();
         let others_available = ready.len() > 1;
         let mut broken = Vec::new();
-        let body_cap = smsmesh::synth::BODY_LEN;
         'nodes: for k in 0..ready.len() {
             let sid = ready[(self.node_cursor + k) % ready.len()];
             let session = self.sessions.get_mut(&sid).expect("listed above");
             while session.credit > 0 {
                 let want = (session.credit as usize).min(self.config.max_jobs_per_frame);
-                let mut jobs = Vec::with_capacity(want);
+                let mut jobs = smsmesh::wire::Jobs::with_capacity(want);
                 let n = self.running.len();
                 for step in 0..n {
                     let bid = self.running[(self.batch_cursor + step) % n];
@@ -1001,12 +1006,11 @@ impl Core {
                             break;
                         };
                         let attempt = batch.mark_dispatched(index, session.node);
-                        // Made straight into the job's own strings: no scratch copy.
-                        let (mut to, mut body) =
-                            (String::with_capacity(16), String::with_capacity(body_cap));
-                        batch.message(index, &mut to, &mut body);
+                        // Made in reused scratch strings, encoded straight into the frame.
+                        let (to, body) = &mut self.scratch;
+                        batch.content(index, to, body);
                         session.held.insert((bid, index));
-                        jobs.push(pb::Job {
+                        jobs.push_encoded(&smsmesh::wire::JobRef {
                             batch: bid,
                             index,
                             attempt,
@@ -1033,7 +1037,7 @@ impl Core {
                     continue 'nodes;
                 }
                 let frame = pb::CoordinatorToNode {
-                    update: Some(coordinator_to_node::Update::Jobs(pb::Jobs { jobs })),
+                    update: Some(coordinator_to_node::Update::Jobs(jobs)),
                 };
                 if outbox.send(sid, frame).is_err() {
                     broken.push(sid);
