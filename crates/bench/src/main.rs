@@ -121,15 +121,25 @@ async fn main() -> anyhow::Result<()> {
                     },
                 )
                 .await?;
+                let mut result = format!("{:.0} msg/s", run.msgs_per_sec);
                 let (target, met) = if durable {
                     (
                         "≥ 1,000,000 msg/s".to_string(),
                         run.msgs_per_sec >= 1_000_000.0,
                     )
                 } else {
+                    // Judged against (a) of this invocation: run both to judge it.
+                    let cost = results
+                        .iter()
+                        .find(|r: &&Scenario| r.id == "a")
+                        .map(|a| 1.0 - a.runs[0].msgs_per_sec / run.msgs_per_sec);
+                    match cost {
+                        Some(cost) => result += &format!("; durability costs {:.1}%", cost * 100.0),
+                        None => result += "; run (a) first to judge what durability costs",
+                    }
                     (
-                        "reference for (a): durability costs ≤ 20%".to_string(),
-                        true,
+                        "what durability costs, (a) against (b): ≤ 20%".to_string(),
+                        cost.is_some_and(|c| c <= 0.20),
                     )
                 };
                 Scenario {
@@ -139,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
                         if durable { "durable" } else { "in memory" }
                     ),
                     target,
-                    result: format!("{:.0} msg/s", run.msgs_per_sec),
+                    result,
                     met,
                     runs: vec![run],
                 }
@@ -302,13 +312,6 @@ async fn main() -> anyhow::Result<()> {
             if scenario.met { "met" } else { "NOT met" }
         );
         results.push(scenario);
-    }
-    if let (Some(a), Some(b)) = (
-        results.iter().find(|s| s.id == "a"),
-        results.iter().find(|s| s.id == "b"),
-    ) {
-        let cost = 1.0 - a.runs[0].msgs_per_sec / b.runs[0].msgs_per_sec;
-        println!("durability costs {:.1}% (target ≤ 20%)", cost * 100.0);
     }
     std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)?;
     std::fs::write(&args.markdown, markdown(&results))?;
