@@ -5,6 +5,7 @@ use smsmesh_coordinator::auth::Tenant;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use smsmesh::pb::{self, BatchState, coordinator_to_node, node_to_coordinator};
 use smsmesh::{BatchId, MessageId};
 use smsmesh_coordinator::Config;
@@ -25,6 +26,9 @@ impl Outbox for TestOutbox {
         if self.full.contains(&s) {
             return Err(Unreachable);
         }
+        // Kept as a node would read it: encoded, then decoded.
+        let msg = pb::CoordinatorToNode::decode(msg.encode_to_vec().as_slice())
+            .expect("the reactor's frames decode");
         self.sent.entry(s).or_default().push(msg);
         Ok(())
     }
