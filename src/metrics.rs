@@ -187,6 +187,37 @@ impl Buckets {
         self.counts.iter().sum()
     }
 
+    /// Writes one histogram per label set, as one family.
+    pub fn encode_family<'a, L: EncodeLabelSet + 'a>(
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (L, &'a Buckets)>,
+    ) -> std::fmt::Result {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (labels, b) in series {
+            metric
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    b.sum,
+                    b.count(),
+                    &b.bucket_counts(),
+                    None,
+                )?;
+        }
+        Ok(())
+    }
+
+    /// (upper bound, count) per bucket, the last one unbounded.
+    fn bucket_counts(&self) -> Vec<(f64, u64)> {
+        self.bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts.iter().copied())
+            .collect()
+    }
+
     /// Writes the histogram.
     pub fn encode(
         &self,
@@ -194,13 +225,7 @@ impl Buckets {
         name: &str,
         help: &str,
     ) -> std::fmt::Result {
-        let buckets: Vec<(f64, u64)> = self
-            .bounds
-            .iter()
-            .copied()
-            .chain(std::iter::once(f64::INFINITY))
-            .zip(self.counts.iter().copied())
-            .collect();
+        let buckets = self.bucket_counts();
         encoder
             .encode_descriptor(name, help, None, MetricType::Histogram)?
             .encode_histogram::<prometheus_client::encoding::NoLabelSet>(

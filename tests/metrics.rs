@@ -291,6 +291,8 @@ async fn a_real_prometheus_scrapes_coordinator_and_node() {
             "prom-node",
         ])
         .args(["--metrics-listen", "127.0.0.1:0", "--mean-latency", "1ms"])
+        // Three nodes in the process: one endpoint serves all, a `node` label each.
+        .args(["--instances", "3"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -379,6 +381,15 @@ async fn a_real_prometheus_scrapes_coordinator_and_node() {
     .await
     .unwrap();
     assert_eq!(node_sent, total as f64);
+    // count(smsnode_connected == 1): each of the process's three nodes, connected.
+    let connected = wait_until(LONG, "three nodes' series in Prometheus", || async {
+        query("count(smsnode_connected%20%3D%3D%201)")
+            .await
+            .filter(|v| *v == 3.0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(connected, 3.0);
     // Every expression of the Grafana dashboard is valid PromQL for this Prometheus.
     for expr in dashboard_exprs() {
         let q = url_encode(&expr.replace("$__rate_interval", "1m"));

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use smsmesh_node::metrics::Served;
 use smsmesh_node::{Config, Simulated, Stats};
 
 /// A smsmesh sender node: joins the coordinator and sends the SMS it is given
@@ -83,8 +84,8 @@ struct Args {
     /// Run this many nodes in this one process, named NAME-000, NAME-001, …, each
     /// with its own credit, all over one connection and one group stream whose
     /// frames carry many nodes' jobs and results: many small nodes on one host
-    /// (load tests, benchmarks) at about the cost of one big node. Not with
-    /// --metrics-listen.
+    /// (load tests, benchmarks) at about the cost of one big node. Their
+    /// metrics are served together, each series labelled with its node.
     #[arg(long, env = "SMSMESH_INSTANCES", default_value_t = 1)]
     instances: u32,
     /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317
@@ -93,9 +94,12 @@ struct Args {
     otlp_endpoint: Option<String>,
 }
 
-/// Runs `n` nodes made from `config` (named NAME-000 …) until a shutdown signal
-/// has let them all leave; the first error any of them met, if one did.
-async fn run_instances(mut config: Config, n: u32) -> Result<(), smsmesh_node::NodeError> {
+/// Runs the nodes `served` made from `config` until a shutdown signal has let
+/// them all leave; the first error any of them met, if one did.
+async fn run_instances(
+    mut config: Config,
+    served: Vec<Served>,
+) -> Result<(), smsmesh_node::NodeError> {
     // One connection and one group stream for all: their frames are packed together.
     let endpoint = smsmesh::client::endpoint(&config.coordinator, config.tls.as_ref())
         .map_err(smsmesh_node::NodeError::Config)?;
@@ -104,18 +108,15 @@ async fn run_instances(mut config: Config, n: u32) -> Result<(), smsmesh_node::N
             .map_err(smsmesh_node::NodeError::Config)?,
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let nodes: Vec<_> = (0..n)
-        .map(|i| {
+    let nodes: Vec<_> = served
+        .into_iter()
+        .map(|node| {
             let mut config = config.clone();
-            config.name = format!("{}-{i:03}", config.name);
+            config.name = node.name;
             let mut stop = stop_rx.clone();
-            tokio::spawn(smsmesh_node::run(
-                config,
-                Arc::new(Stats::default()),
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            ))
+            tokio::spawn(smsmesh_node::run(config, node.stats, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
         })
         .collect();
     let all = futures::future::join_all(nodes);
@@ -226,10 +227,6 @@ async fn node_main(args: Args) -> ExitCode {
         );
         return ExitCode::from(64);
     }
-    if args.instances > 1 && args.metrics_listen.is_some() {
-        eprintln!("smsnode: --metrics-listen serves one node: it cannot go with --instances > 1");
-        return ExitCode::from(64);
-    }
     let gateway = Arc::new(Simulated {
         mean_latency: args.mean_latency,
         failure_rate: args.failure_rate,
@@ -272,7 +269,22 @@ async fn node_main(args: Args) -> ExitCode {
         None => ceiling.max(config.prefetch),
     };
     config.reconnect_max = args.reconnect_max;
-    let stats = Arc::new(Stats::default());
+    // The nodes of this process: one, or --instances named NAME-000 ….
+    let served: Vec<Served> = if args.instances == 1 {
+        vec![Served {
+            name: config.name.clone(),
+            concurrency: config.concurrency,
+            stats: Arc::new(Stats::default()),
+        }]
+    } else {
+        (0..args.instances)
+            .map(|i| Served {
+                name: format!("{}-{i:03}", config.name),
+                concurrency: config.concurrency,
+                stats: Arc::new(Stats::default()),
+            })
+            .collect()
+    };
     let mut _metrics = None;
     if let Some(addr) = args.metrics_listen {
         let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -285,17 +297,19 @@ async fn node_main(args: Args) -> ExitCode {
         if let Ok(addr) = listener.local_addr() {
             println!("smsnode metrics on {addr}"); // scripts and tests read it (port 0)
         }
-        let registry =
-            smsmesh_node::metrics::registry(&config.name, config.concurrency, stats.clone());
-        let stats = stats.clone();
+        let registry = smsmesh_node::metrics::registry_of(served.clone());
+        let all: Vec<Arc<Stats>> = served.iter().map(|n| n.stats.clone()).collect();
+        // Healthy while every node of the process is connected.
         _metrics = Some(smsmesh::metrics::spawn(listener, registry, move || {
-            stats.connected.load(std::sync::atomic::Ordering::Relaxed)
+            all.iter()
+                .all(|s| s.connected.load(std::sync::atomic::Ordering::Relaxed))
         }));
     }
     let result = if args.instances == 1 {
+        let stats = served[0].stats.clone();
         smsmesh_node::run(config, stats, smsmesh::cli::shutdown_signal()).await
     } else {
-        run_instances(config, args.instances).await
+        run_instances(config, served).await
     };
     telemetry.shutdown().await;
     match result {

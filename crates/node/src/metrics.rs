@@ -8,107 +8,175 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use smsmesh::metrics::{counter, family, gauge};
+use smsmesh::metrics::{Buckets, family};
 
 use crate::Stats;
 
-/// Reads a node's [`Stats`] at scrape time.
-#[derive(Debug)]
-struct NodeCollector {
-    stats: Arc<Stats>,
-    concurrency: u32,
+/// One node whose metrics a registry serves.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// Its name: the `node` label of its series.
+    pub name: String,
+    /// Its most gateway sends at once.
+    pub concurrency: u32,
+    /// What it counts as it works.
+    pub stats: Arc<Stats>,
 }
 
-/// A registry of the node's metrics. Every series carries the node's name
+/// Reads the [`Stats`] of the nodes of a process at scrape time.
+#[derive(Debug)]
+struct NodeCollector {
+    nodes: Vec<Served>,
+}
+
+/// A registry of one node's metrics. Every series carries the node's name
 /// as the `node` label, as the coordinator's per-node metrics do.
 pub fn registry(name: &str, concurrency: u32, stats: Arc<Stats>) -> Registry {
-    let mut registry =
-        Registry::with_labels([("node".into(), name.to_string().into())].into_iter());
-    registry.register_collector(Box::new(NodeCollector { stats, concurrency }));
+    registry_of(vec![Served {
+        name: name.to_string(),
+        concurrency,
+        stats,
+    }])
+}
+
+/// A registry of the metrics of every node of the process (`--instances`):
+/// one family per metric, one series per node, told apart by the `node` label.
+pub fn registry_of(nodes: Vec<Served>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(NodeCollector { nodes }));
     registry
+}
+
+impl NodeCollector {
+    /// One series per node of `value(stats)`, as a family of `M`.
+    fn each<'a, M: prometheus_client::encoding::EncodeMetric + 'a>(
+        &'a self,
+        value: impl Fn(&Served) -> M + 'a,
+    ) -> impl Iterator<Item = ([(&'static str, &'a str); 1], M)> + 'a {
+        self.nodes
+            .iter()
+            .map(move |n| ([("node", n.name.as_str())], value(n)))
+    }
 }
 
 impl Collector for NodeCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let s = &self.stats;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let e = &mut e;
+        let counter =
+            |e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: &dyn Fn(&Stats) -> u64| {
+                family(
+                    e,
+                    name,
+                    help,
+                    MetricType::Counter,
+                    self.each(|n| ConstCounter::new(v(&n.stats))),
+                )
+            };
+        let gauge =
+            |e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: &dyn Fn(&Served) -> i64| {
+                family(
+                    e,
+                    name,
+                    help,
+                    MetricType::Gauge,
+                    self.each(|n| ConstGauge::new(v(n))),
+                )
+            };
         counter(
             e,
             "smsnode_jobs_received",
             "Jobs received from the coordinator.",
-            get(&s.jobs),
+            &|s| get(&s.jobs),
         )?;
         family(
             e,
             "smsnode_attempts",
             "Gateway send attempts, by outcome.",
             MetricType::Counter,
-            [
-                ([("outcome", "sent")], ConstCounter::new(get(&s.sent))),
-                ([("outcome", "failed")], ConstCounter::new(get(&s.failed))),
-            ],
+            self.nodes.iter().flat_map(|n| {
+                [
+                    (
+                        [("node", n.name.as_str()), ("outcome", "sent")],
+                        get(&n.stats.sent),
+                    ),
+                    (
+                        [("node", n.name.as_str()), ("outcome", "failed")],
+                        get(&n.stats.failed),
+                    ),
+                ]
+                .map(|(l, v)| (l, ConstCounter::new(v)))
+            }),
         )?;
         gauge(
             e,
             "smsnode_in_flight",
             "Jobs held now (sending and prefetched).",
-            get(&s.in_flight) as i64,
+            &|n| get(&n.stats.in_flight) as i64,
         )?;
         gauge(
             e,
             "smsnode_connected",
             "1 while a stream to the coordinator is open.",
-            i64::from(s.connected.load(Ordering::Relaxed)),
+            &|n| i64::from(n.stats.connected.load(Ordering::Relaxed)),
         )?;
         gauge(
             e,
             "smsnode_concurrency",
             "Most gateway sends at once.",
-            i64::from(self.concurrency),
+            &|n| i64::from(n.concurrency),
         )?;
         gauge(
             e,
             "smsnode_prefetch",
             "Jobs kept ready beyond the send slots now (sized to the coordinator round trip).",
-            get(&s.prefetch) as i64,
+            &|n| get(&n.stats.prefetch) as i64,
         )?;
         counter(
             e,
             "smsnode_credits_granted",
             "Credits granted to the coordinator.",
-            get(&s.credits_granted),
+            &|s| get(&s.credits_granted),
         )?;
         counter(
             e,
             "smsnode_streams",
             "Streams to the coordinator opened (1 + reconnects).",
-            get(&s.sessions),
+            &|s| get(&s.sessions),
         )?;
         counter(
             e,
             "smsnode_reconnects",
             "Streams opened after the first.",
-            get(&s.sessions).saturating_sub(1),
+            &|s| get(&s.sessions).saturating_sub(1),
         )?;
         counter(
             e,
             "smsnode_results_handed_in",
             "Results handed in on a later stream than their job came on.",
-            get(&s.handed_in),
+            &|s| get(&s.handed_in),
         )?;
         counter(
             e,
             "smsnode_jobs_over_credit",
             "Jobs received beyond the credit granted (a coordinator bug if not zero).",
-            get(&s.over_credit),
+            &|s| get(&s.over_credit),
         )?;
-        let latency = s.latency.0.lock().expect("metrics lock").clone();
-        latency.encode(
+        let latency: Vec<Buckets> = self
+            .nodes
+            .iter()
+            .map(|n| n.stats.latency.0.lock().expect("metrics lock").clone())
+            .collect();
+        Buckets::encode_family(
             e,
             "smsnode_send_latency_seconds",
             "Gateway latency of each attempt.",
+            self.nodes
+                .iter()
+                .zip(&latency)
+                .map(|(n, b)| ([("node", n.name.as_str())], b)),
         )
     }
 }
