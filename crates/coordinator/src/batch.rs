@@ -584,19 +584,10 @@ impl Batch {
 
     /// The number, body and client reference of message `index`.
     pub fn message(&self, index: u32, to: &mut String, body: &mut String) -> Option<String> {
+        self.content(index, to, body);
         match &self.content {
-            Content::Explicit(msgs) => {
-                let m = &msgs[index as usize];
-                to.clear();
-                to.push_str(&m.to);
-                body.clear();
-                body.push_str(&m.body);
-                Some(m.client_ref.clone())
-            }
-            Content::Synthetic { seed, body: fixed } => {
-                smsmesh::synth::message(*seed, index, fixed.as_deref(), to, body);
-                None
-            }
+            Content::Explicit(msgs) => Some(msgs[index as usize].client_ref.clone()),
+            Content::Synthetic { .. } => None,
         }
     }
 }
