@@ -3,6 +3,8 @@
 //! frame's bytes as it takes the job, with no `Job` value, no `String` per
 //! field and no second pass to size the frame. On the wire it is the
 //! generated message's exact encoding; decoded, its jobs are in `jobs`.
+//!
+//! Also [`packed`], which packs the member frames of a group stream.
 
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
@@ -146,6 +148,55 @@ impl prost::Message for Jobs {
     }
 }
 
+/// Most member frames in one group frame.
+pub const MEMBER_FRAMES_PER_GROUP_FRAME: usize = 64;
+
+/// About the most bytes of member frames in one group frame: a member frame
+/// that alone is larger goes alone.
+pub const GROUP_FRAME_BYTES: usize = 4 << 20;
+
+/// The frames queued in `rx`, packed by `pack` into group frames: whatever is
+/// queued when the stream asks for its next frame, up to
+/// [`MEMBER_FRAMES_PER_GROUP_FRAME`] frames and about [`GROUP_FRAME_BYTES`].
+/// Ends when every sender is gone and the queue is empty.
+pub fn packed<T: prost::Message, G>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+    mut pack: impl FnMut(Vec<T>) -> G,
+) -> impl futures::Stream<Item = G> {
+    // A frame that did not fit the last group opens the next one.
+    let mut carried: Option<T> = None;
+    futures::stream::poll_fn(move |cx| {
+        let mut frames = Vec::new();
+        let mut bytes = 0;
+        if let Some(first) = carried.take() {
+            bytes += first.encoded_len();
+            frames.push(first);
+        }
+        while frames.len() < MEMBER_FRAMES_PER_GROUP_FRAME {
+            match rx.poll_recv(cx) {
+                std::task::Poll::Ready(Some(frame)) => {
+                    let len = frame.encoded_len();
+                    if !frames.is_empty() && bytes + len > GROUP_FRAME_BYTES {
+                        carried = Some(frame);
+                        break;
+                    }
+                    bytes += len;
+                    frames.push(frame);
+                }
+                std::task::Poll::Ready(None) if frames.is_empty() => {
+                    return std::task::Poll::Ready(None);
+                }
+                std::task::Poll::Ready(None) | std::task::Poll::Pending => break,
+            }
+        }
+        if frames.is_empty() {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(Some(pack(frames)))
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +250,48 @@ mod tests {
         let decoded = Jobs::decode(expected.as_slice()).unwrap();
         assert_eq!(decoded.jobs, all);
         assert_eq!(decoded.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn group_frames_are_bounded_by_count_and_by_bytes() {
+        use futures::StreamExt;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::Job>();
+        let mut groups = Box::pin(packed(rx, |frames| frames));
+        let small = |i: u32| pb::Job {
+            index: i,
+            ..Default::default()
+        };
+        // 100 small frames queued: 64, then 36.
+        for i in 0..100 {
+            tx.send(small(i)).unwrap();
+        }
+        assert_eq!(groups.next().await.unwrap().len(), 64);
+        assert_eq!(groups.next().await.unwrap().len(), 36);
+        // Frames of 1.5 MiB: two to a group (not three, 4.5 MiB), in order.
+        let big = |i: u32| pb::Job {
+            index: i,
+            body: "x".repeat(3 << 19),
+            ..Default::default()
+        };
+        for i in 0..5 {
+            tx.send(big(i)).unwrap();
+        }
+        // One larger than the limit goes alone.
+        tx.send(pb::Job {
+            index: 5,
+            body: "y".repeat(5 << 20),
+            ..Default::default()
+        })
+        .unwrap();
+        tx.send(small(6)).unwrap();
+        drop(tx);
+        let mut sizes = Vec::new();
+        let mut order = Vec::new();
+        while let Some(g) = groups.next().await {
+            sizes.push(g.len());
+            order.extend(g.iter().map(|j| j.index));
+        }
+        assert_eq!(sizes, [2, 2, 1, 1, 1]);
+        assert_eq!(order, [0, 1, 2, 3, 4, 5, 6]);
     }
 }

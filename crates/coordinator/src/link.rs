@@ -12,12 +12,11 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use rustc_hash::FxHashMap;
 use smsmesh::Error;
 use smsmesh::pb::{self, node_to_coordinator};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use smsmesh::client::JOIN_TOKEN_METADATA;
@@ -100,9 +99,7 @@ impl pb::node_link_server::NodeLink for NodeLinkService {
             rate: f64::from(self.max_frames_per_sec.max(1)),
         };
         tokio::spawn(reader.run(inbound));
-        let frames = UnboundedReceiverStream::new(rx)
-            .ready_chunks(MEMBER_FRAMES_PER_GROUP_FRAME)
-            .map(|frames| Ok(pb::GroupDown { frames }));
+        let frames = smsmesh::wire::packed(rx, |frames| Ok(pb::GroupDown { frames }));
         Ok(Response::new(Box::pin(frames)))
     }
 
@@ -174,9 +171,6 @@ impl pb::node_link_server::NodeLink for NodeLinkService {
 /// The outbound side of a `JoinGroup` stream.
 pub type GroupDownStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::GroupDown, Status>> + Send>>;
-
-/// Most member frames packed into one group frame, each way.
-pub const MEMBER_FRAMES_PER_GROUP_FRAME: usize = 64;
 
 /// Most members live at once on one group stream.
 pub const MAX_MEMBERS_PER_GROUP: usize = 10_000;

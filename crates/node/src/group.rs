@@ -11,15 +11,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
 use rustc_hash::FxHashMap;
 use smsmesh::pb;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Code, Status};
-
-/// Most member frames packed into one group frame.
-const MEMBER_FRAMES_PER_GROUP_FRAME: usize = 64;
 
 type MemberTx = mpsc::UnboundedSender<Result<pb::CoordinatorToNode, Status>>;
 
@@ -103,9 +98,7 @@ impl Group {
 
     async fn open(&self) -> Result<Live, Status> {
         let (up, up_rx) = mpsc::unbounded_channel();
-        let frames = UnboundedReceiverStream::new(up_rx)
-            .ready_chunks(MEMBER_FRAMES_PER_GROUP_FRAME)
-            .map(|frames| pb::GroupUp { frames });
+        let frames = smsmesh::wire::packed(up_rx, |frames| pb::GroupUp { frames });
         let mut request = tonic::Request::new(frames);
         if let Some(token) = &self.join_token {
             request
