@@ -9,7 +9,8 @@ use std::time::Duration;
 use smsmesh::pb::{self, BatchState};
 use smsmesh_node::NodeError;
 use smsmesh_testkit::{
-    CoordinatorConfig, Mesh, NodeSpec, Proc, Recorder, group, synthetic, wait_ended, wait_until,
+    CoordinatorConfig, Mesh, NodeSpec, Proc, Recorder, group, submit, synthetic, wait_ended,
+    wait_until,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -17,15 +18,6 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 const LONG: Duration = Duration::from_secs(60);
 
 type Client = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
-
-async fn submit(client: &mut Client, req: pb::SubmitBatchRequest) -> String {
-    client
-        .submit_batch(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .batch_id
-}
 
 /// Nodes connected, as the coordinator reports them.
 async fn nodes_connected(client: &mut Client) -> u32 {

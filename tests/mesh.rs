@@ -7,25 +7,14 @@ use std::time::Duration;
 
 use smsmesh::pb::{self, BatchState, MessageState};
 use smsmesh_testkit::{
-    CoordinatorConfig, Mesh, NodeSpec, Recorder, batch_status, synthetic, wait_ended, wait_until,
+    CoordinatorConfig, Mesh, NodeSpec, Recorder, batch_status, submit, synthetic, wait_ended,
+    wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-async fn submit(
-    client: &mut pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
-    req: pb::SubmitBatchRequest,
-) -> String {
-    client
-        .submit_batch(req)
-        .await
-        .expect("submit")
-        .into_inner()
-        .batch_id
 }
 
 async fn message_status(

@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use smsmesh::pb;
-use smsmesh_testkit::{Proc, bin, listening_addr, wait_ended, wait_until};
+use smsmesh_testkit::{Proc, bin, listening_addr, submit, wait_ended, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -156,15 +156,6 @@ type Client = pb::coordinator_client::CoordinatorClient<tonic::transport::Channe
 
 async fn connect(addr: SocketAddr) -> Client {
     Client::connect(format!("http://{addr}")).await.unwrap()
-}
-
-async fn submit(client: &mut Client, req: pb::SubmitBatchRequest) -> String {
-    client
-        .submit_batch(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .batch_id
 }
 
 fn messages(n: usize) -> Vec<pb::SmsMessage> {

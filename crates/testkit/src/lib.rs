@@ -399,6 +399,19 @@ pub async fn wait_ended(
     .await
 }
 
+/// Submits `req` and returns the new batch's id (panics on an error).
+pub async fn submit(
+    client: &mut CoordinatorClient<Channel>,
+    req: pb::SubmitBatchRequest,
+) -> String {
+    client
+        .submit_batch(req)
+        .await
+        .expect("submit")
+        .into_inner()
+        .batch_id
+}
+
 /// A synthetic batch request of `count` messages.
 pub fn synthetic(count: u64, seed: u64) -> pb::SubmitBatchRequest {
     pb::SubmitBatchRequest {
