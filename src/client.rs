@@ -98,6 +98,20 @@ pub fn endpoint(url: &str, tls: Option<&ClientTls>) -> Result<Endpoint, String> 
     }
 }
 
+/// A node join token as metadata (`JOIN_TOKEN_METADATA`), if it is one.
+pub fn join_token_value(token: &str) -> Result<tonic::metadata::AsciiMetadataValue, String> {
+    token
+        .parse()
+        .map_err(|_| "the join token has characters not allowed in metadata".to_string())
+}
+
+/// Adds a node join token to a request.
+pub fn join_token<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), String> {
+    let value = join_token_value(token)?;
+    request.metadata_mut().insert(JOIN_TOKEN_METADATA, value);
+    Ok(())
+}
+
 /// Adds `authorization: Bearer <token>` to a request.
 pub fn bearer<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), String> {
     let value = format!("Bearer {token}")

@@ -57,7 +57,7 @@ struct Setup {
 }
 
 /// What one run measured.
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Default)]
 struct Run {
     messages: u64,
     nodes: usize,
@@ -137,12 +137,18 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
                 let rates = |runs: &[Run]| runs.iter().map(|r| r.msgs_per_sec).collect::<Vec<_>>();
-                let listed = |v: &[f64], unit: &str| {
+                let listed = |v: &[f64]| {
                     v.iter()
-                        .map(|x| format!("{x:.0}{unit}"))
+                        .map(|x| format!("{x:.0}"))
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
+                // Each durable run against the in-memory run next to it.
+                let costs: Vec<f64> = durable
+                    .iter()
+                    .zip(&memory)
+                    .map(|(a, b)| 100.0 * (1.0 - a.msgs_per_sec / b.msgs_per_sec))
+                    .collect();
                 if !durable.is_empty() {
                     let median_a = median(&rates(&durable));
                     let scenario = Scenario {
@@ -152,26 +158,20 @@ async fn main() -> anyhow::Result<()> {
                         result: format!(
                             "median {median_a:.0} msg/s of {} runs ({})",
                             durable.len(),
-                            listed(&rates(&durable), "")
+                            listed(&rates(&durable))
                         ),
                         met: median_a >= 1_000_000.0,
-                        runs: durable.clone(),
+                        runs: durable,
                     };
                     report(&scenario);
                     results.push(scenario);
                 }
                 if !memory.is_empty() {
                     let median_b = median(&rates(&memory));
-                    // Each durable run against the in-memory run next to it.
-                    let costs: Vec<f64> = durable
-                        .iter()
-                        .zip(&memory)
-                        .map(|(a, b)| 100.0 * (1.0 - a.msgs_per_sec / b.msgs_per_sec))
-                        .collect();
                     let mut result = format!(
                         "median {median_b:.0} msg/s of {} runs ({})",
                         memory.len(),
-                        listed(&rates(&memory), "")
+                        listed(&rates(&memory))
                     );
                     if costs.is_empty() {
                         result += "; run (a) too to judge what durability costs";

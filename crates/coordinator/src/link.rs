@@ -23,7 +23,7 @@ use smsmesh::client::JOIN_TOKEN_METADATA;
 
 use crate::auth::TokenBucket;
 use crate::core::SessionId;
-use crate::reactor::{Handle, NodeTx};
+use crate::reactor::{Handle, NodeTx, member_closed};
 
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,17 +141,13 @@ impl pb::node_link_server::NodeLink for NodeLinkService {
         let core = self.core.clone();
         let rate = f64::from(self.max_frames_per_sec.max(1));
         tokio::spawn(async move {
-            // At most `rate` frames a second, sustained, with bursts of twice that.
-            let mut frames = TokenBucket::new(rate, (2.0 * rate) as u64, std::time::Instant::now());
+            let mut frames = frame_limit(rate);
             // Reader of this node's stream: lives as long as the stream.
             let reason = loop {
                 match inbound.message().await {
                     Ok(Some(msg)) => {
                         if frames.take(1, std::time::Instant::now()).is_err() {
-                            let status = Status::resource_exhausted(format!(
-                                "more than {rate} frames a second from this node (--node-max-frames-per-sec)"
-                            ));
-                            core.refuse_node(sid, status).await;
+                            core.refuse_node(sid, too_many_frames(rate)).await;
                             return;
                         }
                         if !core.node_message(sid, msg).await {
@@ -166,6 +162,19 @@ impl pb::node_link_server::NodeLink for NodeLinkService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// A node's frame limit: at most `rate` frames a second, sustained, with
+/// bursts of twice that (`--node-max-frames-per-sec`).
+fn frame_limit(rate: f64) -> TokenBucket {
+    TokenBucket::new(rate, (2.0 * rate) as u64, std::time::Instant::now())
+}
+
+/// Why a node that broke its frame limit is dropped.
+fn too_many_frames(rate: f64) -> Status {
+    Status::resource_exhausted(format!(
+        "more than {rate} frames a second from this node (--node-max-frames-per-sec)"
+    ))
 }
 
 /// The outbound side of a `JoinGroup` stream.
@@ -210,16 +219,14 @@ impl GroupReader {
         }
     }
 
-    /// Ends member `member` with `status` (it never joined, or broke a limit here).
+    /// Ends member `member` with `status` (it never joined).
     fn close(&self, member: u32, status: &Status) {
-        let _ = self.tx.send(pb::MemberDown {
-            member,
-            frame: None,
-            closed: Some(pb::MemberClosed {
-                code: status.code() as i32,
-                message: status.message().to_string(),
-            }),
-        });
+        let _ = self.tx.send(member_closed(member, Some(status)));
+    }
+
+    /// Hands the frames gathered so far to the reactor; false if it is gone.
+    async fn flush(&self, batch: &mut Vec<(SessionId, pb::NodeToCoordinator)>) -> bool {
+        batch.is_empty() || self.core.node_messages(std::mem::take(batch)).await
     }
 
     /// Handles the member frames of one group frame; false if the reactor is gone.
@@ -236,7 +243,7 @@ impl GroupReader {
                     continue;
                 }
                 // Frames before this one reach the reactor first.
-                if !batch.is_empty() && !self.core.node_messages(std::mem::take(&mut batch)).await {
+                if !self.flush(&mut batch).await {
                     return false;
                 }
                 self.join(up).await;
@@ -245,7 +252,7 @@ impl GroupReader {
             if up.left {
                 let sid = member.sid;
                 self.members.remove(&up.member);
-                if !batch.is_empty() && !self.core.node_messages(std::mem::take(&mut batch)).await {
+                if !self.flush(&mut batch).await {
                     return false;
                 }
                 self.core
@@ -254,20 +261,16 @@ impl GroupReader {
                 continue;
             }
             if member.frames.take(1, now).is_err() {
-                let status = Status::resource_exhausted(format!(
-                    "more than {} frames a second from this node (--node-max-frames-per-sec)",
-                    self.rate
-                ));
                 let sid = member.sid;
                 self.members.remove(&up.member);
-                self.core.refuse_node(sid, status).await;
+                self.core.refuse_node(sid, too_many_frames(self.rate)).await;
                 continue;
             }
             if let Some(frame) = up.frame {
                 batch.push((member.sid, frame));
             }
         }
-        batch.is_empty() || self.core.node_messages(batch).await
+        self.flush(&mut batch).await
     }
 
     /// A new member: its first frame must be Hello.
@@ -294,11 +297,7 @@ impl GroupReader {
         match self.core.join(hello, tx).await {
             Ok(sid) => {
                 tracing::debug!(node = %name, member = up.member, session = sid.0, "group member joined");
-                let frames = TokenBucket::new(
-                    self.rate,
-                    (2.0 * self.rate) as u64,
-                    std::time::Instant::now(),
-                );
+                let frames = frame_limit(self.rate);
                 self.members.insert(up.member, Member { sid, frames });
             }
             Err(e) => self.close(up.member, &Status::from(e)),

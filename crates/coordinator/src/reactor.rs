@@ -55,16 +55,22 @@ impl NodeTx {
                 }
             }
             NodeTx::Member { group, member } => {
-                let (code, message) = status
-                    .map(|s| (s.code() as i32, s.message().to_string()))
-                    .unwrap_or_default();
-                let _ = group.send(pb::MemberDown {
-                    member,
-                    frame: None,
-                    closed: Some(pb::MemberClosed { code, message }),
-                });
+                let _ = group.send(member_closed(member, status.as_ref()));
             }
         }
+    }
+}
+
+/// The frame that ends member `member` of a group stream, with `status` if it
+/// is an error (code 0 otherwise), as its own `Join` stream would end.
+pub fn member_closed(member: u32, status: Option<&Status>) -> pb::MemberDown {
+    let (code, message) = status
+        .map(|s| (s.code() as i32, s.message().to_string()))
+        .unwrap_or_default();
+    pb::MemberDown {
+        member,
+        frame: None,
+        closed: Some(pb::MemberClosed { code, message }),
     }
 }
 

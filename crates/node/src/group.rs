@@ -56,10 +56,7 @@ impl Group {
         join_token: Option<&str>,
     ) -> Result<Arc<Self>, String> {
         let join_token = join_token
-            .map(|t| {
-                t.parse()
-                    .map_err(|_| "the join token has characters not allowed in metadata")
-            })
+            .map(smsmesh::client::join_token_value)
             .transpose()?;
         Ok(Arc::new(Group {
             channel,

@@ -498,13 +498,7 @@ impl Node {
                 let _ = out.send(hello).await;
                 let mut join = tonic::Request::new(ReceiverStream::new(out_rx));
                 if let Some(token) = &self.config.join_token {
-                    let value = token.parse().map_err(|_| {
-                        NodeError::Config(
-                            "the join token has characters not allowed in metadata".into(),
-                        )
-                    })?;
-                    join.metadata_mut()
-                        .insert(smsmesh::client::JOIN_TOKEN_METADATA, value);
+                    smsmesh::client::join_token(&mut join, token).map_err(NodeError::Config)?;
                 }
                 match client.join(join).await {
                     Ok(r) => (Outbound::Own(out), Inbound::Own(Box::new(r.into_inner()))),

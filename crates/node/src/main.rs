@@ -270,21 +270,16 @@ async fn node_main(args: Args) -> ExitCode {
     };
     config.reconnect_max = args.reconnect_max;
     // The nodes of this process: one, or --instances named NAME-000 ….
-    let served: Vec<Served> = if args.instances == 1 {
-        vec![Served {
-            name: config.name.clone(),
+    let served: Vec<Served> = (0..args.instances)
+        .map(|i| Served {
+            name: match args.instances {
+                1 => config.name.clone(),
+                _ => format!("{}-{i:03}", config.name),
+            },
             concurrency: config.concurrency,
             stats: Arc::new(Stats::default()),
-        }]
-    } else {
-        (0..args.instances)
-            .map(|i| Served {
-                name: format!("{}-{i:03}", config.name),
-                concurrency: config.concurrency,
-                stats: Arc::new(Stats::default()),
-            })
-            .collect()
-    };
+        })
+        .collect();
     let mut _metrics = None;
     if let Some(addr) = args.metrics_listen {
         let listener = match tokio::net::TcpListener::bind(addr).await {
