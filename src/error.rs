@@ -17,6 +17,9 @@ pub enum Error {
     /// The request is valid but not in the current state (e.g. a protocol step out of order).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The operation was ended by a conflicting one (e.g. a stream replaced by a newer one).
+    #[error("{0}")]
+    Aborted(String),
     /// A name or id already in use.
     #[error("{0}")]
     AlreadyExists(String),
@@ -43,6 +46,7 @@ impl Error {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Aborted(_) => Code::Aborted,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,

@@ -15,6 +15,8 @@ use rustc_hash::FxHashMap;
 use smsmesh::BatchId;
 use smsmesh::pb::{self, BatchState, MessageState};
 
+use crate::store::FinalState;
+
 /// What the messages of a batch are.
 #[derive(Debug)]
 pub enum Content {
@@ -60,6 +62,23 @@ pub const ST_RESUMED: u8 = 6;
 /// Whether a slot state is final.
 pub fn is_final(state: u8) -> bool {
     matches!(state, ST_SENT | ST_FAILED | ST_CANCELLED)
+}
+
+/// The stored form of a slot state that is stored (sent or failed).
+pub fn to_stored(state: u8) -> Option<FinalState> {
+    match state {
+        ST_SENT => Some(FinalState::Sent),
+        ST_FAILED => Some(FinalState::Failed),
+        _ => None,
+    }
+}
+
+/// The slot state of a stored final state.
+fn from_stored(state: FinalState) -> u8 {
+    match state {
+        FinalState::Sent => ST_SENT,
+        FinalState::Failed => ST_FAILED,
+    }
 }
 
 /// Whether a message in this state waits for dispatch.
@@ -243,6 +262,11 @@ impl Batch {
     /// Whether the batch may still dispatch.
     pub fn is_running(&self) -> bool {
         self.state == BatchState::Running
+    }
+
+    /// Whether the batch was cancelled (it may still have jobs out).
+    pub fn is_cancelled(&self) -> bool {
+        !self.is_running() && self.state != BatchState::Completed
     }
 
     /// Whether the batch has ended (completed or cancelled).
@@ -472,25 +496,53 @@ impl Batch {
     }
 
     /// Restores a message's final outcome from the store.
-    pub fn restore(&mut self, index: u32, state: u8, attempts: u8, node: u16, error: Option<&str>) {
+    pub fn restore(
+        &mut self,
+        index: u32,
+        state: FinalState,
+        attempts: u8,
+        node: u16,
+        error: Option<&str>,
+    ) {
         let slot = &mut self.slots[index as usize];
-        slot.state = state;
+        slot.state = from_stored(state);
         slot.attempts = attempts;
         slot.node = node;
         match state {
-            ST_SENT => {
+            FinalState::Sent => {
                 self.counts.sent += 1;
                 if let Some(n) = node.checked_sub(1) {
                     self.share(n).sent += 1;
                 }
             }
-            ST_FAILED => {
+            FinalState::Failed => {
                 self.counts.failed += 1;
                 self.slots[index as usize].failures = attempts;
                 self.set_error(index, error.unwrap_or_default());
             }
-            _ => {}
         }
+    }
+
+    /// After a restart: every unfinished message below `dispatched` (the stored
+    /// reservation) may have been sent before the crash. Each goes out again with
+    /// a higher attempt number (counted as re-sent then), but only from `until`,
+    /// so that reconnecting nodes can hand in what they finished first. Returns
+    /// how many messages wait so.
+    pub fn resume(&mut self, dispatched: u32, until: Instant) -> usize {
+        let dispatched = dispatched.min(self.counts.total as u32);
+        for index in 0..dispatched {
+            let slot = &mut self.slots[index as usize];
+            if !is_final(slot.state) {
+                slot.state = ST_RESUMED;
+                slot.attempts = slot.attempts.max(1);
+                self.resumed.push(index);
+            }
+        }
+        self.next_fresh = dispatched;
+        if !self.resumed.is_empty() {
+            self.resume_at = Some(until);
+        }
+        self.resumed.len()
     }
 
     pub(crate) fn set_error(&mut self, index: u32, error: &str) {

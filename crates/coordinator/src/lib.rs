@@ -5,11 +5,12 @@
 //! - [`config`]: what can be tuned, with defaults.
 //! - [`auth`]: client JWTs and tenants, node join tokens, per-tenant limits.
 //! - [`batch`]: one batch's per-message state, queues and statistics.
-//! - [`core`]: the reactor's state and its `on_*` event functions; dispatch.
+//! - [`core`]: the scheduling state and its `on_*` event functions, with no I/O.
 //! - [`reactor`]: the task that owns the core, and the [`reactor::Handle`] to it.
 //! - [`api`]: the client-facing `Coordinator` gRPC service and request validation.
-//! - [`link`]: the `NodeLink` gRPC service, one bidirectional stream per node.
-//! - [`store`]: the embedded durable store (redb) and its group-commit writer.
+//! - [`link`]: the `NodeLink` gRPC service: a stream per node, or one for many.
+//! - [`node_tx`]: where the core's frames to a node go, on either kind of stream.
+//! - [`store`]: the embedded durable store (redb), its formats and its group-commit writer.
 //! - [`metrics`]: the Prometheus metrics, read from the reactor's snapshots.
 //! - [`server`]: everything served together on one listener ([`run`]), and
 //!   `/metrics` on another ([`run_with_metrics`]).
@@ -22,6 +23,7 @@ pub mod config;
 pub mod core;
 pub mod link;
 pub mod metrics;
+pub mod node_tx;
 pub mod reactor;
 pub mod server;
 pub mod store;

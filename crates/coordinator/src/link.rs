@@ -23,7 +23,8 @@ use smsmesh::client::JOIN_TOKEN_METADATA;
 
 use crate::auth::TokenBucket;
 use crate::core::SessionId;
-use crate::reactor::{Handle, NodeTx, member_closed};
+use crate::node_tx::{NodeTx, member_closed};
+use crate::reactor::Handle;
 
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -171,8 +172,8 @@ fn frame_limit(rate: f64) -> TokenBucket {
 }
 
 /// Why a node that broke its frame limit is dropped.
-fn too_many_frames(rate: f64) -> Status {
-    Status::resource_exhausted(format!(
+fn too_many_frames(rate: f64) -> Error {
+    Error::ResourceExhausted(format!(
         "more than {rate} frames a second from this node (--node-max-frames-per-sec)"
     ))
 }

@@ -2,77 +2,23 @@
 //!
 //! gRPC handlers turn a request into an [`Event`] with a `oneshot` for the
 //! reply; node reader tasks turn frames into events. The loop drains what is
-//! queued, then dispatches once, acks once and publishes progress when due.
+//! queued, then dispatches once, hands a group of writes to the store when
+//! due, and publishes progress when due. This module holds no state of its
+//! own beyond when to do each of those.
 
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustc_hash::FxHashMap;
 use smsmesh::pb;
 use smsmesh::{BatchId, Error, MessageId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tonic::Status;
 
 use crate::auth::Tenant;
-use crate::core::{Committed, Core, NewBatch, Outbox, SessionId, Snapshot, Unreachable};
+use crate::core::{Committed, Core, NewBatch, SessionId, Snapshot};
+use crate::node_tx::{ChannelOutbox, NodeTx};
 use crate::store::{Store, WriteSet, Writer};
-
-/// Where the reactor writes a node's frames.
-pub enum NodeTx {
-    /// The node's own `Join` stream: a bounded queue (credits bound its job frames).
-    Stream(mpsc::Sender<Result<pb::CoordinatorToNode, Status>>),
-    /// A member of a `JoinGroup` stream: the group's queue, and the member's number.
-    Member {
-        /// The group stream's queue, shared by its members.
-        group: mpsc::UnboundedSender<pb::MemberDown>,
-        /// The member's number on that stream.
-        member: u32,
-    },
-}
-
-impl NodeTx {
-    fn send(&self, frame: pb::CoordinatorToNode) -> Result<(), Unreachable> {
-        match self {
-            NodeTx::Stream(tx) => tx.try_send(Ok(frame)).map_err(|_| Unreachable),
-            NodeTx::Member { group, member } => group
-                .send(pb::MemberDown {
-                    member: *member,
-                    frame: Some(frame),
-                    closed: None,
-                })
-                .map_err(|_| Unreachable),
-        }
-    }
-
-    /// Ends the node's stream, with `status` if it is an error.
-    fn close(self, status: Option<Status>) {
-        match self {
-            NodeTx::Stream(tx) => {
-                if let Some(status) = status {
-                    let _ = tx.try_send(Err(status));
-                }
-            }
-            NodeTx::Member { group, member } => {
-                let _ = group.send(member_closed(member, status.as_ref()));
-            }
-        }
-    }
-}
-
-/// The frame that ends member `member` of a group stream, with `status` if it
-/// is an error (code 0 otherwise), as its own `Join` stream would end.
-pub fn member_closed(member: u32, status: Option<&Status>) -> pb::MemberDown {
-    let (code, message) = status
-        .map(|s| (s.code() as i32, s.message().to_string()))
-        .unwrap_or_default();
-    pb::MemberDown {
-        member,
-        frame: None,
-        closed: Some(pb::MemberClosed { code, message }),
-    }
-}
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
@@ -91,7 +37,7 @@ pub enum Event {
     /// The batch an idempotency key already made.
     Idempotent(String, Reply<Option<pb::SubmitBatchResponse>>),
     /// Drop a node's stream, telling it why (it broke a limit).
-    NodeRefused(SessionId, Status),
+    NodeRefused(SessionId, Error),
     /// A node's Hello, with the sender of its outbound stream.
     NodeJoin(pb::Hello, NodeTx, Reply<SessionId>),
     /// A frame from a node.
@@ -151,9 +97,9 @@ impl Handle {
         self.ask(|r| Event::Idempotent(key.to_string(), r)).await
     }
 
-    /// Drops a node's stream with `status` (the node broke a limit).
-    pub async fn refuse_node(&self, sid: SessionId, status: Status) {
-        let _ = self.events.send(Event::NodeRefused(sid, status)).await;
+    /// Drops a node's stream with `why` (the node broke a limit).
+    pub async fn refuse_node(&self, sid: SessionId, why: Error) {
+        let _ = self.events.send(Event::NodeRefused(sid, why)).await;
     }
 
     /// Status of a message.
@@ -207,27 +153,6 @@ impl Handle {
     }
 }
 
-/// The outbox of the running coordinator: one bounded queue per node stream.
-#[derive(Default)]
-pub struct ChannelOutbox {
-    txs: FxHashMap<SessionId, NodeTx>,
-}
-
-impl Outbox for ChannelOutbox {
-    fn send(&mut self, session: SessionId, msg: pb::CoordinatorToNode) -> Result<(), Unreachable> {
-        match self.txs.get(&session) {
-            Some(tx) => tx.send(msg),
-            None => Err(Unreachable),
-        }
-    }
-
-    fn close(&mut self, session: SessionId, status: Option<Status>) {
-        if let Some(tx) = self.txs.remove(&session) {
-            tx.close(status);
-        }
-    }
-}
-
 /// Starts the reactor task. With a store, outcomes are group-committed to it
 /// and node results are acked only once stored. The task ends on
 /// [`Handle::shutdown`] (`Ok`) or when the store fails (`Err`).
@@ -275,29 +200,48 @@ pub struct Stored(Committed, Deferred);
 
 type WriterTx = std::sync::mpsc::Sender<(WriteSet, Stored)>;
 
+/// The reactor's own state: the core, where its frames go, and the group commit in progress.
+struct Reactor {
+    core: Core,
+    outbox: ChannelOutbox,
+    /// The store's writer; without one a group is "stored" as soon as it is taken.
+    writer: Option<WriterTx>,
+    /// One group commit at a time: what arrives meanwhile joins the next group.
+    committing: bool,
+    /// When the last group commit began; the next waits for the interval unless urgent.
+    last_commit: Instant,
+    /// Replies that go out with the next group once it is stored.
+    deferred: Deferred,
+}
+
+/// Whether the loop goes on after an event.
+type Flow = std::ops::ControlFlow<Result<(), String>>;
+
 async fn run(
-    mut core: Core,
+    core: Core,
     mut rx: mpsc::Receiver<Event>,
     writer: Option<WriterTx>,
 ) -> Result<(), String> {
-    let mut outbox = ChannelOutbox::default();
     let publish_interval = core.config().publish_interval;
+    let commit_interval = core.config().commit_interval;
     let now = Instant::now();
+    let mut r = Reactor {
+        core,
+        outbox: ChannelOutbox::default(),
+        writer,
+        committing: false,
+        last_commit: now,
+        deferred: Vec::new(),
+    };
     let mut next_tick = now + TICK;
     let mut next_publish = now + publish_interval;
-    let commit_interval = core.config().commit_interval;
-    // When the last group commit began; the next waits for the interval unless urgent.
-    let mut last_commit = now;
     let mut sleep = pin!(tokio::time::sleep_until(next_tick));
-    // One group commit at a time: what arrives meanwhile joins the next group.
-    let mut committing = false;
-    let mut deferred: Deferred = Vec::new();
     loop {
         let wake = [
             Some(next_tick),
             Some(next_publish),
-            core.next_retry_due().map(Instant::from_std),
-            (!committing && core.has_writes()).then_some(last_commit + commit_interval),
+            r.core.next_retry_due().map(Instant::from_std),
+            (!r.committing && r.core.has_writes()).then_some(r.last_commit + commit_interval),
         ]
         .into_iter()
         .flatten()
@@ -313,29 +257,8 @@ async fn run(
                 // Handle this and whatever else is queued, then dispatch once for all of it.
                 for _ in 0..1024 {
                     let Some(ev) = next.take().or_else(|| rx.try_recv().ok()) else { break };
-                    match ev {
-                        Event::Shutdown => {
-                            core.on_shutdown(&mut outbox);
-                            return Ok(());
-                        }
-                        Event::Committed(Ok(Stored(done, replies))) => {
-                            committing = false;
-                            core.on_committed(done, &mut outbox);
-                            for (reply, result) in replies {
-                                let _ = reply.send(result);
-                            }
-                        }
-                        Event::Cancel(id, tenant, reply) if writer.is_some() => {
-                            // Answer once the cancel is stored.
-                            let result = core.on_cancel(id, &tenant, std::time::Instant::now());
-                            deferred.push((reply, result));
-                        }
-                        Event::Committed(Err(e)) => {
-                            tracing::error!(error = %e, "the store failed; stopping (nodes keep their unacked results)");
-                            core.on_shutdown(&mut outbox);
-                            return Err(e);
-                        }
-                        ev => handle(&mut core, &mut outbox, ev, now),
+                    if let Flow::Break(end) = r.handle(ev, now) {
+                        return end;
                     }
                 }
             }
@@ -344,75 +267,111 @@ async fn run(
         let now = Instant::now();
         let std_now = now.into_std();
         if now >= next_tick {
-            core.on_tick(std_now, &mut outbox);
+            r.core.on_tick(std_now, &mut r.outbox);
             next_tick = now + TICK;
         }
-        core.dispatch(std_now, &mut outbox);
-        let commit_due = !deferred.is_empty()
-            || (core.has_writes()
-                && (writer.is_none()
-                    || now >= last_commit + commit_interval
-                    || core.commit_urgent()));
-        if !committing && commit_due {
-            last_commit = now;
-            let (set, done) = core.take_writes();
-            match &writer {
-                Some(w) => {
-                    committing = true;
-                    if w.send((set, Stored(done, std::mem::take(&mut deferred))))
-                        .is_err()
-                    {
-                        return Err("the store writer stopped".into());
-                    }
-                }
-                None => core.on_committed(done, &mut outbox),
-            }
+        r.core.dispatch(std_now, &mut r.outbox);
+        if let Flow::Break(end) = r.commit_if_due(now, commit_interval) {
+            return end;
         }
-        if core.publish_due() || now >= next_publish {
-            core.publish(std_now);
+        if r.core.publish_due() || now >= next_publish {
+            r.core.publish(std_now);
             next_publish = now + publish_interval;
         }
     }
     Ok(())
 }
 
-fn handle(core: &mut Core, outbox: &mut ChannelOutbox, ev: Event, now: std::time::Instant) {
-    match ev {
-        Event::Submit(b, reply) => {
-            let _ = reply.send(Ok(core.on_submit(b, now)));
-        }
-        Event::BatchStatus(id, tenant, reply) => {
-            let _ = reply.send(core.on_batch_status(id, &tenant, now));
-        }
-        Event::MessageStatus(id, tenant, reply) => {
-            let _ = reply.send(core.on_message_status(id, &tenant));
-        }
-        Event::Cancel(id, tenant, reply) => {
-            let _ = reply.send(core.on_cancel(id, &tenant, now));
-        }
-        Event::Idempotent(key, reply) => {
-            let _ = reply.send(Ok(core.on_idempotent(&key)));
-        }
-        Event::TenantUnfinished(tenant, reply) => {
-            let _ = reply.send(Ok(core.tenant_unfinished(&tenant)));
-        }
-        Event::NodeRefused(sid, status) => core.on_node_refused(sid, status, outbox),
-        Event::NodeJoin(hello, tx, reply) => {
-            let sid = core.next_session_id();
-            outbox.txs.insert(sid, tx);
-            let res = core.on_node_joined(sid, hello, now, outbox);
-            if res.is_err() {
-                outbox.txs.remove(&sid);
+impl Reactor {
+    /// Handles one event.
+    fn handle(&mut self, ev: Event, now: std::time::Instant) -> Flow {
+        let (core, outbox) = (&mut self.core, &mut self.outbox);
+        match ev {
+            Event::Submit(b, reply) => {
+                let _ = reply.send(Ok(core.on_submit(b, now)));
             }
-            let _ = reply.send(res.map(|()| sid));
-        }
-        Event::NodeMessage(sid, msg) => core.on_node_message(sid, msg, now, outbox),
-        Event::NodeMessages(frames) => {
-            for (sid, msg) in frames {
-                core.on_node_message(sid, msg, now, outbox);
+            Event::BatchStatus(id, tenant, reply) => {
+                let _ = reply.send(core.on_batch_status(id, &tenant, now));
+            }
+            Event::MessageStatus(id, tenant, reply) => {
+                let _ = reply.send(core.on_message_status(id, &tenant));
+            }
+            Event::Cancel(id, tenant, reply) => {
+                // Answered once the cancel is stored.
+                let result = core.on_cancel(id, &tenant, now);
+                self.deferred.push((reply, result));
+            }
+            Event::Idempotent(key, reply) => {
+                let _ = reply.send(Ok(core.on_idempotent(&key)));
+            }
+            Event::TenantUnfinished(tenant, reply) => {
+                let _ = reply.send(Ok(core.tenant_unfinished(&tenant)));
+            }
+            Event::NodeRefused(sid, why) => core.on_node_refused(sid, why, now, outbox),
+            Event::NodeJoin(hello, tx, reply) => {
+                let sid = core.next_session_id();
+                outbox.open(sid, tx);
+                let res = core.on_node_joined(sid, hello, now, outbox);
+                if res.is_err() {
+                    outbox.forget(sid);
+                }
+                let _ = reply.send(res.map(|()| sid));
+            }
+            Event::NodeMessage(sid, msg) => core.on_node_message(sid, msg, now, outbox),
+            Event::NodeMessages(frames) => {
+                for (sid, msg) in frames {
+                    core.on_node_message(sid, msg, now, outbox);
+                }
+            }
+            Event::NodeClosed(sid, reason) => core.on_node_lost(sid, &reason, now, outbox),
+            Event::Committed(Ok(stored)) => {
+                self.committing = false;
+                self.stored(stored, now);
+            }
+            Event::Committed(Err(e)) => {
+                tracing::error!(error = %e, "the store failed; stopping (nodes keep their unacked results)");
+                core.on_shutdown(now, outbox);
+                return Flow::Break(Err(e));
+            }
+            Event::Shutdown => {
+                core.on_shutdown(now, outbox);
+                return Flow::Break(Ok(()));
             }
         }
-        Event::NodeClosed(sid, reason) => core.on_node_lost(sid, &reason, outbox),
-        Event::Shutdown | Event::Committed(_) => unreachable!("handled by the loop"),
+        Flow::Continue(())
+    }
+
+    /// Hands the waiting writes to the store as one group, if one is due and
+    /// none is being stored.
+    fn commit_if_due(&mut self, now: Instant, interval: Duration) -> Flow {
+        let due = !self.deferred.is_empty()
+            || (self.core.has_writes()
+                && (self.writer.is_none()
+                    || now >= self.last_commit + interval
+                    || self.core.commit_urgent()));
+        if self.committing || !due {
+            return Flow::Continue(());
+        }
+        self.last_commit = now;
+        let (set, done) = self.core.take_writes();
+        let stored = Stored(done, std::mem::take(&mut self.deferred));
+        match &self.writer {
+            Some(w) => {
+                self.committing = true;
+                if w.send((set, stored)).is_err() {
+                    return Flow::Break(Err("the store writer stopped".into()));
+                }
+            }
+            None => self.stored(stored, now.into_std()),
+        }
+        Flow::Continue(())
+    }
+
+    /// A group is stored: what waited for it happens.
+    fn stored(&mut self, Stored(done, replies): Stored, now: std::time::Instant) {
+        self.core.on_committed(done, now, &mut self.outbox);
+        for (reply, result) in replies {
+            let _ = reply.send(result);
+        }
     }
 }

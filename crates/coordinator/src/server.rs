@@ -32,6 +32,21 @@ pub async fn run(
     run_with_metrics(config, listener, None, shutdown).await
 }
 
+/// Opens the store the configuration names, if any, and the core: recovered
+/// from the store, or empty.
+fn open(config: Config) -> anyhow::Result<(Option<Store>, Core)> {
+    let Some(dir) = &config.data_dir else {
+        tracing::warn!("no data dir: batches are kept in memory only and lost on restart");
+        return Ok((None, Core::new(config)));
+    };
+    let store = Store::open(dir)?;
+    let loaded = store.load()?;
+    let n = loaded.batches.len();
+    let core = Core::recover(config, loaded, std::time::Instant::now());
+    tracing::info!(path = %store.path().display(), batches = n, "store opened");
+    Ok((Some(store), core))
+}
+
 /// [`run`], also serving Prometheus metrics at `/metrics` on `metrics`.
 pub async fn run_with_metrics(
     config: Config,
@@ -40,22 +55,10 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
-    let store = match &config.data_dir {
-        Some(dir) => Some(Store::open(dir)?),
-        None => None,
-    };
-    let core = match &store {
-        Some(store) => {
-            let loaded = store.load()?;
-            let n = loaded.batches.len();
-            let core = Core::recover(config.clone(), loaded, std::time::Instant::now());
-            tracing::info!(path = %store.path().display(), batches = n, "store opened");
-            core
-        }
-        None => {
-            tracing::warn!("no data dir: batches are kept in memory only and lost on restart");
-            Core::new(config.clone())
-        }
+    // Opening and loading a store can take seconds: not on the runtime's workers.
+    let (store, core) = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open(config)).await??
     };
     let (core, mut reactor_task) = reactor::spawn(core, store.clone());
     // What /healthz says: serving until shutdown begins.

@@ -17,7 +17,7 @@ use tonic::Code;
 #[derive(Default)]
 struct TestOutbox {
     sent: HashMap<SessionId, Vec<pb::CoordinatorToNode>>,
-    closed: HashMap<SessionId, Option<tonic::Status>>,
+    closed: HashMap<SessionId, Option<smsmesh::Error>>,
     full: Vec<SessionId>,
 }
 
@@ -33,8 +33,8 @@ impl Outbox for TestOutbox {
         Ok(())
     }
 
-    fn close(&mut self, s: SessionId, status: Option<tonic::Status>) {
-        self.closed.insert(s, status);
+    fn close(&mut self, s: SessionId, error: Option<smsmesh::Error>) {
+        self.closed.insert(s, error);
     }
 }
 
@@ -268,7 +268,7 @@ fn a_lost_node_s_jobs_are_requeued_and_its_late_results_ignored() {
     w.grant(a, 8);
     w.dispatch();
     let jobs = w.out.take_jobs(a).concat();
-    w.core.on_node_lost(a, "test", &mut w.out);
+    w.core.on_node_lost(a, "test", w.now, &mut w.out);
     let s = w.status(id);
     assert_eq!((s.in_flight, s.pending, s.requeued), (0, 8, 8));
     // Results on the dead session count for nothing.
@@ -307,7 +307,7 @@ fn protocol_violations_drop_the_node() {
         .flatten()
         .expect("closed with a status");
     assert_eq!(st.code(), Code::FailedPrecondition);
-    assert!(st.message().contains("does not hold"));
+    assert!(st.to_string().contains("does not hold"));
     let s = w.status(id);
     assert_eq!((s.sent, s.requeued, s.in_flight), (1, 3, 0));
 
@@ -371,7 +371,7 @@ fn going_away_stops_dispatch_and_is_answered_with_drained() {
         w.out.take_jobs(a).is_empty(),
         "no jobs after GoingAway, even with credit"
     );
-    w.core.on_node_lost(a, "closed", &mut w.out);
+    w.core.on_node_lost(a, "closed", w.now, &mut w.out);
     let s = w.status(id);
     assert_eq!((s.sent, s.requeued, s.pending), (4, 0, 6));
 }
@@ -385,7 +385,7 @@ fn a_handed_in_result_does_not_settle_a_later_attempt_held_by_the_same_node() {
     w.dispatch();
     let first = w.out.take_jobs(a).concat();
     // The stream breaks; the job goes out again, to the same node on its new stream.
-    w.core.on_node_lost(a, "broken", &mut w.out);
+    w.core.on_node_lost(a, "broken", w.now, &mut w.out);
     let a2 = w.join("a", 1);
     w.grant(a2, 1);
     w.dispatch();

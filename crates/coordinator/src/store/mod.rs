@@ -5,30 +5,35 @@
 //! committed state. Tables:
 //!
 //! - `batches`: batch id → [`StoredBatch`] (content, settings, state, high-water mark).
-//! - `outcomes`: (batch id, chunk) → 4 bytes per message for [`CHUNK`] messages:
-//!   final state, attempts, node index (u16 LE). One row per chunk, not per
-//!   message, so a group commit of thousands of outcomes rewrites a few rows.
+//! - `batch_state`: batch id → [`StoredBatchState`] (cancelled, dispatch
+//!   reservation, re-send counters), rewritten at group commits.
+//! - `outcomes`: (batch id, chunk) → 4 bytes per message for 4,096 messages:
+//!   final state ([`FinalState`], 0 for none yet), attempts, node index + 1
+//!   (u16 LE). One row per chunk, not per message, so a group commit of
+//!   thousands of outcomes rewrites a few rows.
 //! - `errors`: (batch id, index) → last error text, for final failures only.
 //! - `idempotency`: key → batch id.
 //! - `nodes`: node index → node name (so outcomes name their node after a restart).
+//!
+//! This module owns these formats: the rest of the coordinator sees decoded
+//! values ([`LoadedBatch::outcomes`]), never rows or stored bytes.
 //!
 //! Outcomes reach the store through the [`Writer`] thread in group commits.
 //! The reactor acks a node's results only after the commit holding them, so
 //! a result is always either durable or still held by its node.
 
+mod format;
+mod writer;
+
+pub use format::{FinalState, StoredBatch, StoredBatchState, StoredOutcome};
+pub use writer::{CommitStats, Writer};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use prost::Message;
 use redb::{Database, ReadableTable, TableDefinition};
-use smsmesh::pb;
-
-/// Messages per outcome row.
-pub const CHUNK: u32 = 4096;
-/// Bytes per message in an outcome row.
-const SLOT_BYTES: usize = 4;
 
 const BATCHES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("batches");
 const OUTCOMES: TableDefinition<'_, (u64, u32), &[u8]> = TableDefinition::new("outcomes");
@@ -58,59 +63,6 @@ pub enum StoreError {
         what: String,
     },
 }
-
-/// A batch as stored.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct StoredBatch {
-    /// Batch id.
-    #[prost(fixed64, tag = "1")]
-    pub id: u64,
-    /// Messages in the batch.
-    #[prost(uint32, tag = "2")]
-    pub total: u32,
-    /// Attempts per message.
-    #[prost(uint32, tag = "3")]
-    pub max_attempts: u32,
-    /// Explicit messages (empty for a synthetic batch).
-    #[prost(message, repeated, tag = "4")]
-    pub messages: Vec<pb::SmsMessage>,
-    /// Seed of a synthetic batch.
-    #[prost(uint64, optional, tag = "5")]
-    pub synthetic_seed: Option<u64>,
-    /// Fixed body of a synthetic batch.
-    #[prost(string, optional, tag = "6")]
-    pub synthetic_body: Option<String>,
-    /// Unix time of acceptance, milliseconds.
-    #[prost(uint64, tag = "9")]
-    pub accepted_unix_ms: u64,
-    /// The tenant that owns it ("" for the default tenant, and batches stored before tenants).
-    #[prost(string, tag = "10")]
-    pub tenant: String,
-}
-
-/// The small, changing part of a stored batch.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct StoredBatchState {
-    /// Batch id.
-    #[prost(fixed64, tag = "1")]
-    pub id: u64,
-    /// Set once the batch was cancelled.
-    #[prost(bool, tag = "2")]
-    pub cancelled: bool,
-    /// Every index below this may have been dispatched (recorded at each commit).
-    #[prost(uint32, tag = "3")]
-    pub dispatched: u32,
-    /// Messages dispatched again after restarts because they may have been sent already.
-    #[prost(uint64, tag = "4")]
-    pub resent: u64,
-    /// Jobs put back because their node was lost.
-    #[prost(uint64, tag = "5")]
-    pub requeued: u64,
-    /// Results for messages that already had a final outcome.
-    #[prost(uint64, tag = "6")]
-    pub duplicates: u64,
-}
-
 /// A message's final outcome, to be stored.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -118,8 +70,8 @@ pub struct Outcome {
     pub batch: u64,
     /// Message index.
     pub index: u32,
-    /// Final slot state (see [`crate::batch`]'s `ST_*`).
-    pub state: u8,
+    /// Its final state.
+    pub state: FinalState,
     /// Attempts made.
     pub attempts: u8,
     /// Node index + 1, or 0.
@@ -153,8 +105,8 @@ pub struct LoadedBatch {
     pub batch: StoredBatch,
     /// Its changing state.
     pub state: StoredBatchState,
-    /// Its outcome rows: (chunk number, bytes).
-    pub chunks: Vec<(u32, Vec<u8>)>,
+    /// Its outcome rows, checked at load: (chunk number, bytes).
+    chunks: Vec<(u32, Vec<u8>)>,
     /// Last errors of final failures: (index, text).
     pub errors: Vec<(u32, String)>,
 }
@@ -189,6 +141,23 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| err(format!("cannot create data dir {}: {e}", dir.display()).into()))?;
         let db = Database::create(&path).map_err(|e| err(e.into()))?;
+        Store::init(db, path)
+    }
+
+    /// A store in memory, gone when the last clone is dropped: for tests that
+    /// drive the core through commits and recoveries without a disk.
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let path = PathBuf::from("(in memory)");
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StoreError::Db {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        Store::init(db, path)
+    }
+
+    fn init(db: Database, path: PathBuf) -> Result<Store, StoreError> {
         let store = Store {
             db: Arc::new(db),
             path,
@@ -239,7 +208,12 @@ impl Store {
                 .map_err(|e| self.err(e))?
             {
                 let (k, v) = row.map_err(|e| self.err(e))?;
-                chunks.push((k.value().1, v.value().to_vec()));
+                let (chunk, row) = (k.value().1, v.value().to_vec());
+                format::check_row(b.id, chunk, &row).map_err(|what| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    what,
+                })?;
+                chunks.push((chunk, row));
             }
             let mut errors = Vec::new();
             for row in errors_t
@@ -323,18 +297,17 @@ impl Store {
             // Group by row so each row is read and written once.
             let mut rows: BTreeMap<(u64, u32), Vec<&Outcome>> = BTreeMap::new();
             for o in &set.outcomes {
-                rows.entry((o.batch, o.index / CHUNK)).or_default().push(o);
+                rows.entry((o.batch, format::row_of(o.index)))
+                    .or_default()
+                    .push(o);
             }
             for (key, list) in rows {
                 let mut row = match outcomes.get(key).map_err(|e| self.err(e))? {
                     Some(v) => v.value().to_vec(),
-                    None => vec![0u8; CHUNK as usize * SLOT_BYTES],
+                    None => format::empty_row(),
                 };
                 for o in list {
-                    let at = (o.index % CHUNK) as usize * SLOT_BYTES;
-                    row[at] = o.state;
-                    row[at + 1] = o.attempts;
-                    row[at + 2..at + 4].copy_from_slice(&o.node.to_le_bytes());
+                    format::write_slot(&mut row, o);
                     if let Some(e) = &o.error {
                         errors
                             .insert((o.batch, o.index), e.as_str())
@@ -358,63 +331,5 @@ impl Store {
         }
         txn.commit().map_err(|e| self.err(e))?;
         Ok(())
-    }
-}
-
-/// Decodes one message's slot from an outcome row: (state, attempts, node).
-pub fn read_slot(row: &[u8], i: usize) -> (u8, u8, u16) {
-    let at = i * SLOT_BYTES;
-    (
-        row[at],
-        row[at + 1],
-        u16::from_le_bytes([row[at + 2], row[at + 3]]),
-    )
-}
-
-/// Statistics of the writer, for logs and benchmarks.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CommitStats {
-    /// Commits made.
-    pub commits: u64,
-    /// Outcomes written.
-    pub outcomes: u64,
-    /// Time spent committing.
-    pub busy: Duration,
-    /// Duration of the last commit.
-    pub last: Duration,
-}
-
-/// The group-commit thread: takes a [`WriteSet`], commits it, reports back.
-pub struct Writer;
-
-impl Writer {
-    /// Starts the writer thread. Each set sent on the returned channel is
-    /// committed, then `done` is called with the outcome of the commit. The
-    /// thread ends, releasing the store, once the channel is dropped; join it
-    /// to know the store is free (for a restart in the same process).
-    pub fn spawn<T: Send + 'static>(
-        store: Store,
-        done: impl Fn(Result<T, StoreError>, CommitStats) + Send + 'static,
-    ) -> (
-        std::sync::mpsc::Sender<(WriteSet, T)>,
-        std::thread::JoinHandle<()>,
-    ) {
-        let (tx, rx) = std::sync::mpsc::channel::<(WriteSet, T)>();
-        let thread = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || {
-                let mut stats = CommitStats::default();
-                for (set, token) in rx {
-                    let start = Instant::now();
-                    let r = store.commit(&set);
-                    stats.commits += 1;
-                    stats.outcomes += set.outcomes.len() as u64;
-                    stats.last = start.elapsed();
-                    stats.busy += stats.last;
-                    done(r.map(|()| token), stats);
-                }
-            })
-            .expect("spawn store writer");
-        (tx, thread)
     }
 }

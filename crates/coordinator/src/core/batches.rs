@@ -1,0 +1,158 @@
+//! The batches a core knows: each one's state, which of them still run,
+//! the idempotency keys that made them, and which ended lately.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+use smsmesh::{BatchId, Error};
+
+use crate::auth::Tenant;
+use crate::batch::Batch;
+
+/// Every batch, with an index of those that run.
+#[derive(Default)]
+pub(super) struct Batches {
+    map: FxHashMap<u64, Batch>,
+    /// Batches still dispatching, in submission order. Each is in `map`.
+    running: Vec<u64>,
+    /// Idempotency key (as stored) → the batch it made.
+    idempotency: FxHashMap<String, BatchId>,
+    /// Batches that ended, for the progress snapshot: (when, id).
+    recently_ended: VecDeque<(Instant, u64)>,
+    /// Batches accepted since the coordinator started.
+    pub(super) accepted: u64,
+    /// Set when a batch was accepted, cancelled or ended: watchers should see it at once.
+    pub(super) changed: bool,
+}
+
+impl Batches {
+    /// Batch `id`.
+    pub(super) fn get(&self, id: u64) -> Option<&Batch> {
+        self.map.get(&id)
+    }
+
+    /// Batch `id`, mutably.
+    pub(super) fn get_mut(&mut self, id: u64) -> Option<&mut Batch> {
+        self.map.get_mut(&id)
+    }
+
+    /// Batch `id` if `tenant` owns it: another tenant's batch is not found,
+    /// exactly like one that does not exist.
+    pub(super) fn owned(&self, id: BatchId, tenant: &Tenant) -> Result<&Batch, Error> {
+        self.map
+            .get(&id.0)
+            .filter(|b| b.tenant == *tenant)
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// Batch `id` if `tenant` owns it, mutably.
+    pub(super) fn owned_mut(&mut self, id: BatchId, tenant: &Tenant) -> Result<&mut Batch, Error> {
+        self.map
+            .get_mut(&id.0)
+            .filter(|b| b.tenant == *tenant)
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// The batch an idempotency key made, if any.
+    pub(super) fn by_key(&self, key: &str) -> Option<BatchId> {
+        self.idempotency.get(key).copied()
+    }
+
+    /// Remembers that idempotency key `key` made batch `id`.
+    pub(super) fn key(&mut self, key: String, id: BatchId) {
+        self.idempotency.insert(key, id);
+    }
+
+    /// Adds a batch; it runs unless it is already cancelled or ended.
+    pub(super) fn insert(&mut self, b: Batch) {
+        if b.is_running() {
+            self.running.push(b.id.0);
+        }
+        self.changed = true;
+        self.map.insert(b.id.0, b);
+    }
+
+    /// Puts the running batches in submission order (after a recovery).
+    pub(super) fn sort_running(&mut self) {
+        let map = &self.map;
+        self.running.sort_by_key(|id| map[id].accepted_at);
+    }
+
+    /// Ids of the running batches, in submission order.
+    pub(super) fn running_ids(&self) -> &[u64] {
+        &self.running
+    }
+
+    /// The `k`-th running batch.
+    pub(super) fn running_mut(&mut self, k: usize) -> &mut Batch {
+        let id = self.running[k];
+        self.map
+            .get_mut(&id)
+            .expect("a running batch is in the map")
+    }
+
+    /// The running batches, in submission order.
+    pub(super) fn running(&self) -> impl Iterator<Item = &Batch> {
+        self.running.iter().map(|id| &self.map[id])
+    }
+
+    /// Every batch this core knows.
+    pub(super) fn all(&self) -> impl Iterator<Item = &Batch> {
+        self.map.values()
+    }
+
+    /// Batch `id` no longer dispatches (it was cancelled); it may still have jobs out.
+    pub(super) fn stopped(&mut self, id: u64) {
+        self.running.retain(|&r| r != id);
+        self.changed = true;
+    }
+
+    /// Bookkeeping once batch `id` reached its final state.
+    pub(super) fn ended(&mut self, id: u64, now: Instant) {
+        if let Some(b) = self.map.get(&id) {
+            tracing::info!(batch = %b.id, state = ?b.state, sent = b.counts.sent, failed = b.counts.failed, cancelled = b.counts.cancelled, "batch ended");
+        }
+        self.running.retain(|&r| r != id);
+        self.recently_ended.push_back((now, id));
+        self.changed = true;
+    }
+
+    /// The batches watchers see, in submission order: every one not ended, and
+    /// those that ended within `keep` (older ones are forgotten here).
+    pub(super) fn watched(&mut self, now: Instant, keep: Duration) -> Vec<u64> {
+        while let Some((t, _)) = self.recently_ended.front() {
+            if now.saturating_duration_since(*t) <= keep {
+                break;
+            }
+            self.recently_ended.pop_front();
+        }
+        let mut ids: Vec<u64> = self
+            .map
+            .iter()
+            .filter(|(_, b)| !b.is_ended())
+            .map(|(id, _)| *id)
+            .collect();
+        ids.extend(self.recently_ended.iter().map(|(_, id)| *id));
+        ids.sort_by_key(|id| self.map[id].accepted_at);
+        ids.dedup();
+        ids
+    }
+
+    /// When the next retry backoff (or resume grace) of a running batch ends, if any.
+    pub(super) fn next_retry_due(&self) -> Option<Instant> {
+        self.running().filter_map(Batch::next_retry).min()
+    }
+
+    /// Messages of `tenant` not finished yet (pending or in flight).
+    pub(super) fn tenant_unfinished(&self, tenant: &Tenant) -> u64 {
+        self.running()
+            .filter(|b| b.tenant == *tenant)
+            .map(|b| b.counts.total - b.counts.finished())
+            .sum()
+    }
+}
+
+fn not_found(id: BatchId) -> Error {
+    Error::NotFound(format!("batch {id} not found"))
+}

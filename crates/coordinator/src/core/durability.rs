@@ -1,0 +1,237 @@
+//! What the core owes the store, and what waits for the store: outcomes and
+//! batch states not yet handed to it, dispatch reservations (fresh messages
+//! are dispatched only below a mark already stored), and acks (a node's
+//! results are acked only once stored).
+//!
+//! Without a store the same path runs: a group is "stored" the moment it is
+//! taken, and reservations cover every message.
+
+use std::time::Instant;
+
+use rustc_hash::FxHashMap;
+
+use super::{Core, Outbox, SessionId};
+use crate::batch::Batch;
+use crate::store::{Outcome, StoredBatchState, WriteSet};
+
+/// Outcomes enough for a group commit to go without waiting for the commit interval.
+const URGENT_OUTCOMES: usize = 4096;
+
+/// What becomes true once a group of writes is stored.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Acks for Results frames whose outcomes are in the group.
+    pub acks: Vec<(SessionId, u64)>,
+    /// Dispatch reservations in the group: (batch, mark).
+    pub reservations: Vec<(u64, u32)>,
+}
+
+/// Acks of nodes' Results frames, per session, on their way: recorded, then
+/// stored, then sent (with the next Jobs frame, on a tick, or at once when no
+/// Jobs frame will come).
+#[derive(Default)]
+pub(super) struct Acks {
+    /// Highest Results seq recorded and not yet in a group being stored.
+    due: FxHashMap<SessionId, u64>,
+    /// Highest Results seq stored and not yet acked to the node.
+    ready: FxHashMap<SessionId, u64>,
+}
+
+impl Acks {
+    /// The session's Results frame `seq` is recorded: its ack is due once stored.
+    pub(super) fn recorded(&mut self, sid: SessionId, seq: u64) {
+        let due = self.due.entry(sid).or_insert(seq);
+        *due = (*due).max(seq);
+    }
+
+    /// Takes the acks that the next group stores.
+    fn take_due(&mut self) -> Vec<(SessionId, u64)> {
+        self.due.drain().collect()
+    }
+
+    /// The session's frames up to `seq` are stored: their ack may go out.
+    /// Returns the highest stored seq not yet acked.
+    fn stored(&mut self, sid: SessionId, seq: u64) -> u64 {
+        let ready = self.ready.entry(sid).or_insert(seq);
+        *ready = (*ready).max(seq);
+        *ready
+    }
+
+    /// Takes the ack that waits to be sent to `sid`, if any.
+    pub(super) fn take_ready(&mut self, sid: SessionId) -> Option<u64> {
+        self.ready.remove(&sid)
+    }
+
+    /// Takes every ack that waits to be sent.
+    pub(super) fn take_all_ready(&mut self) -> Vec<(SessionId, u64)> {
+        self.ready.drain().collect()
+    }
+
+    /// The session is gone: nothing more is acked to it.
+    pub(super) fn forget(&mut self, sid: SessionId) {
+        self.due.remove(&sid);
+        self.ready.remove(&sid);
+    }
+}
+
+/// Changes not yet handed to the store, and what the store holds of each batch.
+pub(super) struct Durability {
+    /// Whether a store backs this core (then dispatch waits for reservations).
+    durable: bool,
+    /// Changes not yet handed to the store.
+    write: WriteSet,
+    /// Batch state last handed to the store, per batch.
+    stored: FxHashMap<u64, StoredBatchState>,
+    /// Acks on their way to nodes.
+    pub(super) acks: Acks,
+}
+
+impl Durability {
+    pub(super) fn new(durable: bool) -> Self {
+        Durability {
+            durable,
+            write: WriteSet::default(),
+            stored: FxHashMap::default(),
+            acks: Acks::default(),
+        }
+    }
+
+    /// Whether a store backs this core.
+    pub(super) fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// The state the store holds of a batch, at recovery.
+    pub(super) fn restored(&mut self, state: StoredBatchState) {
+        self.stored.insert(state.id, state);
+    }
+
+    /// A final outcome, to store.
+    pub(super) fn outcome(&mut self, o: Outcome) {
+        self.write.outcomes.push(o);
+    }
+
+    /// A node name seen for the first time, to store.
+    pub(super) fn node_named(&mut self, n: u16, name: &str) {
+        self.write.nodes.push((n, name.to_string()));
+    }
+
+    /// Stores batch `b`'s state with the next group whatever else changes (a cancel).
+    pub(super) fn state_now(&mut self, b: &Batch, capacity: u64) {
+        let state = self.state_of(b, capacity);
+        self.stored.insert(state.id, state.clone());
+        self.write.batches.push(state);
+    }
+
+    /// The mark of a new dispatch reservation for `b`, when it runs low.
+    fn reservation_due(&self, b: &Batch, capacity: u64) -> Option<u32> {
+        if !self.durable || !b.is_running() {
+            return None;
+        }
+        let total = b.counts.total as u32;
+        let stored = self.stored.get(&b.id.0).map_or(0, |s| s.dispatched);
+        let left = stored.saturating_sub(b.next_fresh);
+        // Reserve what the nodes can hold at once (256 to 65,536 messages), refilled at
+        // half: dispatch rarely waits for a commit, and after a crash at most that many
+        // messages more than were really in flight are counted as re-sent.
+        let step = capacity.clamp(256, 65_536) as u32;
+        (stored < total && left < step / 2).then(|| b.next_fresh.saturating_add(step).min(total))
+    }
+
+    /// The state to store for `b` now (with a new reservation if one is due).
+    fn state_of(&self, b: &Batch, capacity: u64) -> StoredBatchState {
+        let stored = self.stored.get(&b.id.0).map_or(0, |s| s.dispatched);
+        StoredBatchState {
+            id: b.id.0,
+            cancelled: b.is_cancelled(),
+            dispatched: self
+                .reservation_due(b, capacity)
+                .unwrap_or(stored)
+                .max(stored),
+            resent: b.counts.resent,
+            requeued: b.counts.requeued,
+            duplicates: b.counts.duplicates,
+        }
+    }
+
+    /// Whether `b`'s stored state is behind.
+    fn behind(&self, b: &Batch, capacity: u64) -> bool {
+        self.stored.get(&b.id.0) != Some(&self.state_of(b, capacity))
+    }
+}
+
+impl Core {
+    /// Takes the changes to store, and what to do once they are stored.
+    pub fn take_writes(&mut self) -> (WriteSet, Committed) {
+        let capacity = self.sessions.capacity();
+        let d = &mut self.durability;
+        let mut reservations = Vec::new();
+        for b in self.batches.running() {
+            let state = d.state_of(b, capacity);
+            let before = d.stored.get(&state.id);
+            if before == Some(&state) {
+                continue;
+            }
+            if state.dispatched > before.map_or(0, |s| s.dispatched) {
+                reservations.push((state.id, state.dispatched));
+            }
+            d.stored.insert(state.id, state.clone());
+            d.write.batches.push(state);
+        }
+        let acks = d.acks.take_due();
+        (
+            std::mem::take(&mut d.write),
+            Committed { acks, reservations },
+        )
+    }
+
+    /// Whether changes or acks wait for [`take_writes`](Self::take_writes).
+    pub fn has_writes(&self) -> bool {
+        let d = &self.durability;
+        !d.write.is_empty() || !d.acks.due.is_empty() || self.states_behind()
+    }
+
+    /// Whether waiting changes should be stored without waiting for the commit
+    /// interval: a full group, a new node, or a batch state (a reservation that
+    /// dispatch may wait for, a cancel, a batch's end).
+    pub fn commit_urgent(&self) -> bool {
+        let w = &self.durability.write;
+        w.outcomes.len() >= URGENT_OUTCOMES
+            || !w.nodes.is_empty()
+            || !w.batches.is_empty()
+            || self.states_behind()
+    }
+
+    /// Whether a running batch's stored state is behind.
+    fn states_behind(&self) -> bool {
+        let capacity = self.sessions.capacity();
+        self.batches
+            .running()
+            .any(|b| self.durability.behind(b, capacity))
+    }
+
+    /// A group was stored: its reservations may be used and its acks sent.
+    pub fn on_committed(&mut self, done: Committed, now: Instant, outbox: &mut impl Outbox) {
+        for (id, reserved) in done.reservations {
+            if let Some(b) = self.batches.get_mut(id) {
+                b.reserved = b.reserved.max(reserved);
+            }
+        }
+        // An ack only lets the node forget results it keeps: it waits for the next Jobs
+        // frame to the node (one write for both), or the next tick. A leaving node, or one
+        // that will get no more jobs, has it now.
+        let idle = self.batches.running_ids().is_empty();
+        let mut now_due = Vec::new();
+        for (sid, seq) in done.acks {
+            let Some(s) = self.sessions.get(sid) else {
+                continue;
+            };
+            let seq = self.durability.acks.stored(sid, seq);
+            if idle || s.going_away {
+                self.durability.acks.take_ready(sid);
+                now_due.push((sid, seq));
+            }
+        }
+        self.send_acks(now_due, now, outbox);
+    }
+}

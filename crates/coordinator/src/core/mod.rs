@@ -1,0 +1,339 @@
+//! The coordinator's core: the one owner of batches, node sessions and
+//! credits, with no I/O.
+//!
+//! Everything that changes scheduling state is an `on_*` function on [`Core`],
+//! synchronous and given the current time, which reaches nodes only through
+//! an [`Outbox`]. The task that feeds events in is [`crate::reactor`]; tests
+//! drive `Core` directly.
+//!
+//! The core is made of sub-states, each in a module of its own, borrowed apart
+//! so that a handler needing two takes both at once:
+//! - [`sessions`]: node streams, the credit each granted and the jobs each holds.
+//! - [`batches`]: the accepted batches, which of them run, idempotency keys.
+//! - [`durability`]: what waits to be stored, dispatch reservations, and acks
+//!   that wait for a commit.
+//!
+//! and the work is in modules of its own too, in the order one message meets them:
+//! [`queries`] (SubmitBatch and the other client calls), [`dispatch`] (jobs
+//! to nodes with credit), [`results`] (a node's results; retries),
+//! [`durability`] (outcomes stored, then acked: [`Core::on_committed`]),
+//! [`progress`] (snapshots for watchers and `/metrics`) and [`recovery`] (the
+//! core rebuilt from the store after a restart).
+//!
+//! This module holds the node protocol's entry points, which read as
+//! `node.proto` does: Hello, then credit, results, heartbeats and GoingAway.
+
+mod batches;
+mod dispatch;
+mod durability;
+mod progress;
+mod queries;
+mod recovery;
+mod results;
+mod sessions;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use smsmesh::Error;
+use smsmesh::pb::{self, coordinator_to_node, node_to_coordinator};
+use tokio::sync::watch;
+
+use crate::Config;
+use crate::auth::Tenant;
+use crate::batch::{self, Content};
+
+use batches::Batches;
+use dispatch::Dispatcher;
+use durability::Durability;
+use sessions::{Session, Sessions};
+
+pub use durability::Committed;
+pub use progress::{MeshMetrics, NodeMetrics, Snapshot};
+pub use recovery::unix_ms;
+pub use results::retry_delay;
+
+/// Id of one node stream (a reconnect is a new session).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// A node's outbound queue is full (it does not read its stream) or gone.
+#[derive(Debug, thiserror::Error)]
+#[error("the node's outbound queue is full or closed")]
+pub struct Unreachable;
+
+/// The outbound side of node streams, as the core sees it.
+pub trait Outbox {
+    /// Queues `msg` for the session. Fails if the node's queue is full or gone.
+    fn send(&mut self, session: SessionId, msg: pb::CoordinatorToNode) -> Result<(), Unreachable>;
+    /// Ends the session's stream: with `error` as its status, or cleanly.
+    fn close(&mut self, session: SessionId, error: Option<Error>);
+}
+
+/// A batch as validated by the API layer, ready to be accepted.
+#[derive(Debug)]
+pub struct NewBatch {
+    /// Its id, chosen by the API layer (and already stored, when durable).
+    pub id: smsmesh::BatchId,
+    /// The messages.
+    pub content: Content,
+    /// How many messages.
+    pub total: u32,
+    /// Attempts per message.
+    pub max_attempts: u8,
+    /// Client's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// The dispatch span, when the batch is traced.
+    pub trace: Option<batch::Trace>,
+    /// The tenant that submitted it.
+    pub tenant: Tenant,
+}
+
+/// The frame that acks a node's Results frames up to `seq`.
+fn ack_frame(seq: u64) -> pb::CoordinatorToNode {
+    pb::CoordinatorToNode {
+        update: Some(coordinator_to_node::Update::Ack(pb::Ack { seq })),
+    }
+}
+
+/// Why a node whose outbound queue is full is dropped.
+fn queue_full() -> Error {
+    Error::ResourceExhausted("node's queue is full (it does not read its stream)".into())
+}
+
+/// The coordinator's whole scheduling state.
+pub struct Core {
+    config: Config,
+    batches: Batches,
+    sessions: Sessions,
+    durability: Durability,
+    dispatcher: Dispatcher,
+    progress: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Core {
+    /// An empty coordinator, in memory only.
+    pub fn new(config: Config) -> Self {
+        Core::with_durability(config, false)
+    }
+
+    fn with_durability(config: Config, durable: bool) -> Self {
+        Core {
+            config,
+            batches: Batches::default(),
+            sessions: Sessions::default(),
+            durability: Durability::new(durable),
+            dispatcher: Dispatcher::default(),
+            progress: watch::Sender::new(Arc::new(Snapshot::default())),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A receiver of progress snapshots.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.progress.subscribe()
+    }
+
+    /// Nodes connected now.
+    pub fn nodes_connected(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A new session id.
+    pub fn next_session_id(&mut self) -> SessionId {
+        self.sessions.next_id()
+    }
+
+    // === the node protocol ===
+
+    /// A node said Hello on a new stream; `outbox` can already reach `session`.
+    pub fn on_node_joined(
+        &mut self,
+        session: SessionId,
+        hello: pb::Hello,
+        now: Instant,
+        outbox: &mut impl Outbox,
+    ) -> Result<(), Error> {
+        sessions::validate_hello(&hello, self.config.max_node_concurrency)?;
+        if let Some(old) = self.sessions.by_name(&hello.name) {
+            if old.instance_id != hello.instance_id {
+                return Err(Error::AlreadyExists(format!(
+                    "a node named {:?} is already connected (another process uses that name; node names must be unique)",
+                    hello.name
+                )));
+            }
+            // The same process reconnected before its old stream was noticed dead.
+            let old = old.id;
+            let why = Error::Aborted("replaced by a new stream of the same node".into());
+            self.drop_session(old, Some(why), now, outbox);
+        }
+        let (node, new) = self.sessions.names.index_of(&hello.name)?;
+        if new {
+            self.durability.node_named(node, &hello.name);
+        }
+        let welcome = pb::CoordinatorToNode {
+            update: Some(coordinator_to_node::Update::Welcome(pb::Welcome {
+                session_id: session.0,
+                heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+            })),
+        };
+        outbox
+            .send(session, welcome)
+            .map_err(|Unreachable| Error::Unavailable("node stream closed during hello".into()))?;
+        tracing::info!(node = %hello.name, session = session.0, concurrency = hello.concurrency, gateway = %hello.gateway, "node joined");
+        self.sessions
+            .insert(Session::new(session, node, hello, now));
+        Ok(())
+    }
+
+    /// A frame from a node.
+    pub fn on_node_message(
+        &mut self,
+        sid: SessionId,
+        msg: pb::NodeToCoordinator,
+        now: Instant,
+        outbox: &mut impl Outbox,
+    ) {
+        let Some((session, stats)) = self.sessions.split(sid) else {
+            return; // a session already dropped: ignore what it still says
+        };
+        session.last_seen = now;
+        use node_to_coordinator::Update;
+        let result = match msg.update {
+            Some(Update::Hello(_)) => Err("Hello sent twice on one stream".to_string()),
+            Some(Update::Grant(g)) => session.grant(g.credits, stats),
+            Some(Update::Results(r)) => {
+                let retry = (self.config.retry_base, self.config.retry_max);
+                let applied = results::on_results(
+                    session,
+                    stats,
+                    &mut self.batches,
+                    &mut self.durability,
+                    retry,
+                    &r,
+                    now,
+                );
+                applied.and_then(|()| session.grant(r.grant, stats))
+            }
+            Some(Update::Heartbeat(_)) => Ok(()),
+            Some(Update::GoingAway(_)) => {
+                session.going_away = true;
+                session.credit = 0;
+                tracing::info!(node = %session.name, held = session.held.len(), "node going away");
+                // What is stored is acked now: no Jobs frame will carry it.
+                let ack = self.durability.acks.take_ready(sid).map(ack_frame);
+                let drained = pb::CoordinatorToNode {
+                    update: Some(coordinator_to_node::Update::Drained(pb::Drained {})),
+                };
+                ack.into_iter()
+                    .chain([drained])
+                    .try_for_each(|frame| outbox.send(sid, frame))
+                    .map_err(|Unreachable| queue_full().to_string())
+            }
+            None => Err("empty message (no update set)".to_string()),
+        };
+        if let Err(why) = result {
+            tracing::warn!(session = sid.0, %why, "node broke the protocol; dropping it");
+            self.sessions.stats.protocol_errors += 1;
+            let why = Error::FailedPrecondition(why);
+            self.drop_session(sid, Some(why), now, outbox);
+        }
+    }
+
+    /// A node's stream ended (cleanly or not): its jobs go back to the queue.
+    pub fn on_node_lost(
+        &mut self,
+        sid: SessionId,
+        reason: &str,
+        now: Instant,
+        outbox: &mut impl Outbox,
+    ) {
+        if let Some(s) = self.sessions.get(sid) {
+            if s.held.is_empty() {
+                tracing::info!(node = %s.name, %reason, "node left");
+            } else {
+                tracing::warn!(node = %s.name, %reason, held = s.held.len(), "node lost; requeueing its jobs");
+            }
+        }
+        self.drop_session(sid, None, now, outbox);
+    }
+
+    /// A node broke a limit: its stream is closed with `why` and its jobs requeued.
+    pub fn on_node_refused(
+        &mut self,
+        sid: SessionId,
+        why: Error,
+        now: Instant,
+        outbox: &mut impl Outbox,
+    ) {
+        if let Some(s) = self.sessions.get(sid) {
+            tracing::warn!(node = %s.name, %why, "dropping a node that broke a limit");
+            self.sessions.stats.protocol_errors += 1;
+        }
+        self.drop_session(sid, Some(why), now, outbox);
+    }
+
+    /// Periodic work: sends acks still waiting for a Jobs frame, and drops
+    /// nodes that went silent.
+    pub fn on_tick(&mut self, now: Instant, outbox: &mut impl Outbox) {
+        self.flush_acks(now, outbox);
+        let timeout = self.config.node_timeout;
+        for sid in self.sessions.silent(now, timeout) {
+            if let Some(s) = self.sessions.get(sid) {
+                tracing::warn!(node = %s.name, "node silent for longer than {timeout:?}; dropping it");
+            }
+            let why = Error::Unavailable(format!("no message from the node for {timeout:?}"));
+            self.drop_session(sid, Some(why), now, outbox);
+        }
+    }
+
+    /// The coordinator is stopping: every node stream is closed.
+    pub fn on_shutdown(&mut self, now: Instant, outbox: &mut impl Outbox) {
+        for sid in self.sessions.ids() {
+            let why = Error::Unavailable("coordinator shutting down".into());
+            self.drop_session(sid, Some(why), now, outbox);
+        }
+    }
+
+    /// Closes a session's stream and puts the jobs its node held back in their queues.
+    fn drop_session(
+        &mut self,
+        sid: SessionId,
+        why: Option<Error>,
+        now: Instant,
+        outbox: &mut impl Outbox,
+    ) {
+        outbox.close(sid, why);
+        self.durability.acks.forget(sid);
+        let Some(session) = self.sessions.remove(sid) else {
+            return;
+        };
+        for (batch, index) in session.held {
+            if let Some(b) = self.batches.get_mut(batch) {
+                b.requeue(index, session.node);
+                if b.check_end(now) {
+                    self.batches.ended(batch, now);
+                }
+            }
+        }
+    }
+
+    /// Sends `acks` to their sessions now; a node whose queue is full is dropped.
+    fn send_acks(&mut self, acks: Vec<(SessionId, u64)>, now: Instant, outbox: &mut impl Outbox) {
+        for (sid, seq) in acks {
+            if self.sessions.get(sid).is_some() && outbox.send(sid, ack_frame(seq)).is_err() {
+                self.drop_session(sid, Some(queue_full()), now, outbox);
+            }
+        }
+    }
+
+    /// Sends every ack that waits for a Jobs frame.
+    fn flush_acks(&mut self, now: Instant, outbox: &mut impl Outbox) {
+        let due = self.durability.acks.take_all_ready();
+        self.send_acks(due, now, outbox);
+    }
+}

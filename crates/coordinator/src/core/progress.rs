@@ -1,0 +1,257 @@
+//! Progress as others see it: the snapshot published to watchers
+//! (WatchProgress, smsmon) and to `/metrics`, and a batch's status as
+//! GetStatus reports it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustc_hash::FxHashSet;
+use smsmesh::pb;
+
+use super::Core;
+use super::batches::Batches;
+use super::sessions::Sessions;
+use crate::batch::{self, Batch, Content};
+
+/// What progress watchers see: every running batch and those ended recently.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Status of each batch in the snapshot.
+    pub batches: Vec<pb::BatchStatus>,
+    /// Nodes connected now.
+    pub nodes_connected: u32,
+    /// Mesh-wide figures for `/metrics`.
+    pub metrics: MeshMetrics,
+}
+
+/// Mesh-wide figures, as of the last snapshot: what `/metrics` shows.
+#[derive(Clone, Debug)]
+pub struct MeshMetrics {
+    /// Message counters summed over every batch this coordinator knows.
+    pub messages: batch::Counts,
+    /// Batches accepted since the coordinator started.
+    pub batches_accepted: u64,
+    /// Batches running now.
+    pub batches_running: u64,
+    /// Batches that completed.
+    pub batches_completed: u64,
+    /// Batches cancelled.
+    pub batches_cancelled: u64,
+    /// Pending messages of each running batch: (batch id, pending).
+    pub pending_by_batch: Vec<(String, u64)>,
+    /// Per node name, connected or not.
+    pub nodes: Vec<NodeMetrics>,
+    /// Gateway latency of every attempt reported, as nodes measured it.
+    pub latency: smsmesh::metrics::Buckets,
+    /// Credits granted by nodes, in all.
+    pub credits_granted: u64,
+    /// Node streams opened (joins and re-joins).
+    pub node_joins: u64,
+    /// Node streams closed for breaking the protocol.
+    pub node_protocol_errors: u64,
+}
+
+impl Default for MeshMetrics {
+    fn default() -> Self {
+        MeshMetrics {
+            messages: batch::Counts::default(),
+            batches_accepted: 0,
+            batches_running: 0,
+            batches_completed: 0,
+            batches_cancelled: 0,
+            pending_by_batch: Vec::new(),
+            nodes: Vec::new(),
+            latency: smsmesh::metrics::Buckets::latency(),
+            credits_granted: 0,
+            node_joins: 0,
+            node_protocol_errors: 0,
+        }
+    }
+}
+
+/// One node's figures.
+#[derive(Clone, Debug, Default)]
+pub struct NodeMetrics {
+    /// Its name.
+    pub name: String,
+    /// Whether it has a stream now.
+    pub connected: bool,
+    /// Attempts it reported sent / failed, since the coordinator started.
+    pub attempts_sent: u64,
+    /// Attempts it reported failed.
+    pub attempts_failed: u64,
+    /// Jobs it holds now.
+    pub in_flight: u64,
+    /// Credit it granted and that is not used yet.
+    pub credit: u64,
+    /// The concurrency it declared.
+    pub concurrency: u64,
+}
+
+impl Core {
+    /// Whether a state change is waiting to be published.
+    pub fn publish_due(&self) -> bool {
+        self.batches.changed || self.sessions.changed
+    }
+
+    /// Publishes a progress snapshot to watchers.
+    pub fn publish(&mut self, now: Instant) {
+        self.batches.changed = false;
+        self.sessions.changed = false;
+        let ids = self
+            .batches
+            .watched(now, self.config.keep_ended_in_progress);
+        for &id in &ids {
+            if let Some(b) = self.batches.get_mut(id) {
+                update_rate(b, now);
+            }
+        }
+        let batches = ids
+            .iter()
+            .filter_map(|&id| self.batches.get(id))
+            .map(|b| batch_status(b, &self.sessions, now))
+            .collect();
+        let metrics = mesh_metrics(&self.batches, &self.sessions);
+        self.progress.send_replace(Arc::new(Snapshot {
+            batches,
+            nodes_connected: self.sessions.len() as u32,
+            metrics,
+        }));
+    }
+}
+
+/// Mesh-wide figures: counters summed over every batch, and node state now.
+fn mesh_metrics(batches: &Batches, sessions: &Sessions) -> MeshMetrics {
+    let stats = &sessions.stats;
+    let mut m = MeshMetrics {
+        batches_accepted: batches.accepted,
+        latency: stats.latency.clone(),
+        credits_granted: stats.credits_granted,
+        node_joins: stats.joins,
+        node_protocol_errors: stats.protocol_errors,
+        ..MeshMetrics::default()
+    };
+    for b in batches.all() {
+        m.messages += b.counts;
+        match b.state {
+            pb::BatchState::Completed => m.batches_completed += 1,
+            pb::BatchState::Cancelled => m.batches_cancelled += 1,
+            _ => {}
+        }
+    }
+    for b in batches.running() {
+        m.pending_by_batch
+            .push((b.id.to_string(), b.counts.pending()));
+    }
+    m.batches_running = batches.running_ids().len() as u64;
+    m.nodes = sessions
+        .names
+        .all()
+        .iter()
+        .enumerate()
+        .map(|(n, name)| {
+            let (sent, failed) = stats.attempts.get(n).copied().unwrap_or_default();
+            NodeMetrics {
+                name: name.clone(),
+                attempts_sent: sent,
+                attempts_failed: failed,
+                ..NodeMetrics::default()
+            }
+        })
+        .collect();
+    for s in sessions.iter() {
+        if let Some(n) = m.nodes.get_mut(s.node as usize) {
+            n.connected = true;
+            n.in_flight += s.held.len() as u64;
+            n.credit += u64::from(s.credit);
+            n.concurrency += u64::from(s.concurrency);
+        }
+    }
+    m
+}
+
+/// The status of batch `b`, as GetStatus and watchers see it.
+pub(super) fn batch_status(b: &Batch, sessions: &Sessions, now: Instant) -> pb::BatchStatus {
+    let c = b.counts;
+    let connected: FxHashSet<u16> = sessions.iter().map(|s| s.node).collect();
+    let nodes = b
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(n, share)| share.as_ref().map(|s| (n, s)))
+        .map(|(n, s)| pb::NodeBreakdown {
+            node: sessions.names.name(n as u16).to_string(),
+            sent: s.sent,
+            failed_attempts: s.failed_attempts,
+            in_flight: s.in_flight,
+            latency: Some(latency(&s.latency)),
+            connected: connected.contains(&(n as u16)),
+        })
+        .collect();
+    let remaining = c.total - c.finished();
+    let eta = if b.is_ended() || b.rate <= 0.0 {
+        0.0
+    } else {
+        remaining as f64 / b.rate
+    };
+    let end = b.ended_at.unwrap_or(now);
+    pb::BatchStatus {
+        batch_id: b.id.to_string(),
+        state: b.state as i32,
+        total: c.total,
+        pending: c.pending(),
+        in_flight: c.in_flight,
+        sent: c.sent,
+        failed: c.failed,
+        cancelled: c.cancelled,
+        retried: c.retried,
+        requeued: c.requeued,
+        latency: Some(latency(&b.latency)),
+        nodes,
+        max_attempts: u32::from(b.max_attempts),
+        rate_per_sec: if b.is_ended() { 0.0 } else { b.rate },
+        eta_seconds: eta,
+        elapsed_seconds: end.saturating_duration_since(b.accepted_at).as_secs_f64(),
+        resent: c.resent,
+        duplicates: c.duplicates,
+        tenant: b.tenant.as_str().to_string(),
+        synthetic_seed: match b.content {
+            Content::Synthetic { seed, .. } => Some(seed),
+            Content::Explicit(_) => None,
+        },
+    }
+}
+
+/// Updates the batch's smoothed finish rate.
+fn update_rate(b: &mut Batch, now: Instant) {
+    let (prev, at) = b.rate_sample;
+    let dt = now.saturating_duration_since(at).as_secs_f64();
+    if dt < 0.05 {
+        return;
+    }
+    let finished = b.counts.finished();
+    let inst = (finished - prev) as f64 / dt;
+    // Smooth over about two seconds.
+    let alpha = 1.0 - (-dt / 2.0).exp();
+    b.rate = if prev == 0 && b.rate == 0.0 {
+        inst
+    } else {
+        alpha * inst + (1.0 - alpha) * b.rate
+    };
+    b.rate_sample = (finished, now);
+}
+
+fn latency(h: &hdrhistogram::Histogram<u32>) -> pb::Latency {
+    if h.is_empty() {
+        return pb::Latency::default();
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    pb::Latency {
+        count: h.len(),
+        mean_ms: h.mean() / 1000.0,
+        p50_ms: ms(h.value_at_quantile(0.50)),
+        p95_ms: ms(h.value_at_quantile(0.95)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        max_ms: ms(h.max()),
+    }
+}

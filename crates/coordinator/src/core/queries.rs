@@ -1,0 +1,125 @@
+//! Client requests, as the core answers them: SubmitBatch (and the
+//! idempotency check before it), GetStatus of a batch or a message,
+//! CancelBatch, and a tenant's unfinished messages for admission.
+
+use std::time::Instant;
+
+use smsmesh::{BatchId, Error, MessageId, pb};
+
+use super::{Core, NewBatch, progress};
+use crate::auth::Tenant;
+use crate::batch::Batch;
+
+impl Core {
+    /// The batch an idempotency key (as stored) already made, if any.
+    pub fn on_idempotent(&self, key: &str) -> Option<pb::SubmitBatchResponse> {
+        let id = self.batches.by_key(key)?;
+        let accepted = self.batches.get(id.0).map_or(0, |b| b.counts.total);
+        Some(pb::SubmitBatchResponse {
+            batch_id: id.to_string(),
+            accepted,
+        })
+    }
+
+    /// Accepts a batch.
+    pub fn on_submit(&mut self, new: NewBatch, now: Instant) -> pb::SubmitBatchResponse {
+        if let Some(existing) = new
+            .idempotency_key
+            .as_deref()
+            .and_then(|key| self.on_idempotent(key))
+        {
+            return existing;
+        }
+        let id = new.id;
+        if let Some(key) = new.idempotency_key {
+            self.batches.key(key, id);
+        }
+        let mut batch = Batch::new(id, new.content, new.total, new.max_attempts, now);
+        batch.trace = new.trace;
+        batch.tenant = new.tenant;
+        if self.durability.is_durable() {
+            batch.reserved = 0; // dispatch starts once a reservation is stored
+        }
+        tracing::info!(batch = %id, total = new.total, "batch accepted");
+        self.batches.accepted += 1;
+        self.batches.insert(batch);
+        pb::SubmitBatchResponse {
+            batch_id: id.to_string(),
+            accepted: u64::from(new.total),
+        }
+    }
+
+    /// Status of a batch.
+    pub fn on_batch_status(
+        &self,
+        id: BatchId,
+        tenant: &Tenant,
+        now: Instant,
+    ) -> Result<pb::BatchStatus, Error> {
+        let batch = self.batches.owned(id, tenant)?;
+        Ok(progress::batch_status(batch, &self.sessions, now))
+    }
+
+    /// Status of a message.
+    pub fn on_message_status(
+        &self,
+        id: MessageId,
+        tenant: &Tenant,
+    ) -> Result<pb::MessageStatus, Error> {
+        let batch = self.batches.owned(id.batch, tenant)?;
+        if u64::from(id.index) >= batch.counts.total {
+            return Err(Error::NotFound(format!(
+                "message {id} not found: batch {} has {} messages (indexes 0 to {})",
+                id.batch,
+                batch.counts.total,
+                batch.counts.total - 1
+            )));
+        }
+        let slot = batch.slots[id.index as usize];
+        let (mut to, mut body) = (String::new(), String::new());
+        let client_ref = batch
+            .message(id.index, &mut to, &mut body)
+            .unwrap_or_default();
+        let node = slot
+            .node
+            .checked_sub(1)
+            .map(|n| self.sessions.names.name(n).to_string())
+            .unwrap_or_default();
+        let last_error = batch.last_error(id.index).unwrap_or_default().to_string();
+        Ok(pb::MessageStatus {
+            message_id: id.to_string(),
+            state: batch.message_state(id.index) as i32,
+            attempts: u32::from(slot.attempts),
+            node,
+            last_error,
+            to,
+            client_ref,
+        })
+    }
+
+    /// Cancels a batch: nothing more of it is dispatched. The cancel is stored
+    /// with the next group; the reactor answers once that group is stored.
+    pub fn on_cancel(
+        &mut self,
+        id: BatchId,
+        tenant: &Tenant,
+        now: Instant,
+    ) -> Result<pb::BatchStatus, Error> {
+        let batch = self.batches.owned_mut(id, tenant)?;
+        if batch.cancel(now) {
+            tracing::info!(batch = %id, in_flight = batch.counts.in_flight, "batch cancelled");
+            let ended = batch.is_ended();
+            self.durability.state_now(batch, self.sessions.capacity());
+            self.batches.stopped(id.0);
+            if ended {
+                self.batches.ended(id.0, now);
+            }
+        }
+        self.on_batch_status(id, tenant, now)
+    }
+
+    /// Messages of `tenant` not finished yet (pending or in flight).
+    pub fn tenant_unfinished(&self, tenant: &Tenant) -> u64 {
+        self.batches.tenant_unfinished(tenant)
+    }
+}

@@ -1,0 +1,85 @@
+//! The core rebuilt from what the store holds, after a restart or a crash.
+//!
+//! Stored outcomes are final. A batch that was running resumes: every
+//! message below its stored reservation without an outcome may have been
+//! sent, so it goes out again after the resume grace (counted as re-sent),
+//! unless a reconnecting node hands in its result first.
+
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+use smsmesh::BatchId;
+
+use super::Core;
+use crate::Config;
+use crate::auth::Tenant;
+use crate::batch::{Batch, Content};
+use crate::store::Loaded;
+
+impl Core {
+    /// A coordinator restored from what the store holds, backed by that store.
+    pub fn recover(config: Config, loaded: Loaded, now: Instant) -> Self {
+        let mut core = Core::with_durability(config, true);
+        for (n, name) in loaded.nodes {
+            core.sessions.names.restore(n, name);
+        }
+        let unix_now = unix_ms();
+        for mut lb in loaded.batches {
+            let messages = std::mem::take(&mut lb.batch.messages);
+            let sb = &lb.batch;
+            let content = match sb.synthetic_seed {
+                Some(seed) => Content::Synthetic {
+                    seed,
+                    body: sb.synthetic_body.clone(),
+                },
+                None => Content::Explicit(messages),
+            };
+            let age = Duration::from_millis(unix_now.saturating_sub(sb.accepted_unix_ms));
+            let accepted = now.checked_sub(age).unwrap_or(now);
+            let mut b = Batch::new(
+                BatchId(sb.id),
+                content,
+                sb.total,
+                sb.max_attempts as u8,
+                accepted,
+            );
+            b.tenant = Tenant::new(&sb.tenant);
+            let errors: FxHashMap<u32, &str> =
+                lb.errors.iter().map(|(i, e)| (*i, e.as_str())).collect();
+            for o in lb.outcomes() {
+                let error = errors.get(&o.index).copied();
+                b.restore(o.index, o.state, o.attempts, o.node, error);
+            }
+            let state = &lb.state;
+            b.counts.resent = state.resent;
+            b.counts.requeued = state.requeued;
+            b.counts.duplicates = state.duplicates;
+            if state.cancelled {
+                b.cancel(now);
+            } else {
+                let until = now + core.config.resume_grace;
+                let resumed = b.resume(state.dispatched, until);
+                if resumed > 0 {
+                    tracing::info!(batch = %b.id, resumed, grace = ?core.config.resume_grace, "resuming batch; messages that may have been in flight go out again after the grace period");
+                }
+            }
+            b.reserved = state.dispatched;
+            b.check_end(now);
+            core.durability.restored(lb.state);
+            core.batches.insert(b);
+        }
+        for (key, id) in loaded.idempotency {
+            core.batches.key(key, BatchId(id));
+        }
+        core.batches.sort_running();
+        core.batches.changed = false;
+        core
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,117 @@
+//! A node's Results frame: each result settles the job its node held (or,
+//! handed in from an earlier stream, the message it names). A final outcome
+//! goes to the store; a failed attempt waits for a backoff and is retried.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use smsmesh::{BatchId, MessageId, pb};
+
+use super::batches::Batches;
+use super::durability::Durability;
+use super::sessions::{NodeStats, Session};
+use crate::batch;
+use crate::store::Outcome;
+
+/// Applies the results of `r`, from `session`'s node, and records that the
+/// frame's ack is due once they are stored. Stops at the first result that
+/// breaks the protocol; batches that ended before it get their bookkeeping.
+pub(super) fn on_results(
+    session: &mut Session,
+    stats: &mut NodeStats,
+    batches: &mut Batches,
+    durability: &mut Durability,
+    retry: (Duration, Duration),
+    r: &pb::Results,
+    now: Instant,
+) -> Result<(), String> {
+    let mut ended = Vec::new();
+    let applied = apply(
+        session, stats, batches, durability, retry, r, now, &mut ended,
+    );
+    for id in ended {
+        batches.ended(id, now);
+    }
+    applied?;
+    if r.seq > 0 {
+        durability.acks.recorded(session.id, r.seq);
+    }
+    Ok(())
+}
+
+/// Applies each result of a frame; pushes the batches that ended to `ended`.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    session: &mut Session,
+    stats: &mut NodeStats,
+    batches: &mut Batches,
+    durability: &mut Durability,
+    (retry_base, retry_max): (Duration, Duration),
+    r: &pb::Results,
+    now: Instant,
+    ended: &mut Vec<u64>,
+) -> Result<(), String> {
+    let node = session.node;
+    for res in &r.results {
+        // A handed-in result is from an earlier stream: it never settles a job held on this one
+        // (the same message may be here again, as a later attempt).
+        let held = !r.handoff && session.held.remove(&(res.batch, res.index));
+        let id = MessageId {
+            batch: BatchId(res.batch),
+            index: res.index,
+        };
+        if !held && !r.handoff {
+            return Err(format!(
+                "result for message {id} (attempt {}) which this node does not hold",
+                res.attempt
+            ));
+        }
+        let sent = match pb::Outcome::try_from(res.outcome) {
+            Ok(pb::Outcome::Sent) => true,
+            Ok(pb::Outcome::Failed) => false,
+            _ => return Err(format!("result for message {id} has no outcome")),
+        };
+        stats.attempt(node, sent, res.latency_us);
+        let Some(batch) = batches.get_mut(res.batch) else {
+            continue; // handed in for a batch this coordinator does not know
+        };
+        if u64::from(res.index) >= batch.counts.total {
+            continue; // handoff naming a message that does not exist
+        }
+        let reached = batch.on_result(
+            res.index,
+            res.attempt,
+            node,
+            held,
+            sent,
+            &res.error,
+            res.latency_us,
+            |failures| retry_delay(retry_base, retry_max, failures),
+            now,
+        );
+        if let Some(state) = reached.and_then(batch::to_stored) {
+            let slot = batch.slots[res.index as usize];
+            durability.outcome(Outcome {
+                batch: res.batch,
+                index: res.index,
+                state,
+                attempts: slot.attempts,
+                node: node + 1,
+                error: (state == crate::store::FinalState::Failed).then(|| res.error.clone()),
+            });
+        }
+        if batch.check_end(now) {
+            ended.push(res.batch);
+        }
+    }
+    Ok(())
+}
+
+/// Backoff before attempt `failures + 1`: `base * 2^(failures-1)`, at most `max`,
+/// with "equal jitter" (half fixed, half random) so retries of a burst spread out.
+pub fn retry_delay(base: Duration, max: Duration, failures: u8) -> Duration {
+    let exp = u32::from(failures.saturating_sub(1)).min(20);
+    let full = base.saturating_mul(1 << exp).min(max);
+    let half = full / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}

@@ -1,0 +1,165 @@
+//! The stored formats: how a batch, its changing state and its outcomes are
+//! laid out in the store's rows. Only this module reads or writes those bytes;
+//! a test pins every value that existing stores depend on.
+
+use smsmesh::pb;
+
+use super::{LoadedBatch, Outcome};
+
+/// Messages per outcome row.
+pub(super) const CHUNK: u32 = 4096;
+/// Bytes per message in an outcome row.
+const SLOT_BYTES: usize = 4;
+
+/// A batch as stored.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredBatch {
+    /// Batch id.
+    #[prost(fixed64, tag = "1")]
+    pub id: u64,
+    /// Messages in the batch.
+    #[prost(uint32, tag = "2")]
+    pub total: u32,
+    /// Attempts per message.
+    #[prost(uint32, tag = "3")]
+    pub max_attempts: u32,
+    /// Explicit messages (empty for a synthetic batch).
+    #[prost(message, repeated, tag = "4")]
+    pub messages: Vec<pb::SmsMessage>,
+    /// Seed of a synthetic batch.
+    #[prost(uint64, optional, tag = "5")]
+    pub synthetic_seed: Option<u64>,
+    /// Fixed body of a synthetic batch.
+    #[prost(string, optional, tag = "6")]
+    pub synthetic_body: Option<String>,
+    /// Unix time of acceptance, milliseconds.
+    #[prost(uint64, tag = "9")]
+    pub accepted_unix_ms: u64,
+    /// The tenant that owns it ("" for the default tenant, and batches stored before tenants).
+    #[prost(string, tag = "10")]
+    pub tenant: String,
+}
+
+/// The small, changing part of a stored batch.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredBatchState {
+    /// Batch id.
+    #[prost(fixed64, tag = "1")]
+    pub id: u64,
+    /// Set once the batch was cancelled.
+    #[prost(bool, tag = "2")]
+    pub cancelled: bool,
+    /// Every index below this may have been dispatched (recorded at each commit).
+    #[prost(uint32, tag = "3")]
+    pub dispatched: u32,
+    /// Messages dispatched again after restarts because they may have been sent already.
+    #[prost(uint64, tag = "4")]
+    pub resent: u64,
+    /// Jobs put back because their node was lost.
+    #[prost(uint64, tag = "5")]
+    pub requeued: u64,
+    /// Results for messages that already had a final outcome.
+    #[prost(uint64, tag = "6")]
+    pub duplicates: u64,
+}
+
+/// A message's final state, as stored in its outcome slot. The values are the
+/// stored format: renumbering one would misread every existing store, so a
+/// test pins them.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinalState {
+    /// Sent.
+    Sent = 3,
+    /// Failed after all its attempts.
+    Failed = 4,
+}
+
+/// The state byte of a slot with no outcome yet.
+const NO_OUTCOME: u8 = 0;
+
+impl FinalState {
+    /// Decodes a slot's state byte: `Ok(None)` for no outcome yet, `Err` for
+    /// a byte no version ever wrote.
+    fn from_byte(b: u8) -> Result<Option<FinalState>, u8> {
+        match b {
+            NO_OUTCOME => Ok(None),
+            3 => Ok(Some(FinalState::Sent)),
+            4 => Ok(Some(FinalState::Failed)),
+            other => Err(other),
+        }
+    }
+}
+
+/// One stored outcome, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredOutcome {
+    /// Message index.
+    pub index: u32,
+    /// Its final state.
+    pub state: FinalState,
+    /// Attempts made.
+    pub attempts: u8,
+    /// Node index + 1, or 0.
+    pub node: u16,
+}
+
+impl LoadedBatch {
+    /// The batch's stored outcomes, in index order.
+    pub fn outcomes(&self) -> impl Iterator<Item = StoredOutcome> + '_ {
+        let total = self.batch.total;
+        self.chunks.iter().flat_map(move |(chunk, row)| {
+            let base = u64::from(*chunk) * u64::from(CHUNK);
+            row.chunks_exact(SLOT_BYTES)
+                .enumerate()
+                .take_while(move |(i, _)| base + (*i as u64) < u64::from(total))
+                .filter_map(move |(i, slot)| {
+                    // Rows are checked at load: a state byte is a known one.
+                    let state = FinalState::from_byte(slot[0]).ok()??;
+                    Some(StoredOutcome {
+                        index: (base + i as u64) as u32,
+                        state,
+                        attempts: slot[1],
+                        node: u16::from_le_bytes([slot[2], slot[3]]),
+                    })
+                })
+        })
+    }
+}
+
+/// Checks an outcome row of batch `id`: its length, and that every state byte is one we write.
+pub(super) fn check_row(id: u64, chunk: u32, row: &[u8]) -> Result<(), String> {
+    if row.len() != CHUNK as usize * SLOT_BYTES {
+        return Err(format!(
+            "outcome row {chunk} of batch {id:016x} is {} bytes, not {}",
+            row.len(),
+            CHUNK as usize * SLOT_BYTES
+        ));
+    }
+    for (i, slot) in row.chunks_exact(SLOT_BYTES).enumerate() {
+        if let Err(b) = FinalState::from_byte(slot[0]) {
+            return Err(format!(
+                "outcome of message {i} in row {chunk} of batch {id:016x} has state byte {b}, which no version writes"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An outcome row with no outcome in it yet.
+pub(super) fn empty_row() -> Vec<u8> {
+    vec![NO_OUTCOME; CHUNK as usize * SLOT_BYTES]
+}
+
+/// The row of message `index` (its key's second half).
+pub(super) fn row_of(index: u32) -> u32 {
+    index / CHUNK
+}
+
+/// Writes outcome `o` into its slot of its row.
+pub(super) fn write_slot(row: &mut [u8], o: &Outcome) {
+    let at = (o.index % CHUNK) as usize * SLOT_BYTES;
+    row[at] = o.state as u8;
+    row[at + 1] = o.attempts;
+    row[at + 2..at + 4].copy_from_slice(&o.node.to_le_bytes());
+}
