@@ -5,6 +5,14 @@
 //! dispatched are a range (`next_fresh..total`), not a queue; messages to
 //! send again (their node was lost, or their backoff is over) wait in
 //! `ready`; failed attempts wait in a heap ordered by when they may retry.
+//!
+//! [`content`] says what the messages are, [`stats`] what the batch reports.
+
+mod content;
+mod stats;
+
+pub use content::{Content, Trace};
+pub use stats::{Counts, NodeShare, new_histogram};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -13,23 +21,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
 use smsmesh::BatchId;
-use smsmesh::pb::{self, BatchState, MessageState};
+use smsmesh::pb::{BatchState, MessageState};
 
 use crate::store::FinalState;
-
-/// What the messages of a batch are.
-#[derive(Debug)]
-pub enum Content {
-    /// Messages given by the client.
-    Explicit(Vec<pb::SmsMessage>),
-    /// Messages generated from a seed (see [`smsmesh::synth`]).
-    Synthetic {
-        /// Seed of the generator.
-        seed: u64,
-        /// Body of every message, or `None` for random bodies.
-        body: Option<String>,
-    },
-}
 
 /// State of one message, packed.
 #[derive(Clone, Copy, Debug, Default)]
@@ -86,68 +80,6 @@ fn is_dispatchable(state: u8) -> bool {
     matches!(state, ST_PENDING | ST_RESUMED)
 }
 
-/// One node's share of a batch.
-#[derive(Debug)]
-pub struct NodeShare {
-    /// Messages sent by the node.
-    pub sent: u64,
-    /// Attempts that failed on the node.
-    pub failed_attempts: u64,
-    /// Jobs of this batch on the node now.
-    pub in_flight: u64,
-    /// Gateway latency of the node's attempts, microseconds.
-    pub latency: Histogram<u32>,
-}
-
-/// Counters of a batch; `pending` is derived.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// Messages in the batch.
-    pub total: u64,
-    /// Messages on a node now.
-    pub in_flight: u64,
-    /// Final: sent.
-    pub sent: u64,
-    /// Final: failed after all attempts.
-    pub failed: u64,
-    /// Final: cancelled before being sent.
-    pub cancelled: u64,
-    /// Failed attempts scheduled again.
-    pub retried: u64,
-    /// Jobs put back because their node went away.
-    pub requeued: u64,
-    /// Results for messages that already had a final outcome (re-sends).
-    pub duplicates: u64,
-    /// Messages dispatched again after a coordinator restart because they may have been sent.
-    pub resent: u64,
-}
-
-impl std::ops::AddAssign for Counts {
-    fn add_assign(&mut self, c: Counts) {
-        self.total += c.total;
-        self.in_flight += c.in_flight;
-        self.sent += c.sent;
-        self.failed += c.failed;
-        self.cancelled += c.cancelled;
-        self.retried += c.retried;
-        self.requeued += c.requeued;
-        self.duplicates += c.duplicates;
-        self.resent += c.resent;
-    }
-}
-
-impl Counts {
-    /// Messages with a final outcome.
-    pub fn finished(&self) -> u64 {
-        self.sent + self.failed + self.cancelled
-    }
-
-    /// Messages waiting for dispatch (including retries in backoff).
-    pub fn pending(&self) -> u64 {
-        self.total - self.finished() - self.in_flight
-    }
-}
-
 /// A batch and all its messages' state.
 #[derive(Debug)]
 pub struct Batch {
@@ -200,24 +132,6 @@ pub struct Batch {
     pub rate_sample: (u64, Instant),
 }
 
-/// A traced batch: its dispatch span stays open until the batch ends, and
-/// every `every`-th message's job carries the span's `traceparent`, so the
-/// node that sends it records a child span.
-#[derive(Debug)]
-pub struct Trace {
-    /// The dispatch span.
-    pub span: tracing::Span,
-    /// Its W3C trace context.
-    pub traceparent: String,
-    /// Trace message `index` when `index % every == 0`.
-    pub every: u32,
-}
-
-/// A latency histogram: 1 µs to 1 hour, 2 significant digits.
-pub fn new_histogram() -> Histogram<u32> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds")
-}
-
 impl Batch {
     /// A new running batch.
     pub fn new(id: BatchId, content: Content, total: u32, max_attempts: u8, now: Instant) -> Self {
@@ -248,14 +162,6 @@ impl Batch {
             rate_sample: (0, now),
             trace: None,
             tenant: crate::auth::Tenant::default(),
-        }
-    }
-
-    /// The `traceparent` that message `index`'s job carries ("" for untraced ones).
-    pub fn job_traceparent(&self, index: u32) -> &str {
-        match &self.trace {
-            Some(t) if index.is_multiple_of(t.every) => &t.traceparent,
-            _ => "",
         }
     }
 
@@ -617,29 +523,7 @@ impl Batch {
             _ => MessageState::Cancelled,
         }
     }
-
-    /// The number and body of message `index`, into `to` and `body`.
-    pub fn content(&self, index: u32, to: &mut String, body: &mut String) {
-        match &self.content {
-            Content::Explicit(msgs) => {
-                let m = &msgs[index as usize];
-                to.clear();
-                to.push_str(&m.to);
-                body.clear();
-                body.push_str(&m.body);
-            }
-            Content::Synthetic { seed, body: fixed } => {
-                smsmesh::synth::message(*seed, index, fixed.as_deref(), to, body);
-            }
-        }
-    }
-
-    /// The number, body and client reference of message `index`.
-    pub fn message(&self, index: u32, to: &mut String, body: &mut String) -> Option<String> {
-        self.content(index, to, body);
-        match &self.content {
-            Content::Explicit(msgs) => Some(msgs[index as usize].client_ref.clone()),
-            Content::Synthetic { .. } => None,
-        }
-    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+//! A batch's state machine alone: what is dispatched, how results settle
+//! messages, cancel, and resuming after a restart.
+
+use std::time::{Duration, Instant};
+
+use smsmesh::BatchId;
+use smsmesh::pb::BatchState;
+
+use super::*;
+
+fn batch(total: u32, max_attempts: u8, now: Instant) -> Batch {
+    let content = Content::Synthetic {
+        seed: 1,
+        body: None,
+    };
+    Batch::new(BatchId(1), content, total, max_attempts, now)
+}
+
+const BACKOFF: Duration = Duration::from_millis(100);
+
+/// Dispatches the next message to `node`: (index, attempt).
+fn next(b: &mut Batch, node: u16) -> Option<(u32, u32)> {
+    let index = b.take_next(node, false)?;
+    Some((index, b.mark_dispatched(index, node)))
+}
+
+#[test]
+fn fresh_messages_go_in_order_and_only_below_the_reservation() {
+    let now = Instant::now();
+    let mut b = batch(10, 3, now);
+    b.reserved = 3;
+    let got: Vec<_> = std::iter::from_fn(|| next(&mut b, 0)).collect();
+    assert_eq!(got, [(0, 1), (1, 1), (2, 1)]);
+    assert!(b.has_ready_work(), "more is pending, above the reservation");
+    b.reserved = 4;
+    assert_eq!(next(&mut b, 0), Some((3, 1)));
+    assert_eq!(b.counts.in_flight, 4);
+}
+
+#[test]
+fn results_settle_a_message_once_and_count_what_went_out_twice() {
+    let now = Instant::now();
+    let mut b = batch(1, 3, now);
+    let (i, a1) = next(&mut b, 0).unwrap();
+    let reached = b.on_result(i, a1, 0, true, true, "", 10, |_| BACKOFF, now);
+    assert_eq!(reached, Some(ST_SENT));
+    // The same report again (its ack was lost): nothing changes.
+    assert_eq!(
+        b.on_result(i, a1, 0, false, true, "", 10, |_| BACKOFF, now),
+        None
+    );
+    assert_eq!((b.counts.sent, b.counts.duplicates), (1, 0));
+    // Another attempt that also went out: a duplicate, still one outcome.
+    assert_eq!(
+        b.on_result(i, a1 + 1, 1, false, true, "", 10, |_| BACKOFF, now),
+        None
+    );
+    assert_eq!((b.counts.sent, b.counts.duplicates), (1, 1));
+    assert!(b.check_end(now));
+    assert_eq!(b.state, BatchState::Completed);
+}
+
+#[test]
+fn failures_wait_for_their_backoff_and_the_last_attempt_is_final() {
+    let now = Instant::now();
+    let mut b = batch(1, 2, now);
+    let (i, a1) = next(&mut b, 0).unwrap();
+    assert_eq!(
+        b.on_result(i, a1, 0, true, false, "busy", 5, |_| BACKOFF, now),
+        None
+    );
+    assert_eq!(b.message_state(i), smsmesh::pb::MessageState::RetryWait);
+    b.promote_due_retries(now);
+    assert_eq!(next(&mut b, 0), None, "not before the backoff ends");
+    assert_eq!(b.next_retry(), Some(now + BACKOFF));
+    b.promote_due_retries(now + BACKOFF);
+    let (i, a2) = next(&mut b, 0).unwrap();
+    assert_eq!(a2, 2);
+    // A late failure of the first attempt changes nothing now.
+    assert_eq!(
+        b.on_result(i, a1, 0, false, false, "old", 5, |_| BACKOFF, now),
+        None
+    );
+    assert_eq!(b.counts.in_flight, 1);
+    let reached = b.on_result(i, a2, 0, true, false, "gone", 5, |_| BACKOFF, now);
+    assert_eq!(reached, Some(ST_FAILED));
+    assert_eq!((b.counts.failed, b.counts.retried), (1, 1));
+    assert_eq!(b.last_error(i), Some("gone"));
+}
+
+#[test]
+fn cancel_stops_what_is_pending_and_ends_when_nothing_is_out() {
+    let now = Instant::now();
+    let mut b = batch(5, 3, now);
+    let (i, a) = next(&mut b, 0).unwrap();
+    assert!(b.cancel(now));
+    assert!(!b.cancel(now), "a second cancel changes nothing");
+    assert_eq!((b.counts.cancelled, b.counts.in_flight), (4, 1));
+    assert_eq!(b.state, BatchState::Cancelling);
+    assert!(b.is_cancelled() && !b.is_ended());
+    assert_eq!(next(&mut b, 0), None);
+    // The job out still reports: it was sent, and the batch ends.
+    assert_eq!(
+        b.on_result(i, a, 0, true, true, "", 5, |_| BACKOFF, now),
+        Some(ST_SENT)
+    );
+    assert!(b.check_end(now));
+    assert_eq!(b.state, BatchState::Cancelled);
+}
+
+#[test]
+fn a_resumed_batch_sends_again_only_after_the_grace_and_counts_it() {
+    let now = Instant::now();
+    let mut b = batch(6, 3, now);
+    b.restore(1, FinalState::Sent, 1, 1, None);
+    b.restore(2, FinalState::Failed, 3, 1, Some("no route"));
+    let until = now + Duration::from_secs(2);
+    assert_eq!(b.resume(4, until), 2, "0 and 3 may have been sent");
+    b.reserved = 4;
+    assert_eq!(next(&mut b, 0), None, "nothing before the grace ends");
+    b.promote_due_retries(until);
+    let got: Vec<_> = std::iter::from_fn(|| next(&mut b, 0)).collect();
+    assert_eq!(got, [(0, 2), (3, 2)], "again, with the next attempt number");
+    assert_eq!(b.counts.resent, 2);
+    assert_eq!((b.counts.sent, b.counts.failed), (1, 1));
+    assert_eq!(b.last_error(2), Some("no route"));
+}
+
+#[test]
+fn stored_states_map_both_ways() {
+    for st in [FinalState::Sent, FinalState::Failed] {
+        assert_eq!(to_stored(from_stored(st)), Some(st));
+    }
+    for st in [
+        ST_PENDING,
+        ST_IN_FLIGHT,
+        ST_RETRY_WAIT,
+        ST_CANCELLED,
+        ST_RESUMED,
+    ] {
+        assert_eq!(
+            to_stored(st),
+            None,
+            "state {st} is not stored as an outcome"
+        );
+    }
+}

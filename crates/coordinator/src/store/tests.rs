@@ -1,0 +1,130 @@
+//! The store's own tests: pinned formats, a round trip through commits and
+//! a load, and corrupt rows refused at load.
+
+use prost::Message;
+
+use super::format::{self, FinalState};
+use super::{OUTCOMES, Outcome, Store, StoreError, StoredBatch, StoredBatchState, WriteSet};
+
+fn batch(id: u64, total: u32) -> StoredBatch {
+    StoredBatch {
+        id,
+        total,
+        max_attempts: 3,
+        messages: Vec::new(),
+        synthetic_seed: Some(7),
+        synthetic_body: None,
+        accepted_unix_ms: 1,
+        tenant: "t".into(),
+    }
+}
+
+fn outcome(batch: u64, index: u32, state: FinalState) -> Outcome {
+    Outcome {
+        batch,
+        index,
+        state,
+        attempts: 2,
+        node: 0x0102,
+        error: (state == FinalState::Failed).then(|| "no route".to_string()),
+    }
+}
+
+#[test]
+fn stored_formats_are_pinned() {
+    // Existing stores hold these bytes: changing any of them misreads them.
+    assert_eq!(FinalState::Sent as u8, 3);
+    assert_eq!(FinalState::Failed as u8, 4);
+    let mut row = format::empty_row();
+    assert_eq!(row.len(), 4096 * 4);
+    assert!(row.iter().all(|&b| b == 0), "no outcome is 0");
+    format::write_slot(&mut row, &outcome(1, 4097, FinalState::Sent));
+    assert_eq!(format::row_of(4097), 1);
+    assert_eq!(format::row_of(4095), 0);
+    assert_eq!(&row[4..8], &[3, 2, 0x02, 0x01], "state, attempts, node LE");
+    let state = StoredBatchState {
+        id: 0x0102_0304_0506_0708,
+        cancelled: true,
+        dispatched: 300,
+        resent: 1,
+        requeued: 2,
+        duplicates: 3,
+    };
+    assert_eq!(
+        state.encode_to_vec(),
+        [
+            0x09, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, // 1: fixed64 id
+            0x10, 0x01, // 2: cancelled
+            0x18, 0xac, 0x02, // 3: dispatched
+            0x20, 0x01, 0x28, 0x02, 0x30, 0x03, // 4-6: counters
+        ]
+    );
+}
+
+#[test]
+fn what_is_committed_is_loaded_back_decoded() {
+    let store = Store::in_memory().unwrap();
+    store
+        .insert_batch(&batch(5, 5000), Some("key"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.insert_batch(&batch(6, 1), Some("key")).unwrap(),
+        Err(5),
+        "a used key stores nothing and names the batch it made"
+    );
+    let mut set = WriteSet::default();
+    set.outcomes.push(outcome(5, 0, FinalState::Sent));
+    set.outcomes.push(outcome(5, 4999, FinalState::Failed));
+    set.nodes.push((0, "node-a".into()));
+    set.batches.push(StoredBatchState {
+        id: 5,
+        dispatched: 4096,
+        ..Default::default()
+    });
+    store.commit(&set).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.batches.len(), 1);
+    let b = &loaded.batches[0];
+    assert_eq!((b.batch.id, b.state.dispatched), (5, 4096));
+    let outcomes: Vec<_> = b
+        .outcomes()
+        .map(|o| (o.index, o.state, o.attempts, o.node))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (0, FinalState::Sent, 2, 0x0102),
+            (4999, FinalState::Failed, 2, 0x0102)
+        ]
+    );
+    assert_eq!(b.errors, [(4999, "no route".to_string())]);
+    assert_eq!(loaded.nodes, [(0, "node-a".to_string())]);
+    assert_eq!(loaded.idempotency, [("key".to_string(), 5)]);
+}
+
+/// Writes `row` as outcome row `chunk` of batch `id`, bypassing the format.
+fn write_raw(store: &Store, id: u64, chunk: u32, row: &[u8]) {
+    let txn = store.db.begin_write().unwrap();
+    txn.open_table(OUTCOMES)
+        .unwrap()
+        .insert((id, chunk), row)
+        .unwrap();
+    txn.commit().unwrap();
+}
+
+#[test]
+fn a_corrupt_outcome_row_is_refused_at_load() {
+    let store = Store::in_memory().unwrap();
+    store.insert_batch(&batch(9, 10), None).unwrap().unwrap();
+    let mut row = format::empty_row();
+    row[4 * 3] = 9; // message 3: a state byte no version writes
+    write_raw(&store, 9, 0, &row);
+    let err = store.load().unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("state byte 9"), "{err}");
+
+    write_raw(&store, 9, 0, &[3, 1, 0]);
+    let err = store.load().unwrap_err();
+    assert!(err.to_string().contains("is 3 bytes"), "{err}");
+}
