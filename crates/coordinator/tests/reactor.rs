@@ -1,164 +1,16 @@
 //! The reactor's `on_*` functions driven directly, with a recording outbox
 //! and explicit time: no sockets, no tasks.
 
-use smsmesh_coordinator::auth::Tenant;
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+mod common;
 
-use prost::Message;
+use std::time::Duration;
+
+use common::{World, acks, config, result};
+use smsmesh::MessageId;
 use smsmesh::pb::{self, BatchState, coordinator_to_node, node_to_coordinator};
-use smsmesh::{BatchId, MessageId};
 use smsmesh_coordinator::Config;
-use smsmesh_coordinator::batch::Content;
-use smsmesh_coordinator::core::{Core, NewBatch, Outbox, SessionId, Unreachable};
+use smsmesh_coordinator::auth::Tenant;
 use tonic::Code;
-
-/// Records what the reactor sends, and can pretend a node's queue is full.
-#[derive(Default)]
-struct TestOutbox {
-    sent: HashMap<SessionId, Vec<pb::CoordinatorToNode>>,
-    closed: HashMap<SessionId, Option<smsmesh::Error>>,
-    full: Vec<SessionId>,
-}
-
-impl Outbox for TestOutbox {
-    fn send(&mut self, s: SessionId, msg: pb::CoordinatorToNode) -> Result<(), Unreachable> {
-        if self.full.contains(&s) {
-            return Err(Unreachable);
-        }
-        // Kept as a node would read it: encoded, then decoded.
-        let msg = pb::CoordinatorToNode::decode(msg.encode_to_vec().as_slice())
-            .expect("the reactor's frames decode");
-        self.sent.entry(s).or_default().push(msg);
-        Ok(())
-    }
-
-    fn close(&mut self, s: SessionId, error: Option<smsmesh::Error>) {
-        self.closed.insert(s, error);
-    }
-}
-
-impl TestOutbox {
-    /// Jobs sent to `s` since the last call, frame by frame.
-    fn take_jobs(&mut self, s: SessionId) -> Vec<Vec<pb::Job>> {
-        self.sent
-            .remove(&s)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|m| match m.update {
-                Some(coordinator_to_node::Update::Jobs(j)) => Some(j.jobs),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-struct World {
-    core: Core,
-    out: TestOutbox,
-    now: Instant,
-}
-
-impl World {
-    fn new(config: Config) -> Self {
-        World {
-            core: Core::new(config),
-            out: TestOutbox::default(),
-            now: Instant::now(),
-        }
-    }
-
-    fn join(&mut self, name: &str, concurrency: u32) -> SessionId {
-        let sid = self.core.next_session_id();
-        let hello = pb::Hello {
-            name: name.into(),
-            instance_id: 1,
-            concurrency,
-            gateway: "test".into(),
-        };
-        self.core
-            .on_node_joined(sid, hello, self.now, &mut self.out)
-            .unwrap();
-        sid
-    }
-
-    fn msg(&mut self, sid: SessionId, u: node_to_coordinator::Update) {
-        self.core.on_node_message(
-            sid,
-            pb::NodeToCoordinator { update: Some(u) },
-            self.now,
-            &mut self.out,
-        );
-    }
-
-    fn grant(&mut self, sid: SessionId, credits: u32) {
-        self.msg(
-            sid,
-            node_to_coordinator::Update::Grant(pb::Grant { credits }),
-        );
-    }
-
-    fn results(&mut self, sid: SessionId, jobs: &[pb::Job], sent: bool, grant: u32) {
-        let results = jobs
-            .iter()
-            .map(|j| pb::JobResult {
-                batch: j.batch,
-                index: j.index,
-                attempt: j.attempt,
-                outcome: if sent {
-                    pb::Outcome::Sent
-                } else {
-                    pb::Outcome::Failed
-                } as i32,
-                error: if sent { String::new() } else { "boom".into() },
-                latency_us: 100,
-            })
-            .collect();
-        self.msg(
-            sid,
-            node_to_coordinator::Update::Results(pb::Results {
-                seq: 1,
-                results,
-                grant,
-                handoff: false,
-            }),
-        );
-    }
-
-    fn submit(&mut self, total: u32, max_attempts: u8) -> BatchId {
-        let b = NewBatch {
-            id: BatchId::random(),
-            content: Content::Synthetic {
-                seed: 1,
-                body: None,
-            },
-            total,
-            max_attempts,
-            idempotency_key: None,
-            trace: None,
-            tenant: Tenant::default(),
-        };
-        self.core.on_submit(b, self.now).batch_id.parse().unwrap()
-    }
-
-    fn dispatch(&mut self) {
-        self.core.dispatch(self.now, &mut self.out);
-    }
-
-    fn status(&self, id: BatchId) -> pb::BatchStatus {
-        self.core
-            .on_batch_status(id, &Tenant::default(), self.now)
-            .unwrap()
-    }
-}
-
-fn config() -> Config {
-    Config {
-        max_jobs_per_frame: 4,
-        retry_base: Duration::from_millis(100),
-        ..Config::default()
-    }
-}
 
 #[test]
 fn dispatch_never_exceeds_credit_and_packs_frames() {
@@ -290,33 +142,119 @@ fn a_lost_node_s_jobs_are_requeued_and_its_late_results_ignored() {
 #[test]
 fn protocol_violations_drop_the_node() {
     let mut w = World::new(config());
-    let id = w.submit(4, 3);
+    let id = w.submit(8, 3);
     let a = w.join("a", 4);
     w.grant(a, 4);
     w.dispatch();
     let jobs = w.out.take_jobs(a).concat();
-    let mut forged = jobs[0].clone();
-    forged.index = 3;
     w.results(a, &jobs[..1], true, 0);
-    w.results(a, &[jobs[0].clone()], true, 0); // the same result twice: no longer held
-    let st = w
-        .out
-        .closed
-        .get(&a)
-        .cloned()
-        .flatten()
-        .expect("closed with a status");
+    // A result for a message the node was never given.
+    let mut forged = jobs[1].clone();
+    forged.index = 7;
+    w.frame(a, 2, vec![result(&forged, true)], 0);
+    let st = w.out.closed[&a].clone().expect("closed with an error");
     assert_eq!(st.code(), Code::FailedPrecondition);
-    assert!(st.to_string().contains("does not hold"));
+    assert!(st.to_string().contains("does not hold"), "{st}");
     let s = w.status(id);
     assert_eq!((s.sent, s.requeued, s.in_flight), (1, 3, 0));
 
-    let b = w.join("b", 2);
-    w.grant(b, 3);
+    // The same result twice: the second time, the node no longer holds it.
+    let b = w.join("b", 1);
+    w.grant(b, 1);
+    w.dispatch();
+    let job = w.out.take_jobs(b).concat();
+    w.results(b, &job, true, 0);
+    assert!(!w.out.closed.contains_key(&b));
+    w.results(b, &job, true, 0);
     assert_eq!(
         w.out.closed[&b].as_ref().unwrap().code(),
         Code::FailedPrecondition
     );
+    assert_eq!(w.status(id).sent, 2, "the repeat counted for nothing");
+
+    // More credit than the concurrency said in Hello.
+    let c = w.join("c", 2);
+    w.grant(c, 3);
+    let st = w.out.closed[&c].clone().unwrap();
+    assert_eq!(st.code(), Code::FailedPrecondition);
+    assert!(st.to_string().contains("credit overflow"), "{st}");
+
+    // Hello twice, and an empty frame.
+    let d = w.join("d", 2);
+    w.msg(d, node_to_coordinator::Update::Hello(pb::Hello::default()));
+    assert!(
+        w.out.closed[&d]
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("Hello sent twice")
+    );
+    let e = w.join("e", 2);
+    w.core
+        .on_node_message(e, pb::NodeToCoordinator { update: None }, w.now, &mut w.out);
+    assert_eq!(
+        w.out.closed[&e].as_ref().unwrap().code(),
+        Code::FailedPrecondition
+    );
+}
+
+#[test]
+fn hellos_are_checked_and_a_name_belongs_to_one_process() {
+    let mut w = World::new(config());
+    let bad = w.try_join("", 1, 4).unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let bad = w.try_join("a", 1, 0).unwrap_err();
+    assert!(bad.to_string().contains("out of range"), "{bad}");
+    let a = w.join("a", 4);
+    let taken = w.try_join("a", 2, 4).unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists);
+    // The same process again: its new stream replaces the old one.
+    let again = w.try_join("a", 1, 4).unwrap();
+    assert_eq!(w.out.closed[&a].as_ref().unwrap().code(), Code::Aborted);
+    assert_eq!(w.core.nodes_connected(), 1);
+    assert_ne!(again, a);
+}
+
+#[test]
+fn acks_ride_with_the_next_jobs_frame_or_go_at_once_when_no_jobs_will_come() {
+    let mut w = World::new(config());
+    let id = w.submit(6, 3);
+    let a = w.join("a", 4);
+    w.grant(a, 4);
+    w.dispatch();
+    let jobs = w.out.take_jobs(a).concat();
+    w.frame(a, 1, jobs[..2].iter().map(|j| result(j, true)).collect(), 2);
+    w.frame(a, 2, jobs[2..].iter().map(|j| result(j, true)).collect(), 2);
+    assert!(
+        acks(&w.out.take(a)).is_empty(),
+        "not acked before the commit"
+    );
+    w.commit();
+    assert!(
+        acks(&w.out.take(a)).is_empty(),
+        "the ack waits for the next Jobs frame"
+    );
+    w.dispatch();
+    let frames = w.out.take(a);
+    assert_eq!(acks(&frames), [2], "one ack for both frames");
+    assert!(
+        matches!(frames.as_slice(), [coordinator_to_node::Update::Ack(_), coordinator_to_node::Update::Jobs(j)] if j.jobs.len() == 2),
+        "the ack goes just before the Jobs frame"
+    );
+    let rest = w.out.take_jobs(a);
+    assert!(rest.is_empty());
+    let jobs = frames
+        .into_iter()
+        .filter_map(|u| match u {
+            coordinator_to_node::Update::Jobs(j) => Some(j.jobs),
+            _ => None,
+        })
+        .flatten()
+        .collect::<Vec<_>>();
+    w.frame(a, 3, jobs.iter().map(|j| result(j, true)).collect(), 2);
+    assert_eq!(w.status(id).state, BatchState::Completed as i32);
+    w.commit();
+    assert_eq!(acks(&w.out.take(a)), [3], "nothing runs: acked at once");
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub(super) struct Batches {
     idempotency: FxHashMap<String, BatchId>,
     /// Batches that ended, for the progress snapshot: (when, id).
     recently_ended: VecDeque<(Instant, u64)>,
+    /// Batches that ended since their state was last taken for the store.
+    ended_unstored: Vec<u64>,
     /// Batches accepted since the coordinator started.
     pub(super) accepted: u64,
     /// Set when a batch was accepted, cancelled or ended: watchers should see it at once.
@@ -115,7 +117,23 @@ impl Batches {
         }
         self.running.retain(|&r| r != id);
         self.recently_ended.push_back((now, id));
+        self.ended_unstored.push(id);
         self.changed = true;
+    }
+
+    /// The batches whose state the store may lack: those running, and those
+    /// that ended since [`states_taken`](Self::states_taken) (their last
+    /// counters).
+    pub(super) fn unsettled(&self) -> impl Iterator<Item = &Batch> {
+        self.running
+            .iter()
+            .chain(&self.ended_unstored)
+            .filter_map(|id| self.map.get(id))
+    }
+
+    /// The states of [`unsettled`](Self::unsettled) batches were taken for the store.
+    pub(super) fn states_taken(&mut self) {
+        self.ended_unstored.clear();
     }
 
     /// The batches watchers see, in submission order: every one not ended, and

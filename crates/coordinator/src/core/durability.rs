@@ -166,7 +166,7 @@ impl Core {
         let capacity = self.sessions.capacity();
         let d = &mut self.durability;
         let mut reservations = Vec::new();
-        for b in self.batches.running() {
+        for b in self.batches.unsettled() {
             let state = d.state_of(b, capacity);
             let before = d.stored.get(&state.id);
             if before == Some(&state) {
@@ -178,6 +178,7 @@ impl Core {
             d.stored.insert(state.id, state.clone());
             d.write.batches.push(state);
         }
+        self.batches.states_taken();
         let acks = d.acks.take_due();
         (
             std::mem::take(&mut d.write),
@@ -202,11 +203,11 @@ impl Core {
             || self.states_behind()
     }
 
-    /// Whether a running batch's stored state is behind.
+    /// Whether a running (or just ended) batch's stored state is behind.
     fn states_behind(&self) -> bool {
         let capacity = self.sessions.capacity();
         self.batches
-            .running()
+            .unsettled()
             .any(|b| self.durability.behind(b, capacity))
     }
 
