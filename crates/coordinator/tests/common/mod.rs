@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use smsmesh::pb::{self, coordinator_to_node, node_to_coordinator};
 use smsmesh::{BatchId, Error};
-use smsmesh_coordinator::Config;
+pub use smsmesh_coordinator::Config;
 use smsmesh_coordinator::auth::Tenant;
 use smsmesh_coordinator::batch::Content;
 use smsmesh_coordinator::core::{Core, NewBatch, Outbox, SessionId, Unreachable};
