@@ -7,8 +7,11 @@
 //! - [`group`]: many nodes of one process over one `JoinGroup` stream.
 //! - [`metrics`]: the node's Prometheus metrics, read from its [`Stats`].
 //! - [`pipeline`]: sizes the prefetch to the round trip to the coordinator.
-//! - This module: [`Config`], [`run`] (the join/reconnect loop) and the
-//!   executor task that runs gateway sends.
+//! - [`state`]: the node's side of the protocol (credit, held jobs, unacked
+//!   results, going away) as a state machine with no I/O.
+//! - `executor`: the task that runs gateway sends.
+//! - This module: [`Config`], [`Stats`] and [`run`], the join/reconnect loop
+//!   that opens streams and moves frames for [`state::NodeState`].
 //!
 //! Gateway sends run in an executor task that outlives any one stream, so a
 //! send in progress when the coordinator goes away still finishes; its result
@@ -16,25 +19,25 @@
 //! node keeps every Results frame until the coordinator acks it.
 #![forbid(unsafe_code)]
 
+mod executor;
 pub mod gateway;
 pub mod group;
 pub mod metrics;
 pub mod pipeline;
+pub mod state;
 
-use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use smsmesh::pb::{self, coordinator_to_node, node_to_coordinator};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 use group::{Inbound, Outbound};
+use state::{Done, NodeState};
 
 pub use gateway::{Gateway, Sending, Simulated};
 
@@ -175,7 +178,7 @@ pub async fn run(
     }
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let (results_tx, results_rx) = mpsc::unbounded_channel();
-    let executor = tokio::spawn(execute(
+    let executor = tokio::spawn(executor::execute(
         config.gateway.clone(),
         config.concurrency as usize,
         jobs_rx,
@@ -183,20 +186,20 @@ pub async fn run(
         stats.clone(),
     ));
     let _abort = AbortOnDrop(executor);
-    let pipeline = pipeline::Pipeline::new(config.prefetch, config.prefetch_max, Instant::now());
+    let state = NodeState::new(
+        config.concurrency,
+        (config.prefetch, config.prefetch_max),
+        config.max_results_per_frame,
+        stats.clone(),
+        Instant::now(),
+    );
     let mut node = Node {
         instance_id: rand::random(),
-        pipeline,
         config,
         stats,
         jobs_tx,
         results_rx,
-        epoch: 0,
-        held: 0,
-        done: Vec::new(),
-        unacked: BTreeMap::new(),
-        next_seq: 1,
-        leaving: false,
+        state,
     };
     node.run(shutdown).await
 }
@@ -209,169 +212,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A finished job, tagged with the session (epoch) that handed it out.
-type Done = (u64, pb::JobResult);
-
-/// Most results the executor reports in one bunch.
-const MAX_BUNCH: usize = 4096;
-
-/// A send in progress: resolves to its finished job.
-type Running = futures::future::BoxFuture<'static, Done>;
-
-/// The executor: runs up to `limit` gateway sends at once (the rest wait in
-/// order), and reports results in bunches.
-async fn execute(
-    gateway: Arc<dyn Gateway>,
-    limit: usize,
-    mut jobs: mpsc::UnboundedReceiver<(u64, Vec<pb::Job>)>,
-    results: mpsc::UnboundedSender<Vec<Done>>,
-    stats: Arc<Stats>,
-) {
-    let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
-    let mut waiting: VecDeque<(u64, pb::Job)> = VecDeque::new();
-    let mut bunch: Vec<Done> = Vec::new();
-    // Starts waiting jobs while a send slot is free. A send whose outcome is known at
-    // once never takes a slot: its result goes straight into the bunch.
-    let refill = |running: &mut FuturesUnordered<Running>,
-                  waiting: &mut VecDeque<(u64, pb::Job)>,
-                  bunch: &mut Vec<Done>| {
-        while running.len() < limit && bunch.len() < MAX_BUNCH {
-            let Some((epoch, job)) = waiting.pop_front() else {
-                break;
-            };
-            match start(&*gateway, epoch, job) {
-                Ok(done) => bunch.push(done),
-                Err(send) => running.push(send),
-            }
-        }
-        stats
-            .max_sending
-            .fetch_max(running.len() as u64, Ordering::Relaxed);
-    };
-    loop {
-        refill(&mut running, &mut waiting, &mut bunch);
-        if bunch.is_empty() {
-            tokio::select! {
-                got = jobs.recv() => {
-                    let Some((epoch, batch)) = got else { break };
-                    waiting.extend(batch.into_iter().map(|j| (epoch, j)));
-                    continue;
-                }
-                Some(first) = running.next(), if !running.is_empty() => bunch.push(first),
-            }
-        }
-        // Refill freed slots at once, then collect what else is done.
-        while bunch.len() < MAX_BUNCH {
-            refill(&mut running, &mut waiting, &mut bunch);
-            match futures::FutureExt::now_or_never(running.next()) {
-                Some(Some(r)) => bunch.push(r),
-                _ => break,
-            }
-        }
-        let sent = bunch
-            .iter()
-            .filter(|(_, r)| r.outcome == pb::Outcome::Sent as i32)
-            .count() as u64;
-        stats.sent.fetch_add(sent, Ordering::Relaxed);
-        stats
-            .failed
-            .fetch_add(bunch.len() as u64 - sent, Ordering::Relaxed);
-        if let Ok(mut h) = stats.latency.0.lock() {
-            for (_, r) in &bunch {
-                h.observe(r.latency_us as f64 / 1e6);
-            }
-        }
-        if results.send(std::mem::take(&mut bunch)).is_err() {
-            break;
-        }
-    }
-}
-
-/// Starts sending `job`: its result when the gateway knew the outcome at once
-/// (latency 0), or the send in progress.
-fn start(gateway: &dyn Gateway, epoch: u64, job: pb::Job) -> Result<Done, Running> {
-    let sending = gateway.send(&job);
-    // A traced message: its send is a span, a child of the batch's dispatch span.
-    let span = (!job.traceparent.is_empty()).then(|| send_span(&job));
-    let id = (job.batch, job.index, job.attempt);
-    match sending {
-        Sending::Done(outcome) => Ok((epoch, job_result(id, outcome, 0, span))),
-        Sending::Pending(mut send) => {
-            if let Some(span) = &span {
-                send = Box::pin(tracing::Instrument::instrument(send, span.clone()));
-            }
-            Err(Box::pin(async move {
-                let start = Instant::now();
-                let outcome = send.await;
-                let latency_us = start.elapsed().as_micros() as u64;
-                (epoch, job_result(id, outcome, latency_us, span))
-            }))
-        }
-    }
-}
-
-/// The result of attempt `(batch, index, attempt)`, also recorded on its span if traced.
-fn job_result(
-    (batch, index, attempt): (u64, u32, u32),
-    outcome: Result<(), String>,
-    latency_us: u64,
-    span: Option<tracing::Span>,
-) -> pb::JobResult {
-    let (outcome, error) = match outcome {
-        Ok(()) => (pb::Outcome::Sent, String::new()),
-        Err(e) => (pb::Outcome::Failed, e),
-    };
-    if let Some(span) = span {
-        span.record("outcome", outcome.as_str_name());
-        if !error.is_empty() {
-            span.record("otel.status_code", "ERROR");
-            span.record("otel.status_description", error.as_str());
-        }
-    }
-    pb::JobResult {
-        batch,
-        index,
-        attempt,
-        outcome: outcome as i32,
-        error,
-        latency_us,
-    }
-}
-
-/// The span of one traced send, continuing the trace its job carries.
-fn send_span(job: &pb::Job) -> tracing::Span {
-    let span = tracing::info_span!(
-        "send",
-        otel.kind = "client",
-        message_id = %smsmesh::MessageId { batch: smsmesh::BatchId(job.batch), index: job.index },
-        attempt = job.attempt,
-        outcome = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-    );
-    smsmesh::telemetry::set_remote_parent(&span, &job.traceparent);
-    span
-}
-
+/// The join loop: streams opened and read, frames moved; [`NodeState`] decides what they say.
 struct Node {
     config: Config,
     stats: Arc<Stats>,
     instance_id: u64,
     jobs_tx: mpsc::UnboundedSender<(u64, Vec<pb::Job>)>,
     results_rx: mpsc::UnboundedReceiver<Vec<Done>>,
-    /// Number of the current stream; results of earlier ones are handed in.
-    epoch: u64,
-    /// Jobs given to the executor and not finished.
-    held: u64,
-    /// Finished, not yet in a frame.
-    done: Vec<Done>,
-    /// Frames sent and not acked, by seq.
-    unacked: BTreeMap<u64, Vec<pb::JobResult>>,
-    next_seq: u64,
-    /// A shutdown was asked for.
-    leaving: bool,
-    /// Sizes the prefetch.
-    pipeline: pipeline::Pipeline,
+    state: NodeState,
 }
 
 /// How a stream ended.
@@ -393,20 +241,18 @@ impl Node {
             match end? {
                 SessionEnd::Done => return Ok(()),
                 SessionEnd::Broken(why) => {
-                    self.epoch += 1;
+                    self.state.on_stream_broken();
                     tracing::warn!(node = %self.config.name, %why, retry_in = ?delay, "not connected to the coordinator");
                 }
             }
-            if self.leaving {
+            if self.state.is_leaving() {
                 let deadline = *leave_deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + self.config.drain_timeout);
-                if self.is_empty() {
+                if self.state.is_empty() {
                     return Ok(());
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    let lost = self.held as usize
-                        + self.done.len()
-                        + self.unacked.values().map(Vec::len).sum::<usize>();
+                    let lost = self.state.owed();
                     tracing::error!(node = %self.config.name, results = lost, "giving up: could not hand in every result before the drain timeout");
                     return Ok(());
                 }
@@ -418,10 +264,11 @@ impl Node {
             loop {
                 tokio::select! {
                     () = &mut until => break,
-                    Some(bunch) = self.results_rx.recv() => self.collect(bunch),
-                    () = &mut shutdown, if !self.leaving => {
-                        self.leaving = true;
-                        if self.is_empty() {
+                    Some(bunch) = self.results_rx.recv() => self.state.finished(bunch, Instant::now()),
+                    () = &mut shutdown, if !self.state.is_leaving() => {
+                        // GoingAway goes on the next stream.
+                        let _ = self.state.leave();
+                        if self.state.is_empty() {
                             return Ok(());
                         }
                     }
@@ -431,119 +278,73 @@ impl Node {
         }
     }
 
-    /// Most jobs ever held at once: sends in progress plus the most prefetched jobs.
-    fn credit_limit(&self) -> u32 {
-        self.config
-            .concurrency
-            .saturating_add(self.pipeline.ceiling())
+    /// Opens a stream and says Hello on it: on the process's group stream, or on one of its own.
+    async fn open(&mut self) -> Result<Result<(Outbound, Inbound), SessionEnd>, NodeError> {
+        let hello = pb::NodeToCoordinator {
+            update: Some(node_to_coordinator::Update::Hello(pb::Hello {
+                name: self.config.name.clone(),
+                instance_id: self.instance_id,
+                concurrency: self.state.credit_limit(),
+                gateway: self.config.gateway.kind().to_string(),
+            })),
+        };
+        if let Some(group) = &self.config.group {
+            return match group.attach().await {
+                Ok((out, inbound)) => {
+                    let _ = out.send(hello).await;
+                    Ok(Ok((out, inbound)))
+                }
+                Err(s) => join_failed(s).map(Err),
+            };
+        }
+        let endpoint =
+            smsmesh::client::endpoint(&self.config.coordinator, self.config.tls.as_ref())
+                .map_err(NodeError::Config)?;
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("cannot connect to {}: {e}", self.config.coordinator);
+                return Ok(Err(SessionEnd::Broken(why)));
+            }
+        };
+        let mut client =
+            pb::node_link_client::NodeLinkClient::new(channel).max_decoding_message_size(64 << 20);
+        let (out, out_rx) = mpsc::channel::<pb::NodeToCoordinator>(1024);
+        let _ = out.send(hello).await;
+        let mut join = tonic::Request::new(ReceiverStream::new(out_rx));
+        if let Some(token) = &self.config.join_token {
+            smsmesh::client::join_token(&mut join, token).map_err(NodeError::Config)?;
+        }
+        match client.join(join).await {
+            Ok(r) => Ok(Ok((
+                Outbound::Own(out),
+                Inbound::Own(Box::new(r.into_inner())),
+            ))),
+            Err(s) => join_failed(s).map(Err),
+        }
     }
 
-    /// Jobs to hold now: sends in progress plus the prefetch the pipeline wants now.
-    fn credit_target(&self) -> u32 {
-        let prefetch = self.pipeline.prefetch();
-        self.stats
-            .prefetch
-            .store(u64::from(prefetch), Ordering::Relaxed);
-        self.config.concurrency.saturating_add(prefetch)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.held == 0 && self.done.is_empty() && self.unacked.is_empty()
-    }
-
-    fn collect(&mut self, bunch: Vec<Done>) {
-        self.held -= bunch.len() as u64;
-        self.pipeline.finished(bunch.len() as u64, Instant::now());
-        self.stats.in_flight.store(self.held, Ordering::Relaxed);
-        self.done.extend(bunch);
-    }
-
-    /// One stream: connect, hello, then jobs in and results out until it ends.
+    /// One stream: Hello, what earlier streams left, then jobs in and results out until it ends.
     async fn session(
         &mut self,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<SessionEnd, NodeError> {
-        let send = |m| pb::NodeToCoordinator { update: Some(m) };
-        // Hello, then hand in what earlier streams left unacked, then grant.
-        let hello = send(node_to_coordinator::Update::Hello(pb::Hello {
-            name: self.config.name.clone(),
-            instance_id: self.instance_id,
-            concurrency: self.credit_limit(),
-            gateway: self.config.gateway.kind().to_string(),
-        }));
-        let (out, mut inbound) = match &self.config.group {
-            Some(group) => match group.attach().await {
-                Ok((out, inbound)) => {
-                    let _ = out.send(hello).await;
-                    (out, inbound)
-                }
-                Err(s) => return join_failed(s),
-            },
-            None => {
-                let endpoint =
-                    smsmesh::client::endpoint(&self.config.coordinator, self.config.tls.as_ref())
-                        .map_err(NodeError::Config)?;
-                let channel = match endpoint.connect().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        return Ok(SessionEnd::Broken(format!(
-                            "cannot connect to {}: {e}",
-                            self.config.coordinator
-                        )));
-                    }
-                };
-                let mut client = pb::node_link_client::NodeLinkClient::new(channel)
-                    .max_decoding_message_size(64 << 20);
-                let (out, out_rx) = mpsc::channel::<pb::NodeToCoordinator>(1024);
-                let _ = out.send(hello).await;
-                let mut join = tonic::Request::new(ReceiverStream::new(out_rx));
-                if let Some(token) = &self.config.join_token {
-                    smsmesh::client::join_token(&mut join, token).map_err(NodeError::Config)?;
-                }
-                match client.join(join).await {
-                    Ok(r) => (Outbound::Own(out), Inbound::Own(Box::new(r.into_inner()))),
-                    Err(s) => return join_failed(s),
-                }
-            }
+        let (out, mut inbound) = match self.open().await? {
+            Ok(stream) => stream,
+            Err(end) => return Ok(end),
         };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         self.stats.connected.store(true, Ordering::Relaxed);
-        self.pipeline.new_stream();
-        let mut s = Session {
-            epoch: self.epoch,
-            out,
-            unused_credit: 0,
-            drained: false,
-        };
-        for (seq, results) in std::mem::take(&mut self.unacked) {
-            self.stats
-                .handed_in
-                .fetch_add(results.len() as u64, Ordering::Relaxed);
-            let frame = pb::Results {
-                seq,
-                results: results.clone(),
-                grant: 0,
-                handoff: true,
-            };
-            self.unacked.insert(seq, results);
-            if s.out
-                .send(send(node_to_coordinator::Update::Results(frame)))
-                .await
-                .is_err()
-            {
-                return Ok(SessionEnd::Broken("stream closed".into()));
-            }
+        let closed = || SessionEnd::Broken("stream closed".into());
+        let first = self.state.on_stream_open();
+        if send_all(&out, first).await.is_err() {
+            return Ok(closed());
         }
-        if self.leaving {
-            let _ = s
-                .out
-                .send(send(node_to_coordinator::Update::GoingAway(
-                    pb::GoingAway {},
-                )))
-                .await;
-        }
-        if let Err(why) = self.flush(&mut s).await {
-            return Ok(SessionEnd::Broken(why));
+        if send_all(&out, self.state.flush(Instant::now()))
+            .await
+            .is_err()
+        {
+            return Ok(closed());
         }
         let mut welcomed = false;
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
@@ -567,118 +368,61 @@ impl Node {
                         }
                         Some(coordinator_to_node::Update::Jobs(j)) => {
                             let n = j.jobs.len() as u64;
-                            self.stats.jobs.fetch_add(n, Ordering::Relaxed);
-                            if n > s.unused_credit {
-                                self.stats.over_credit.fetch_add(n - s.unused_credit, Ordering::Relaxed);
-                                tracing::error!(node = %self.config.name, jobs = n, credit = s.unused_credit, "coordinator sent more jobs than granted");
+                            let over = self.state.on_jobs(n, Instant::now());
+                            if over > 0 {
+                                tracing::error!(node = %self.config.name, jobs = n, over, "coordinator sent more jobs than granted");
                             }
-                            s.unused_credit = s.unused_credit.saturating_sub(n);
-                            self.pipeline.filled(n, Instant::now());
-                            self.held += n;
-                            self.stats.in_flight.store(self.held, Ordering::Relaxed);
-                            self.stats.max_held.fetch_max(self.held, Ordering::Relaxed);
-                            let _ = self.jobs_tx.send((s.epoch, j.jobs));
+                            let _ = self.jobs_tx.send((self.state.epoch(), j.jobs));
                         }
-                        Some(coordinator_to_node::Update::Ack(a)) => {
-                            self.unacked = self.unacked.split_off(&(a.seq + 1));
-                        }
-                        Some(coordinator_to_node::Update::Drained(_)) => s.drained = true,
+                        Some(coordinator_to_node::Update::Ack(a)) => self.state.on_ack(a.seq),
+                        Some(coordinator_to_node::Update::Drained(_)) => self.state.on_drained(),
                         None => {}
                     }
                 }
                 Some(bunch) = self.results_rx.recv() => {
-                    self.collect(bunch);
+                    self.state.finished(bunch, Instant::now());
                     while let Ok(more) = self.results_rx.try_recv() {
-                        self.collect(more);
+                        self.state.finished(more, Instant::now());
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if s.out.send(send(node_to_coordinator::Update::Heartbeat(pb::Heartbeat {}))).await.is_err() {
-                        return Ok(SessionEnd::Broken("stream closed".into()));
+                    let beat = pb::NodeToCoordinator {
+                        update: Some(node_to_coordinator::Update::Heartbeat(pb::Heartbeat {})),
+                    };
+                    if out.send(beat).await.is_err() {
+                        return Ok(closed());
                     }
                 }
-                () = &mut *shutdown, if !self.leaving => {
-                    tracing::info!(node = %self.config.name, held = self.held, "leaving: finishing jobs in flight");
-                    self.leaving = true;
-                    if s.out.send(send(node_to_coordinator::Update::GoingAway(pb::GoingAway {}))).await.is_err() {
-                        return Ok(SessionEnd::Broken("stream closed".into()));
+                () = &mut *shutdown, if !self.state.is_leaving() => {
+                    tracing::info!(node = %self.config.name, held = self.state.held(), "leaving: finishing jobs in flight");
+                    if send_all(&out, self.state.leave()).await.is_err() {
+                        return Ok(closed());
                     }
                 }
             }
-            if let Err(why) = self.flush(&mut s).await {
-                return Ok(SessionEnd::Broken(why));
+            if send_all(&out, self.state.flush(Instant::now()))
+                .await
+                .is_err()
+            {
+                return Ok(closed());
             }
-            if self.leaving && s.drained && self.is_empty() {
+            if self.state.left_cleanly() {
                 tracing::info!(node = %self.config.name, "left cleanly; every result handed in");
                 return Ok(SessionEnd::Done);
             }
         }
     }
+}
 
-    /// Sends finished results and the credit that is free now.
-    async fn flush(&mut self, s: &mut Session) -> Result<(), String> {
-        let free = if self.leaving {
-            0
-        } else {
-            u64::from(self.credit_target()).saturating_sub(self.held + s.unused_credit)
-        };
-        if self.done.is_empty() && free == 0 {
-            return Ok(());
-        }
-        let done = std::mem::take(&mut self.done);
-        let (current, handoff): (Vec<Done>, Vec<Done>) =
-            done.into_iter().partition(|(e, _)| *e == s.epoch);
-        self.stats
-            .handed_in
-            .fetch_add(handoff.len() as u64, Ordering::Relaxed);
-        let mut frames: Vec<pb::Results> = Vec::new();
-        for (results, handoff) in [(handoff, true), (current, false)] {
-            for chunk in results.chunks(self.config.max_results_per_frame) {
-                let results: Vec<pb::JobResult> = chunk.iter().map(|(_, r)| r.clone()).collect();
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                self.unacked.insert(seq, results.clone());
-                frames.push(pb::Results {
-                    seq,
-                    results,
-                    grant: 0,
-                    handoff,
-                });
-            }
-        }
-        // The grant counts capacity freed by every result above, so it rides on the last
-        // frame (the coordinator applies results before the grant), or goes alone.
-        s.unused_credit += free;
-        self.pipeline.granted(free, Instant::now());
-        self.stats
-            .credits_granted
-            .fetch_add(free, Ordering::Relaxed);
-        let last = match frames.last_mut() {
-            Some(f) if !f.handoff => {
-                f.grant = free as u32;
-                None
-            }
-            _ if free > 0 => Some(pb::NodeToCoordinator {
-                update: Some(node_to_coordinator::Update::Grant(pb::Grant {
-                    credits: free as u32,
-                })),
-            }),
-            _ => None,
-        };
-        let msgs = frames
-            .into_iter()
-            .map(|f| pb::NodeToCoordinator {
-                update: Some(node_to_coordinator::Update::Results(f)),
-            })
-            .chain(last);
-        for m in msgs {
-            s.out
-                .send(m)
-                .await
-                .map_err(|_| "stream closed".to_string())?;
-        }
-        Ok(())
+/// Sends `frames` in order on `out`.
+async fn send_all(
+    out: &Outbound,
+    frames: impl IntoIterator<Item = pb::NodeToCoordinator>,
+) -> Result<(), group::Closed> {
+    for f in frames {
+        out.send(f).await?;
     }
+    Ok(())
 }
 
 /// How a stream that could not be opened (or a member the coordinator would
@@ -696,14 +440,4 @@ fn join_failed(s: tonic::Status) -> Result<SessionEnd, NodeError> {
         s.code(),
         s.message()
     )))
-}
-
-/// One open stream.
-struct Session {
-    epoch: u64,
-    out: Outbound,
-    /// Credit granted on this stream and not yet used by a job.
-    unused_credit: u64,
-    /// The coordinator confirmed no more jobs will come.
-    drained: bool,
 }

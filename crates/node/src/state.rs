@@ -1,0 +1,262 @@
+//! The node's side of the node protocol as a state machine with no I/O:
+//! the credit it grants, the jobs it holds, the results it keeps until they
+//! are acked (handed in again on a later stream), and going away.
+//!
+//! The join loop in the crate root opens streams and moves frames; every
+//! decision about what to send is made here, from the frames and results it
+//! is given, so it is tested without sockets.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use smsmesh::pb::{self, node_to_coordinator};
+
+use crate::Stats;
+use crate::pipeline::Pipeline;
+
+/// A finished job, tagged with the stream (epoch) that handed it out.
+pub type Done = (u64, pb::JobResult);
+
+fn frame(u: node_to_coordinator::Update) -> pb::NodeToCoordinator {
+    pb::NodeToCoordinator { update: Some(u) }
+}
+
+/// What a node knows of its jobs, results and credit.
+pub struct NodeState {
+    /// Most gateway sends at once.
+    concurrency: u32,
+    /// Most results in one frame.
+    max_results_per_frame: usize,
+    stats: Arc<Stats>,
+    /// Number of the current stream; results of earlier ones are handed in.
+    epoch: u64,
+    /// Jobs given to the executor and not finished.
+    held: u64,
+    /// Finished, not yet in a frame.
+    done: Vec<Done>,
+    /// Frames sent and not acked, by seq.
+    unacked: BTreeMap<u64, Vec<pb::JobResult>>,
+    next_seq: u64,
+    /// A shutdown was asked for.
+    leaving: bool,
+    /// Sizes the prefetch.
+    pipeline: Pipeline,
+    /// Credit granted on this stream and not yet used by a job.
+    unused_credit: u64,
+    /// The coordinator confirmed on this stream that no more jobs will come.
+    drained: bool,
+}
+
+impl NodeState {
+    /// A node with `concurrency` send slots and a prefetch between `prefetch`
+    /// and `prefetch_max` (see [`Pipeline`]).
+    pub fn new(
+        concurrency: u32,
+        (prefetch, prefetch_max): (u32, u32),
+        max_results_per_frame: usize,
+        stats: Arc<Stats>,
+        now: Instant,
+    ) -> Self {
+        NodeState {
+            concurrency,
+            max_results_per_frame: max_results_per_frame.max(1),
+            stats,
+            epoch: 0,
+            held: 0,
+            done: Vec::new(),
+            unacked: BTreeMap::new(),
+            next_seq: 1,
+            leaving: false,
+            pipeline: Pipeline::new(prefetch, prefetch_max, now),
+            unused_credit: 0,
+            drained: false,
+        }
+    }
+
+    /// Most jobs ever held at once: sends in progress plus the most prefetched
+    /// jobs. Hello tells the coordinator this as the node's concurrency.
+    pub fn credit_limit(&self) -> u32 {
+        self.concurrency.saturating_add(self.pipeline.ceiling())
+    }
+
+    /// Jobs to hold now: sends in progress plus the prefetch the pipeline wants now.
+    fn credit_target(&self) -> u32 {
+        let prefetch = self.pipeline.prefetch();
+        self.stats
+            .prefetch
+            .store(u64::from(prefetch), Ordering::Relaxed);
+        self.concurrency.saturating_add(prefetch)
+    }
+
+    /// The current stream's number: jobs are tagged with it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Jobs handed out and not finished.
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// Whether a shutdown was asked for.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving
+    }
+
+    /// Whether nothing is held, waiting for a frame, or unacked.
+    pub fn is_empty(&self) -> bool {
+        self.held == 0 && self.done.is_empty() && self.unacked.is_empty()
+    }
+
+    /// Results the node still answers for (held, finished, or sent and not acked).
+    pub fn owed(&self) -> usize {
+        self.held as usize + self.done.len() + self.unacked.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// Whether the node has left: leaving, drained by the coordinator, and every result acked.
+    pub fn left_cleanly(&self) -> bool {
+        self.leaving && self.drained && self.is_empty()
+    }
+
+    /// A stream was accepted. Returns what follows Hello on it: every frame
+    /// not acked on earlier streams, handed in again, then GoingAway if the
+    /// node is leaving. Results and credit follow with [`flush`](Self::flush).
+    pub fn on_stream_open(&mut self) -> Vec<pb::NodeToCoordinator> {
+        self.pipeline.new_stream();
+        self.unused_credit = 0;
+        self.drained = false;
+        let mut frames: Vec<_> = self
+            .unacked
+            .iter()
+            .map(|(&seq, results)| {
+                self.stats
+                    .handed_in
+                    .fetch_add(results.len() as u64, Ordering::Relaxed);
+                frame(node_to_coordinator::Update::Results(pb::Results {
+                    seq,
+                    results: results.clone(),
+                    grant: 0,
+                    handoff: true,
+                }))
+            })
+            .collect();
+        if self.leaving {
+            frames.push(going_away());
+        }
+        frames
+    }
+
+    /// The stream ended or could not be opened: what it handed out is from an
+    /// earlier stream from now on.
+    pub fn on_stream_broken(&mut self) {
+        self.epoch += 1;
+        self.unused_credit = 0;
+        self.drained = false;
+    }
+
+    /// A Jobs frame of `n` jobs arrived. Returns how many were beyond the
+    /// credit granted (a coordinator bug if ever non-zero).
+    pub fn on_jobs(&mut self, n: u64, now: Instant) -> u64 {
+        self.stats.jobs.fetch_add(n, Ordering::Relaxed);
+        let over = n.saturating_sub(self.unused_credit);
+        if over > 0 {
+            self.stats.over_credit.fetch_add(over, Ordering::Relaxed);
+        }
+        self.unused_credit = self.unused_credit.saturating_sub(n);
+        self.pipeline.filled(n, now);
+        self.held += n;
+        self.stats.in_flight.store(self.held, Ordering::Relaxed);
+        self.stats.max_held.fetch_max(self.held, Ordering::Relaxed);
+        over
+    }
+
+    /// The coordinator stored every Results frame up to `seq`: they are forgotten.
+    pub fn on_ack(&mut self, seq: u64) {
+        self.unacked = self.unacked.split_off(&(seq + 1));
+    }
+
+    /// The coordinator will send no more jobs on this stream.
+    pub fn on_drained(&mut self) {
+        self.drained = true;
+    }
+
+    /// Sends finished.
+    pub fn finished(&mut self, bunch: Vec<Done>, now: Instant) {
+        self.held -= bunch.len() as u64;
+        self.pipeline.finished(bunch.len() as u64, now);
+        self.stats.in_flight.store(self.held, Ordering::Relaxed);
+        self.done.extend(bunch);
+    }
+
+    /// A shutdown is asked for: the node grants no more credit and says GoingAway.
+    /// Returns the frame to send, the first time only.
+    pub fn leave(&mut self) -> Option<pb::NodeToCoordinator> {
+        (!std::mem::replace(&mut self.leaving, true)).then(going_away)
+    }
+
+    /// The frames to send now: finished results (those of earlier streams
+    /// handed in), and the credit that is free, riding on the last frame.
+    pub fn flush(&mut self, now: Instant) -> Vec<pb::NodeToCoordinator> {
+        let free = if self.leaving {
+            0
+        } else {
+            u64::from(self.credit_target()).saturating_sub(self.held + self.unused_credit)
+        };
+        if self.done.is_empty() && free == 0 {
+            return Vec::new();
+        }
+        let epoch = self.epoch;
+        let (current, handoff): (Vec<Done>, Vec<Done>) = std::mem::take(&mut self.done)
+            .into_iter()
+            .partition(|(e, _)| *e == epoch);
+        self.stats
+            .handed_in
+            .fetch_add(handoff.len() as u64, Ordering::Relaxed);
+        let mut frames: Vec<pb::Results> = Vec::new();
+        for (results, handoff) in [(handoff, true), (current, false)] {
+            for chunk in results.chunks(self.max_results_per_frame) {
+                let results: Vec<pb::JobResult> = chunk.iter().map(|(_, r)| r.clone()).collect();
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.unacked.insert(seq, results.clone());
+                frames.push(pb::Results {
+                    seq,
+                    results,
+                    grant: 0,
+                    handoff,
+                });
+            }
+        }
+        // The grant counts capacity freed by every result above, so it rides on the last
+        // frame (the coordinator applies results before the grant), or goes alone.
+        self.unused_credit += free;
+        self.pipeline.granted(free, now);
+        self.stats
+            .credits_granted
+            .fetch_add(free, Ordering::Relaxed);
+        let last = match frames.last_mut() {
+            Some(f) if !f.handoff => {
+                f.grant = free as u32;
+                None
+            }
+            _ if free > 0 => Some(frame(node_to_coordinator::Update::Grant(pb::Grant {
+                credits: free as u32,
+            }))),
+            _ => None,
+        };
+        frames
+            .into_iter()
+            .map(|f| frame(node_to_coordinator::Update::Results(f)))
+            .chain(last)
+            .collect()
+    }
+}
+
+fn going_away() -> pb::NodeToCoordinator {
+    frame(node_to_coordinator::Update::GoingAway(pb::GoingAway {}))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+//! The node's protocol state driven by hand: frames in, frames out, no sockets.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use smsmesh::pb::{self, node_to_coordinator::Update};
+
+use super::NodeState;
+use crate::Stats;
+
+fn state(concurrency: u32, prefetch: u32) -> NodeState {
+    NodeState::new(
+        concurrency,
+        (prefetch, prefetch),
+        2,
+        Arc::new(Stats::default()),
+        Instant::now(),
+    )
+}
+
+fn done(epoch: u64, index: u32) -> super::Done {
+    let r = pb::JobResult {
+        batch: 1,
+        index,
+        attempt: 1,
+        outcome: pb::Outcome::Sent as i32,
+        ..Default::default()
+    };
+    (epoch, r)
+}
+
+/// (seq, result indexes, grant, handoff) of each Results frame, and the grant of a Grant frame.
+fn results(frames: &[pb::NodeToCoordinator]) -> Vec<(u64, Vec<u32>, u32, bool)> {
+    frames
+        .iter()
+        .filter_map(|f| match f.update.as_ref()? {
+            Update::Results(r) => Some((
+                r.seq,
+                r.results.iter().map(|r| r.index).collect(),
+                r.grant,
+                r.handoff,
+            )),
+            Update::Grant(g) => Some((0, Vec::new(), g.credits, false)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn credit_is_granted_up_to_the_target_and_never_beyond() {
+    let now = Instant::now();
+    let mut s = state(4, 1);
+    assert_eq!(s.credit_limit(), 5, "concurrency plus the most prefetch");
+    assert_eq!(results(&s.flush(now)), [(0, vec![], 5, false)]);
+    assert!(s.flush(now).is_empty(), "nothing more until jobs finish");
+    assert_eq!(s.on_jobs(3, now), 0);
+    assert!(
+        s.flush(now).is_empty(),
+        "credit still unused covers the rest"
+    );
+    assert_eq!(
+        s.on_jobs(3, now),
+        1,
+        "one job beyond the credit granted is counted"
+    );
+    s.finished(vec![done(0, 0), done(0, 1)], now);
+    // Two results in frames of at most 2, and the credit they freed rides on the last.
+    let out = results(&s.flush(now));
+    assert_eq!(out.len(), 1);
+    let (seq, idx, grant, handoff) = &out[0];
+    assert_eq!((*seq, idx.as_slice(), handoff), (1, &[0, 1][..], &false));
+    assert_eq!(*grant, 1, "5 held at most: 4 still held");
+}
+
+#[test]
+fn results_are_kept_until_acked_and_handed_in_on_the_next_stream() {
+    let now = Instant::now();
+    let mut s = state(8, 0);
+    s.flush(now);
+    s.on_jobs(5, now);
+    s.finished((0..5).map(|i| done(0, i)).collect(), now);
+    let out = results(&s.flush(now));
+    assert_eq!(out.iter().map(|f| f.0).collect::<Vec<_>>(), [1, 2, 3]);
+    s.on_ack(2);
+    assert!(!s.is_empty(), "frame 3 is not acked");
+    // The stream breaks.
+    s.on_stream_broken();
+    let open = results(&s.on_stream_open());
+    assert_eq!(
+        open,
+        [(3, vec![4], 0, true)],
+        "the unacked frame again, as a handoff"
+    );
+    s.on_ack(3);
+    assert!(s.is_empty());
+}
+
+#[test]
+fn results_of_an_earlier_stream_are_handed_in_apart_from_this_stream_s() {
+    let now = Instant::now();
+    let mut s = state(8, 0);
+    s.flush(now);
+    s.on_jobs(2, now);
+    s.on_stream_broken();
+    s.on_stream_open();
+    s.finished(vec![done(0, 7), done(1, 8)], now);
+    let out = results(&s.flush(now));
+    assert_eq!(
+        out,
+        [(1, vec![7], 0, true), (2, vec![8], 8, false)],
+        "the handoff first; the grant rides on this stream's frame"
+    );
+}
+
+#[test]
+fn going_away_stops_credit_and_ends_once_drained_and_acked() {
+    let now = Instant::now();
+    let mut s = state(2, 0);
+    s.flush(now);
+    s.on_jobs(2, now);
+    let bye = s.leave().expect("GoingAway the first time");
+    assert!(matches!(bye.update, Some(Update::GoingAway(_))));
+    assert!(s.leave().is_none(), "said once");
+    s.finished(vec![done(0, 0), done(0, 1)], now);
+    let out = results(&s.flush(now));
+    assert_eq!(out, [(1, vec![0, 1], 0, false)], "no credit while leaving");
+    assert!(!s.left_cleanly());
+    s.on_drained();
+    assert!(!s.left_cleanly(), "frame 1 is not acked yet");
+    s.on_ack(1);
+    assert!(s.left_cleanly());
+    // Leaving before a new stream opens: GoingAway follows the handoff there.
+    let mut s = state(2, 0);
+    let _ = s.leave();
+    s.on_stream_broken();
+    let open = s.on_stream_open();
+    assert!(matches!(
+        open.last().unwrap().update,
+        Some(Update::GoingAway(_))
+    ));
+}
