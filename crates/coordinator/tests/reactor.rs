@@ -243,14 +243,7 @@ fn acks_ride_with_the_next_jobs_frame_or_go_at_once_when_no_jobs_will_come() {
     );
     let rest = w.out.take_jobs(a);
     assert!(rest.is_empty());
-    let jobs = frames
-        .into_iter()
-        .filter_map(|u| match u {
-            coordinator_to_node::Update::Jobs(j) => Some(j.jobs),
-            _ => None,
-        })
-        .flatten()
-        .collect::<Vec<_>>();
+    let jobs = common::jobs(frames).concat();
     w.frame(a, 3, jobs.iter().map(|j| result(j, true)).collect(), 2);
     assert_eq!(w.status(id).state, BatchState::Completed as i32);
     w.commit();

@@ -53,14 +53,19 @@ impl TestOutbox {
 
     /// Jobs sent to `s` since the last take, frame by frame (other frames are dropped).
     pub fn take_jobs(&mut self, s: SessionId) -> Vec<Vec<pb::Job>> {
-        self.take(s)
-            .into_iter()
-            .filter_map(|u| match u {
-                coordinator_to_node::Update::Jobs(j) => Some(j.jobs),
-                _ => None,
-            })
-            .collect()
+        jobs(self.take(s))
     }
+}
+
+/// The jobs of each Jobs frame among `frames`.
+pub fn jobs(frames: Vec<coordinator_to_node::Update>) -> Vec<Vec<pb::Job>> {
+    frames
+        .into_iter()
+        .filter_map(|u| match u {
+            coordinator_to_node::Update::Jobs(j) => Some(j.jobs),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The sequence numbers of the acks among `frames`.
