@@ -163,6 +163,12 @@ impl Collector for CoordinatorCollector {
         )?;
         counter(
             e,
+            "smsmesh_handoff_results_refused",
+            "Results handed in by nodes for an attempt that was never dispatched, refused.",
+            m.handoffs_refused,
+        )?;
+        counter(
+            e,
             "smsmesh_credits_granted",
             "Credits granted by nodes.",
             m.credits_granted,

@@ -355,3 +355,42 @@ fn a_handed_in_result_does_not_settle_a_later_attempt_held_by_the_same_node() {
     );
     assert_eq!(s.nodes[0].in_flight, 0);
 }
+
+#[test]
+fn handed_in_results_for_attempts_never_dispatched_are_refused_and_counted() {
+    let mut w = World::new(config());
+    let id = w.submit(100, 3);
+    let a = w.join("a", 1);
+    w.grant(a, 1);
+    w.dispatch();
+    let job = w.out.take_jobs(a).concat();
+    assert_eq!((job[0].index, job[0].attempt), (0, 1));
+    // A node given one job hands in every other message of the batch as sent...
+    let forged = (1..100)
+        .map(|index| pb::JobResult {
+            index,
+            ..result(&job[0], true)
+        })
+        .collect();
+    w.results_frame(a, 1, forged, 0, true);
+    // ... and its own job with an attempt that was never made.
+    let later = pb::JobResult {
+        attempt: 2,
+        ..result(&job[0], true)
+    };
+    w.results_frame(a, 2, vec![later], 0, true);
+    let s = w.status(id);
+    assert_eq!(
+        (s.sent, s.in_flight, s.pending),
+        (0, 1, 99),
+        "nothing forged counts"
+    );
+    w.core.publish(w.now);
+    assert_eq!(w.core.subscribe().borrow().metrics.handoffs_refused, 100);
+    // The attempt that was made, handed in after a reconnect, does count.
+    w.core.on_node_lost(a, "broken", w.now, &mut w.out);
+    let a2 = w.join("a", 1);
+    w.results_frame(a2, 3, vec![result(&job[0], true)], 0, true);
+    assert_eq!(w.status(id).sent, 1);
+    assert!(!w.out.closed.get(&a2).is_some_and(Option::is_some));
+}

@@ -101,6 +101,9 @@ pub struct Batch {
     pub reserved: u32,
     /// Messages to dispatch again before fresh ones.
     pub ready: VecDeque<u32>,
+    /// Every index below this may have been dispatched before the last restart
+    /// (the stored reservation then), with attempts the store did not keep.
+    pub dispatched_before_restart: u32,
     /// Messages that may have been in flight at a crash, held back until `resume_at`.
     pub resumed: Vec<u32>,
     /// When `resumed` may go out again.
@@ -143,6 +146,7 @@ impl Batch {
             slots: vec![Slot::default(); total as usize],
             next_fresh: 0,
             reserved: total,
+            dispatched_before_restart: 0,
             ready: VecDeque::new(),
             resumed: Vec::new(),
             resume_at: None,
@@ -243,6 +247,17 @@ impl Batch {
             }
         }
         fallback.and_then(|i| self.ready.remove(i))
+    }
+
+    /// Whether a handed-in result of attempt `attempt` of message `index` can
+    /// be real: that attempt was dispatched by this coordinator, or the
+    /// message may have been dispatched before the last restart.
+    pub fn may_hand_in(&self, index: u32, attempt: u32) -> bool {
+        let Some(slot) = self.slots.get(index as usize) else {
+            return false;
+        };
+        attempt >= 1
+            && (attempt <= u32::from(slot.attempts) || index < self.dispatched_before_restart)
     }
 
     /// Fresh messages may be dispatched below this index.

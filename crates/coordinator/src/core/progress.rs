@@ -49,6 +49,8 @@ pub struct MeshMetrics {
     pub node_joins: u64,
     /// Node streams closed for breaking the protocol.
     pub node_protocol_errors: u64,
+    /// Handed-in results refused because no such attempt was dispatched.
+    pub handoffs_refused: u64,
 }
 
 impl Default for MeshMetrics {
@@ -65,6 +67,7 @@ impl Default for MeshMetrics {
             credits_granted: 0,
             node_joins: 0,
             node_protocol_errors: 0,
+            handoffs_refused: 0,
         }
     }
 }
@@ -129,6 +132,7 @@ fn mesh_metrics(batches: &Batches, sessions: &Sessions) -> MeshMetrics {
         credits_granted: stats.credits_granted,
         node_joins: stats.joins,
         node_protocol_errors: stats.protocol_errors,
+        handoffs_refused: stats.handoffs_refused,
         ..MeshMetrics::default()
     };
     for b in batches.all() {

@@ -64,6 +64,7 @@ impl Core {
                 }
             }
             b.reserved = state.dispatched;
+            b.dispatched_before_restart = state.dispatched;
             b.check_end(now);
             core.durability.restored(lb.state);
             core.batches.insert(b);

@@ -71,12 +71,22 @@ fn apply(
             Ok(pb::Outcome::Failed) => false,
             _ => return Err(format!("result for message {id} has no outcome")),
         };
+        let batch = batches.get_mut(res.batch);
+        if r.handoff
+            && let Some(b) = &batch
+            && !b.may_hand_in(res.index, res.attempt)
+        {
+            // No such attempt was dispatched: a result for it cannot be real.
+            tracing::warn!(node = %session.name, message = %id, attempt = res.attempt, "refused a handed-in result for an attempt never dispatched");
+            stats.handoffs_refused += 1;
+            continue;
+        }
         stats.attempt(node, sent, res.latency_us);
-        let Some(batch) = batches.get_mut(res.batch) else {
+        let Some(batch) = batch else {
             continue; // handed in for a batch this coordinator does not know
         };
         if u64::from(res.index) >= batch.counts.total {
-            continue; // handoff naming a message that does not exist
+            continue; // a message that does not exist
         }
         let reached = batch.on_result(
             res.index,

@@ -81,6 +81,8 @@ pub(super) struct NodeStats {
     pub(super) credits_granted: u64,
     pub(super) joins: u64,
     pub(super) protocol_errors: u64,
+    /// Handed-in results refused: no such attempt was dispatched.
+    pub(super) handoffs_refused: u64,
 }
 
 impl Default for NodeStats {
@@ -91,6 +93,7 @@ impl Default for NodeStats {
             credits_granted: 0,
             joins: 0,
             protocol_errors: 0,
+            handoffs_refused: 0,
         }
     }
 }
