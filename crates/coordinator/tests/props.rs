@@ -224,14 +224,32 @@ impl Mesh {
                 s.total,
                 "counts add up to the total"
             );
-            let held: usize = self
+            // A message is in flight on the node holding its current attempt. Another node
+            // may still hold an older attempt of it (it was re-sent, or is already settled by
+            // a result handed in): that job is not in flight in the books.
+            let held: Vec<&pb::Job> = self
                 .nodes
                 .iter()
                 .filter(|n| n.sid.is_some())
-                .map(|n| n.held.iter().filter(|j| j.batch == id.0).count())
-                .sum();
-            assert_eq!(s.in_flight, held as u64, "in flight is what nodes hold");
+                .flat_map(|n| n.held.iter().filter(|j| j.batch == id.0))
+                .collect();
+            let current = held
+                .iter()
+                .filter(|j| {
+                    let m = self.message(id, j.index);
+                    m.state == MessageState::InFlight as i32 && m.attempts == j.attempt
+                })
+                .count();
+            assert_eq!(s.in_flight, current as u64, "in flight is what nodes hold");
+            assert!(s.in_flight <= held.len() as u64);
         }
+    }
+
+    fn message(&self, batch: BatchId, index: u32) -> pb::MessageStatus {
+        self.w
+            .core
+            .on_message_status(MessageId { batch, index }, &Tenant::default())
+            .unwrap()
     }
 
     /// Every node joins and works until every batch has ended.
@@ -278,7 +296,7 @@ proptest! {
             prop_assert_eq!(s.sent + s.failed + s.cancelled, s.total, "every message ended");
             prop_assert_eq!((s.sent, s.failed), (b.sent, b.failed), "stored as counted");
             for index in 0..s.total as u32 {
-                let msg = m.w.core.on_message_status(MessageId { batch: id, index }, &Tenant::default()).unwrap();
+                let msg = m.message(id, index);
                 let final_state = [MessageState::Sent, MessageState::Failed, MessageState::Cancelled]
                     .map(|st| st as i32)
                     .contains(&msg.state);
@@ -286,4 +304,42 @@ proptest! {
             }
         }
     }
+}
+
+/// The case that showed a job can be held without being in flight: after a
+/// crash the message goes out again to another node, and the first node then
+/// hands in that it was sent.
+#[test]
+fn a_message_resent_elsewhere_and_then_handed_in_is_settled_once() {
+    let mut m = Mesh::new();
+    let ops = [
+        Op::Join(0),
+        Op::Submit(1),
+        Op::Commit,
+        Op::Grant(0),
+        Op::Crash,
+        Op::Join(1),
+        Op::Grant(1),
+        Op::Advance,
+        Op::Join(0),
+    ];
+    for op in &ops {
+        m.apply(op);
+        m.check();
+    }
+    let s = m.w.status(m.batches[0]);
+    assert_eq!((s.sent, s.in_flight, s.resent), (1, 0, 1));
+    assert_eq!(
+        m.nodes[1].held.len(),
+        1,
+        "node 1 still holds the re-sent job"
+    );
+    m.apply(&Op::Finish(1, 1, true));
+    m.check();
+    let s = m.w.status(m.batches[0]);
+    assert_eq!(
+        (s.sent, s.duplicates),
+        (1, 1),
+        "its result is a duplicate, not a second send"
+    );
 }
