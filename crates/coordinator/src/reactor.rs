@@ -329,7 +329,7 @@ impl Reactor {
                 self.stored(stored, now);
             }
             Event::Committed(Err(e)) => {
-                tracing::error!(error = %e, "the store failed; stopping (nodes keep their unacked results)");
+                tracing::error!(error = %e, "THE STORE FAILED: stopping; nodes keep their unacked results, and every accepted batch resumes after a restart");
                 core.on_shutdown(now, outbox);
                 return Flow::Break(Err(e));
             }

@@ -111,7 +111,7 @@ pub async fn run_with_metrics(
         async move {
             tokio::select! {
                 () = shutdown => tracing::info!("coordinator shutting down"),
-                Ok(e) = failed_rx => tracing::error!(error = %e, "coordinator stopping: the store failed"),
+                Ok(e) = failed_rx => tracing::error!(error = %e, "COORDINATOR STOPPING: it cannot go on safely; restart it once the cause is fixed"),
             }
             serving.store(false, std::sync::atomic::Ordering::Relaxed);
             health
@@ -158,10 +158,15 @@ pub async fn run_with_metrics(
             reactor_task.await
         }
         r = &mut reactor_task => {
-            // The reactor stops on its own only when the store fails: stop serving too.
-            if let Ok(Err(e)) = &r {
-                let _ = failed_tx.send(e.clone());
-            }
+            // The reactor stops on its own only when the store fails or it panicked: stop
+            // serving too, so the process exits and a supervisor restarts it (never a
+            // process that looks alive and does nothing).
+            let why = match &r {
+                Ok(Ok(())) => "the reactor stopped".to_string(),
+                Ok(Err(e)) => e.clone(),
+                Err(e) => format!("the reactor task failed: {e}"),
+            };
+            let _ = failed_tx.send(why);
             serve.await?;
             r
         }

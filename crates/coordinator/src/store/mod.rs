@@ -54,6 +54,23 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The disk holding the store is full.
+    #[error("store {path}: the disk is full ({source}); free space, then restart smscoord")]
+    DiskFull {
+        /// Database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An earlier write failed: the store takes no more until the process restarts.
+    #[error("store {path}: {earlier}; it takes no more writes until smscoord restarts")]
+    Failed {
+        /// Database file.
+        path: PathBuf,
+        /// What the failed write said.
+        earlier: String,
+    },
     /// A stored record could not be decoded.
     #[error("store {path}: corrupt record: {what}")]
     Corrupt {
@@ -78,6 +95,51 @@ pub struct Outcome {
     pub node: u16,
     /// Last error, for final failures.
     pub error: Option<String>,
+}
+
+impl StoreError {
+    /// The error of a failed engine call on the store at `path`: [`StoreError::DiskFull`]
+    /// when the cause is a full disk.
+    fn new(path: PathBuf, source: Box<dyn std::error::Error + Send + Sync>) -> StoreError {
+        if disk_full(&*source) {
+            StoreError::DiskFull { path, source }
+        } else {
+            StoreError::Db { path, source }
+        }
+    }
+
+    /// Whether the disk holding the store is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull { .. })
+    }
+}
+
+/// Whether `e`, or an error it wraps, is a full disk (ENOSPC, or a file-size limit).
+fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let full = |io: &std::io::Error| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::FileTooLarge
+        )
+    };
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>().is_some_and(full) {
+            return true;
+        }
+        if let Some(redb::StorageError::Io(io)) = e.downcast_ref::<redb::StorageError>()
+            && full(io)
+        {
+            return true;
+        }
+        // redb's own error types do not all expose their cause: its text says it.
+        let text = e.to_string();
+        if text.contains("(os error 28)") || text.contains("(os error 27)") {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// One group of changes, committed in one transaction.
@@ -125,8 +187,26 @@ pub struct Loaded {
 /// The open store.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    engine: Arc<Engine>,
     path: PathBuf,
+}
+
+/// The database, and whether a write to it failed.
+struct Engine {
+    /// Always `Some` but while dropping.
+    db: Option<Database>,
+    /// The first write that failed, if any: after it the engine is not trusted.
+    failure: std::sync::OnceLock<String>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // After a failed write the engine's own state may be poisoned, and closing it
+        // would panic: leave it to the OS (its last commit is on disk either way).
+        if self.failure.get().is_some() {
+            std::mem::forget(self.db.take());
+        }
+    }
 }
 
 impl Store {
@@ -134,10 +214,7 @@ impl Store {
     /// existing store cannot be read.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join("smsmesh.redb");
-        let err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Db {
-            path: path.clone(),
-            source: e,
-        };
+        let err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::new(path.clone(), e);
         std::fs::create_dir_all(dir)
             .map_err(|e| err(format!("cannot create data dir {}: {e}", dir.display()).into()))?;
         let db = Database::create(&path).map_err(|e| err(e.into()))?;
@@ -159,11 +236,14 @@ impl Store {
 
     fn init(db: Database, path: PathBuf) -> Result<Store, StoreError> {
         let store = Store {
-            db: Arc::new(db),
+            engine: Arc::new(Engine {
+                db: Some(db),
+                failure: std::sync::OnceLock::new(),
+            }),
             path,
         };
         // Create the tables, and prove the store is writable now rather than at the first batch.
-        let txn = store.db.begin_write().map_err(|e| store.err(e))?;
+        let txn = store.db().begin_write().map_err(|e| store.err(e))?;
         {
             txn.open_table(BATCHES).map_err(|e| store.err(e))?;
             txn.open_table(OUTCOMES).map_err(|e| store.err(e))?;
@@ -181,16 +261,60 @@ impl Store {
         &self.path
     }
 
-    fn err(&self, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
-        StoreError::Db {
-            path: self.path.clone(),
-            source: e.into(),
+    fn db(&self) -> &Database {
+        self.engine
+            .db
+            .as_ref()
+            .expect("the database is open while a Store exists")
+    }
+
+    /// Runs a write, unless an earlier one failed; a failure is remembered.
+    fn write<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Some(earlier) = self.engine.failure.get() {
+            return Err(StoreError::Failed {
+                path: self.path.clone(),
+                earlier: earlier.clone(),
+            });
         }
+        // The engine may panic after an I/O error (a full disk): that is a failed
+        // write like any other, never a dead thread or task.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .unwrap_or_else(|panic| Err(self.panicked(panic)))
+            .inspect_err(|e| {
+                let _ = self.engine.failure.set(e.to_string());
+            })
+    }
+
+    /// The error of an engine call that panicked. The engine says nothing of
+    /// the I/O error behind such a panic, so a small probe write next to the
+    /// store tells whether the disk is full.
+    fn panicked(&self, panic: Box<dyn std::any::Any + Send>) -> StoreError {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        let source = format!("the store engine failed: {what}").into();
+        let probe = self.path.with_extension("space-probe");
+        let full = std::fs::write(&probe, [0u8; 64 * 1024])
+            .and_then(|()| std::fs::File::open(&probe)?.sync_all())
+            .is_err_and(|e| disk_full(&e));
+        let _ = std::fs::remove_file(&probe);
+        let path = self.path.clone();
+        if full {
+            StoreError::DiskFull { path, source }
+        } else {
+            StoreError::Db { path, source }
+        }
+    }
+
+    fn err(&self, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+        StoreError::new(self.path.clone(), e.into())
     }
 
     /// Loads everything.
     pub fn load(&self) -> Result<Loaded, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db().begin_read().map_err(|e| self.err(e))?;
         let batches_t = txn.open_table(BATCHES).map_err(|e| self.err(e))?;
         let outcomes_t = txn.open_table(OUTCOMES).map_err(|e| self.err(e))?;
         let errors_t = txn.open_table(ERRORS).map_err(|e| self.err(e))?;
@@ -270,67 +394,71 @@ impl Store {
         batch: &StoredBatch,
         key: Option<&str>,
     ) -> Result<Result<(), u64>, StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            if let Some(key) = key {
-                let mut keys = txn.open_table(IDEMPOTENCY).map_err(|e| self.err(e))?;
-                if let Some(id) = keys.get(key).map_err(|e| self.err(e))? {
-                    return Ok(Err(id.value()));
+        self.write(|| {
+            let txn = self.db().begin_write().map_err(|e| self.err(e))?;
+            {
+                if let Some(key) = key {
+                    let mut keys = txn.open_table(IDEMPOTENCY).map_err(|e| self.err(e))?;
+                    if let Some(id) = keys.get(key).map_err(|e| self.err(e))? {
+                        return Ok(Err(id.value()));
+                    }
+                    keys.insert(key, batch.id).map_err(|e| self.err(e))?;
                 }
-                keys.insert(key, batch.id).map_err(|e| self.err(e))?;
+                let mut batches = txn.open_table(BATCHES).map_err(|e| self.err(e))?;
+                batches
+                    .insert(batch.id, batch.encode_to_vec().as_slice())
+                    .map_err(|e| self.err(e))?;
             }
-            let mut batches = txn.open_table(BATCHES).map_err(|e| self.err(e))?;
-            batches
-                .insert(batch.id, batch.encode_to_vec().as_slice())
-                .map_err(|e| self.err(e))?;
-        }
-        txn.commit().map_err(|e| self.err(e))?;
-        Ok(Ok(()))
+            txn.commit().map_err(|e| self.err(e))?;
+            Ok(Ok(()))
+        })
     }
 
     /// Commits one group of changes in one transaction.
     pub fn commit(&self, set: &WriteSet) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut outcomes = txn.open_table(OUTCOMES).map_err(|e| self.err(e))?;
-            let mut errors = txn.open_table(ERRORS).map_err(|e| self.err(e))?;
-            // Group by row so each row is read and written once.
-            let mut rows: BTreeMap<(u64, u32), Vec<&Outcome>> = BTreeMap::new();
-            for o in &set.outcomes {
-                rows.entry((o.batch, format::row_of(o.index)))
-                    .or_default()
-                    .push(o);
-            }
-            for (key, list) in rows {
-                let mut row = match outcomes.get(key).map_err(|e| self.err(e))? {
-                    Some(v) => v.value().to_vec(),
-                    None => format::empty_row(),
-                };
-                for o in list {
-                    format::write_slot(&mut row, o);
-                    if let Some(e) = &o.error {
-                        errors
-                            .insert((o.batch, o.index), e.as_str())
-                            .map_err(|e| self.err(e))?;
-                    }
+        self.write(|| {
+            let txn = self.db().begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut outcomes = txn.open_table(OUTCOMES).map_err(|e| self.err(e))?;
+                let mut errors = txn.open_table(ERRORS).map_err(|e| self.err(e))?;
+                // Group by row so each row is read and written once.
+                let mut rows: BTreeMap<(u64, u32), Vec<&Outcome>> = BTreeMap::new();
+                for o in &set.outcomes {
+                    rows.entry((o.batch, format::row_of(o.index)))
+                        .or_default()
+                        .push(o);
                 }
-                outcomes
-                    .insert(key, row.as_slice())
-                    .map_err(|e| self.err(e))?;
+                for (key, list) in rows {
+                    let mut row = match outcomes.get(key).map_err(|e| self.err(e))? {
+                        Some(v) => v.value().to_vec(),
+                        None => format::empty_row(),
+                    };
+                    for o in list {
+                        format::write_slot(&mut row, o);
+                        if let Some(e) = &o.error {
+                            errors
+                                .insert((o.batch, o.index), e.as_str())
+                                .map_err(|e| self.err(e))?;
+                        }
+                    }
+                    outcomes
+                        .insert(key, row.as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+                let mut nodes = txn.open_table(NODES).map_err(|e| self.err(e))?;
+                for (n, name) in &set.nodes {
+                    nodes.insert(*n, name.as_str()).map_err(|e| self.err(e))?;
+                }
+                let mut batches = txn.open_table(BATCH_STATE).map_err(|e| self.err(e))?;
+                for b in &set.batches {
+                    batches
+                        .insert(b.id, b.encode_to_vec().as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
             }
-            let mut nodes = txn.open_table(NODES).map_err(|e| self.err(e))?;
-            for (n, name) in &set.nodes {
-                nodes.insert(*n, name.as_str()).map_err(|e| self.err(e))?;
-            }
-            let mut batches = txn.open_table(BATCH_STATE).map_err(|e| self.err(e))?;
-            for b in &set.batches {
-                batches
-                    .insert(b.id, b.encode_to_vec().as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-        }
-        txn.commit().map_err(|e| self.err(e))?;
-        Ok(())
+            txn.commit().map_err(|e| self.err(e))?;
+            Ok(())
+        })
     }
 }
 

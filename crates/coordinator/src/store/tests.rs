@@ -105,7 +105,7 @@ fn what_is_committed_is_loaded_back_decoded() {
 
 /// Writes `row` as outcome row `chunk` of batch `id`, bypassing the format.
 fn write_raw(store: &Store, id: u64, chunk: u32, row: &[u8]) {
-    let txn = store.db.begin_write().unwrap();
+    let txn = store.db().begin_write().unwrap();
     txn.open_table(OUTCOMES)
         .unwrap()
         .insert((id, chunk), row)

@@ -45,7 +45,12 @@ impl Writer {
                     stats.outcomes += set.outcomes.len() as u64;
                     stats.last = start.elapsed();
                     stats.busy += stats.last;
+                    let failed = r.is_err();
                     done(r.map(|()| token), stats);
+                    if failed {
+                        // After a failed commit the engine cannot be trusted: commit nothing more.
+                        break;
+                    }
                 }
             })
             .expect("spawn store writer");
