@@ -1,7 +1,8 @@
 //! Errors shared by the smsmesh crates and their mapping to gRPC statuses.
 //!
 //! Library code returns [`Error`]; gRPC adapters call `.map_err(Into::into)`
-//! so every status code is chosen in one place.
+//! so every status code is chosen in one place. Input quoted in a message goes
+//! through [`echo`], so it is never longer than [`MAX_ECHO`] bytes.
 
 use tonic::{Code, Status};
 
@@ -55,8 +56,39 @@ impl Error {
     }
 }
 
+/// Longest part of a client's or node's input quoted back in an error message, in bytes.
+pub const MAX_ECHO: usize = 64;
+
+/// `input` quoted for an error message: whole when short, else its first
+/// [`MAX_ECHO`] bytes (at a character boundary) and its length. An error never
+/// copies a huge input, and stays readable to every client.
+pub fn echo(input: &str) -> String {
+    if input.len() <= MAX_ECHO {
+        return format!("{input:?}");
+    }
+    let mut end = MAX_ECHO;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &input[..end], input.len())
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoes_are_short_and_cut_at_a_character() {
+        assert_eq!(echo("abc"), "\"abc\"");
+        let long = "é".repeat(1_000_000);
+        let e = echo(&long);
+        assert!(e.len() < 2 * MAX_ECHO, "{e}");
+        assert!(e.ends_with("… (2000000 bytes)"), "{e}");
     }
 }

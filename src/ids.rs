@@ -52,12 +52,13 @@ impl FromStr for BatchId {
         }
         if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::invalid(format!(
-                "batch_id {s:?} is not a batch id (expected 16 hex digits, e.g. \"3f2a9c0d11e4b7a5\")"
+                "batch_id {} is not a batch id (expected 16 hex digits, e.g. \"3f2a9c0d11e4b7a5\")",
+                crate::echo(s)
             )));
         }
         u64::from_str_radix(s, 16)
             .map(BatchId)
-            .map_err(|e| Error::invalid(format!("batch_id {s:?}: {e}")))
+            .map_err(|e| Error::invalid(format!("batch_id {}: {e}", crate::echo(s))))
     }
 }
 
@@ -75,7 +76,8 @@ impl FromStr for MessageId {
     fn from_str(s: &str) -> Result<Self, Error> {
         let bad = || {
             Error::invalid(format!(
-                "message_id {s:?} is not a message id (expected \"<batch_id>.<index>\", e.g. \"3f2a9c0d11e4b7a5.42\")"
+                "message_id {} is not a message id (expected \"<batch_id>.<index>\", e.g. \"3f2a9c0d11e4b7a5.42\")",
+                crate::echo(s)
             ))
         };
         let (b, i) = s.split_once('.').ok_or_else(bad)?;

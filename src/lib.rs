@@ -25,7 +25,7 @@ pub mod synth;
 pub mod telemetry;
 pub mod wire;
 
-pub use error::Error;
+pub use error::{Error, echo};
 pub use ids::{BatchId, MessageId};
 
 /// Generated protobuf and gRPC code of package `smsmesh.v1`.

@@ -98,7 +98,8 @@ pub fn validate_e164(field: &str, to: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "{field}: {to:?} is not an E.164 phone number (expected '+' then 7 to 15 digits, the first not 0, e.g. \"+14155550123\")"
+            "{field}: {} is not an E.164 phone number (expected '+' then 7 to 15 digits, the first not 0, e.g. \"+14155550123\")",
+            crate::echo(to)
         )))
     }
 }

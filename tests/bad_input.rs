@@ -455,3 +455,32 @@ async fn reflection_lists_the_services_and_health_says_serving() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_identifiers_are_refused_without_being_echoed_back() {
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let mut client = mesh.client().await.unwrap();
+    let huge = "z".repeat(8 << 20);
+    let short = |s: &tonic::Status| {
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(s.message().len() < 512, "{} bytes", s.message().len());
+        assert!(s.message().contains("(8388608 bytes)"), "{}", s.message());
+    };
+    use pb::get_status_request::Target;
+    for target in [
+        Target::BatchId(huge.clone()),
+        Target::MessageId(huge.clone()),
+    ] {
+        let req = pb::GetStatusRequest {
+            target: Some(target),
+        };
+        short(&client.get_status(req).await.unwrap_err());
+    }
+    let err = client
+        .submit_batch(explicit(vec![msg(&huge, "hi")]))
+        .await
+        .unwrap_err();
+    short(&err);
+    let err = raw_join(&mesh, hello(&huge, 5)).await.err().unwrap();
+    short(&err);
+}

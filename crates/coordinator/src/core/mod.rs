@@ -162,8 +162,8 @@ impl Core {
         if let Some(old) = self.sessions.by_name(&hello.name) {
             if old.instance_id != hello.instance_id {
                 return Err(Error::AlreadyExists(format!(
-                    "a node named {:?} is already connected (another process uses that name; node names must be unique)",
-                    hello.name
+                    "a node named {} is already connected (another process uses that name; node names must be unique)",
+                    smsmesh::echo(&hello.name)
                 )));
             }
             // The same process reconnected before its old stream was noticed dead.

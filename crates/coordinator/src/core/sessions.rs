@@ -260,8 +260,8 @@ pub(super) fn validate_hello(hello: &pb::Hello, max_concurrency: u32) -> Result<
     if hello.name.is_empty() || hello.name.len() > 128 || hello.name.chars().any(|c| c.is_control())
     {
         return Err(Error::invalid(format!(
-            "Hello.name {:?} is not a node name (1 to 128 printable characters)",
-            hello.name
+            "Hello.name {} is not a node name (1 to 128 printable characters)",
+            smsmesh::echo(&hello.name)
         )));
     }
     if hello.concurrency == 0 || hello.concurrency > max_concurrency {
