@@ -239,3 +239,46 @@ fn established_to(port: u16) -> usize {
         })
         .count()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_stopped_for_longer_than_the_node_timeout_keeps_its_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, addr) = Proc::coordinator(dir.path(), &["--node-timeout", "3s"]).unwrap();
+    let url = format!("http://{addr}");
+    let _nodes: Vec<Proc> = ["s1", "s2"]
+        .iter()
+        .map(|name| {
+            Proc::node(
+                &url,
+                name,
+                &["--concurrency", "50", "--mean-latency", "100ms"],
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut c = client(addr).await;
+    let id = c
+        .submit_batch(synthetic(3_000, 77))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    wait_until(LONG, "the batch to be under way", || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move { (batch_status(&mut c, &id).await.ok()?.sent > 100).then_some(()) }
+    })
+    .await
+    .unwrap();
+    // The fault is the stop itself: twice the node timeout, with nodes sending heartbeats.
+    coord.pause();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    coord.resume();
+    let b = wait_ended(&mut c, &id, LONG).await.unwrap();
+    assert_eq!((b.sent, b.failed), (3_000, 0), "{b:?}");
+    assert_eq!(
+        b.requeued, 0,
+        "no node was dropped for the coordinator's own stall: {b:?}"
+    );
+    assert_eq!(b.duplicates, 0, "{b:?}");
+}

@@ -233,6 +233,8 @@ async fn run(
         last_commit: now,
         deferred: Vec::new(),
     };
+    // The first tick is now: a stall at any time after it is told from a node's silence.
+    r.core.on_tick(now.into_std(), &mut r.outbox);
     let mut next_tick = now + TICK;
     let mut next_publish = now + publish_interval;
     let mut sleep = pin!(tokio::time::sleep_until(next_tick));

@@ -272,14 +272,35 @@ fn silent_nodes_time_out() {
     let a = w.join("a", 2);
     w.grant(a, 2);
     w.dispatch();
-    w.now += Duration::from_secs(4);
-    w.core.on_tick(w.now, &mut w.out);
+    w.run_for(Duration::from_secs(4));
     assert!(!w.out.closed.contains_key(&a));
     w.msg(a, node_to_coordinator::Update::Heartbeat(pb::Heartbeat {}));
-    w.now += Duration::from_secs(6);
-    w.core.on_tick(w.now, &mut w.out);
+    w.run_for(Duration::from_secs(6));
     assert_eq!(w.out.closed[&a].as_ref().unwrap().code(), Code::Unavailable);
     assert_eq!(w.status(id).pending, 2);
+}
+
+#[test]
+fn a_stalled_coordinator_does_not_blame_its_nodes() {
+    let mut w = World::new(config());
+    let id = w.submit(2, 3);
+    let a = w.join("a", 2);
+    w.grant(a, 2);
+    w.dispatch();
+    w.run_for(Duration::from_secs(1));
+    // The process is stopped for 10 s: no tick, nothing read.
+    w.now += Duration::from_secs(10);
+    w.core.on_tick(w.now, &mut w.out);
+    assert!(
+        !w.out.closed.contains_key(&a),
+        "its own stall is not the node's silence"
+    );
+    assert_eq!(w.status(id).in_flight, 2);
+    // A node that then stays silent is dropped after a whole timeout.
+    w.run_for(Duration::from_secs(4));
+    assert!(!w.out.closed.contains_key(&a));
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.out.closed[&a].as_ref().unwrap().code(), Code::Unavailable);
 }
 
 #[test]

@@ -537,6 +537,21 @@ impl Proc {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     }
 
+    /// Sends SIGSTOP: the process is frozen until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Sends SIGCONT.
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, sig);
+    }
+
     /// Waits for the process to exit, `deadline` at most.
     pub async fn wait(&mut self, deadline: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let child = &mut self.child;

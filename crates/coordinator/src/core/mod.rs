@@ -109,7 +109,13 @@ pub struct Core {
     durability: Durability,
     dispatcher: Dispatcher,
     progress: watch::Sender<Arc<Snapshot>>,
+    /// When `on_tick` last ran: a long gap means this process stalled.
+    last_tick: Option<Instant>,
 }
+
+/// A gap between ticks longer than this means the coordinator itself stalled
+/// (stopped, starved, or its clock jumped): nodes are not blamed for it.
+const STALL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Core {
     /// An empty coordinator, in memory only.
@@ -125,6 +131,7 @@ impl Core {
             durability: Durability::new(durable),
             dispatcher: Dispatcher::default(),
             progress: watch::Sender::new(Arc::new(Snapshot::default())),
+            last_tick: None,
         }
     }
 
@@ -278,9 +285,25 @@ impl Core {
     }
 
     /// Periodic work: sends acks still waiting for a Jobs frame, and drops
-    /// nodes that went silent.
+    /// nodes that went silent, unless the coordinator itself stalled since the
+    /// last tick.
     pub fn on_tick(&mut self, now: Instant, outbox: &mut impl Outbox) {
         self.flush_acks(now, outbox);
+        let stalled = self
+            .last_tick
+            .map(|t| now.saturating_duration_since(t))
+            .filter(|gap| *gap > STALL);
+        self.last_tick = Some(now);
+        if let Some(gap) = stalled {
+            // What nodes said meanwhile may still be queued: they get a fresh timeout.
+            tracing::warn!(
+                ?gap,
+                nodes = self.sessions.len(),
+                "the coordinator stalled; every node gets a fresh timeout"
+            );
+            self.sessions.seen_all(now);
+            return;
+        }
         let timeout = self.config.node_timeout;
         for sid in self.sessions.silent(now, timeout) {
             if let Some(s) = self.sessions.get(sid) {

@@ -249,6 +249,13 @@ impl Sessions {
             .collect()
     }
 
+    /// Counts every node as heard from `now` (after the coordinator stalled).
+    pub(super) fn seen_all(&mut self, now: Instant) {
+        for s in self.map.values_mut() {
+            s.last_seen = now;
+        }
+    }
+
     /// Every session.
     pub(super) fn iter(&self) -> impl Iterator<Item = &Session> {
         self.map.values()

@@ -263,6 +263,15 @@ impl World {
         self.core.on_submit(b, self.now).batch_id.parse().unwrap()
     }
 
+    /// Time passes with the reactor ticking as it does (every 250 ms).
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now = (self.now + Duration::from_millis(250)).min(end);
+            self.core.on_tick(self.now, &mut self.out);
+        }
+    }
+
     pub fn dispatch(&mut self) {
         self.core.dispatch(self.now, &mut self.out);
     }
