@@ -484,3 +484,78 @@ async fn huge_identifiers_are_refused_without_being_echoed_back() {
     let err = raw_join(&mesh, hello(&huge, 5)).await.err().unwrap();
     short(&err);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_a_node_sits_on_are_taken_back_after_the_job_timeout() {
+    let config = CoordinatorConfig {
+        job_timeout: Some(Duration::from_millis(800)),
+        ..CoordinatorConfig::default()
+    };
+    let mesh = Mesh::start(config).await.unwrap();
+    // A node that takes jobs and keeps heartbeating, but never returns a result.
+    let mut hoarder = raw_join(&mesh, hello("hoarder", 5)).await.unwrap();
+    hoarder
+        .send(node_to_coordinator::Update::Grant(pb::Grant { credits: 5 }))
+        .await;
+    let mut client = mesh.client().await.unwrap();
+    let id = client
+        .submit_batch(synthetic(20, 3))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    let held = hoarder.next_jobs().await;
+    assert_eq!(held.len(), 5);
+    let beats = hoarder.tx.clone();
+    let heartbeat = tokio::spawn(async move {
+        let beat = pb::NodeToCoordinator {
+            update: Some(node_to_coordinator::Update::Heartbeat(pb::Heartbeat {})),
+        };
+        while beats.send(beat.clone()).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let _good = mesh.node(
+        NodeSpec::new("good")
+            .concurrency(5)
+            .latency(Duration::from_millis(1)),
+    );
+    let b = wait_ended(&mut client, &id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!((b.sent, b.failed), (20, 0), "{b:?}");
+    assert!(b.requeued >= 5, "the hoarded jobs went elsewhere: {b:?}");
+    // Its late result still counts (a duplicate now), and is no protocol error.
+    let late = pb::JobResult {
+        batch: held[0].batch,
+        index: held[0].index,
+        attempt: held[0].attempt,
+        outcome: pb::Outcome::Sent as i32,
+        error: String::new(),
+        latency_us: 10,
+    };
+    hoarder
+        .send(node_to_coordinator::Update::Results(pb::Results {
+            seq: 1,
+            results: vec![late],
+            grant: 0,
+            handoff: false,
+        }))
+        .await;
+    let b = smsmesh_testkit::wait_until(Duration::from_secs(10), "the late result", || {
+        let mut client = client.clone();
+        let id = id.clone();
+        async move {
+            let b = smsmesh_testkit::batch_status(&mut client, &id).await.ok()?;
+            (b.duplicates == 1).then_some(b)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.sent, 20);
+    let ack = tokio::time::timeout(Duration::from_secs(5), hoarder.rx.message())
+        .await
+        .expect("the late result is acked");
+    assert!(ack.is_ok(), "the node was not cut off: {ack:?}");
+    heartbeat.abort();
+}

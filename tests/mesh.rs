@@ -533,3 +533,35 @@ async fn the_same_idempotency_key_gives_the_same_batch() {
         .into_inner();
     assert_ne!(a.batch_id, c.batch_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_send_that_hangs_fails_after_the_send_timeout() {
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let _node = mesh.node(
+        NodeSpec::new("stuck")
+            .concurrency(4)
+            .latency(Duration::from_secs(3600))
+            .send_timeout(Duration::from_millis(200)),
+    );
+    let mut client = mesh.client().await.unwrap();
+    let req = pb::SubmitBatchRequest {
+        max_attempts: Some(1),
+        ..synthetic(3, 9)
+    };
+    let id = submit(&mut client, req).await;
+    let b = wait_ended(&mut client, &id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!((b.sent, b.failed), (0, 3), "{b:?}");
+    let m = client
+        .get_status(pb::GetStatusRequest {
+            target: Some(pb::get_status_request::Target::MessageId(format!("{id}.0"))),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::get_status_response::Status::Message(m)) = m.status else {
+        panic!("{m:?}")
+    };
+    assert!(m.last_error.contains("timed out"), "{m:?}");
+}

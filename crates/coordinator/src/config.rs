@@ -26,6 +26,10 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// A node silent this long is dropped and its jobs go elsewhere. Default: 5 s.
     pub node_timeout: Duration,
+    /// A job a node holds this long without a result is taken back and sent
+    /// elsewhere (counted as requeued); a late result still counts. `None`:
+    /// never. Default: 5 minutes.
+    pub job_timeout: Option<Duration>,
     /// Most jobs in one frame to a node. Default: 512.
     pub max_jobs_per_frame: usize,
     /// Largest concurrency a node may declare. Default: 100,000.
@@ -98,6 +102,7 @@ impl Default for Config {
             retry_max: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(1),
             node_timeout: Duration::from_secs(5),
+            job_timeout: Some(Duration::from_secs(300)),
             max_jobs_per_frame: 512,
             max_node_concurrency: 100_000,
             publish_interval: Duration::from_millis(200),

@@ -46,6 +46,10 @@ struct Args {
     /// A node silent this long is dropped and its jobs go to other nodes.
     #[arg(long, env = "SMSMESH_NODE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     node_timeout: Duration,
+    /// A job a node holds this long without a result is taken back and sent to
+    /// another node (counted as requeued; a late result still counts). 0: never.
+    #[arg(long, env = "SMSMESH_JOB_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    job_timeout: Duration,
     /// After a restart, how long messages that may have been in flight wait before going
     /// out again (reconnecting nodes hand in their results meanwhile).
     #[arg(long, env = "SMSMESH_RESUME_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -250,6 +254,7 @@ impl Args {
             retry_max: self.retry_max,
             heartbeat_interval: self.heartbeat_interval,
             node_timeout: self.node_timeout,
+            job_timeout: (!self.job_timeout.is_zero()).then_some(self.job_timeout),
             max_jobs_per_frame: self.max_jobs_per_frame,
             resume_grace: self.resume_grace,
             commit_interval: self.commit_interval,

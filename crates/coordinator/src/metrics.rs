@@ -163,6 +163,12 @@ impl Collector for CoordinatorCollector {
         )?;
         counter(
             e,
+            "smsmesh_jobs_expired",
+            "Jobs taken back from nodes that held them past --job-timeout, and sent elsewhere.",
+            m.jobs_expired,
+        )?;
+        counter(
+            e,
             "smsmesh_handoff_results_refused",
             "Results handed in by nodes for an attempt that was never dispatched, refused.",
             m.handoffs_refused,

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -27,6 +27,7 @@ type Running = futures::future::BoxFuture<'static, Done>;
 pub(crate) async fn execute(
     gateway: Arc<dyn Gateway>,
     limit: usize,
+    send_timeout: Option<Duration>,
     mut jobs: mpsc::UnboundedReceiver<(u64, Vec<pb::Job>)>,
     results: mpsc::UnboundedSender<Vec<Done>>,
     stats: Arc<Stats>,
@@ -43,7 +44,7 @@ pub(crate) async fn execute(
             let Some((epoch, job)) = waiting.pop_front() else {
                 break;
             };
-            match start(&*gateway, epoch, job) {
+            match start(&*gateway, epoch, job, send_timeout) {
                 Ok(done) => bunch.push(done),
                 Err(send) => running.push(send),
             }
@@ -92,8 +93,13 @@ pub(crate) async fn execute(
 }
 
 /// Starts sending `job`: its result when the gateway knew the outcome at once
-/// (latency 0), or the send in progress.
-fn start(gateway: &dyn Gateway, epoch: u64, job: pb::Job) -> Result<Done, Running> {
+/// (latency 0), or the send in progress, which fails once `timeout` has passed.
+fn start(
+    gateway: &dyn Gateway,
+    epoch: u64,
+    job: pb::Job,
+    timeout: Option<Duration>,
+) -> Result<Done, Running> {
     let sending = gateway.send(&job);
     // A traced message: its send is a span, a child of the batch's dispatch span.
     let span = (!job.traceparent.is_empty()).then(|| send_span(&job));
@@ -106,7 +112,12 @@ fn start(gateway: &dyn Gateway, epoch: u64, job: pb::Job) -> Result<Done, Runnin
             }
             Err(Box::pin(async move {
                 let start = Instant::now();
-                let outcome = send.await;
+                let outcome = match timeout {
+                    Some(t) => tokio::time::timeout(t, send)
+                        .await
+                        .unwrap_or_else(|_| Err(format!("gateway send timed out after {t:?}"))),
+                    None => send.await,
+                };
                 let latency_us = start.elapsed().as_micros() as u64;
                 (epoch, job_result(id, outcome, latency_us, span))
             }))

@@ -68,6 +68,9 @@ pub struct Config {
     pub reconnect_max: Duration,
     /// After a shutdown request, how long to keep trying to hand in results. Default: 30 s.
     pub drain_timeout: Duration,
+    /// A gateway send that takes longer fails ("timed out") and is retried by the
+    /// coordinator like any failure. `None`: no limit. Default: 60 s.
+    pub send_timeout: Option<Duration>,
     /// Most results in one frame. Default: 512.
     pub max_results_per_frame: usize,
     /// The secret the coordinator asks of joining nodes. Default: none.
@@ -107,6 +110,7 @@ impl Config {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            send_timeout: Some(Duration::from_secs(60)),
             max_results_per_frame: 512,
             join_token: None,
             tls: None,
@@ -181,6 +185,7 @@ pub async fn run(
     let executor = tokio::spawn(executor::execute(
         config.gateway.clone(),
         config.concurrency as usize,
+        config.send_timeout,
         jobs_rx,
         results_tx,
         stats.clone(),

@@ -55,6 +55,10 @@ struct Args {
     /// On SIGTERM, how long to keep trying to hand in finished results.
     #[arg(long, env = "SMSMESH_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// A gateway send that takes longer fails ("timed out"); the coordinator retries
+    /// it like any failure. 0: no limit.
+    #[arg(long, env = "SMSMESH_SEND_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    send_timeout: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9101). Off by default.
     #[arg(long, env = "SMSMESH_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -233,6 +237,7 @@ async fn node_main(args: Args) -> ExitCode {
     });
     let mut config = Config::new(args.coordinator, name, args.concurrency, gateway);
     config.drain_timeout = args.drain_timeout;
+    config.send_timeout = (!args.send_timeout.is_zero()).then_some(args.send_timeout);
     config.join_token = match (&args.join_token_file, &args.join_token) {
         (Some(f), _) => match std::fs::read_to_string(f) {
             Ok(t) => Some(t.trim().to_string()),

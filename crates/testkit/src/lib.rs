@@ -121,6 +121,8 @@ pub struct NodeSpec {
     pub tls: Option<smsmesh::client::ClientTls>,
     /// The group stream it shares with other nodes, if any.
     pub group: Option<Arc<Group>>,
+    /// How long a gateway send may take before it fails.
+    pub send_timeout: Option<Duration>,
 }
 
 /// A group stream for nodes of this process to share, to the coordinator at
@@ -144,6 +146,7 @@ impl NodeSpec {
             join_token: None,
             tls: None,
             group: None,
+            send_timeout: None,
         }
     }
 
@@ -180,6 +183,12 @@ impl NodeSpec {
     /// Recording every attempt into `recorder`.
     pub fn record(mut self, recorder: &Recorder) -> Self {
         self.recorder = Some(recorder.clone());
+        self
+    }
+
+    /// With this limit on each gateway send.
+    pub fn send_timeout(mut self, t: Duration) -> Self {
+        self.send_timeout = Some(t);
         self
     }
 
@@ -234,6 +243,7 @@ impl Node {
         config.join_token = spec.join_token.clone();
         config.tls = spec.tls.clone();
         config.group = spec.group.clone();
+        config.send_timeout = spec.send_timeout;
         config.reconnect_min = Duration::from_millis(20);
         config.reconnect_max = Duration::from_millis(500);
         let stats = Arc::new(Stats::default());

@@ -111,6 +111,8 @@ pub struct Core {
     progress: watch::Sender<Arc<Snapshot>>,
     /// When `on_tick` last ran: a long gap means this process stalled.
     last_tick: Option<Instant>,
+    /// When job leases are next checked.
+    next_lease_check: Option<Instant>,
 }
 
 /// A gap between ticks longer than this means the coordinator itself stalled
@@ -132,6 +134,7 @@ impl Core {
             dispatcher: Dispatcher::default(),
             progress: watch::Sender::new(Arc::new(Snapshot::default())),
             last_tick: None,
+            next_lease_check: None,
         }
     }
 
@@ -304,6 +307,7 @@ impl Core {
             self.sessions.seen_all(now);
             return;
         }
+        self.expire_jobs(now);
         let timeout = self.config.node_timeout;
         for sid in self.sessions.silent(now, timeout) {
             if let Some(s) = self.sessions.get(sid) {
@@ -312,6 +316,36 @@ impl Core {
             let why = Error::Unavailable(format!("no message from the node for {timeout:?}"));
             self.drop_session(sid, Some(why), now, outbox);
         }
+    }
+
+    /// Takes back, about once a second, every job held longer than the job
+    /// timeout: it goes to the queue again, counted as requeued.
+    fn expire_jobs(&mut self, now: Instant) {
+        let Some(lease) = self.config.job_timeout else {
+            return;
+        };
+        if self.next_lease_check.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_lease_check = Some(now + std::time::Duration::from_secs(1));
+        let mut expired = 0;
+        for session in self.sessions.iter_mut() {
+            let node = session.node;
+            let gone = session.expire(now, lease);
+            if !gone.is_empty() {
+                tracing::warn!(node = %session.name, jobs = gone.len(), ?lease, "jobs held past the job timeout are sent elsewhere");
+            }
+            expired += gone.len() as u64;
+            for (batch, index) in gone {
+                if let Some(b) = self.batches.get_mut(batch) {
+                    b.requeue(index, node);
+                    if b.check_end(now) {
+                        self.batches.ended(batch, now);
+                    }
+                }
+            }
+        }
+        self.sessions.stats.jobs_expired += expired;
     }
 
     /// The coordinator is stopping: every node stream is closed.
@@ -335,7 +369,7 @@ impl Core {
         let Some(session) = self.sessions.remove(sid) else {
             return;
         };
-        for (batch, index) in session.held {
+        for (batch, index) in session.held.into_keys() {
             if let Some(b) = self.batches.get_mut(batch) {
                 b.requeue(index, session.node);
                 if b.check_end(now) {

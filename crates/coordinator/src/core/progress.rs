@@ -51,6 +51,8 @@ pub struct MeshMetrics {
     pub node_protocol_errors: u64,
     /// Handed-in results refused because no such attempt was dispatched.
     pub handoffs_refused: u64,
+    /// Jobs taken back from nodes because their lease ran out.
+    pub jobs_expired: u64,
 }
 
 impl Default for MeshMetrics {
@@ -68,6 +70,7 @@ impl Default for MeshMetrics {
             node_joins: 0,
             node_protocol_errors: 0,
             handoffs_refused: 0,
+            jobs_expired: 0,
         }
     }
 }
@@ -133,6 +136,7 @@ fn mesh_metrics(batches: &Batches, sessions: &Sessions) -> MeshMetrics {
         node_joins: stats.joins,
         node_protocol_errors: stats.protocol_errors,
         handoffs_refused: stats.handoffs_refused,
+        jobs_expired: stats.jobs_expired,
         ..MeshMetrics::default()
     };
     for b in batches.all() {

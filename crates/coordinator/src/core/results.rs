@@ -55,12 +55,16 @@ fn apply(
     for res in &r.results {
         // A handed-in result is from an earlier stream: it never settles a job held on this one
         // (the same message may be here again, as a later attempt).
-        let held = !r.handoff && session.held.remove(&(res.batch, res.index));
+        let job = (res.batch, res.index);
+        let held = !r.handoff && session.held.remove(&job).is_some();
+        // A result for a job whose lease ran out is late, not wrong: it counts as one
+        // from a node that no longer holds the job.
+        let late = !held && !r.handoff && session.expired.remove(&job);
         let id = MessageId {
             batch: BatchId(res.batch),
             index: res.index,
         };
-        if !held && !r.handoff {
+        if !held && !r.handoff && !late {
             return Err(format!(
                 "result for message {id} (attempt {}) which this node does not hold",
                 res.attempt

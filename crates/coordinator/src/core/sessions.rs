@@ -21,8 +21,11 @@ pub(super) struct Session {
     pub(super) concurrency: u32,
     /// Credit granted and not used by a job yet.
     pub(super) credit: u32,
-    /// Jobs the node holds: (batch, index).
-    pub(super) held: FxHashSet<(u64, u32)>,
+    /// Jobs the node holds: (batch, index) → when they were dispatched.
+    pub(super) held: FxHashMap<(u64, u32), Instant>,
+    /// Jobs taken back from the node when their lease ran out: a late result
+    /// for one of them still counts.
+    pub(super) expired: FxHashSet<(u64, u32)>,
     /// The node said GoingAway: it gets no more jobs, and its credit is void.
     pub(super) going_away: bool,
     /// When the node last said anything.
@@ -39,7 +42,8 @@ impl Session {
             instance_id: hello.instance_id,
             concurrency: hello.concurrency,
             credit: 0,
-            held: FxHashSet::default(),
+            held: FxHashMap::default(),
+            expired: FxHashSet::default(),
             going_away: false,
             last_seen: now,
         }
@@ -51,18 +55,32 @@ impl Session {
         if self.going_away {
             return Ok(());
         }
-        let total = u64::from(self.credit) + u64::from(credits) + self.held.len() as u64;
+        let holds = self.held.len() + self.expired.len();
+        let total = u64::from(self.credit) + u64::from(credits) + holds as u64;
         if total > u64::from(self.concurrency) {
             return Err(format!(
                 "credit overflow: granting {credits} with {} credits unused and {} jobs held exceeds the concurrency of {} said in Hello",
-                self.credit,
-                self.held.len(),
-                self.concurrency
+                self.credit, holds, self.concurrency
             ));
         }
         self.credit += credits;
         stats.credits_granted += u64::from(credits);
         Ok(())
+    }
+
+    /// Takes back the jobs held longer than `lease`: they are the node's no more.
+    pub(super) fn expire(&mut self, now: Instant, lease: Duration) -> Vec<(u64, u32)> {
+        let gone: Vec<(u64, u32)> = self
+            .held
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(**at) > lease)
+            .map(|(job, _)| *job)
+            .collect();
+        for job in &gone {
+            self.held.remove(job);
+            self.expired.insert(*job);
+        }
+        gone
     }
 
     /// Whether the node may be given jobs now.
@@ -81,6 +99,8 @@ pub(super) struct NodeStats {
     pub(super) credits_granted: u64,
     pub(super) joins: u64,
     pub(super) protocol_errors: u64,
+    /// Jobs taken back from a node because their lease ran out.
+    pub(super) jobs_expired: u64,
     /// Handed-in results refused: no such attempt was dispatched.
     pub(super) handoffs_refused: u64,
 }
@@ -93,6 +113,7 @@ impl Default for NodeStats {
             credits_granted: 0,
             joins: 0,
             protocol_errors: 0,
+            jobs_expired: 0,
             handoffs_refused: 0,
         }
     }
@@ -254,6 +275,11 @@ impl Sessions {
         for s in self.map.values_mut() {
             s.last_seen = now;
         }
+    }
+
+    /// Every session, mutably.
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Session> {
+        self.map.values_mut()
     }
 
     /// Every session.
