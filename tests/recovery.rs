@@ -332,6 +332,34 @@ fn an_unusable_store_stops_the_coordinator_with_a_clear_error() {
         "the old data is untouched"
     );
 
+    // An empty store file, and a data dir whose store file is gone: where a store was
+    // expected, nothing starts afresh unless asked to.
+    for (name, setup) in [("empty", true), ("missing", false)] {
+        let data = dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        if setup {
+            std::fs::write(data.join("smsmesh.redb"), b"").unwrap();
+        } else {
+            std::fs::write(data.join("notes.txt"), b"ours").unwrap();
+        }
+        let out = run_smscoord(&data);
+        assert!(!out.status.success(), "{name}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--create-store"), "{name}: {err}");
+        let (_started, addr) =
+            smsmesh_testkit::Proc::coordinator(&data, &["--create-store"]).unwrap();
+        // Serving health means the new store is open.
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while !health_serving(addr) {
+            assert!(
+                std::time::Instant::now() < end,
+                "{name}: no new store was started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(std::fs::metadata(data.join("smsmesh.redb")).unwrap().len() > 0);
+    }
+
     // A data dir that is a file.
     let not_dir = dir.path().join("plain-file");
     std::fs::write(&not_dir, b"x").unwrap();
@@ -341,6 +369,19 @@ fn an_unusable_store_stops_the_coordinator_with_a_clear_error() {
         String::from_utf8_lossy(&out.stderr).contains("cannot create data dir"),
         "{out:?}"
     );
+}
+
+/// Whether `smscoord --health-check` says the coordinator at `addr` serves.
+fn health_serving(addr: std::net::SocketAddr) -> bool {
+    std::process::Command::new(smsmesh_testkit::bin("smscoord"))
+        .args([
+            "--health-check",
+            "--plaintext",
+            "--listen",
+            &addr.to_string(),
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn run_smscoord(data: &Path) -> std::process::Output {

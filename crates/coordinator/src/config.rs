@@ -12,6 +12,9 @@ pub struct Config {
     /// Directory of the embedded store; `None` keeps state in memory only. Default: `None`
     /// (the `smscoord` binary defaults to `./smsmesh-data`).
     pub data_dir: Option<PathBuf>,
+    /// Start a new store even where one was expected (an empty store file, or
+    /// a data dir with other files but no store). Default: false.
+    pub create_store: bool,
     /// Largest batch accepted, in messages. Default: 50,000,000.
     pub max_batch_size: u64,
     /// Largest `max_attempts` a batch may ask for. Default: 20.
@@ -95,6 +98,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: None,
+            create_store: false,
             max_batch_size: 50_000_000,
             max_attempts_limit: 20,
             default_max_attempts: 3,

@@ -25,6 +25,15 @@ struct Args {
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "SMSMESH_DATA_DIR", default_value = "smsmesh-data")]
     data_dir: std::path::PathBuf,
+    /// Start a new store even where one was expected: an empty store file, or a data
+    /// dir with other files but no store. Without it smscoord refuses, so a lost file
+    /// never silently becomes an empty store.
+    #[arg(long, env = "SMSMESH_CREATE_STORE")]
+    create_store: bool,
+    /// Check the store in --data-dir offline (page checksums and every record) and
+    /// exit: 0 if it is sound, 65 if it is damaged (saying what), 69 if it cannot be read.
+    #[arg(long)]
+    check_store: bool,
     /// Keep state in memory only: every batch is lost when the coordinator stops.
     #[arg(long, env = "SMSMESH_IN_MEMORY")]
     in_memory: bool,
@@ -248,6 +257,7 @@ impl Args {
         }
         Ok(Config {
             data_dir: (!self.in_memory).then(|| self.data_dir.clone()),
+            create_store: self.create_store,
             max_batch_size: self.max_batch_size,
             default_max_attempts: self.default_max_attempts,
             retry_base: self.retry_base,
@@ -278,6 +288,38 @@ impl Args {
 }
 
 /// `--health-check`: asks the running coordinator's gRPC health service.
+/// `--check-store`: opens the store without creating one, checks it, says what it holds.
+fn check_store(dir: &std::path::Path) -> ExitCode {
+    use smsmesh_coordinator::store::{Store, StoreError};
+    if !dir.join("smsmesh.redb").exists() {
+        eprintln!("smscoord: no store in {}", dir.display());
+        return ExitCode::from(69);
+    }
+    let loaded = Store::open(dir, false).and_then(|store| store.load());
+    match loaded {
+        Ok(l) => {
+            let messages: u64 = l.batches.iter().map(|b| u64::from(b.batch.total)).sum();
+            let outcomes: usize = l.batches.iter().map(|b| b.outcomes().count()).sum();
+            println!(
+                "store {} is sound: {} batches, {messages} messages, {outcomes} stored outcomes, {} node names, {} idempotency keys",
+                dir.join("smsmesh.redb").display(),
+                l.batches.len(),
+                l.nodes.len(),
+                l.idempotency.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ StoreError::Corrupt { .. }) => {
+            eprintln!("smscoord: DAMAGED: {e}");
+            ExitCode::from(65) // EX_DATAERR
+        }
+        Err(e) => {
+            eprintln!("smscoord: {e}");
+            ExitCode::from(69)
+        }
+    }
+}
+
 async fn health_check(args: &Args) -> ExitCode {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let mut addr = args.listen;
@@ -359,6 +401,9 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     if args.health_check {
         return health_check(&args).await;
+    }
+    if args.check_store {
+        return check_store(&args.data_dir);
     }
     if let Some(tenant) = &args.mint_token {
         return mint(&args, tenant);

@@ -166,9 +166,10 @@ impl NodeNames {
         Ok((n, true))
     }
 
-    /// The name of node `n`.
+    /// The name of node `n` ("" for an index never seen; the store checks
+    /// every index it loads, so that does not happen).
     pub(super) fn name(&self, n: u16) -> &str {
-        &self.names[n as usize]
+        self.names.get(n as usize).map_or("", String::as_str)
     }
 
     /// Every name, by index.

@@ -4,7 +4,7 @@
 
 use smsmesh::pb;
 
-use super::{LoadedBatch, Outcome};
+use super::{Loaded, LoadedBatch, Outcome};
 
 /// Messages per outcome row.
 pub(super) const CHUNK: u32 = 4096;
@@ -162,4 +162,63 @@ pub(super) fn write_slot(row: &mut [u8], o: &Outcome) {
     row[at] = o.state as u8;
     row[at + 1] = o.attempts;
     row[at + 2..at + 4].copy_from_slice(&o.node.to_le_bytes());
+}
+
+/// Checks what was loaded against itself, so nothing decoded from the store
+/// can point outside what exists: every batch's settings, its state, its
+/// outcome rows and errors, and the node and batch each names.
+pub(super) fn check(loaded: &Loaded) -> Result<(), String> {
+    let nodes = loaded.nodes.len();
+    let mut ids = std::collections::HashSet::new();
+    for lb in &loaded.batches {
+        let (b, id) = (&lb.batch, lb.batch.id);
+        ids.insert(id);
+        let bad = |what: String| Err(format!("batch {id:016x}: {what}"));
+        if b.total == 0 || !(1..=255).contains(&b.max_attempts) {
+            return bad(format!(
+                "{} messages and {} attempts each",
+                b.total, b.max_attempts
+            ));
+        }
+        let explicit = b.synthetic_seed.is_none();
+        if explicit && b.messages.len() != b.total as usize || !explicit && !b.messages.is_empty() {
+            return bad(format!(
+                "{} messages stored for a batch of {}",
+                b.messages.len(),
+                b.total
+            ));
+        }
+        if lb.state.id != id || lb.state.dispatched > b.total {
+            return bad(format!(
+                "its state (of {:016x}) has {} dispatched of {}",
+                lb.state.id, lb.state.dispatched, b.total
+            ));
+        }
+        let rows = b.total.div_ceil(CHUNK);
+        if let Some((chunk, _)) = lb.chunks.iter().find(|(c, _)| *c >= rows) {
+            return bad(format!("outcome row {chunk} of only {rows}"));
+        }
+        if let Some(o) = lb
+            .outcomes()
+            .find(|o| usize::from(o.node) > nodes || o.attempts == 0)
+        {
+            return bad(format!(
+                "message {} names node {} of {nodes}, after {} attempts",
+                o.index, o.node, o.attempts
+            ));
+        }
+        if let Some((index, _)) = lb.errors.iter().find(|(i, _)| *i >= b.total) {
+            return bad(format!("an error for message {index} of {}", b.total));
+        }
+    }
+    if let Some((n, _)) = loaded.nodes.iter().find(|(n, _)| usize::from(*n) >= nodes) {
+        return Err(format!("node index {n} among only {nodes} node names"));
+    }
+    if let Some((key, id)) = loaded.idempotency.iter().find(|(_, id)| !ids.contains(id)) {
+        return Err(format!(
+            "idempotency key {} names batch {id:016x}, which is not stored",
+            smsmesh::echo(key)
+        ));
+    }
+    Ok(())
 }

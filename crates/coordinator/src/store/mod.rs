@@ -40,6 +40,8 @@ const OUTCOMES: TableDefinition<'_, (u64, u32), &[u8]> = TableDefinition::new("o
 const ERRORS: TableDefinition<'_, (u64, u32), &str> = TableDefinition::new("errors");
 const IDEMPOTENCY: TableDefinition<'_, &str, u64> = TableDefinition::new("idempotency");
 const NODES: TableDefinition<'_, u16, &str> = TableDefinition::new("nodes");
+/// The store's file in the data dir.
+const FILE: &str = "smsmesh.redb";
 const BATCH_STATE: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("batch_state");
 
 /// Why the store failed.
@@ -212,12 +214,49 @@ impl Drop for Engine {
 impl Store {
     /// Opens (or creates) the store in `dir`. Fails, never starts afresh, if an
     /// existing store cannot be read.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let path = dir.join("smsmesh.redb");
+    ///
+    /// A new store is made only in a data dir that is missing or empty, or
+    /// when `create` says so: an empty store file, or a data dir that holds
+    /// other files but no store, is where a store was expected, and starting
+    /// afresh there would forget every batch. An existing store's pages are
+    /// checked against their checksums before it is used.
+    pub fn open(dir: &Path, create: bool) -> Result<Store, StoreError> {
+        let path = dir.join(FILE);
         let err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::new(path.clone(), e);
+        let corrupt = |what: String| StoreError::Corrupt {
+            path: path.clone(),
+            what,
+        };
+        let existing = match std::fs::metadata(&path) {
+            Ok(m) if m.len() == 0 && !create => {
+                return Err(corrupt(
+                    "the store file is empty (0 bytes); refusing to start afresh over it (--create-store to start a new store)".into(),
+                ));
+            }
+            Ok(m) => m.len() > 0,
+            Err(_) => {
+                let others = std::fs::read_dir(dir).map_or(0, |d| d.count());
+                if others > 0 && !create {
+                    return Err(corrupt(format!(
+                        "no store file, but the data dir {} holds {others} other entries; refusing to start afresh there (--create-store to start a new store)",
+                        dir.display()
+                    )));
+                }
+                false
+            }
+        };
         std::fs::create_dir_all(dir)
             .map_err(|e| err(format!("cannot create data dir {}: {e}", dir.display()).into()))?;
-        let db = Database::create(&path).map_err(|e| err(e.into()))?;
+        let mut db = Database::create(&path).map_err(|e| err(e.into()))?;
+        if existing {
+            match db.check_integrity() {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(path = %path.display(), "the store failed its integrity check and was repaired by the engine")
+                }
+                Err(e) => return Err(corrupt(format!("its pages fail their checksums: {e}"))),
+            }
+        }
         Store::init(db, path)
     }
 
@@ -326,6 +365,12 @@ impl Store {
                 path: self.path.clone(),
                 what: format!("batch {:016x}: {e}", k.value()),
             })?;
+            if b.id != k.value() {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("batch {:016x} is stored under {:016x}", b.id, k.value()),
+                });
+            }
             let mut chunks = Vec::new();
             for row in outcomes_t
                 .range((b.id, 0)..=(b.id, u32::MAX))
@@ -384,6 +429,10 @@ impl Store {
             let (k, v) = row.map_err(|e| self.err(e))?;
             loaded.nodes.push((k.value(), v.value().to_string()));
         }
+        format::check(&loaded).map_err(|what| StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+        })?;
         Ok(loaded)
     }
 

@@ -25,7 +25,7 @@ fn outcome(batch: u64, index: u32, state: FinalState) -> Outcome {
         index,
         state,
         attempts: 2,
-        node: 0x0102,
+        node: 1,
         error: (state == FinalState::Failed).then(|| "no route".to_string()),
     }
 }
@@ -38,7 +38,11 @@ fn stored_formats_are_pinned() {
     let mut row = format::empty_row();
     assert_eq!(row.len(), 4096 * 4);
     assert!(row.iter().all(|&b| b == 0), "no outcome is 0");
-    format::write_slot(&mut row, &outcome(1, 4097, FinalState::Sent));
+    let far = Outcome {
+        node: 0x0102,
+        ..outcome(1, 4097, FinalState::Sent)
+    };
+    format::write_slot(&mut row, &far);
     assert_eq!(format::row_of(4097), 1);
     assert_eq!(format::row_of(4095), 0);
     assert_eq!(&row[4..8], &[3, 2, 0x02, 0x01], "state, attempts, node LE");
@@ -94,8 +98,8 @@ fn what_is_committed_is_loaded_back_decoded() {
     assert_eq!(
         outcomes,
         [
-            (0, FinalState::Sent, 2, 0x0102),
-            (4999, FinalState::Failed, 2, 0x0102)
+            (0, FinalState::Sent, 2, 1),
+            (4999, FinalState::Failed, 2, 1)
         ]
     );
     assert_eq!(b.errors, [(4999, "no route".to_string())]);
