@@ -235,7 +235,12 @@ impl Store {
             }
             Ok(m) => m.len() > 0,
             Err(_) => {
-                let others = std::fs::read_dir(dir).map_or(0, |d| d.count());
+                // A fresh ext4 volume holds lost+found: that is no sign of an old store.
+                let others = std::fs::read_dir(dir).map_or(0, |d| {
+                    d.filter_map(Result::ok)
+                        .filter(|e| e.file_name() != "lost+found")
+                        .count()
+                });
                 if others > 0 && !create {
                     return Err(corrupt(format!(
                         "no store file, but the data dir {} holds {others} other entries; refusing to start afresh there (--create-store to start a new store)",
