@@ -155,12 +155,30 @@ pub const MEMBER_FRAMES_PER_GROUP_FRAME: usize = 64;
 /// that alone is larger goes alone.
 pub const GROUP_FRAME_BYTES: usize = 4 << 20;
 
+/// A queue [`packed`] drains: tokio's bounded or unbounded receiver.
+pub trait FrameQueue<T> {
+    /// The next frame, as `poll_recv` gives it.
+    fn poll_frame(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>>;
+}
+
+impl<T> FrameQueue<T> for tokio::sync::mpsc::UnboundedReceiver<T> {
+    fn poll_frame(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+        self.poll_recv(cx)
+    }
+}
+
+impl<T> FrameQueue<T> for tokio::sync::mpsc::Receiver<T> {
+    fn poll_frame(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+        self.poll_recv(cx)
+    }
+}
+
 /// The frames queued in `rx`, packed by `pack` into group frames: whatever is
 /// queued when the stream asks for its next frame, up to
 /// [`MEMBER_FRAMES_PER_GROUP_FRAME`] frames and about [`GROUP_FRAME_BYTES`].
 /// Ends when every sender is gone and the queue is empty.
 pub fn packed<T: prost::Message, G>(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+    mut rx: impl FrameQueue<T>,
     mut pack: impl FnMut(Vec<T>) -> G,
 ) -> impl futures::Stream<Item = G> {
     // A frame that did not fit the last group opens the next one.
@@ -173,7 +191,7 @@ pub fn packed<T: prost::Message, G>(
             frames.push(first);
         }
         while frames.len() < MEMBER_FRAMES_PER_GROUP_FRAME {
-            match rx.poll_recv(cx) {
+            match rx.poll_frame(cx) {
                 std::task::Poll::Ready(Some(frame)) => {
                     let len = frame.encoded_len();
                     if !frames.is_empty() && bytes + len > GROUP_FRAME_BYTES {

@@ -399,3 +399,51 @@ async fn a_member_flooding_the_group_stream_is_dropped_alone() {
     };
     assert!(jobs > 0 && jobs <= 5, "{jobs} jobs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_stream_that_keeps_sending_refused_members_is_ended() {
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let mut client = mesh.client().await.unwrap();
+    let mut raw = RawGroup::open(&mesh.url()).await;
+    let good = raw.up.clone();
+    // A legitimate member first: it is ended with the stream.
+    raw.send(0, hello("kept"), false);
+    let welcome = raw.next().await;
+    assert_eq!(welcome.member, 0);
+    // Then member numbers that never say Hello, far more than a stream may have refused.
+    for member in 1..=10_000 {
+        raw.send(
+            member,
+            Some(pb::node_to_coordinator::Update::Heartbeat(pb::Heartbeat {})),
+            false,
+        );
+    }
+    let ended = tokio::time::timeout(LONG, async {
+        let mut closed = 0u32;
+        loop {
+            match raw.down.message().await {
+                Ok(Some(g)) => {
+                    closed += g.frames.iter().filter(|f| f.closed.is_some()).count() as u32
+                }
+                Ok(None) | Err(_) => return closed,
+            }
+        }
+    })
+    .await
+    .expect("the coordinator ends the stream");
+    assert!(
+        ended <= smsmesh_coordinator::link::MAX_REFUSED_MEMBERS + 2,
+        "at most the refusals it allows, then the end: {ended} members closed"
+    );
+    drop(good);
+    // The coordinator goes on serving: the member is gone, another group joins.
+    wait_until(LONG, "the member to be gone", || {
+        let mut client = client.clone();
+        async move { (nodes_connected(&mut client).await == 0).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let mut again = RawGroup::open(&mesh.url()).await;
+    again.send(0, hello("next"), false);
+    assert!(again.next().await.frame.is_some(), "welcomed");
+}

@@ -90,13 +90,14 @@ impl pb::node_link_server::NodeLink for NodeLinkService {
             return Err(status);
         }
         let inbound = request.into_inner();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(GROUP_QUEUE);
         tracing::debug!(?peer, "node group stream open");
         let reader = GroupReader {
             core: self.core.clone(),
             tx,
             members: FxHashMap::default(),
             newest: None,
+            refused: 0,
             rate: f64::from(self.max_frames_per_sec.max(1)),
         };
         tokio::spawn(reader.run(inbound));
@@ -185,6 +186,16 @@ pub type GroupDownStream =
 /// Most members live at once on one group stream.
 pub const MAX_MEMBERS_PER_GROUP: usize = 10_000;
 
+/// Most frames queued to one group stream. Job frames are bounded by the
+/// members' credit; the rest (acks, control) are small. A group that does not
+/// read its stream fills it, and its members are dropped as a `Join` node's
+/// full queue drops it.
+const GROUP_QUEUE: usize = 4 * MAX_MEMBERS_PER_GROUP;
+
+/// Most members refused on one group stream (a first frame that is not
+/// Hello, or a Hello refused) before the whole stream is ended.
+pub const MAX_REFUSED_MEMBERS: u32 = 64;
+
 /// A live member of a group stream.
 struct Member {
     sid: SessionId,
@@ -195,10 +206,12 @@ struct Member {
 /// Reads a `JoinGroup` stream: registers members, forwards their frames.
 struct GroupReader {
     core: Handle,
-    tx: mpsc::UnboundedSender<pb::MemberDown>,
+    tx: mpsc::Sender<pb::MemberDown>,
     members: FxHashMap<u32, Member>,
     /// The highest member number seen: lower numbers not in `members` have ended.
     newest: Option<u32>,
+    /// Members refused so far on this stream.
+    refused: u32,
     rate: f64,
 }
 
@@ -210,6 +223,15 @@ impl GroupReader {
                     if !self.frames(group.frames).await {
                         return; // the reactor is gone
                     }
+                    if self.refused > MAX_REFUSED_MEMBERS {
+                        tracing::warn!(
+                            refused = self.refused,
+                            "ending a group stream that keeps sending members that are refused"
+                        );
+                        break format!(
+                            "more than {MAX_REFUSED_MEMBERS} members refused on one group stream"
+                        );
+                    }
                 }
                 Ok(None) => break "group stream closed by the node".to_string(),
                 Err(status) => break format!("group stream broke: {}", status.message()),
@@ -220,9 +242,10 @@ impl GroupReader {
         }
     }
 
-    /// Ends member `member` with `status` (it never joined).
-    fn close(&self, member: u32, status: &Status) {
-        let _ = self.tx.send(member_closed(member, Some(status)));
+    /// Ends member `member` with `status` (it never joined), and counts it.
+    fn close(&mut self, member: u32, status: &Status) {
+        self.refused += 1;
+        let _ = self.tx.try_send(member_closed(member, Some(status)));
     }
 
     /// Hands the frames gathered so far to the reactor; false if it is gone.

@@ -16,8 +16,9 @@ pub enum NodeTx {
     Stream(mpsc::Sender<Result<pb::CoordinatorToNode, Status>>),
     /// A member of a `JoinGroup` stream: the group's queue, and the member's number.
     Member {
-        /// The group stream's queue, shared by its members.
-        group: mpsc::UnboundedSender<pb::MemberDown>,
+        /// The group stream's queue, shared by its members (bounded: a group
+        /// that does not read its stream loses its members).
+        group: mpsc::Sender<pb::MemberDown>,
         /// The member's number on that stream.
         member: u32,
     },
@@ -28,7 +29,7 @@ impl NodeTx {
         match self {
             NodeTx::Stream(tx) => tx.try_send(Ok(frame)).map_err(|_| Unreachable),
             NodeTx::Member { group, member } => group
-                .send(pb::MemberDown {
+                .try_send(pb::MemberDown {
                     member: *member,
                     frame: Some(frame),
                     closed: None,
@@ -47,7 +48,7 @@ impl NodeTx {
                 }
             }
             NodeTx::Member { group, member } => {
-                let _ = group.send(member_closed(member, status.as_ref()));
+                let _ = group.try_send(member_closed(member, status.as_ref()));
             }
         }
     }
