@@ -403,7 +403,7 @@ async fn a_member_flooding_the_group_stream_is_dropped_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_stream_that_keeps_sending_refused_members_is_ended() {
     let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
-    let mut client = mesh.client().await.unwrap();
+    let client = mesh.client().await.unwrap();
     let mut raw = RawGroup::open(&mesh.url()).await;
     let good = raw.up.clone();
     // A legitimate member first: it is ended with the stream.
