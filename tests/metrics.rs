@@ -184,8 +184,25 @@ async fn metrics_match_what_the_gateways_saw() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_per_batch_shows_while_a_batch_runs() {
-    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+async fn pending_per_batch_shows_while_a_batch_runs_only_when_asked_for() {
+    // By default no batch id shows in /metrics.
+    let quiet = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let mut c = quiet.client().await.unwrap();
+    c.submit_batch(synthetic(50, 1)).await.unwrap();
+    let m = wait_until(LONG, "the batch in /metrics", || async {
+        let m = scrape(quiet.metrics_addr).await;
+        (sum(&m, "smsmesh_batches_running", &[]) == 1.0).then_some(m)
+    })
+    .await
+    .unwrap();
+    assert!(!has(&m, "smsmesh_batch_pending_messages"), "no batch ids by default");
+
+    let mesh = Mesh::start(CoordinatorConfig {
+        metrics_per_batch: true,
+        ..CoordinatorConfig::default()
+    })
+    .await
+    .unwrap();
     let mut client = mesh.client().await.unwrap();
     // No node yet: everything stays pending.
     let id = client

@@ -237,6 +237,26 @@ async fn client_rpcs_need_a_valid_token_and_health_stays_open() {
             ),
             "`tenant`",
         ),
+        (
+            signed(
+                serde_json::json!({"tenant":"acme","aud":AUD,"exp":t+7200,"nbf":t+3600}),
+                SECRET,
+            ),
+            "not valid yet",
+        ),
+        (
+            {
+                let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+                h.crit = Some(vec!["x-must-understand".into()]);
+                jsonwebtoken::encode(
+                    &h,
+                    &serde_json::json!({"tenant":"acme","aud":AUD,"exp":t+600}),
+                    &jsonwebtoken::EncodingKey::from_secret(SECRET),
+                )
+                .unwrap()
+            },
+            "critical",
+        ),
     ];
     for (tok, why) in bad_tokens {
         let mut c = Caller::new(&url, None, Some(tok)).await;
@@ -463,8 +483,15 @@ async fn the_pending_cap_frees_up_as_messages_finish() {
     let id = acme.submit(keyed.clone()).await.unwrap();
     // A repeat of the accepted request still gets its batch, though at the cap.
     assert_eq!(acme.submit(keyed).await.unwrap(), id);
+    let refused = acme.submit(synthetic(200, 2)).await;
+    {
+        use tonic_types::StatusExt;
+        let e = refused.as_ref().unwrap_err();
+        let retry = e.get_details_retry_info().expect("a RetryInfo detail");
+        assert!(retry.retry_delay.is_some_and(|d| d > Duration::ZERO));
+    }
     assert_status(
-        acme.submit(synthetic(200, 2)).await,
+        refused,
         Code::ResourceExhausted,
         "tenant acme has 400 messages not finished yet; 200 more would exceed its cap of 500",
     );

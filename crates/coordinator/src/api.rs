@@ -22,6 +22,13 @@ use crate::core::{NewBatch, Snapshot, unix_ms};
 use crate::reactor::Handle;
 use crate::store::{Store, StoredBatch};
 
+/// RESOURCE_EXHAUSTED saying `msg`, with a RetryInfo detail of `wait`.
+fn retry_later(msg: String, wait: std::time::Duration) -> Status {
+    use tonic_types::StatusExt;
+    let details = tonic_types::ErrorDetails::with_retry_info(Some(wait));
+    Status::with_error_details(tonic::Code::ResourceExhausted, msg, details)
+}
+
 /// Longest idempotency key accepted, in bytes.
 const MAX_IDEMPOTENCY_KEY: usize = 256;
 
@@ -77,9 +84,11 @@ impl CoordinatorApi {
         if let Some(cap) = limits.max_pending {
             let unfinished = self.core.tenant_unfinished(tenant).await?;
             if unfinished + n > cap {
-                return Err(Status::resource_exhausted(format!(
+                let msg = format!(
                     "tenant {tenant} has {unfinished} messages not finished yet; {n} more would exceed its cap of {cap} (--tenant-max-pending): wait for batches to finish"
-                )));
+                );
+                // No exact time can be known; a second is the earliest a retry makes sense.
+                return Err(retry_later(msg, std::time::Duration::from_secs(1)));
             }
         }
         let mut bucket = gate.bucket.lock().expect("bucket lock");
@@ -98,13 +107,7 @@ impl CoordinatorApi {
                         limits.rate.unwrap_or_default(),
                         wait.as_secs_f64()
                     );
-                    let details = tonic_types::ErrorDetails::with_retry_info(Some(wait));
-                    use tonic_types::StatusExt;
-                    return Err(Status::with_error_details(
-                        tonic::Code::ResourceExhausted,
-                        msg,
-                        details,
-                    ));
+                    return Err(retry_later(msg, wait));
                 }
             }
         }

@@ -148,6 +148,7 @@ impl JwtVerifier {
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "aud"]);
         validation.leeway = 30;
+        validation.validate_nbf = true;
         JwtVerifier {
             key,
             validation,
@@ -171,6 +172,15 @@ impl JwtVerifier {
     #[allow(clippy::result_large_err)]
     pub fn verify(&self, token: &str) -> Result<Tenant, Status> {
         use jsonwebtoken::errors::ErrorKind;
+        // A critical header extension must be understood, and this verifier knows none.
+        if let Ok(h) = jsonwebtoken::decode_header(token)
+            && let Some(crit) = h.crit.filter(|c| !c.is_empty())
+        {
+            return Err(Status::unauthenticated(format!(
+                "the token's header marks extensions as critical ({}), which this coordinator does not understand",
+                smsmesh::echo(&crit.join(", "))
+            )));
+        }
         let data = jsonwebtoken::decode::<HashMap<String, serde_json::Value>>(
             token,
             &self.key,
@@ -179,6 +189,9 @@ impl JwtVerifier {
         .map_err(|e| {
             let why = match e.kind() {
                 ErrorKind::ExpiredSignature => "the token has expired".to_string(),
+                ErrorKind::ImmatureSignature => {
+                    "the token is not valid yet (its `nbf` is in the future)".to_string()
+                }
                 ErrorKind::InvalidAudience => "the token is for another audience".to_string(),
                 ErrorKind::InvalidIssuer => "the token is from another issuer".to_string(),
                 ErrorKind::InvalidSignature => "the token's signature is not valid".to_string(),

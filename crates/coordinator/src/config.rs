@@ -15,6 +15,10 @@ pub struct Config {
     /// Start a new store even where one was expected (an empty store file, or
     /// a data dir with other files but no store). Default: false.
     pub create_store: bool,
+    /// Export per-batch series (`smsmesh_batch_pending_messages{batch_id}`) in
+    /// `/metrics`. Batch ids of every tenant then show to whoever can reach the
+    /// endpoint. Default: false.
+    pub metrics_per_batch: bool,
     /// Largest batch accepted, in messages. Default: 50,000,000.
     pub max_batch_size: u64,
     /// Largest `max_attempts` a batch may ask for. Default: 20.
@@ -99,6 +103,7 @@ impl Default for Config {
         Config {
             data_dir: None,
             create_store: false,
+            metrics_per_batch: false,
             max_batch_size: 50_000_000,
             max_attempts_limit: 20,
             default_max_attempts: 3,

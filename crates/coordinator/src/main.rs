@@ -30,6 +30,10 @@ struct Args {
     /// never silently becomes an empty store.
     #[arg(long, env = "SMSMESH_CREATE_STORE")]
     create_store: bool,
+    /// Export per-batch series in /metrics (batch ids of every tenant then show to
+    /// whoever can reach the endpoint).
+    #[arg(long, env = "SMSMESH_METRICS_PER_BATCH")]
+    metrics_per_batch: bool,
     /// Check the store in --data-dir offline (page checksums and every record) and
     /// exit: 0 if it is sound, 65 if it is damaged (saying what), 69 if it cannot be read.
     #[arg(long)]
@@ -258,6 +262,7 @@ impl Args {
         Ok(Config {
             data_dir: (!self.in_memory).then(|| self.data_dir.clone()),
             create_store: self.create_store,
+            metrics_per_batch: self.metrics_per_batch,
             max_batch_size: self.max_batch_size,
             default_max_attempts: self.default_max_attempts,
             retry_base: self.retry_base,

@@ -117,7 +117,10 @@ impl Core {
             .filter_map(|&id| self.batches.get(id))
             .map(|b| batch_status(b, &self.sessions, now))
             .collect();
-        let metrics = mesh_metrics(&self.batches, &self.sessions);
+        let mut metrics = mesh_metrics(&self.batches, &self.sessions);
+        if !self.config.metrics_per_batch {
+            metrics.pending_by_batch.clear();
+        }
         self.progress.send_replace(Arc::new(Snapshot {
             batches,
             nodes_connected: self.sessions.len() as u32,
