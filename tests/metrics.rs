@@ -195,7 +195,10 @@ async fn pending_per_batch_shows_while_a_batch_runs_only_when_asked_for() {
     })
     .await
     .unwrap();
-    assert!(!has(&m, "smsmesh_batch_pending_messages"), "no batch ids by default");
+    assert!(
+        !has(&m, "smsmesh_batch_pending_messages"),
+        "no batch ids by default"
+    );
 
     let mesh = Mesh::start(CoordinatorConfig {
         metrics_per_batch: true,
