@@ -63,9 +63,32 @@ impl ClientTls {
     }
 }
 
+/// `e` and every error beneath it, joined by ": " (tonic's transport errors
+/// say only "transport error" on their own).
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        next = cause.source();
+    }
+    text
+}
+
 /// The endpoint of `url`: TLS when it is `https://` (checked against the CA
-/// of `tls`), plaintext for `http://`.
+/// of `tls`), plaintext for `http://`. A bare `host:port`, as grpcurl takes
+/// it, is `https://` when `tls` is given and `http://` otherwise.
 pub fn endpoint(url: &str, tls: Option<&ClientTls>) -> Result<Endpoint, String> {
+    let full;
+    let url = if url.contains("://") {
+        url
+    } else {
+        full = format!("{}://{url}", if tls.is_some() { "https" } else { "http" });
+        &full
+    };
     let ep = Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("bad coordinator URL {url:?}: {e}"))?
         .connect_timeout(Duration::from_secs(5))

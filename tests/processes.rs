@@ -282,3 +282,43 @@ async fn a_coordinator_stopped_for_longer_than_the_node_timeout_keeps_its_nodes(
     );
     assert_eq!(b.duplicates, 0, "{b:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smsmon_watching_every_batch_exits_non_zero_when_the_coordinator_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
+    // A batch with no node to send it: it runs, and smsmon has progress to show.
+    client(addr)
+        .await
+        .submit_batch(synthetic(10, 1))
+        .await
+        .unwrap();
+    let mut mon = tokio::process::Command::new(bin("smsmon"))
+        .args([
+            "--coordinator",
+            &addr.to_string(),
+            "--plain",
+            "--interval",
+            "100ms",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // A first line shows it is watching.
+    let stdout = mon.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    tokio::time::timeout(LONG, lines.next_line())
+        .await
+        .expect("smsmon prints progress")
+        .unwrap();
+    coord.term();
+    let out = tokio::time::timeout(LONG, mon.wait_with_output())
+        .await
+        .expect("smsmon exits when the coordinator stops")
+        .unwrap();
+    assert!(!out.status.success(), "not a silent exit 0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ended the progress stream"), "{err}");
+}

@@ -415,3 +415,31 @@ fn handed_in_results_for_attempts_never_dispatched_are_refused_and_counted() {
     assert_eq!(w.status(id).sent, 1);
     assert!(!w.out.closed.get(&a2).is_some_and(Option::is_some));
 }
+
+#[test]
+fn cancelled_messages_are_not_throughput() {
+    let mut w = World::new(Config {
+        max_jobs_per_frame: 1000,
+        ..config()
+    });
+    let id = w.submit(1_000, 3);
+    let a = w.join("a", 100);
+    w.grant(a, 100);
+    w.dispatch();
+    let jobs = w.out.take_jobs(a).concat();
+    w.core.publish(w.now);
+    // 50 sent in a second; then a cancel while 50 are still out.
+    w.now += Duration::from_secs(1);
+    w.results(a, &jobs[..50], true, 0);
+    w.core.publish(w.now);
+    w.now += Duration::from_millis(500);
+    w.core.on_cancel(id, &Tenant::default(), w.now).unwrap();
+    w.core.publish(w.now);
+    let s = w.status(id);
+    assert_eq!((s.state, s.cancelled), (BatchState::Cancelling as i32, 900));
+    assert!(
+        s.rate_per_sec < 100.0,
+        "900 cancelled messages are no rate: {}",
+        s.rate_per_sec
+    );
+}

@@ -27,7 +27,12 @@ pub async fn watch(
         .map_err(|e| anyhow::anyhow!(e))?
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {coordinator}: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to {coordinator}: {}",
+                smsmesh::client::describe(&e)
+            )
+        })?;
     let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
     let mut request = tonic::Request::new(pb::WatchProgressRequest {
         batch_id: batch.unwrap_or_default().to_string(),
@@ -41,7 +46,13 @@ pub async fn watch(
     let mut stream = client
         .watch_progress(request)
         .await
-        .map_err(|s| anyhow::anyhow!("WatchProgress: {}: {}", s.code(), s.message()))?
+        .map_err(|s| {
+            anyhow::anyhow!(
+                "WatchProgress: {}: {}",
+                s.code(),
+                smsmesh::client::describe(&s)
+            )
+        })?
         .into_inner();
     let mut last = None;
     while let Some(update) = stream
@@ -55,7 +66,16 @@ pub async fn watch(
         }
     }
     display.finish();
-    Ok(last)
+    // One batch's stream ends when the batch does; any other end is the coordinator's.
+    let ended = |b: &pb::BatchStatus| {
+        b.state == pb::BatchState::Completed as i32 || b.state == pb::BatchState::Cancelled as i32
+    };
+    match (batch, &last) {
+        (Some(_), Some(b)) if ended(b) => Ok(last),
+        _ => Err(anyhow::anyhow!(
+            "the coordinator at {coordinator} ended the progress stream (it stopped?)"
+        )),
+    }
 }
 
 /// The coordinator to watch and how to reach it.
@@ -127,7 +147,7 @@ impl Display {
                 (bar, nodes)
             });
             bar.set_length(b.total);
-            bar.set_position(b.sent + b.failed + b.cancelled);
+            bar.set_position(b.sent + b.failed);
             bar.set_message(summary(b));
             nodes.set_message(nodes_line(b));
             if is_ended(b) && !bar.is_finished() {
@@ -194,13 +214,14 @@ fn summary(b: &pb::BatchStatus) -> String {
     s
 }
 
-/// One line about a batch, for logs and pipes.
+/// One line about a batch, for logs and pipes. The share is of messages sent
+/// or failed (cancelled ones went nowhere), rounded down: 100.0% only when all are.
 pub fn line(b: &pb::BatchStatus) -> String {
-    let done = b.sent + b.failed + b.cancelled;
+    let done = b.sent + b.failed;
     let pct = if b.total == 0 {
         100.0
     } else {
-        done as f64 * 100.0 / b.total as f64
+        (done * 1000 / b.total) as f64 / 10.0
     };
     format!(
         "{} {:5.1}% {}/{} {}",
@@ -227,4 +248,34 @@ pub fn nodes_line(b: &pb::BatchStatus) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(sent: u64, cancelled: u64, total: u64, state: BatchState) -> pb::BatchStatus {
+        pb::BatchStatus {
+            batch_id: "b".into(),
+            state: state as i32,
+            total,
+            sent,
+            cancelled,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_share_counts_what_went_out_and_says_100_only_at_the_end() {
+        let cancelled = status(220, 780, 1000, BatchState::Cancelled);
+        assert!(
+            line(&cancelled).starts_with("b  22.0% 220/1000 cancelled"),
+            "{}",
+            line(&cancelled)
+        );
+        let nearly = status(9999, 0, 10_000, BatchState::Running);
+        assert!(line(&nearly).starts_with("b  99.9%"), "{}", line(&nearly));
+        let all = status(10, 0, 10, BatchState::Completed);
+        assert!(line(&all).starts_with("b 100.0%"), "{}", line(&all));
+    }
 }

@@ -516,7 +516,7 @@ impl Proc {
             .args(args)
             .env(
                 "RUST_LOG",
-                std::env::var("SMSMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("SMSMESH_TEST_LOG").unwrap_or_else(|_| "error".into()),
             )
             .stdout(std::process::Stdio::piped())
             .spawn()?;
@@ -530,7 +530,10 @@ impl Proc {
         let child = std::process::Command::new(bin("smsnode"))
             .args(["--coordinator", url, "--name", name])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("SMSMESH_TEST_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .spawn()?;
         Ok(Proc { child })
     }

@@ -131,7 +131,7 @@ pub struct Batch {
     pub trace: Option<Trace>,
     /// The tenant that owns it.
     pub tenant: crate::auth::Tenant,
-    /// `finished()` and time at the last rate sample.
+    /// Messages sent or failed, and the time, at the last rate sample.
     pub rate_sample: (u64, Instant),
 }
 

@@ -194,7 +194,8 @@ impl Core {
         outbox
             .send(session, welcome)
             .map_err(|Unreachable| Error::Unavailable("node stream closed during hello".into()))?;
-        tracing::info!(node = %hello.name, session = session.0, concurrency = hello.concurrency, gateway = %hello.gateway, "node joined");
+        // Hello's concurrency is the node's credit limit: its send slots plus its most prefetch.
+        tracing::info!(node = %hello.name, session = session.0, credit_limit = hello.concurrency, gateway = %hello.gateway, "node joined");
         self.sessions
             .insert(Session::new(session, node, hello, now));
         Ok(())
@@ -263,7 +264,10 @@ impl Core {
         outbox: &mut impl Outbox,
     ) {
         if let Some(s) = self.sessions.get(sid) {
-            if s.held.is_empty() {
+            if s.going_away && s.held.is_empty() {
+                // However its stream then ended, it had said goodbye and handed everything in.
+                tracing::info!(node = %s.name, "node left cleanly");
+            } else if s.held.is_empty() {
                 tracing::info!(node = %s.name, %reason, "node left");
             } else {
                 tracing::warn!(node = %s.name, %reason, held = s.held.len(), "node lost; requeueing its jobs");

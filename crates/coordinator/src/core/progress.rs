@@ -240,8 +240,9 @@ fn update_rate(b: &mut Batch, now: Instant) {
     if dt < 0.05 {
         return;
     }
-    let finished = b.counts.finished();
-    let inst = (finished - prev) as f64 / dt;
+    // Messages that went out (sent, or failed for good): cancelled ones are no throughput.
+    let finished = b.counts.sent + b.counts.failed;
+    let inst = finished.saturating_sub(prev) as f64 / dt;
     // Smooth over about two seconds.
     let alpha = 1.0 - (-dt / 2.0).exp();
     b.rate = if prev == 0 && b.rate == 0.0 {
