@@ -218,11 +218,9 @@ fn summary(b: &pb::BatchStatus) -> String {
 /// or failed (cancelled ones went nowhere), rounded down: 100.0% only when all are.
 pub fn line(b: &pb::BatchStatus) -> String {
     let done = b.sent + b.failed;
-    let pct = if b.total == 0 {
-        100.0
-    } else {
-        (done * 1000 / b.total) as f64 / 10.0
-    };
+    let pct = (done * 1000)
+        .checked_div(b.total)
+        .map_or(100.0, |p| p as f64 / 10.0);
     format!(
         "{} {:5.1}% {}/{} {}",
         b.batch_id,
