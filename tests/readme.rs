@@ -82,3 +82,47 @@ fn the_readme_s_commands_name_what_exists() {
         }
     }
 }
+
+/// The long flags `program --help` lists.
+fn flags(program: &str) -> Vec<String> {
+    let out = std::process::Command::new(smsmesh_testkit::bin(program))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    help.lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = l
+                .strip_prefix("-")
+                .and_then(|r| r.split_once(", "))
+                .map_or(l, |(_, r)| r);
+            l.strip_prefix("--")
+                .map(|r| {
+                    r.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                        .next()
+                        .unwrap_or("")
+                })
+                .filter(|f| !f.is_empty())
+                .map(|f| format!("--{f}"))
+        })
+        .filter(|f| f != "--help" && f != "--version")
+        .collect()
+}
+
+#[test]
+fn every_flag_of_the_programs_is_in_the_readme() {
+    let text = readme();
+    for program in ["smscoord", "smsnode", "smsmon"] {
+        let flags = flags(program);
+        assert!(flags.len() > 3, "{program}: {flags:?}");
+        for f in flags {
+            assert!(
+                text.contains(&format!("`{f}`"))
+                    || text.contains(&format!("`{f} "))
+                    || text.contains(&format!("{f}`")),
+                "{program} {f} is not in README.md"
+            );
+        }
+    }
+}
