@@ -33,9 +33,9 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// A node silent this long is dropped and its jobs go elsewhere. Default: 5 s.
     pub node_timeout: Duration,
-    /// A job a node holds this long without a result is taken back and sent
-    /// elsewhere (counted as requeued); a late result still counts. `None`:
-    /// never. Default: 5 minutes.
+    /// A job a node holds this long (up to twice this long: leases expire by
+    /// generation) without a result is taken back and sent elsewhere (counted
+    /// as requeued); a late result still counts. `None`: never. Default: 5 minutes.
     pub job_timeout: Option<Duration>,
     /// Most jobs in one frame to a node. Default: 512.
     pub max_jobs_per_frame: usize,

@@ -59,8 +59,9 @@ struct Args {
     /// A node silent this long is dropped and its jobs go to other nodes.
     #[arg(long, env = "SMSMESH_NODE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     node_timeout: Duration,
-    /// A job a node holds this long without a result is taken back and sent to
-    /// another node (counted as requeued; a late result still counts). 0: never.
+    /// A job a node holds this long (at most twice this long) without a result is
+    /// taken back and sent to another node (counted as requeued; a late result still
+    /// counts). 0: never.
     #[arg(long, env = "SMSMESH_JOB_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     job_timeout: Duration,
     /// After a restart, how long messages that may have been in flight wait before going

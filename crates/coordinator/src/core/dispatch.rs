@@ -81,7 +81,7 @@ impl Core {
                         // Made in reused scratch strings, encoded straight into the frame.
                         let (to, body) = &mut d.scratch;
                         batch.content(index, to, body);
-                        session.held.insert((bid, index), now);
+                        session.held.insert((bid, index));
                         jobs.push_encoded(&smsmesh::wire::JobRef {
                             batch: bid,
                             index,

@@ -26,6 +26,7 @@
 mod batches;
 mod dispatch;
 mod durability;
+mod held;
 mod progress;
 mod queries;
 mod recovery;
@@ -373,7 +374,7 @@ impl Core {
         let Some(session) = self.sessions.remove(sid) else {
             return;
         };
-        for (batch, index) in session.held.into_keys() {
+        for (batch, index) in session.held.into_jobs() {
             if let Some(b) = self.batches.get_mut(batch) {
                 b.requeue(index, session.node);
                 if b.check_end(now) {

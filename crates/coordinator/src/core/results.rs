@@ -56,7 +56,7 @@ fn apply(
         // A handed-in result is from an earlier stream: it never settles a job held on this one
         // (the same message may be here again, as a later attempt).
         let job = (res.batch, res.index);
-        let held = !r.handoff && session.held.remove(&job).is_some();
+        let held = !r.handoff && session.held.remove(&job);
         // A result for a job whose lease ran out is late, not wrong: it counts as one
         // from a node that no longer holds the job.
         let late = !held && !r.handoff && session.expired.remove(&job);

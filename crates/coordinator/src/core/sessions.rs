@@ -8,6 +8,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use smsmesh::{Error, pb};
 
 use super::SessionId;
+use super::held::Held;
 
 /// One node stream.
 pub(super) struct Session {
@@ -21,8 +22,8 @@ pub(super) struct Session {
     pub(super) concurrency: u32,
     /// Credit granted and not used by a job yet.
     pub(super) credit: u32,
-    /// Jobs the node holds: (batch, index) → when they were dispatched.
-    pub(super) held: FxHashMap<(u64, u32), Instant>,
+    /// Jobs the node holds: (batch, index).
+    pub(super) held: Held,
     /// Jobs taken back from the node when their lease ran out: a late result
     /// for one of them still counts.
     pub(super) expired: FxHashSet<(u64, u32)>,
@@ -42,7 +43,7 @@ impl Session {
             instance_id: hello.instance_id,
             concurrency: hello.concurrency,
             credit: 0,
-            held: FxHashMap::default(),
+            held: Held::new(now),
             expired: FxHashSet::default(),
             going_away: false,
             last_seen: now,
@@ -68,18 +69,10 @@ impl Session {
         Ok(())
     }
 
-    /// Takes back the jobs held longer than `lease`: they are the node's no more.
+    /// Takes back the jobs held one to two `lease`s: they are the node's no more.
     pub(super) fn expire(&mut self, now: Instant, lease: Duration) -> Vec<(u64, u32)> {
-        let gone: Vec<(u64, u32)> = self
-            .held
-            .iter()
-            .filter(|(_, at)| now.saturating_duration_since(**at) > lease)
-            .map(|(job, _)| *job)
-            .collect();
-        for job in &gone {
-            self.held.remove(job);
-            self.expired.insert(*job);
-        }
+        let gone = self.held.expire(now, lease);
+        self.expired.extend(gone.iter().copied());
         gone
     }
 
