@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use smsmesh::pb::{self, BatchState};
-use smsmesh_testkit::{Proc, batch_status, bin, listening_addr, synthetic, wait_ended, wait_until};
+use smsmesh::pb::BatchState;
+use smsmesh_testkit::{
+    Proc, batch_status, bin, client_at, listening_addr, synthetic, wait_ended, wait_sent,
+};
 use tonic::Code;
 
 const LONG: Duration = Duration::from_secs(90);
@@ -88,14 +90,6 @@ fn coordinator(listen: &str, data: &Path, log: &Path) -> (Proc, std::net::Socket
     (proc, addr)
 }
 
-async fn client(
-    addr: std::net::SocketAddr,
-) -> pb::coordinator_client::CoordinatorClient<tonic::transport::Channel> {
-    pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_stops_the_coordinator_loudly_and_every_batch_resumes_once_space_returns() {
     let Some(disk) = SmallDisk::mount(32) else {
@@ -112,18 +106,12 @@ async fn a_full_disk_stops_the_coordinator_loudly_and_every_batch_resumes_once_s
         &["--concurrency", "1000", "--mean-latency", "5ms"],
     )
     .unwrap();
-    let mut c = client(addr).await;
+    let mut c = client_at(addr).await;
 
     // A batch runs; then something else fills the disk.
     let first = c.submit_batch(synthetic(600_000, 1)).await.unwrap();
     let mut accepted = vec![(first.into_inner().batch_id, 600_000)];
-    let id = accepted[0].0.clone();
-    wait_until(LONG, "the batch to be under way", || {
-        let (mut c, id) = (c.clone(), id.clone());
-        async move { (batch_status(&mut c, &id).await.ok()?.sent > 1000).then_some(()) }
-    })
-    .await
-    .unwrap();
+    wait_sent(&c, &accepted[0].0, 1000).await;
     let filler = disk.path().join("filler");
     fill(&filler);
     let deadline = tokio::time::Instant::now() + LONG;
@@ -162,7 +150,7 @@ async fn a_full_disk_stops_the_coordinator_loudly_and_every_batch_resumes_once_s
     // Space returns; the supervisor restarts it where its node looks for it.
     std::fs::remove_file(&filler).unwrap();
     let (_coord, addr) = coordinator(&addr.to_string(), &data, &log);
-    let mut c = client(addr).await;
+    let mut c = client_at(addr).await;
     for (id, size) in &accepted {
         let b = match wait_ended(&mut c, id, LONG).await {
             Ok(b) => b,

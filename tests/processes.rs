@@ -8,13 +8,7 @@ use smsmesh_testkit::{Proc, batch_status, bin, synthetic, wait_ended, wait_until
 
 const LONG: Duration = Duration::from_secs(60);
 
-async fn client(
-    addr: std::net::SocketAddr,
-) -> pb::coordinator_client::CoordinatorClient<tonic::transport::Channel> {
-    pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-}
+use smsmesh_testkit::client_at as client;
 
 fn node_sent(b: &pb::BatchStatus, name: &str) -> u64 {
     b.nodes
@@ -263,13 +257,7 @@ async fn a_coordinator_stopped_for_longer_than_the_node_timeout_keeps_its_nodes(
         .unwrap()
         .into_inner()
         .batch_id;
-    wait_until(LONG, "the batch to be under way", || {
-        let mut c = c.clone();
-        let id = id.clone();
-        async move { (batch_status(&mut c, &id).await.ok()?.sent > 100).then_some(()) }
-    })
-    .await
-    .unwrap();
+    smsmesh_testkit::wait_sent(&c, &id, 100).await;
     // The fault is the stop itself: twice the node timeout, with nodes sending heartbeats.
     coord.pause();
     tokio::time::sleep(Duration::from_secs(6)).await;

@@ -391,6 +391,23 @@ pub async fn batch_status(
     }
 }
 
+/// A client of the coordinator listening on `addr` (plaintext).
+pub async fn client_at(addr: SocketAddr) -> CoordinatorClient<Channel> {
+    CoordinatorClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to the coordinator")
+}
+
+/// Waits until more than `sent` messages of the batch are sent.
+pub async fn wait_sent(client: &CoordinatorClient<Channel>, batch_id: &str, sent: u64) {
+    wait_until(Duration::from_secs(60), "the batch to be under way", || {
+        let mut client = client.clone();
+        async move { (batch_status(&mut client, batch_id).await.ok()?.sent > sent).then_some(()) }
+    })
+    .await
+    .unwrap();
+}
+
 /// Waits until the batch has ended (completed or cancelled) and returns its status.
 pub async fn wait_ended(
     client: &mut CoordinatorClient<Channel>,
