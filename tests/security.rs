@@ -1087,3 +1087,42 @@ async fn rs256_tokens_from_a_public_key() {
         "algorithm",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_open_are_closed() {
+    let mesh = Mesh::start(CoordinatorConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..CoordinatorConfig::default()
+    })
+    .await
+    .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // 50 connections that say nothing, and 10 that send one byte of the preface and stall.
+    let mut conns = Vec::new();
+    for i in 0..60 {
+        let mut s = tokio::net::TcpStream::connect(mesh.addr).await.unwrap();
+        if i >= 50 {
+            s.write_all(b"P").await.unwrap();
+        }
+        conns.push(s);
+    }
+    for mut s in conns {
+        let closed = tokio::time::timeout(LONG, async {
+            let mut buf = [0u8; 256];
+            // The server's own preface may come first; then the end.
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the coordinator closes a connection that does not open"
+        );
+    }
+    // A client that opens its connection properly still gets through.
+    let mut plain = mesh.client().await.unwrap();
+    plain.submit_batch(synthetic(1, 1)).await.unwrap();
+}

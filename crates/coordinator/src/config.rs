@@ -19,6 +19,9 @@ pub struct Config {
     /// `/metrics`. Batch ids of every tenant then show to whoever can reach the
     /// endpoint. Default: false.
     pub metrics_per_batch: bool,
+    /// A connection must send its opening bytes (TLS ClientHello, HTTP/2
+    /// preface) within this long of being accepted, or it is closed. Default: 10 s.
+    pub handshake_timeout: Duration,
     /// Largest batch accepted, in messages. Default: 50,000,000.
     pub max_batch_size: u64,
     /// Largest `max_attempts` a batch may ask for. Default: 20.
@@ -104,6 +107,7 @@ impl Default for Config {
             data_dir: None,
             create_store: false,
             metrics_per_batch: false,
+            handshake_timeout: Duration::from_secs(10),
             max_batch_size: 50_000_000,
             max_attempts_limit: 20,
             default_max_attempts: 3,

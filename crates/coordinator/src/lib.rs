@@ -12,6 +12,7 @@
 //! - [`node_tx`]: where the core's frames to a node go, on either kind of stream.
 //! - [`store`]: the embedded durable store (redb), its formats and its group-commit writer.
 //! - [`metrics`]: the Prometheus metrics, read from the reactor's snapshots.
+//! - [`incoming`]: accepted connections, closed if they do not open in time.
 //! - [`server`]: everything served together on one listener ([`run`]), and
 //!   `/metrics` on another ([`run_with_metrics`]).
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod core;
+pub mod incoming;
 pub mod link;
 pub mod metrics;
 pub mod node_tx;

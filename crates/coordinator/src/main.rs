@@ -30,6 +30,10 @@ struct Args {
     /// never silently becomes an empty store.
     #[arg(long, env = "SMSMESH_CREATE_STORE")]
     create_store: bool,
+    /// A connection must send its opening bytes (TLS ClientHello, HTTP/2 preface)
+    /// this soon after it is accepted, or it is closed.
+    #[arg(long, env = "SMSMESH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
     /// Export per-batch series in /metrics (batch ids of every tenant then show to
     /// whoever can reach the endpoint).
     #[arg(long, env = "SMSMESH_METRICS_PER_BATCH")]
@@ -264,6 +268,7 @@ impl Args {
             data_dir: (!self.in_memory).then(|| self.data_dir.clone()),
             create_store: self.create_store,
             metrics_per_batch: self.metrics_per_batch,
+            handshake_timeout: self.handshake_timeout,
             max_batch_size: self.max_batch_size,
             default_max_attempts: self.default_max_attempts,
             retry_base: self.retry_base,

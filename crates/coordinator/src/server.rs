@@ -142,6 +142,11 @@ pub async fn run_with_metrics(
             "serving gRPC in plaintext (--plaintext): traffic and tokens can be read on the network"
         ),
     }
+    let timeout = config.handshake_timeout;
+    let incoming = futures::StreamExt::map(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        move |accepted| accepted.map(|s| crate::incoming::Timely::new(s, timeout)),
+    );
     let serve = builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -150,7 +155,7 @@ pub async fn run_with_metrics(
         .add_service(reflection_v1alpha)
         .add_service(api)
         .add_service(link)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop);
+        .serve_with_incoming_shutdown(incoming, stop);
     let mut serve = std::pin::pin!(serve);
     let reactor_result = tokio::select! {
         r = &mut serve => {
