@@ -443,3 +443,44 @@ fn cancelled_messages_are_not_throughput() {
         s.rate_per_sec
     );
 }
+
+#[test]
+fn names_of_nodes_that_never_got_a_job_are_reclaimed() {
+    let mut w = World::new(config());
+    // More distinct names than a u16 index holds, each a node that came and went idle.
+    for i in 0..70_000u32 {
+        let sid = w.join(&format!("idle-{i}"), 1);
+        w.core.on_node_lost(sid, "gone", w.now, &mut w.out);
+        w.out.sent.clear();
+    }
+    // A node that works keeps its name, and its outcome names it after more come and go.
+    let id = w.submit(1, 1);
+    let a = w.join("worker", 1);
+    w.grant(a, 1);
+    w.dispatch();
+    let job = w.out.take_jobs(a).concat();
+    w.results(a, &job, true, 0);
+    w.core.on_node_lost(a, "done", w.now, &mut w.out);
+    for i in 0..10 {
+        let sid = w.join(&format!("later-{i}"), 1);
+        w.core.on_node_lost(sid, "gone", w.now, &mut w.out);
+    }
+    let m = w
+        .core
+        .on_message_status(
+            MessageId {
+                batch: id,
+                index: 0,
+            },
+            &Tenant::default(),
+        )
+        .unwrap();
+    assert_eq!(m.node, "worker");
+    w.core.publish(w.now);
+    let nodes = w.core.subscribe().borrow().metrics.nodes.clone();
+    assert_eq!(
+        nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["worker"],
+        "metrics list the nodes that worked or are connected, not every name ever seen"
+    );
+}

@@ -102,6 +102,7 @@ impl Core {
                     break 'nodes; // nothing left to send
                 }
                 session.credit -= jobs.len() as u32;
+                session.worked = true;
                 // The ack that waits for a Jobs frame goes just before it.
                 let ack = self.durability.acks.take_ready(sid).map(ack_frame);
                 let frame = pb::CoordinatorToNode {

@@ -374,6 +374,14 @@ impl Core {
         let Some(session) = self.sessions.remove(sid) else {
             return;
         };
+        if session.worked {
+            self.sessions.names.used(session.node);
+        }
+        if self.sessions.names.release(session.node)
+            && let Some(a) = self.sessions.stats.attempts.get_mut(session.node as usize)
+        {
+            *a = (0, 0); // the index goes to another name
+        }
         for (batch, index) in session.held.into_jobs() {
             if let Some(b) = self.batches.get_mut(batch) {
                 b.requeue(index, session.node);

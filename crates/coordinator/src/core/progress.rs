@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use smsmesh::pb;
 
 use super::Core;
@@ -155,28 +155,30 @@ fn mesh_metrics(batches: &Batches, sessions: &Sessions) -> MeshMetrics {
             .push((b.id.to_string(), b.counts.pending()));
     }
     m.batches_running = batches.running_ids().len() as u64;
-    m.nodes = sessions
-        .names
-        .all()
-        .iter()
-        .enumerate()
-        .map(|(n, name)| {
-            let (sent, failed) = stats.attempts.get(n).copied().unwrap_or_default();
-            NodeMetrics {
-                name: name.clone(),
+    // Every name a job went to, and every node connected now.
+    let mut at: FxHashMap<u16, usize> = FxHashMap::default();
+    let mut entry = |m: &mut MeshMetrics, n: u16| -> usize {
+        *at.entry(n).or_insert_with(|| {
+            let (sent, failed) = stats.attempts.get(n as usize).copied().unwrap_or_default();
+            m.nodes.push(NodeMetrics {
+                name: sessions.names.name(n).to_string(),
                 attempts_sent: sent,
                 attempts_failed: failed,
                 ..NodeMetrics::default()
-            }
+            });
+            m.nodes.len() - 1
         })
-        .collect();
+    };
+    for (n, _) in sessions.names.all() {
+        entry(&mut m, n as u16);
+    }
     for s in sessions.iter() {
-        if let Some(n) = m.nodes.get_mut(s.node as usize) {
-            n.connected = true;
-            n.in_flight += s.held.len() as u64;
-            n.credit += u64::from(s.credit);
-            n.concurrency += u64::from(s.concurrency);
-        }
+        let i = entry(&mut m, s.node);
+        let n = &mut m.nodes[i];
+        n.connected = true;
+        n.in_flight += s.held.len() as u64;
+        n.credit += u64::from(s.credit);
+        n.concurrency += u64::from(s.concurrency);
     }
     m
 }

@@ -27,6 +27,8 @@ pub(super) struct Session {
     /// Jobs taken back from the node when their lease ran out: a late result
     /// for one of them still counts.
     pub(super) expired: FxHashSet<(u64, u32)>,
+    /// Whether a job went to it.
+    pub(super) worked: bool,
     /// The node said GoingAway: it gets no more jobs, and its credit is void.
     pub(super) going_away: bool,
     /// When the node last said anything.
@@ -43,6 +45,7 @@ impl Session {
             instance_id: hello.instance_id,
             concurrency: hello.concurrency,
             credit: 0,
+            worked: false,
             held: Held::new(now),
             expired: FxHashSet::default(),
             going_away: false,
@@ -129,11 +132,18 @@ impl NodeStats {
     }
 }
 
-/// The name of every node ever seen, by index: outcomes name their node by it.
+/// The name of every node that sent something, by index: outcomes name their
+/// node by it. A name whose nodes never got a job is released when its
+/// session ends, and its index is used again.
 #[derive(Default)]
 pub(super) struct NodeNames {
     names: Vec<String>,
     index: FxHashMap<String, u16>,
+    /// Per index: whether a job ever went to a node of that name (then
+    /// messages may name it, and it is kept).
+    used: Vec<bool>,
+    /// Indexes released, to use again.
+    free: Vec<u16>,
 }
 
 impl NodeNames {
@@ -143,8 +153,12 @@ impl NodeNames {
         if self.names.len() <= at {
             self.names.resize(at + 1, String::new());
         }
+        if self.used.len() <= at {
+            self.used.resize(at + 1, false);
+        }
         self.index.insert(name.clone(), n);
         self.names[at] = name;
+        self.used[at] = true; // stored outcomes may name it
     }
 
     /// The index of `name`, and whether it is new (then it must be stored).
@@ -152,11 +166,45 @@ impl NodeNames {
         if let Some(&n) = self.index.get(name) {
             return Ok((n, false));
         }
-        let n = u16::try_from(self.names.len())
-            .map_err(|_| Error::ResourceExhausted("too many distinct node names".into()))?;
-        self.names.push(name.to_string());
+        let n = match self.free.pop() {
+            Some(n) => {
+                self.names[n as usize] = name.to_string();
+                n
+            }
+            None => {
+                let n = u16::try_from(self.names.len()).map_err(|_| {
+                    Error::ResourceExhausted(
+                        "too many distinct node names that did work (65,536)".into(),
+                    )
+                })?;
+                self.names.push(name.to_string());
+                self.used.push(false);
+                n
+            }
+        };
         self.index.insert(name.to_string(), n);
         Ok((n, true))
+    }
+
+    /// A job went to a node named by index `n`.
+    pub(super) fn used(&mut self, n: u16) {
+        if let Some(u) = self.used.get_mut(n as usize) {
+            *u = true;
+        }
+    }
+
+    /// The session of index `n` ended: if no job ever went to that name, the
+    /// name is forgotten and its index used again.
+    /// Returns whether it was released.
+    pub(super) fn release(&mut self, n: u16) -> bool {
+        let at = n as usize;
+        if self.used.get(at) != Some(&false) {
+            return false;
+        }
+        let name = std::mem::take(&mut self.names[at]);
+        self.index.remove(&name);
+        self.free.push(n);
+        true
     }
 
     /// The name of node `n` ("" for an index never seen; the store checks
@@ -165,9 +213,9 @@ impl NodeNames {
         self.names.get(n as usize).map_or("", String::as_str)
     }
 
-    /// Every name, by index.
-    pub(super) fn all(&self) -> &[String] {
-        &self.names
+    /// Every name a job went to, with its index.
+    pub(super) fn all(&self) -> impl Iterator<Item = (usize, &String)> {
+        self.names.iter().enumerate().filter(|(n, _)| self.used[*n])
     }
 }
 
