@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::{World, acks, config, result};
-use smsmesh::MessageId;
 use smsmesh::pb::{BatchState, MessageState};
 use smsmesh_coordinator::Config;
 use smsmesh_coordinator::auth::Tenant;
@@ -229,15 +228,6 @@ fn an_idempotent_resubmit_finds_the_batch_before_and_after_a_restart() {
         "the store refuses the key again"
     );
     assert!(w.core.on_idempotent("order-18").is_none());
-    let m = w
-        .core
-        .on_message_status(
-            MessageId {
-                batch: id,
-                index: 4,
-            },
-            &Tenant::default(),
-        )
-        .unwrap();
+    let m = w.message(id, 4);
     assert_eq!(m.state, MessageState::Pending as i32);
 }

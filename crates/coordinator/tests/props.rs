@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{World, config, result};
 use proptest::prelude::*;
+use smsmesh::BatchId;
 use smsmesh::pb::{self, BatchState, MessageState, coordinator_to_node};
-use smsmesh::{BatchId, MessageId};
 use smsmesh_coordinator::auth::Tenant;
 use smsmesh_coordinator::core::SessionId;
 use tonic::Code;
@@ -246,10 +246,7 @@ impl Mesh {
     }
 
     fn message(&self, batch: BatchId, index: u32) -> pb::MessageStatus {
-        self.w
-            .core
-            .on_message_status(MessageId { batch, index }, &Tenant::default())
-            .unwrap()
+        self.w.message(batch, index)
     }
 
     /// Every node joins and works until every batch has ended.

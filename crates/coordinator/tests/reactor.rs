@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::{World, acks, config, result};
-use smsmesh::MessageId;
 use smsmesh::pb::{self, BatchState, coordinator_to_node, node_to_coordinator};
 use smsmesh_coordinator::Config;
 use smsmesh_coordinator::auth::Tenant;
@@ -99,16 +98,7 @@ fn a_failed_attempt_is_retried_after_backoff_preferably_elsewhere() {
         (s.state, s.failed, s.retried),
         (BatchState::Completed as i32, 1, 2)
     );
-    let m = w
-        .core
-        .on_message_status(
-            MessageId {
-                batch: id,
-                index: 0,
-            },
-            &Tenant::default(),
-        )
-        .unwrap();
+    let m = w.message(id, 0);
     assert_eq!((m.attempts, m.last_error.as_str()), (3, "boom"));
 }
 
@@ -465,16 +455,7 @@ fn names_of_nodes_that_never_got_a_job_are_reclaimed() {
         let sid = w.join(&format!("later-{i}"), 1);
         w.core.on_node_lost(sid, "gone", w.now, &mut w.out);
     }
-    let m = w
-        .core
-        .on_message_status(
-            MessageId {
-                batch: id,
-                index: 0,
-            },
-            &Tenant::default(),
-        )
-        .unwrap();
+    let m = w.message(id, 0);
     assert_eq!(m.node, "worker");
     w.core.publish(w.now);
     let nodes = w.core.subscribe().borrow().metrics.nodes.clone();

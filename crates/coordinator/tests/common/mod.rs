@@ -276,6 +276,13 @@ impl World {
         self.core.dispatch(self.now, &mut self.out);
     }
 
+    /// Status of message `index` of batch `batch`.
+    pub fn message(&self, batch: BatchId, index: u32) -> pb::MessageStatus {
+        self.core
+            .on_message_status(smsmesh::MessageId { batch, index }, &Tenant::default())
+            .unwrap()
+    }
+
     pub fn status(&self, id: BatchId) -> pb::BatchStatus {
         self.core
             .on_batch_status(id, &Tenant::default(), self.now)
