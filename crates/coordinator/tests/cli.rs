@@ -44,3 +44,31 @@ fn an_address_in_use_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {addr}")));
 }
+
+#[test]
+fn logs_are_json_lines_when_asked_for() {
+    use std::io::BufRead;
+    let mut child = Command::new(SMSCOORD)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-no-auth",
+            "--plaintext",
+            "--in-memory",
+        ])
+        .env("SMSMESH_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line: serde_json::Value = serde_json::from_str(&first).expect("a JSON object per line");
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert!(line["fields"]["message"].is_string(), "{line}");
+    assert!(line["timestamp"].is_string(), "{line}");
+}
