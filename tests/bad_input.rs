@@ -559,3 +559,41 @@ async fn jobs_a_node_sits_on_are_taken_back_after_the_job_timeout() {
     assert!(ack.is_ok(), "the node was not cut off: {ack:?}");
     heartbeat.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reused_for_another_request_is_already_exists() {
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let mut client = mesh.client().await.unwrap();
+    let keyed = |count, key: &str| pb::SubmitBatchRequest {
+        idempotency_key: key.into(),
+        ..synthetic(count, 5)
+    };
+    let first = client
+        .submit_batch(keyed(10, "order-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed);
+    let again = client
+        .submit_batch(keyed(10, "order-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (again.batch_id.as_str(), again.replayed),
+        (first.batch_id.as_str(), true)
+    );
+    let e = client.submit_batch(keyed(11, "order-1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    assert!(
+        e.message().contains("\"order-1\" already made batch"),
+        "{}",
+        e.message()
+    );
+    let other = pb::SubmitBatchRequest {
+        idempotency_key: "order-1".into(),
+        ..explicit(vec![msg("+14155550100", "hi")])
+    };
+    let e = client.submit_batch(other).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+}

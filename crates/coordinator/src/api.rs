@@ -120,14 +120,16 @@ impl CoordinatorApi {
         req: pb::SubmitBatchRequest,
         tenant: Tenant,
     ) -> Result<pb::SubmitBatchResponse, Status> {
+        let fingerprint = fingerprint(&req);
         let mut new = validate_submit(req, &self.config)?;
+        new.fingerprint = fingerprint;
         new.idempotency_key = new.idempotency_key.map(|k| scoped_key(&tenant, k));
         new.tenant = tenant.clone();
         let gate = self.gate(&tenant);
         let _admitting = gate.admit.lock().await;
         // A repeat of an accepted request is answered as before, whatever the limits say now.
         if let Some(key) = &new.idempotency_key
-            && let Some(existing) = self.core.idempotent(key).await?
+            && let Some(existing) = self.core.idempotent(key, fingerprint).await?
         {
             return Ok(existing);
         }
@@ -156,9 +158,15 @@ impl CoordinatorApi {
                     .map_err(|e| Error::Internal(format!("store task: {e}")))?
                     .map_err(|e| Error::Unavailable(format!("cannot store the batch: {e}")))?;
             if let Err(existing) = r {
+                // The key made a batch meanwhile: a replay, or a different request.
+                let key = new.idempotency_key.as_deref().unwrap_or_default();
+                if let Some(known) = self.core.idempotent(key, new.fingerprint).await? {
+                    return Ok(known);
+                }
                 return Ok(pb::SubmitBatchResponse {
                     batch_id: BatchId(existing).to_string(),
                     accepted: u64::from(new.total),
+                    replayed: true,
                 });
             }
         }
@@ -250,7 +258,36 @@ fn stored_batch(new: &NewBatch) -> StoredBatch {
         synthetic_body,
         accepted_unix_ms: unix_ms(),
         tenant: new.tenant.as_str().to_string(),
+        fingerprint: new.fingerprint,
     }
+}
+
+/// A fingerprint of what a request asks for (all but its idempotency key):
+/// FNV-1a over its fields, never 0. Stored with the batch, so it must not
+/// change between versions.
+fn fingerprint(req: &pb::SubmitBatchRequest) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        // A separator, so that ("ab", "c") and ("a", "bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    eat(&req.max_attempts.map_or(u64::MAX, u64::from).to_le_bytes());
+    for m in &req.messages {
+        eat(m.to.as_bytes());
+        eat(m.body.as_bytes());
+        eat(m.client_ref.as_bytes());
+    }
+    if let Some(s) = &req.synthetic {
+        eat(&s.count.to_le_bytes());
+        eat(&s.seed.map_or(u64::MAX, |x| x).to_le_bytes());
+        eat(s.body.as_deref().unwrap_or("\u{0}none").as_bytes());
+    }
+    h.max(1)
 }
 
 /// Checks a SubmitBatch request and turns it into a batch to accept.
@@ -324,6 +361,7 @@ pub fn validate_submit(req: pb::SubmitBatchRequest, config: &Config) -> Result<N
         total,
         max_attempts: max_attempts as u8,
         idempotency_key: (!req.idempotency_key.is_empty()).then_some(req.idempotency_key),
+        fingerprint: 0,
         trace: None,
         tenant: Tenant::default(),
     })

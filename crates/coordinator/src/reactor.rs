@@ -34,8 +34,8 @@ pub enum Event {
     Cancel(BatchId, Tenant, Reply<pb::BatchStatus>),
     /// Messages of a tenant not finished yet.
     TenantUnfinished(Tenant, Reply<u64>),
-    /// The batch an idempotency key already made.
-    Idempotent(String, Reply<Option<pb::SubmitBatchResponse>>),
+    /// The batch an idempotency key already made, for a request of this fingerprint.
+    Idempotent(String, u64, Reply<Option<pb::SubmitBatchResponse>>),
     /// Drop a node's stream, telling it why (it broke a limit).
     NodeRefused(SessionId, Error),
     /// A node's Hello, with the sender of its outbound stream.
@@ -92,9 +92,15 @@ impl Handle {
             .await
     }
 
-    /// The batch an idempotency key (as stored) already made, if any.
-    pub async fn idempotent(&self, key: &str) -> Result<Option<pb::SubmitBatchResponse>, Error> {
-        self.ask(|r| Event::Idempotent(key.to_string(), r)).await
+    /// The batch an idempotency key (as stored) already made, if any, for a
+    /// request of `fingerprint` (ALREADY_EXISTS if another request made it).
+    pub async fn idempotent(
+        &self,
+        key: &str,
+        fingerprint: u64,
+    ) -> Result<Option<pb::SubmitBatchResponse>, Error> {
+        self.ask(|r| Event::Idempotent(key.to_string(), fingerprint, r))
+            .await
     }
 
     /// Drops a node's stream with `why` (the node broke a limit).
@@ -290,7 +296,7 @@ impl Reactor {
         let (core, outbox) = (&mut self.core, &mut self.outbox);
         match ev {
             Event::Submit(b, reply) => {
-                let _ = reply.send(Ok(core.on_submit(b, now)));
+                let _ = reply.send(core.on_submit(b, now));
             }
             Event::BatchStatus(id, tenant, reply) => {
                 let _ = reply.send(core.on_batch_status(id, &tenant, now));
@@ -303,8 +309,8 @@ impl Reactor {
                 let result = core.on_cancel(id, &tenant, now);
                 self.deferred.push((reply, result));
             }
-            Event::Idempotent(key, reply) => {
-                let _ = reply.send(Ok(core.on_idempotent(&key)));
+            Event::Idempotent(key, fingerprint, reply) => {
+                let _ = reply.send(core.on_idempotent(&key, fingerprint));
             }
             Event::TenantUnfinished(tenant, reply) => {
                 let _ = reply.send(Ok(core.tenant_unfinished(&tenant)));

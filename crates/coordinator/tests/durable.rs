@@ -220,14 +220,40 @@ fn an_idempotent_resubmit_finds_the_batch_before_and_after_a_restart() {
     let id = w.submit_keyed(5, 3, Some("order-17"));
     assert_eq!(w.submit_keyed(5, 3, Some("order-17")), id);
     w.crash();
-    let found = w.core.on_idempotent("order-17").expect("the key survives");
-    assert_eq!((found.batch_id, found.accepted), (id.to_string(), 5));
+    let found = w
+        .core
+        .on_idempotent("order-17", 0)
+        .unwrap()
+        .expect("the key survives");
+    assert_eq!(
+        (found.batch_id, found.accepted, found.replayed),
+        (id.to_string(), 5, true)
+    );
     assert_eq!(
         w.submit_keyed(5, 3, Some("order-17")),
         id,
         "the store refuses the key again"
     );
-    assert!(w.core.on_idempotent("order-18").is_none());
+    assert!(w.core.on_idempotent("order-18", 0).unwrap().is_none());
     let m = w.message(id, 4);
     assert_eq!(m.state, MessageState::Pending as i32);
+}
+
+#[test]
+fn an_idempotency_key_used_again_for_a_different_request_is_refused() {
+    let mut w = World::durable(config());
+    let id = w.submit_request(5, 3, Some("k"), 111).unwrap();
+    assert_eq!(
+        w.submit_request(5, 3, Some("k"), 111).unwrap(),
+        id,
+        "a replay"
+    );
+    let e = w.submit_request(9, 3, Some("k"), 222).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+    assert!(e.to_string().contains("different request"), "{e}");
+    // The fingerprint is stored with the batch: the same after a restart.
+    w.crash();
+    assert_eq!(w.submit_request(5, 3, Some("k"), 111).unwrap(), id);
+    let e = w.submit_request(9, 3, Some("k"), 222).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
 }

@@ -20,6 +20,7 @@ fn write_store(dir: &Path) {
         synthetic_body: None,
         accepted_unix_ms: 1,
         tenant: "t".into(),
+        fingerprint: 0,
     };
     store.insert_batch(&batch, Some("k")).unwrap().unwrap();
     let mut set = WriteSet::default();

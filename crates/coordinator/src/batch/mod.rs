@@ -131,6 +131,8 @@ pub struct Batch {
     pub trace: Option<Trace>,
     /// The tenant that owns it.
     pub tenant: crate::auth::Tenant,
+    /// Fingerprint of the request that made it (0: unknown).
+    pub fingerprint: u64,
     /// Messages sent or failed, and the time, at the last rate sample.
     pub rate_sample: (u64, Instant),
 }
@@ -166,6 +168,7 @@ impl Batch {
             rate_sample: (0, now),
             trace: None,
             tenant: crate::auth::Tenant::default(),
+            fingerprint: 0,
         }
     }
 

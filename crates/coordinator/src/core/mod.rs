@@ -84,6 +84,9 @@ pub struct NewBatch {
     pub max_attempts: u8,
     /// Client's idempotency key, if any.
     pub idempotency_key: Option<String>,
+    /// A fingerprint of the request (0: unknown), so that the key used again
+    /// with a different request is told apart from a replay.
+    pub fingerprint: u64,
     /// The dispatch span, when the batch is traced.
     pub trace: Option<batch::Trace>,
     /// The tenant that submitted it.

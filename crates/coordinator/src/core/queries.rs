@@ -11,24 +11,45 @@ use crate::auth::Tenant;
 use crate::batch::Batch;
 
 impl Core {
-    /// The batch an idempotency key (as stored) already made, if any.
-    pub fn on_idempotent(&self, key: &str) -> Option<pb::SubmitBatchResponse> {
-        let id = self.batches.by_key(key)?;
-        let accepted = self.batches.get(id.0).map_or(0, |b| b.counts.total);
-        Some(pb::SubmitBatchResponse {
+    /// The batch an idempotency key (as stored) already made, if any, for a
+    /// request of `fingerprint`: ALREADY_EXISTS when that batch was made by a
+    /// different request (both fingerprints known and unequal).
+    pub fn on_idempotent(
+        &self,
+        key: &str,
+        fingerprint: u64,
+    ) -> Result<Option<pb::SubmitBatchResponse>, Error> {
+        let Some(id) = self.batches.by_key(key) else {
+            return Ok(None);
+        };
+        let batch = self.batches.get(id.0);
+        if let Some(b) = batch
+            && b.fingerprint != 0
+            && fingerprint != 0
+            && b.fingerprint != fingerprint
+        {
+            return Err(Error::AlreadyExists(format!(
+                "idempotency_key {} already made batch {id} from a different request; use a new key for a new request",
+                smsmesh::echo(key.rsplit('\u{0}').next().unwrap_or(key))
+            )));
+        }
+        Ok(Some(pb::SubmitBatchResponse {
             batch_id: id.to_string(),
-            accepted,
-        })
+            accepted: batch.map_or(0, |b| b.counts.total),
+            replayed: true,
+        }))
     }
 
     /// Accepts a batch.
-    pub fn on_submit(&mut self, new: NewBatch, now: Instant) -> pb::SubmitBatchResponse {
-        if let Some(existing) = new
-            .idempotency_key
-            .as_deref()
-            .and_then(|key| self.on_idempotent(key))
+    pub fn on_submit(
+        &mut self,
+        new: NewBatch,
+        now: Instant,
+    ) -> Result<pb::SubmitBatchResponse, Error> {
+        if let Some(key) = new.idempotency_key.as_deref()
+            && let Some(existing) = self.on_idempotent(key, new.fingerprint)?
         {
-            return existing;
+            return Ok(existing);
         }
         let id = new.id;
         if let Some(key) = new.idempotency_key {
@@ -37,16 +58,18 @@ impl Core {
         let mut batch = Batch::new(id, new.content, new.total, new.max_attempts, now);
         batch.trace = new.trace;
         batch.tenant = new.tenant;
+        batch.fingerprint = new.fingerprint;
         if self.durability.is_durable() {
             batch.reserved = 0; // dispatch starts once a reservation is stored
         }
         tracing::info!(batch = %id, total = new.total, "batch accepted");
         self.batches.accepted += 1;
         self.batches.insert(batch);
-        pb::SubmitBatchResponse {
+        Ok(pb::SubmitBatchResponse {
             batch_id: id.to_string(),
             accepted: u64::from(new.total),
-        }
+            replayed: false,
+        })
     }
 
     /// Status of a batch.

@@ -44,6 +44,7 @@ impl Core {
                 accepted,
             );
             b.tenant = Tenant::new(&sb.tenant);
+            b.fingerprint = sb.fingerprint;
             let errors: FxHashMap<u32, &str> =
                 lb.errors.iter().map(|(i, e)| (*i, e.as_str())).collect();
             for o in lb.outcomes() {

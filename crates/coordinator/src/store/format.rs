@@ -38,6 +38,9 @@ pub struct StoredBatch {
     /// The tenant that owns it ("" for the default tenant, and batches stored before tenants).
     #[prost(string, tag = "10")]
     pub tenant: String,
+    /// Fingerprint of the request that made it (0: stored before fingerprints).
+    #[prost(fixed64, tag = "11")]
+    pub fingerprint: u64,
 }
 
 /// The small, changing part of a stored batch.

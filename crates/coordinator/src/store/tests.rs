@@ -16,6 +16,7 @@ fn batch(id: u64, total: u32) -> StoredBatch {
         synthetic_body: None,
         accepted_unix_ms: 1,
         tenant: "t".into(),
+        fingerprint: 0,
     }
 }
 

@@ -232,6 +232,18 @@ impl World {
 
     /// Submits a synthetic batch with an idempotency key.
     pub fn submit_keyed(&mut self, total: u32, max_attempts: u8, key: Option<&str>) -> BatchId {
+        self.submit_request(total, max_attempts, key, 0).unwrap()
+    }
+
+    /// Submits a synthetic batch with an idempotency key, for a request of
+    /// `fingerprint`: the core's answer.
+    pub fn submit_request(
+        &mut self,
+        total: u32,
+        max_attempts: u8,
+        key: Option<&str>,
+        fingerprint: u64,
+    ) -> Result<BatchId, Error> {
         let id = BatchId::random();
         if let Some(store) = &self.store {
             let stored = StoredBatch {
@@ -243,9 +255,14 @@ impl World {
                 synthetic_body: None,
                 accepted_unix_ms: smsmesh_coordinator::core::unix_ms(),
                 tenant: String::new(),
+                fingerprint,
             };
             if let Err(earlier) = store.insert_batch(&stored, key).unwrap() {
-                return BatchId(earlier);
+                // The key is stored: what the core says of it is the answer.
+                let known = self
+                    .core
+                    .on_idempotent(key.unwrap_or_default(), fingerprint)?;
+                return Ok(known.map_or(BatchId(earlier), |r| r.batch_id.parse().unwrap()));
             }
         }
         let b = NewBatch {
@@ -257,10 +274,13 @@ impl World {
             total,
             max_attempts,
             idempotency_key: key.map(str::to_string),
+            fingerprint,
             trace: None,
             tenant: Tenant::default(),
         };
-        self.core.on_submit(b, self.now).batch_id.parse().unwrap()
+        self.core
+            .on_submit(b, self.now)
+            .map(|r| r.batch_id.parse().unwrap())
     }
 
     /// Time passes with the reactor ticking as it does (every 250 ms).
