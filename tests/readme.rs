@@ -83,9 +83,10 @@ fn the_readme_s_commands_name_what_exists() {
     }
 }
 
-/// The long flags `program --help` lists.
-fn flags(program: &str) -> Vec<String> {
+/// The long flags `program [command] --help` lists.
+fn flags(program: &str, command: Option<&str>) -> Vec<String> {
     let out = std::process::Command::new(smsmesh_testkit::bin(program))
+        .args(command)
         .arg("--help")
         .output()
         .unwrap();
@@ -113,9 +114,14 @@ fn flags(program: &str) -> Vec<String> {
 #[test]
 fn every_flag_of_the_programs_is_in_the_readme() {
     let text = readme();
-    for program in ["smscoord", "smsnode", "smsmon"] {
-        let flags = flags(program);
-        assert!(flags.len() > 3, "{program}: {flags:?}");
+    for (program, command) in [
+        ("smscoord", None),
+        ("smsnode", None),
+        ("smsmon", None),
+        ("smsmon", Some("export")),
+    ] {
+        let flags = flags(program, command);
+        assert!(flags.len() > 3, "{program} {command:?}: {flags:?}");
         for f in flags {
             assert!(
                 text.contains(&format!("`{f}`"))

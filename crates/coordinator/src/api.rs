@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::Config;
 use crate::auth::{Tenant, TokenBucket};
 use crate::batch::Content;
-use crate::core::{NewBatch, Snapshot, unix_ms};
+use crate::core::{ListQuery, NewBatch, Snapshot, StateSet, parse_page_token, unix_ms};
 use crate::reactor::Handle;
 use crate::store::{Store, StoredBatch};
 
@@ -256,7 +256,7 @@ fn stored_batch(new: &NewBatch) -> StoredBatch {
         messages,
         synthetic_seed,
         synthetic_body,
-        accepted_unix_ms: unix_ms(),
+        accepted_unix_ms: new.accepted_unix_ms,
         tenant: new.tenant.as_str().to_string(),
         fingerprint: new.fingerprint,
     }
@@ -364,6 +364,41 @@ pub fn validate_submit(req: pb::SubmitBatchRequest, config: &Config) -> Result<N
         fingerprint: 0,
         trace: None,
         tenant: Tenant::default(),
+        accepted_unix_ms: unix_ms(),
+    })
+}
+
+/// Most messages in one ListMessages page, and the size of a page not given.
+const MAX_PAGE_SIZE: u32 = 10_000;
+const DEFAULT_PAGE_SIZE: u32 = 1_000;
+
+/// Checks a ListMessages request.
+fn list_query(req: pb::ListMessagesRequest) -> Result<ListQuery, Error> {
+    let batch: BatchId = req.batch_id.parse()?;
+    let states = req
+        .states
+        .iter()
+        .map(|&s| match pb::MessageState::try_from(s) {
+            Ok(pb::MessageState::Unspecified) | Err(_) => Err(Error::invalid(format!(
+                "states: {s} is not a message state (PENDING=1, IN_FLIGHT=2, RETRY_WAIT=3, SENT=4, FAILED=5, CANCELLED=6)"
+            ))),
+            Ok(state) => Ok(state),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let limit = match req.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n if n > MAX_PAGE_SIZE => {
+            return Err(Error::invalid(format!(
+                "page_size {n} is too large: at most {MAX_PAGE_SIZE}"
+            )));
+        }
+        n => n,
+    };
+    Ok(ListQuery {
+        batch,
+        states: StateSet::of(states),
+        limit,
+        start: parse_page_token(batch, &req.page_token)?,
     })
 }
 
@@ -418,6 +453,22 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
         Ok(Response::new(pb::GetStatusResponse {
             status: Some(status),
         }))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let span = rpc_span("smsmesh.v1.Coordinator/ListMessages", request.metadata());
+        let tenant = Tenant::of(&request);
+        let query = list_query(request.into_inner())?;
+        span.record("batch_id", query.batch.to_string());
+        let page = self
+            .core
+            .list_messages(query, &tenant)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(page))
     }
 
     async fn cancel_batch(

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::auth::Tenant;
-use crate::core::{Committed, Core, NewBatch, SessionId, Snapshot};
+use crate::core::{Committed, Core, ListQuery, NewBatch, SessionId, Snapshot};
 use crate::node_tx::{ChannelOutbox, NodeTx};
 use crate::store::{Store, WriteSet, Writer};
 
@@ -30,6 +30,8 @@ pub enum Event {
     BatchStatus(BatchId, Tenant, Reply<pb::BatchStatus>),
     /// GetStatus of a message, for a tenant.
     MessageStatus(MessageId, Tenant, Reply<pb::MessageStatus>),
+    /// A page of ListMessages, for a tenant.
+    ListMessages(ListQuery, Tenant, Reply<pb::ListMessagesResponse>),
     /// CancelBatch, for a tenant.
     Cancel(BatchId, Tenant, Reply<pb::BatchStatus>),
     /// Messages of a tenant not finished yet.
@@ -115,6 +117,16 @@ impl Handle {
         tenant: &Tenant,
     ) -> Result<pb::MessageStatus, Error> {
         self.ask(|r| Event::MessageStatus(id, tenant.clone(), r))
+            .await
+    }
+
+    /// A page of a batch's messages.
+    pub async fn list_messages(
+        &self,
+        query: ListQuery,
+        tenant: &Tenant,
+    ) -> Result<pb::ListMessagesResponse, Error> {
+        self.ask(|r| Event::ListMessages(query, tenant.clone(), r))
             .await
     }
 
@@ -303,6 +315,9 @@ impl Reactor {
             }
             Event::MessageStatus(id, tenant, reply) => {
                 let _ = reply.send(core.on_message_status(id, &tenant));
+            }
+            Event::ListMessages(query, tenant, reply) => {
+                let _ = reply.send(core.on_list_messages(&query, &tenant));
             }
             Event::Cancel(id, tenant, reply) => {
                 // Answered once the cancel is stored.

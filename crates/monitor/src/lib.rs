@@ -2,8 +2,11 @@
 //! progress, as live bars on a terminal or as plain lines elsewhere.
 //!
 //! [`watch`] does the following and returns the last status of the watched
-//! batch; [`Display`] chooses and does the rendering.
+//! batch; [`Display`] chooses and does the rendering. [`export`] is the other
+//! command: a batch's messages as CSV.
 #![forbid(unsafe_code)]
+
+pub mod export;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -23,26 +26,11 @@ pub async fn watch(
     display: &mut Display,
 ) -> anyhow::Result<Option<pb::BatchStatus>> {
     let coordinator = &target.url;
-    let channel = smsmesh::client::endpoint(coordinator, target.tls.as_ref())
-        .map_err(|e| anyhow::anyhow!(e))?
-        .connect()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to {coordinator}: {}",
-                smsmesh::client::describe(&e)
-            )
-        })?;
-    let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
-    let mut request = tonic::Request::new(pb::WatchProgressRequest {
+    let mut client = target.connect().await?;
+    let request = target.request(pb::WatchProgressRequest {
         batch_id: batch.unwrap_or_default().to_string(),
         interval_ms: interval.as_millis() as u32,
-    });
-    if let Some(token) = &target.token {
-        smsmesh::client::bearer(&mut request, token).map_err(|e| anyhow::anyhow!(e))?;
-    }
-    // The coordinator's side of the stream joins the caller's trace, if any.
-    smsmesh::telemetry::inject_into_metadata(&tracing::Span::current(), request.metadata_mut());
+    })?;
     let mut stream = client
         .watch_progress(request)
         .await
@@ -97,7 +85,37 @@ impl Target {
             ..Target::default()
         }
     }
+
+    /// A client connected to the coordinator, or an error that says why not.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let coordinator = &self.url;
+        let channel = smsmesh::client::endpoint(coordinator, self.tls.as_ref())
+            .map_err(|e| anyhow::anyhow!(e))?
+            .connect()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot connect to {coordinator}: {}",
+                    smsmesh::client::describe(&e)
+                )
+            })?;
+        Ok(pb::coordinator_client::CoordinatorClient::new(channel))
+    }
+
+    /// A request carrying the token, if any, and the caller's trace.
+    pub fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            smsmesh::client::bearer(&mut request, token).map_err(|e| anyhow::anyhow!(e))?;
+        }
+        // The coordinator's side joins the caller's trace, if any.
+        smsmesh::telemetry::inject_into_metadata(&tracing::Span::current(), request.metadata_mut());
+        Ok(request)
+    }
 }
+
+/// A connected coordinator client.
+pub type Client = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
 
 /// Where progress goes: bars on a terminal, lines otherwise.
 pub struct Display {
@@ -133,22 +151,15 @@ impl Display {
                 continue;
             }
             let (bar, nodes) = self.bars.entry(b.batch_id.clone()).or_insert_with(|| {
-                let bar = self.multi.add(ProgressBar::new(b.total));
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix} [{bar:30.cyan/blue}] {percent:>3}% {msg}",
-                    )
-                    .expect("valid template")
-                    .progress_chars("=> "),
-                );
-                bar.set_prefix(b.batch_id.clone());
+                // The whole line is our message, made from one status: the bar,
+                // the share and the counts cannot come from different updates.
+                let bar = self.multi.add(ProgressBar::new(0));
+                bar.set_style(ProgressStyle::with_template("{msg}").expect("valid template"));
                 let nodes = self.multi.add(ProgressBar::new(0));
                 nodes.set_style(ProgressStyle::with_template("  {msg}").expect("valid template"));
                 (bar, nodes)
             });
-            bar.set_length(b.total);
-            bar.set_position(b.sent + b.failed);
-            bar.set_message(summary(b));
+            bar.set_message(bar_line(b));
             nodes.set_message(nodes_line(b));
             if is_ended(b) && !bar.is_finished() {
                 bar.finish();
@@ -214,18 +225,44 @@ fn summary(b: &pb::BatchStatus) -> String {
     s
 }
 
-/// One line about a batch, for logs and pipes. The share is of messages sent
-/// or failed (cancelled ones went nowhere), rounded down: 100.0% only when all are.
-pub fn line(b: &pb::BatchStatus) -> String {
-    let done = b.sent + b.failed;
-    let pct = (done * 1000)
+/// Messages with a final outcome (sent or failed; cancelled ones went
+/// nowhere), in tenths of a percent of the batch, rounded down: 1000 only when
+/// all are done.
+fn permille(b: &pb::BatchStatus) -> u64 {
+    ((b.sent + b.failed) * 1000)
         .checked_div(b.total)
-        .map_or(100.0, |p| p as f64 / 10.0);
+        .map_or(1000, |p| p.min(1000))
+}
+
+/// One line about a batch, for logs and pipes.
+pub fn line(b: &pb::BatchStatus) -> String {
     format!(
         "{} {:5.1}% {}/{} {}",
         b.batch_id,
-        pct,
-        done,
+        permille(b) as f64 / 10.0,
+        b.sent + b.failed,
+        b.total,
+        summary(b)
+    )
+}
+
+/// Width of the bar, in characters.
+const BAR_WIDTH: u64 = 30;
+
+/// A batch's line on a terminal: its bar, then what [`line`] says. The bar's
+/// fill is the same share as the figure beside it.
+pub fn bar_line(b: &pb::BatchStatus) -> String {
+    let filled = (permille(b) * BAR_WIDTH / 1000) as usize;
+    let mut bar = "=".repeat(filled);
+    if filled < BAR_WIDTH as usize {
+        bar.push('>');
+        bar.push_str(&" ".repeat(BAR_WIDTH as usize - filled - 1));
+    }
+    format!(
+        "{} [{bar}] {:5.1}% {}/{} {}",
+        b.batch_id,
+        permille(b) as f64 / 10.0,
+        b.sent + b.failed,
         b.total,
         summary(b)
     )
@@ -275,5 +312,28 @@ mod tests {
         assert!(line(&nearly).starts_with("b  99.9%"), "{}", line(&nearly));
         let all = status(10, 0, 10, BatchState::Completed);
         assert!(line(&all).starts_with("b 100.0%"), "{}", line(&all));
+    }
+
+    #[test]
+    fn the_bar_fills_as_far_as_the_share_beside_it() {
+        for (sent, total) in [
+            (0, 1000),
+            (333, 1000),
+            (880, 1000),
+            (999, 1000),
+            (1000, 1000),
+        ] {
+            let b = status(sent, 0, total, BatchState::Running);
+            let text = bar_line(&b);
+            let inside = &text[text.find('[').unwrap() + 1..text.find(']').unwrap()];
+            assert_eq!(inside.len(), BAR_WIDTH as usize, "{text}");
+            let filled = inside.chars().filter(|c| *c == '=').count() as u64;
+            assert_eq!(filled, sent * BAR_WIDTH / total, "{text}");
+            let share = format!(
+                "{:5.1}% {sent}/{total}",
+                (sent * 1000 / total) as f64 / 10.0
+            );
+            assert!(text.contains(&share), "{text} lacks {share}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! `smsmon`: live progress of smsmesh batches.
+//! `smsmon`: live progress of smsmesh batches, and `smsmon export`, a
+//! batch's messages as CSV.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,12 +10,16 @@ use tracing::Instrument;
 
 /// Shows live progress of batches: a bar per batch with sent, failed, rate,
 /// latency, ETA and per-node shares; plain lines when not on a terminal.
+/// `smsmon export` writes a batch's messages as CSV instead.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Coordinator URL.
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Coordinator URL (a bare host:port is http://).
     #[arg(
         long,
+        global = true,
         env = "SMSMESH_COORDINATOR",
         default_value = "http://127.0.0.1:50051"
     )]
@@ -29,18 +34,37 @@ struct Args {
     #[arg(long)]
     plain: bool,
     /// Bearer token (a JWT naming your tenant); not needed with --insecure-no-auth.
-    #[arg(long, env = "SMSMESH_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "SMSMESH_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// CA (PEM) the coordinator's certificate must chain to; for an https:// --coordinator.
-    #[arg(long, env = "SMSMESH_TLS_CA")]
+    #[arg(long, global = true, env = "SMSMESH_TLS_CA")]
     tls_ca: Option<std::path::PathBuf>,
     /// Name expected in the coordinator's certificate, if not the URL's host.
-    #[arg(long, env = "SMSMESH_TLS_DOMAIN")]
+    #[arg(long, global = true, env = "SMSMESH_TLS_DOMAIN")]
     tls_domain: Option<String>,
     /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317
     /// (the standard OTEL_* variables are honoured too).
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Writes the messages of a batch as CSV (a header row, then one row per
+    /// message in index order): message_id, state, attempts, node, to,
+    /// client_ref, segments, last_error, accepted_unix_ms, body.
+    Export {
+        /// The batch.
+        #[arg(long)]
+        batch: String,
+        /// Only messages in this state (pending, in-flight, retry-wait,
+        /// sent, failed, cancelled); repeat or separate with commas.
+        #[arg(long, value_delimiter = ',', value_parser = smsmesh_monitor::export::parse_state)]
+        state: Vec<smsmesh::pb::MessageState>,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -67,15 +91,52 @@ async fn main() -> ExitCode {
         tls,
         token: args.token.clone(),
     };
-    let result = watch(&target, args.batch.as_deref(), args.interval, &mut display)
-        .instrument(span)
-        .await;
+    let result = match &args.command {
+        None => watch(&target, args.batch.as_deref(), args.interval, &mut display)
+            .instrument(span)
+            .await
+            .map(|_| ()),
+        Some(Command::Export {
+            batch,
+            state,
+            output,
+        }) => export(&target, batch, state, output.as_deref()).await,
+    };
     telemetry.shutdown().await;
     match result {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("smsmon: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `smsmon export`: to a file (written whole, or not left behind) or to stdout.
+async fn export(
+    target: &smsmesh_monitor::Target,
+    batch: &str,
+    states: &[smsmesh::pb::MessageState],
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let Some(path) = output else {
+        let stdout = std::io::stdout().lock();
+        smsmesh_monitor::export::export(target, batch, states, std::io::BufWriter::new(stdout))
+            .await?;
+        return Ok(());
+    };
+    let file = std::fs::File::create(path).with_context(|| format!("{}", path.display()))?;
+    let written =
+        smsmesh_monitor::export::export(target, batch, states, std::io::BufWriter::new(file)).await;
+    match written {
+        Ok(rows) => {
+            eprintln!("smsmon: {rows} messages written to {}", path.display());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(e)
         }
     }
 }

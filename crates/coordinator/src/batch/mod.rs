@@ -123,6 +123,8 @@ pub struct Batch {
     error_index: FxHashMap<String, u32>,
     /// When the batch was accepted.
     pub accepted_at: Instant,
+    /// When the batch was accepted, as Unix time in milliseconds (0: unknown).
+    pub accepted_unix_ms: u64,
     /// When the batch reached a final state.
     pub ended_at: Option<Instant>,
     /// Smoothed finish rate, messages per second.
@@ -163,6 +165,7 @@ impl Batch {
             error_texts: Vec::new(),
             error_index: FxHashMap::default(),
             accepted_at: now,
+            accepted_unix_ms: 0,
             ended_at: None,
             rate: 0.0,
             rate_sample: (0, now),
@@ -540,6 +543,28 @@ impl Batch {
             ST_FAILED => MessageState::Failed,
             _ => MessageState::Cancelled,
         }
+    }
+}
+
+/// A set of message states, as a ListMessages filter asks for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateSet(u8);
+
+impl StateSet {
+    /// Every state.
+    pub const ALL: StateSet = StateSet(u8::MAX);
+
+    /// The states given; every state when none is.
+    pub fn of(states: impl IntoIterator<Item = MessageState>) -> Self {
+        let mask = states
+            .into_iter()
+            .fold(0u8, |m, s| m | 1 << (s as i32 as u8 & 7));
+        if mask == 0 { Self::ALL } else { StateSet(mask) }
+    }
+
+    /// Whether `state` is in the set.
+    pub fn contains(self, state: MessageState) -> bool {
+        self.0 & 1 << (state as i32 as u8 & 7) != 0
     }
 }
 

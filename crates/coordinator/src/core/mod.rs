@@ -51,6 +51,7 @@ use sessions::{Session, Sessions};
 
 pub use durability::Committed;
 pub use progress::{MeshMetrics, NodeMetrics, Snapshot};
+pub use queries::{LIST_SCAN_LIMIT, ListQuery, StateSet, page_token, parse_page_token};
 pub use recovery::unix_ms;
 pub use results::retry_delay;
 
@@ -91,6 +92,8 @@ pub struct NewBatch {
     pub trace: Option<batch::Trace>,
     /// The tenant that submitted it.
     pub tenant: Tenant,
+    /// When it was accepted: Unix time, milliseconds.
+    pub accepted_unix_ms: u64,
 }
 
 /// The frame that acks a node's Results frames up to `seq`.

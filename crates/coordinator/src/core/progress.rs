@@ -228,6 +228,8 @@ pub(super) fn batch_status(b: &Batch, sessions: &Sessions, now: Instant) -> pb::
         resent: c.resent,
         duplicates: c.duplicates,
         tenant: b.tenant.as_str().to_string(),
+        retry_wait: b.retries.len() as u64,
+        accepted_unix_ms: b.accepted_unix_ms,
         synthetic_seed: match b.content {
             Content::Synthetic { seed, .. } => Some(seed),
             Content::Explicit(_) => None,

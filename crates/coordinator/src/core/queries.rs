@@ -9,6 +9,7 @@ use smsmesh::{BatchId, Error, MessageId, pb};
 use super::{Core, NewBatch, progress};
 use crate::auth::Tenant;
 use crate::batch::Batch;
+pub use crate::batch::StateSet;
 
 impl Core {
     /// The batch an idempotency key (as stored) already made, if any, for a
@@ -59,6 +60,7 @@ impl Core {
         batch.trace = new.trace;
         batch.tenant = new.tenant;
         batch.fingerprint = new.fingerprint;
+        batch.accepted_unix_ms = new.accepted_unix_ms;
         if self.durability.is_durable() {
             batch.reserved = 0; // dispatch starts once a reservation is stored
         }
@@ -98,26 +100,72 @@ impl Core {
                 batch.counts.total - 1
             )));
         }
-        let slot = batch.slots[id.index as usize];
+        Ok(self.message(batch, id.index))
+    }
+
+    /// A page of a batch's messages: from index `query.start`, those whose
+    /// state is in `query.states`, at most `query.limit` of them, looking at
+    /// no more than [`LIST_SCAN_LIMIT`] messages.
+    pub fn on_list_messages(
+        &self,
+        query: &ListQuery,
+        tenant: &Tenant,
+    ) -> Result<pb::ListMessagesResponse, Error> {
+        let batch = self.batches.owned(query.batch, tenant)?;
+        let total = batch.counts.total as u32;
+        if query.start > total {
+            return Err(Error::invalid(format!(
+                "page_token points at message {} but batch {} has {total} messages; use a token this batch's listing gave",
+                query.start, query.batch
+            )));
+        }
+        let end = total.min(query.start.saturating_add(LIST_SCAN_LIMIT));
+        let mut messages = Vec::new();
+        let mut index = query.start;
+        while index < end && messages.len() < query.limit as usize {
+            if query.states.contains(batch.message_state(index)) {
+                messages.push(self.message(batch, index));
+            }
+            index += 1;
+        }
+        Ok(pb::ListMessagesResponse {
+            messages,
+            next_page_token: if index < total {
+                page_token(query.batch, index)
+            } else {
+                String::new()
+            },
+            scanned: u64::from(index - query.start),
+        })
+    }
+
+    /// What GetStatus and ListMessages say of message `index` of `batch`.
+    fn message(&self, batch: &Batch, index: u32) -> pb::MessageStatus {
+        let slot = batch.slots[index as usize];
         let (mut to, mut body) = (String::new(), String::new());
-        let client_ref = batch
-            .message(id.index, &mut to, &mut body)
-            .unwrap_or_default();
+        let client_ref = batch.message(index, &mut to, &mut body).unwrap_or_default();
         let node = slot
             .node
             .checked_sub(1)
             .map(|n| self.sessions.names.name(n).to_string())
             .unwrap_or_default();
-        let last_error = batch.last_error(id.index).unwrap_or_default().to_string();
-        Ok(pb::MessageStatus {
-            message_id: id.to_string(),
-            state: batch.message_state(id.index) as i32,
+        let last_error = batch.last_error(index).unwrap_or_default().to_string();
+        pb::MessageStatus {
+            message_id: MessageId {
+                batch: batch.id,
+                index,
+            }
+            .to_string(),
+            state: batch.message_state(index) as i32,
             attempts: u32::from(slot.attempts),
             node,
             last_error,
             to,
             client_ref,
-        })
+            segments: smsmesh::sms::segments(&body).count,
+            body,
+            accepted_unix_ms: batch.accepted_unix_ms,
+        }
     }
 
     /// Cancels a batch: nothing more of it is dispatched. The cancel is stored
@@ -145,4 +193,46 @@ impl Core {
     pub fn tenant_unfinished(&self, tenant: &Tenant) -> u64 {
         self.batches.tenant_unfinished(tenant)
     }
+}
+
+/// Most messages one ListMessages call looks at.
+pub const LIST_SCAN_LIMIT: u32 = 1_000_000;
+
+/// One page of a batch's listing, as asked.
+#[derive(Clone, Debug)]
+pub struct ListQuery {
+    /// The batch.
+    pub batch: BatchId,
+    /// States to list.
+    pub states: StateSet,
+    /// Most messages in the page.
+    pub limit: u32,
+    /// Index to start at.
+    pub start: u32,
+}
+
+/// The token that continues batch `batch`'s listing at message `index`.
+pub fn page_token(batch: BatchId, index: u32) -> String {
+    format!("{batch}:{index}")
+}
+
+/// The message index a page token of batch `batch` continues at.
+pub fn parse_page_token(batch: BatchId, token: &str) -> Result<u32, Error> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    let bad = || {
+        Error::invalid(format!(
+            "page_token {} is not one ListMessages gave: pass next_page_token from the previous page, or nothing to start at the first message",
+            smsmesh::echo(token)
+        ))
+    };
+    let (of, index) = token.rsplit_once(':').ok_or_else(bad)?;
+    if of != batch.to_string() {
+        return Err(Error::invalid(format!(
+            "page_token {} continues the listing of another batch, not of {batch}",
+            smsmesh::echo(token)
+        )));
+    }
+    index.parse().map_err(|_| bad())
 }

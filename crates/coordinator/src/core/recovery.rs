@@ -45,6 +45,7 @@ impl Core {
             );
             b.tenant = Tenant::new(&sb.tenant);
             b.fingerprint = sb.fingerprint;
+            b.accepted_unix_ms = sb.accepted_unix_ms;
             let errors: FxHashMap<u32, &str> =
                 lb.errors.iter().map(|(i, e)| (*i, e.as_str())).collect();
             for o in lb.outcomes() {

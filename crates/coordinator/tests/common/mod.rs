@@ -277,6 +277,7 @@ impl World {
             fingerprint,
             trace: None,
             tenant: Tenant::default(),
+            accepted_unix_ms: 1_700_000_000_000,
         };
         self.core
             .on_submit(b, self.now)
