@@ -228,7 +228,7 @@ impl Collector for CoordinatorCollector {
         m.latency.encode(
             e,
             "smsmesh_send_latency_seconds",
-            "Gateway latency of each attempt, as the node measured it.",
+            "Send time of each attempt as the node measured it: from its start to its outcome, the gateway's latency and the node's own delay.",
         )?;
         let commit = self.commit_latency.lock().expect("metrics lock").clone();
         commit.encode(

@@ -169,7 +169,7 @@ fn summary(b: &pb::BatchStatus, wall: Duration, nodes: &[smsmesh_testkit::Node])
         human(b.total as f64 / secs)
     );
     println!(
-        "latency      mean {:.2} ms, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms (gateway)",
+        "latency      mean {:.2} ms, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms (send time: gateway and node delay)",
         lat.mean_ms, lat.p50_ms, lat.p95_ms, lat.p99_ms
     );
     for n in &b.nodes {

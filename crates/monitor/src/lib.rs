@@ -206,7 +206,7 @@ pub fn human(n: f64) -> String {
 fn summary(b: &pb::BatchStatus) -> String {
     let lat = b.latency.unwrap_or_default();
     let mut s = format!(
-        "{} | sent {} failed {} pending {} in flight {} | {}/s | lat {:.1}ms",
+        "{} | sent {} failed {} pending {} in flight {} | {}/s | send {:.1}ms",
         state_name(b.state),
         b.sent,
         b.failed,

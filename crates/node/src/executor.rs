@@ -3,7 +3,8 @@
 //! one stream, so a send in progress when the coordinator goes away still
 //! finishes and its result is handed in later.
 
-use std::collections::VecDeque;
+use std::cmp::{Ordering as Order, Reverse};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use futures::stream::FuturesUnordered;
 use smsmesh::pb;
 use tokio::sync::mpsc;
 
+use crate::gateway::Delayed;
 use crate::state::Done;
 use crate::{Gateway, Sending, Stats};
 
@@ -21,6 +23,66 @@ const MAX_BUNCH: usize = 4096;
 
 /// A send in progress: resolves to its finished job.
 type Running = futures::future::BoxFuture<'static, Done>;
+
+/// A send whose outcome is known and due at `due`: waits in the executor's
+/// timer queue, with no task or timer of its own.
+struct Timed {
+    due: Instant,
+    /// Order of starting, to break ties between equal `due`s.
+    seq: u64,
+    started: Instant,
+    epoch: u64,
+    id: (u64, u32, u32),
+    delayed: Delayed,
+    span: Option<tracing::Span>,
+}
+
+impl Timed {
+    /// Its finished job, with the time it really took.
+    fn finish(self, now: Instant) -> Done {
+        let latency_us = now.saturating_duration_since(self.started).as_micros() as u64;
+        let outcome = self.delayed.finish();
+        (
+            self.epoch,
+            job_result(self.id, outcome, latency_us, self.span),
+        )
+    }
+}
+
+impl PartialEq for Timed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+impl Eq for Timed {}
+impl PartialOrd for Timed {
+    fn partial_cmp(&self, other: &Self) -> Option<Order> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timed {
+    fn cmp(&self, other: &Self) -> Order {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+/// What starting a send gave.
+enum Started {
+    /// Its result, known at once.
+    Done(Done),
+    /// Its outcome, due later.
+    Timed(Timed),
+    /// The send, in progress.
+    Running(Running),
+}
+
+/// Moves every timed send that is due by `now` into `bunch`.
+fn take_due(timed: &mut BinaryHeap<Reverse<Timed>>, bunch: &mut Vec<Done>, now: Instant) {
+    while bunch.len() < MAX_BUNCH && timed.peek().is_some_and(|t| t.0.due <= now) {
+        let Reverse(t) = timed.pop().expect("peeked");
+        bunch.push(t.finish(now));
+    }
+}
 
 /// The executor: runs up to `limit` gateway sends at once (the rest wait in
 /// order), and reports results in bunches.
@@ -33,29 +95,37 @@ pub(crate) async fn execute(
     stats: Arc<Stats>,
 ) {
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
+    let mut timed: BinaryHeap<Reverse<Timed>> = BinaryHeap::new();
     let mut waiting: VecDeque<(u64, pb::Job)> = VecDeque::new();
     let mut bunch: Vec<Done> = Vec::new();
+    let mut seq = 0u64;
     // Starts waiting jobs while a send slot is free. A send whose outcome is known at
     // once never takes a slot: its result goes straight into the bunch.
-    let refill = |running: &mut FuturesUnordered<Running>,
-                  waiting: &mut VecDeque<(u64, pb::Job)>,
-                  bunch: &mut Vec<Done>| {
-        while running.len() < limit && bunch.len() < MAX_BUNCH {
+    let mut refill = |running: &mut FuturesUnordered<Running>,
+                      timed: &mut BinaryHeap<Reverse<Timed>>,
+                      waiting: &mut VecDeque<(u64, pb::Job)>,
+                      bunch: &mut Vec<Done>| {
+        let mut now = None;
+        while running.len() + timed.len() < limit && bunch.len() < MAX_BUNCH {
             let Some((epoch, job)) = waiting.pop_front() else {
                 break;
             };
-            match start(&*gateway, epoch, job, send_timeout) {
-                Ok(done) => bunch.push(done),
-                Err(send) => running.push(send),
+            let now = *now.get_or_insert_with(Instant::now);
+            seq += 1;
+            match start(&*gateway, epoch, job, send_timeout, now, seq) {
+                Started::Done(done) => bunch.push(done),
+                Started::Timed(t) => timed.push(Reverse(t)),
+                Started::Running(send) => running.push(send),
             }
         }
         stats
             .max_sending
-            .fetch_max(running.len() as u64, Ordering::Relaxed);
+            .fetch_max((running.len() + timed.len()) as u64, Ordering::Relaxed);
     };
     loop {
-        refill(&mut running, &mut waiting, &mut bunch);
+        refill(&mut running, &mut timed, &mut waiting, &mut bunch);
         if bunch.is_empty() {
+            let next_due = timed.peek().map(|t| t.0.due);
             tokio::select! {
                 got = jobs.recv() => {
                     let Some((epoch, batch)) = got else { break };
@@ -63,14 +133,20 @@ pub(crate) async fn execute(
                     continue;
                 }
                 Some(first) = running.next(), if !running.is_empty() => bunch.push(first),
+                () = sleep_until(next_due), if next_due.is_some() => {
+                    take_due(&mut timed, &mut bunch, Instant::now());
+                }
             }
         }
         // Refill freed slots at once, then collect what else is done.
         while bunch.len() < MAX_BUNCH {
-            refill(&mut running, &mut waiting, &mut bunch);
-            match futures::FutureExt::now_or_never(running.next()) {
-                Some(Some(r)) => bunch.push(r),
-                _ => break,
+            refill(&mut running, &mut timed, &mut waiting, &mut bunch);
+            let before = bunch.len();
+            take_due(&mut timed, &mut bunch, Instant::now());
+            if let Some(Some(r)) = futures::FutureExt::now_or_never(running.next()) {
+                bunch.push(r);
+            } else if bunch.len() == before {
+                break;
             }
         }
         let sent = bunch
@@ -92,30 +168,62 @@ pub(crate) async fn execute(
     }
 }
 
-/// Starts sending `job`: its result when the gateway knew the outcome at once
-/// (latency 0), or the send in progress, which fails once `timeout` has passed.
+/// Sleeps until `due` (forever when `None`; the caller does not poll it then).
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => futures::future::pending().await,
+    }
+}
+
+/// Starts sending `job` at `now`: its result when the gateway knew the
+/// outcome at once (latency 0), the outcome and when it is due, or the send
+/// in progress. A send fails once `timeout` has passed.
 fn start(
     gateway: &dyn Gateway,
     epoch: u64,
     job: pb::Job,
     timeout: Option<Duration>,
-) -> Result<Done, Running> {
+    now: Instant,
+    seq: u64,
+) -> Started {
     let sending = gateway.send(&job);
     // A traced message: its send is a span, a child of the batch's dispatch span.
     let span = (!job.traceparent.is_empty()).then(|| send_span(&job));
     let id = (job.batch, job.index, job.attempt);
     match sending {
-        Sending::Done(outcome) => Ok((epoch, job_result(id, outcome, 0, span))),
+        Sending::Done(outcome) => Started::Done((epoch, job_result(id, outcome, 0, span))),
+        Sending::After(mut delayed) => {
+            if let Some(t) = timeout
+                && delayed.after > t
+            {
+                // As a send in progress would be: given up at the timeout, never finished.
+                delayed = Delayed {
+                    after: t,
+                    outcome: Err(timed_out(t)),
+                    finish: None,
+                };
+            }
+            Started::Timed(Timed {
+                due: now + delayed.after,
+                seq,
+                started: now,
+                epoch,
+                id,
+                delayed,
+                span,
+            })
+        }
         Sending::Pending(mut send) => {
             if let Some(span) = &span {
                 send = Box::pin(tracing::Instrument::instrument(send, span.clone()));
             }
-            Err(Box::pin(async move {
+            Started::Running(Box::pin(async move {
                 let start = Instant::now();
                 let outcome = match timeout {
                     Some(t) => tokio::time::timeout(t, send)
                         .await
-                        .unwrap_or_else(|_| Err(format!("gateway send timed out after {t:?}"))),
+                        .unwrap_or_else(|_| Err(timed_out(t))),
                     None => send.await,
                 };
                 let latency_us = start.elapsed().as_micros() as u64;
@@ -123,6 +231,11 @@ fn start(
             }))
         }
     }
+}
+
+/// Why a send that took longer than `t` failed.
+fn timed_out(t: Duration) -> String {
+    format!("gateway send timed out after {t:?}")
 }
 
 /// The result of attempt `(batch, index, attempt)`, also recorded on its span if traced.
@@ -166,4 +279,115 @@ fn send_span(job: &pb::Job) -> tracing::Span {
     );
     smsmesh::telemetry::set_remote_parent(&span, &job.traceparent);
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::gateway::Delayed;
+
+    /// A gateway whose sends are due after `delay` (or never finish, when
+    /// `None`); counts the outcomes it was asked to finish.
+    struct Test {
+        delay: Option<Duration>,
+        finished: Arc<AtomicU64>,
+    }
+
+    impl Gateway for Test {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn send(&self, _job: &pb::Job) -> Sending {
+            let finished = self.finished.clone();
+            let sending = match self.delay {
+                Some(after) => Sending::After(Delayed {
+                    after,
+                    outcome: Ok(()),
+                    finish: None,
+                }),
+                None => Sending::Pending(Box::pin(futures::future::pending())),
+            };
+            sending.map(move |r| {
+                finished.fetch_add(1, Ordering::SeqCst);
+                r
+            })
+        }
+    }
+
+    /// Runs `jobs` jobs through an executor of `limit` slots and returns their results.
+    async fn run(gateway: Test, limit: usize, timeout: Option<Duration>, jobs: u32) -> Vec<Done> {
+        let (job_tx, job_rx) = mpsc::unbounded_channel();
+        let (result_tx, mut result_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let task = tokio::spawn(execute(
+            Arc::new(gateway),
+            limit,
+            timeout,
+            job_rx,
+            result_tx,
+            stats.clone(),
+        ));
+        let batch = (0..jobs)
+            .map(|index| pb::Job {
+                batch: 1,
+                index,
+                attempt: 1,
+                ..Default::default()
+            })
+            .collect();
+        job_tx.send((7, batch)).unwrap();
+        let mut done = Vec::new();
+        while done.len() < jobs as usize {
+            let bunch = tokio::time::timeout(Duration::from_secs(20), result_rx.recv())
+                .await
+                .expect("results within 20 s")
+                .expect("executor running");
+            done.extend(bunch);
+        }
+        assert!(stats.max_sending.load(Ordering::SeqCst) <= limit as u64);
+        drop(job_tx);
+        task.await.unwrap();
+        done
+    }
+
+    #[tokio::test]
+    async fn a_delayed_outcome_comes_once_due_and_is_finished_only_then() {
+        let finished = Arc::new(AtomicU64::new(0));
+        let gateway = Test {
+            delay: Some(Duration::from_millis(30)),
+            finished: finished.clone(),
+        };
+        // 40 jobs through 10 slots: four rounds of 30 ms.
+        let started = Instant::now();
+        let done = run(gateway, 10, None, 40).await;
+        assert!(started.elapsed() >= Duration::from_millis(120));
+        assert_eq!(finished.load(Ordering::SeqCst), 40);
+        let mut indexes: Vec<u32> = done.iter().map(|(_, r)| r.index).collect();
+        indexes.sort_unstable();
+        assert_eq!(indexes, (0..40).collect::<Vec<_>>());
+        for (epoch, r) in &done {
+            assert_eq!((*epoch, r.outcome), (7, pb::Outcome::Sent as i32));
+            assert!(r.latency_us >= 30_000, "{r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn sends_longer_than_the_timeout_fail_and_are_never_finished() {
+        for delay in [Some(Duration::from_secs(3600)), None] {
+            let finished = Arc::new(AtomicU64::new(0));
+            let gateway = Test {
+                delay,
+                finished: finished.clone(),
+            };
+            let done = run(gateway, 2, Some(Duration::from_millis(50)), 4).await;
+            for (_, r) in &done {
+                assert_eq!(r.outcome, pb::Outcome::Failed as i32, "{delay:?}: {r:?}");
+                assert!(r.error.contains("timed out after 50ms"), "{r:?}");
+                assert!(r.latency_us >= 50_000, "{r:?}");
+            }
+            assert_eq!(finished.load(Ordering::SeqCst), 0, "{delay:?}");
+        }
+    }
 }

@@ -10,26 +10,62 @@ use futures::future::BoxFuture;
 use rand::Rng;
 use smsmesh::pb;
 
-/// A send the gateway started: finished already, or still going.
+/// A send the gateway started: finished already, due at a known time, or
+/// still going.
 ///
 /// A gateway that knows the outcome at once (a zero-latency simulation, a
 /// message it rejects before any I/O) says so with `Done`, and the node
-/// reports it without scheduling a task for it.
+/// reports it without scheduling a task for it. One that knows the outcome
+/// and when it is due (a simulation with latency) says `After`: the node
+/// keeps such sends in one timer queue instead of a task and a timer each.
 pub enum Sending {
     /// The outcome is known now: `Err(reason)` when the attempt failed.
     Done(Result<(), String>),
+    /// The outcome, due once `after` has passed.
+    After(Delayed),
     /// The outcome comes when this future resolves.
     Pending(BoxFuture<'static, Result<(), String>>),
 }
 
+/// What is done to an outcome when it is due.
+pub type Finish = Box<dyn FnOnce(Result<(), String>) -> Result<(), String> + Send>;
+
+/// An outcome known now and due later.
+pub struct Delayed {
+    /// How long until it is due.
+    pub after: Duration,
+    /// The outcome.
+    pub outcome: Result<(), String>,
+    /// Applied to the outcome when it is due (see [`Sending::map`]).
+    pub finish: Option<Finish>,
+}
+
+impl Delayed {
+    /// The outcome as it is once due.
+    pub fn finish(self) -> Result<(), String> {
+        match self.finish {
+            Some(f) => f(self.outcome),
+            None => self.outcome,
+        }
+    }
+}
+
 impl Sending {
-    /// Applies `f` to the outcome, now or when it comes.
+    /// Applies `f` to the outcome, now or when it comes (for a delayed one:
+    /// when it is due, not before).
     pub fn map(
         self,
         f: impl FnOnce(Result<(), String>) -> Result<(), String> + Send + 'static,
     ) -> Self {
         match self {
             Sending::Done(r) => Sending::Done(f(r)),
+            Sending::After(d) => Sending::After(Delayed {
+                finish: Some(match d.finish {
+                    Some(first) => Box::new(move |r| f(first(r))),
+                    None => Box::new(f),
+                }),
+                ..d
+            }),
             Sending::Pending(fut) => Sending::Pending(fut.map(f).boxed()),
         }
     }
@@ -77,9 +113,10 @@ impl Gateway for Simulated {
             .mean_latency
             .mul_f64(-(1.0 - u).ln())
             .min(self.mean_latency * 50);
-        Sending::Pending(Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            outcome()
-        }))
+        Sending::After(Delayed {
+            after: delay,
+            outcome: outcome(),
+            finish: None,
+        })
     }
 }

@@ -146,11 +146,11 @@ pub struct Stats {
     pub credits_granted: AtomicU64,
     /// Jobs the node keeps ready beyond its send slots now (see [`pipeline`]).
     pub prefetch: AtomicU64,
-    /// Gateway latency of every attempt.
+    /// Send time of every attempt: its start to its outcome (gateway and node delay).
     pub latency: SendLatency,
 }
 
-/// Gateway latency of every attempt, in Prometheus buckets.
+/// Send time of every attempt, in Prometheus buckets.
 #[derive(Debug)]
 pub struct SendLatency(pub std::sync::Mutex<smsmesh::metrics::Buckets>);
 

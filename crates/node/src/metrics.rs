@@ -172,7 +172,7 @@ impl Collector for NodeCollector {
         Buckets::encode_family(
             e,
             "smsnode_send_latency_seconds",
-            "Gateway latency of each attempt.",
+            "Send time of each attempt: from its start to its outcome, the gateway's latency and the node's own delay.",
             self.nodes
                 .iter()
                 .zip(&latency)
