@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod sms;
 pub mod synth;
 pub mod telemetry;
+pub mod tls_probe;
 pub mod wire;
 
 pub use error::{Error, echo};

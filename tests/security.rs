@@ -616,6 +616,14 @@ async fn tls_serves_verified_clients_and_refuses_plaintext() {
         wrong_ca.is_err(),
         "a server certificate from an untrusted CA is refused"
     );
+    // A node trusting another CA ends, naming the cause.
+    let lost = mesh.node(NodeSpec::new("other-ca").tls(trust(&other)));
+    let e = lost.ended(LONG).await.unwrap().expect_err("refused");
+    assert!(
+        e.to_string()
+            .contains("the coordinator's certificate is not accepted"),
+        "{e}"
+    );
     // Still serving.
     client.status(&id).await.unwrap();
 }
@@ -640,13 +648,21 @@ async fn mutual_tls_admits_only_nodes_with_a_certificate_from_the_ca() {
     let e = bare.ended(LONG).await.unwrap().expect_err("refused");
     assert!(e.to_string().contains("client certificate"), "{e}");
 
-    // A certificate from another CA: the TLS handshake fails; the node keeps retrying.
+    // A certificate from another CA: TLS refuses it, and the node ends
+    // saying so (retrying cannot fix it).
     let rogue_pki = Pki::new("rogue CA");
     let rogue_id = rogue_pki.issue(&["rogue"]);
     let rogue = mesh.node(NodeSpec::new("rogue").tls(ClientTls {
         identity: Some(rogue_id),
         ..trust(&pki)
     }));
+    let rogue_sessions = rogue.stats.clone();
+    let e = rogue.ended(LONG).await.unwrap().expect_err("refused");
+    assert!(
+        e.to_string()
+            .contains("the coordinator refused this node's certificate"),
+        "{e}"
+    );
 
     // A certificate from the CA: joins and works. Clients need none (they have tokens).
     let good = mesh.node(NodeSpec::new("good").tls(ClientTls {
@@ -659,8 +675,7 @@ async fn mutual_tls_admits_only_nodes_with_a_certificate_from_the_ca() {
     assert_eq!(b.sent, 300);
     assert!(b.nodes.iter().all(|n| n.node == "good"), "{b:?}");
     assert_eq!(
-        rogue
-            .stats
+        rogue_sessions
             .sessions
             .load(std::sync::atomic::Ordering::Relaxed),
         0
@@ -1032,6 +1047,27 @@ async fn the_programs_with_tokens_and_tls_as_the_readme_shows() {
     );
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("wrong join token"), "{err}");
+
+    // So does a node that trusts another CA than the one of the coordinator's certificate.
+    std::fs::write(path("other-ca.pem"), Pki::new("another CA").ca_pem()).unwrap();
+    let (code, _, err) = run(
+        "smsnode",
+        &[
+            "--coordinator",
+            &url,
+            "--name",
+            "lost",
+            "--join-token-file",
+            &path("node.token"),
+            "--tls-ca",
+            &path("other-ca.pem"),
+        ],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("the coordinator's certificate is not accepted"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -299,7 +299,15 @@ impl Node {
                     let _ = out.send(hello).await;
                     Ok(Ok((out, inbound)))
                 }
-                Err(s) => join_failed(s).map(Err),
+                Err(s) => {
+                    if matches!(
+                        s.code(),
+                        Code::Unknown | Code::Cancelled | Code::Unavailable
+                    ) {
+                        self.tls_refused().await?;
+                    }
+                    join_failed(s).map(Err)
+                }
             };
         }
         let endpoint =
@@ -308,7 +316,12 @@ impl Node {
         let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => {
-                let why = format!("cannot connect to {}: {e}", self.config.coordinator);
+                self.tls_refused().await?;
+                let why = format!(
+                    "cannot connect to {}: {}",
+                    self.config.coordinator,
+                    smsmesh::client::describe(&e)
+                );
                 return Ok(Err(SessionEnd::Broken(why)));
             }
         };
@@ -325,7 +338,27 @@ impl Node {
                 Outbound::Own(out),
                 Inbound::Own(Box::new(r.into_inner())),
             ))),
-            Err(s) => join_failed(s).map(Err),
+            Err(s) => {
+                if matches!(
+                    s.code(),
+                    Code::Unknown | Code::Cancelled | Code::Unavailable
+                ) {
+                    self.tls_refused().await?;
+                }
+                join_failed(s).map(Err)
+            }
+        }
+    }
+
+    /// After a connection failed: the cause, as a refusal, when TLS refuses
+    /// this node's settings (retrying cannot fix those).
+    async fn tls_refused(&self) -> Result<(), NodeError> {
+        let Some(tls) = &self.config.tls else {
+            return Ok(());
+        };
+        match smsmesh::tls_probe::tls_refusal(&self.config.coordinator, tls).await {
+            Some(why) => Err(NodeError::Refused(why)),
+            None => Ok(()),
         }
     }
 
