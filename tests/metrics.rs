@@ -547,7 +547,14 @@ async fn the_dashboard_uses_only_metrics_that_exist() {
         .into_inner()
         .batch_id;
     wait_ended(&mut client, &id, LONG).await.unwrap();
-    let (_, coord) = http_get(mesh.metrics_addr, "/metrics").await.unwrap();
+    // The snapshot /metrics reads follows within a publication (20 ms).
+    let metrics = mesh.metrics_addr;
+    let coord = wait_until(LONG, "the node's attempts in /metrics", || async move {
+        let (_, body) = http_get(metrics, "/metrics").await.ok()?;
+        body.contains("smsmesh_attempts_total").then_some(body)
+    })
+    .await
+    .unwrap();
     let mut names = series_names(&coord);
     let mut node_text = String::new();
     let registry = smsmesh_node::metrics::registry("dash", 10, node.stats.clone());

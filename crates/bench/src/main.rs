@@ -5,20 +5,20 @@
 //! RSS. Results go to a JSON file and a Markdown table.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde::Serialize;
 use smsmesh::pb::{self, BatchState};
-use smsmesh_testkit::{Proc, listening_addr};
+mod mesh;
+mod small;
 
-/// Runs the benchmark scenarios (a) to (f) and writes the results.
+/// Runs the benchmark scenarios (a) to (g) and writes the results.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run (a, b, c, d, e, f).
+    /// Scenarios to run (a to g).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
     scenarios: Vec<String>,
     /// Scale every batch size by this factor (e.g. 0.1 for a quick run).
@@ -45,7 +45,7 @@ const F_PROCESSES: usize = 4;
 
 /// How the mesh of one run is made.
 #[derive(Clone, Debug)]
-struct Setup {
+pub(crate) struct Setup {
     messages: u64,
     durable: bool,
     /// (concurrency, mean latency) of each node.
@@ -58,7 +58,7 @@ struct Setup {
 
 /// What one run measured.
 #[derive(Debug, Serialize, Default)]
-struct Run {
+pub(crate) struct Run {
     messages: u64,
     nodes: usize,
     /// `smsnode` processes the nodes ran in.
@@ -347,7 +347,31 @@ async fn main() -> anyhow::Result<()> {
                     runs: vec![small, large],
                 }
             }
-            other => bail!("unknown scenario {other:?} (a to f)"),
+            "g" => {
+                let callers = 64;
+                let g = small::run(&bin, callers, scale(200_000)).await?;
+                let r = &g.run;
+                Scenario {
+                    id: s.clone(),
+                    title: format!(
+                        "one-message batches from {callers} concurrent callers of one tenant, durable"
+                    ),
+                    target: "≥ 20,000 batches/s, SubmitBatch p99 ≤ 25 ms, every message sent"
+                        .into(),
+                    result: format!(
+                        "{:.0} batches/s ({} in {:.1} s), SubmitBatch p50 {:.1} ms, p99 {:.1} ms; all sent {:.1} s after the first submit",
+                        r.msgs_per_sec,
+                        r.messages,
+                        r.seconds,
+                        r.latency_p50_ms,
+                        r.latency_p99_ms,
+                        g.all_sent_seconds
+                    ),
+                    met: r.msgs_per_sec >= 20_000.0 && r.latency_p99_ms <= 25.0,
+                    runs: vec![g.run],
+                }
+            }
+            other => bail!("unknown scenario {other:?} (a to g)"),
         };
         report(&scenario);
         results.push(scenario);
@@ -431,7 +455,7 @@ fn markdown(results: &[Scenario]) -> String {
 }
 
 /// CPU seconds (user + system) and peak RSS (MiB) of a process, from /proc.
-fn usage(pid: u32) -> (f64, f64) {
+pub(crate) fn usage(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -448,75 +472,12 @@ fn usage(pid: u32) -> (f64, f64) {
 }
 
 async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
-    let data = tempfile::tempdir()?;
-    let mut coord = Command::new(bin.join("smscoord"));
-    coord
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-no-auth",
-            "--plaintext",
-        ])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped());
-    if setup.durable {
-        coord.arg("--data-dir").arg(data.path());
-    } else {
-        coord.arg("--in-memory");
-    }
-    let mut coord = Proc {
-        child: coord.spawn()?,
-    };
-    let addr = listening_addr(&mut coord.child)?;
-    let url = format!("http://{addr}");
-    let mut nodes: Vec<Proc> = setup
-        .nodes
-        .chunks(setup.per_process.max(1))
-        .enumerate()
-        .map(|(i, group)| {
-            let (c, l) = group[0];
-            assert!(
-                group.iter().all(|n| *n == (c, l)),
-                "one kind of node per process"
-            );
-            Command::new(bin.join("smsnode"))
-                .args(["--coordinator", &url, "--name", &format!("node-{i:03}")])
-                .args([
-                    "--concurrency",
-                    &c.to_string(),
-                    "--mean-latency",
-                    &format!("{}ms", l.as_millis()),
-                ])
-                .args(["--worker-threads", &setup.node_threads.to_string()])
-                .args(["--instances", &group.len().to_string()])
-                .env("RUST_LOG", "error")
-                .spawn()
-                .map(|child| Proc { child })
-        })
-        .collect::<Result<_, _>>()?;
-    let mut client = pb::coordinator_client::CoordinatorClient::connect(url.clone()).await?;
-    // Wait until every node has joined.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut s = client
-            .watch_progress(pb::WatchProgressRequest::default())
-            .await?
-            .into_inner();
-        if let Some(u) = s.message().await?
-            && u.nodes_connected as usize == setup.nodes.len()
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("nodes did not all join within 60 s");
-        }
-        for n in &mut nodes {
-            if let Some(status) = n.child.try_wait()? {
-                bail!("a node exited before joining ({status}); see its error above");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mesh::Started {
+        coord,
+        nodes,
+        mut client,
+        ..
+    } = mesh::start(bin, setup, &[]).await?;
     let cpu_before = usage(coord.child.id()).0;
     let started = Instant::now();
     let req = pb::SubmitBatchRequest {

@@ -18,9 +18,9 @@ use tracing::Instrument;
 use crate::Config;
 use crate::auth::{Tenant, TokenBucket};
 use crate::batch::Content;
-use crate::core::{ListQuery, NewBatch, Snapshot, StateSet, parse_page_token, unix_ms};
+use crate::core::{ListQuery, NewBatch, Snapshot, StateSet, key_reused, parse_page_token, unix_ms};
 use crate::reactor::Handle;
-use crate::store::{Store, StoredBatch};
+use crate::store::{Inserter, StoredBatch};
 
 /// RESOURCE_EXHAUSTED saying `msg`, with a RetryInfo detail of `wait`.
 fn retry_later(msg: String, wait: std::time::Duration) -> Status {
@@ -36,25 +36,31 @@ const MAX_IDEMPOTENCY_KEY: usize = 256;
 pub struct CoordinatorApi {
     core: Handle,
     config: Config,
-    store: Option<Store>,
+    /// Stores new batches, many in one transaction.
+    inserter: Option<Inserter>,
     /// Per tenant: its admission lock and token bucket.
     gates: std::sync::Mutex<HashMap<Tenant, Arc<Gate>>>,
 }
 
-/// One tenant's admission state: submissions of a tenant are admitted one at
-/// a time, so its pending cap cannot be overrun by concurrent requests.
+/// One tenant's admission state. With a pending cap, submissions of a
+/// tenant are admitted one at a time, each counting the messages admitted
+/// before it that the reactor does not have yet, so concurrent requests
+/// cannot overrun the cap. Storing and handing over happen outside the lock.
 struct Gate {
     admit: tokio::sync::Mutex<()>,
+    /// Messages admitted and not yet in the reactor (or refused after all).
+    admitting: std::sync::atomic::AtomicU64,
     bucket: std::sync::Mutex<Option<TokenBucket>>,
 }
 
 impl CoordinatorApi {
-    /// A service backed by the reactor behind `core`, storing new batches in `store`.
-    pub fn new(core: Handle, config: Config, store: Option<Store>) -> Self {
+    /// A service backed by the reactor behind `core`, storing new batches
+    /// with its group commits when it has a store.
+    pub fn new(core: Handle, config: Config) -> Self {
         CoordinatorApi {
+            inserter: core.inserter().cloned(),
             core,
             config,
-            store,
             gates: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -67,6 +73,7 @@ impl CoordinatorApi {
                 let limits = self.config.tenant_limits;
                 Arc::new(Gate {
                     admit: tokio::sync::Mutex::new(()),
+                    admitting: std::sync::atomic::AtomicU64::new(0),
                     bucket: std::sync::Mutex::new(
                         limits
                             .rate
@@ -82,7 +89,8 @@ impl CoordinatorApi {
     async fn admit(&self, gate: &Gate, tenant: &Tenant, n: u64) -> Result<(), Status> {
         let limits = self.config.tenant_limits;
         if let Some(cap) = limits.max_pending {
-            let unfinished = self.core.tenant_unfinished(tenant).await?;
+            let unfinished = self.core.tenant_unfinished(tenant).await?
+                + gate.admitting.load(std::sync::atomic::Ordering::SeqCst);
             if unfinished + n > cap {
                 let msg = format!(
                     "tenant {tenant} has {unfinished} messages not finished yet; {n} more would exceed its cap of {cap} (--tenant-max-pending): wait for batches to finish"
@@ -126,7 +134,6 @@ impl CoordinatorApi {
         new.idempotency_key = new.idempotency_key.map(|k| scoped_key(&tenant, k));
         new.tenant = tenant.clone();
         let gate = self.gate(&tenant);
-        let _admitting = gate.admit.lock().await;
         // A repeat of an accepted request is answered as before, whatever the limits say now.
         if let Some(key) = &new.idempotency_key
             && let Some(existing) = self.core.idempotent(key, fingerprint).await?
@@ -134,8 +141,19 @@ impl CoordinatorApi {
             return Ok(existing);
         }
         let total = u64::from(new.total);
-        self.admit(&gate, &tenant, total).await?;
+        {
+            // Only a pending cap needs admissions one at a time.
+            let _one_at_a_time = match self.config.tenant_limits.max_pending {
+                Some(_) => Some(gate.admit.lock().await),
+                None => None,
+            };
+            self.admit(&gate, &tenant, total).await?;
+            gate.admitting
+                .fetch_add(total, std::sync::atomic::Ordering::SeqCst);
+        }
         let r = self.accept(new).await;
+        gate.admitting
+            .fetch_sub(total, std::sync::atomic::Ordering::SeqCst);
         if r.is_err() {
             gate.refund(total);
         }
@@ -148,23 +166,25 @@ impl CoordinatorApi {
         span.record("batch_id", new.id.to_string());
         span.record("messages", new.total);
         new.trace = dispatch_trace(new.id, self.config.trace_message_ratio);
-        if let Some(store) = &self.store {
+        if let Some(inserter) = &self.inserter {
             let stored = stored_batch(&new);
             let key = new.idempotency_key.clone();
-            let store = store.clone();
-            let r =
-                tokio::task::spawn_blocking(move || store.insert_batch(&stored, key.as_deref()))
-                    .await
-                    .map_err(|e| Error::Internal(format!("store task: {e}")))?
-                    .map_err(|e| Error::Unavailable(format!("cannot store the batch: {e}")))?;
+            let r = inserter
+                .insert(stored, key)
+                .await
+                .map_err(|e| Error::Unavailable(format!("cannot store the batch: {e}")))?;
             if let Err(existing) = r {
                 // The key made a batch meanwhile: a replay, or a different request.
                 let key = new.idempotency_key.as_deref().unwrap_or_default();
                 if let Some(known) = self.core.idempotent(key, new.fingerprint).await? {
                     return Ok(known);
                 }
+                // Stored, and not in the reactor yet: the store's record tells.
+                if existing.fingerprint != 0 && existing.fingerprint != new.fingerprint {
+                    return Err(key_reused(key, BatchId(existing.id)));
+                }
                 return Ok(pb::SubmitBatchResponse {
-                    batch_id: BatchId(existing).to_string(),
+                    batch_id: BatchId(existing.id).to_string(),
                     accepted: u64::from(new.total),
                     replayed: true,
                 });
@@ -546,6 +566,10 @@ impl Watcher {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         ticker.tick().await; // the first tick is immediate; the first update goes out below
+        // Changes are published at most every 20 ms: the first update has them all.
+        if self.core.refresh().await.is_err() {
+            return;
+        }
         loop {
             let Some(update) = self.current().await else {
                 return;

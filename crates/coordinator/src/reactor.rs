@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::auth::Tenant;
 use crate::core::{Committed, Core, ListQuery, NewBatch, SessionId, Snapshot};
 use crate::node_tx::{ChannelOutbox, NodeTx};
-use crate::store::{Store, WriteSet, Writer};
+use crate::store::{Inserter, Job, Store, Writer};
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
@@ -30,6 +30,8 @@ pub enum Event {
     BatchStatus(BatchId, Tenant, Reply<pb::BatchStatus>),
     /// GetStatus of a message, for a tenant.
     MessageStatus(MessageId, Tenant, Reply<pb::MessageStatus>),
+    /// Publish now what changed (a new watcher must see batches just accepted).
+    Refresh(Reply<()>),
     /// A page of ListMessages, for a tenant.
     ListMessages(ListQuery, Tenant, Reply<pb::ListMessagesResponse>),
     /// CancelBatch, for a tenant.
@@ -60,9 +62,16 @@ pub struct Handle {
     events: mpsc::Sender<Event>,
     progress: watch::Receiver<Arc<Snapshot>>,
     commit_latency: Arc<std::sync::Mutex<smsmesh::metrics::Buckets>>,
+    /// Where new batches go to be stored, when there is a store.
+    inserter: Option<Inserter>,
 }
 
 impl Handle {
+    /// Where SubmitBatch stores new batches (with the next group commit); none in memory.
+    pub fn inserter(&self) -> Option<&Inserter> {
+        self.inserter.as_ref()
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Event) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
         self.events
@@ -118,6 +127,11 @@ impl Handle {
     ) -> Result<pb::MessageStatus, Error> {
         self.ask(|r| Event::MessageStatus(id, tenant.clone(), r))
             .await
+    }
+
+    /// Has the reactor publish what changed since its last snapshot, now.
+    pub async fn refresh(&self) -> Result<(), Error> {
+        self.ask(Event::Refresh).await
     }
 
     /// A page of a batch's messages.
@@ -186,20 +200,29 @@ pub fn spawn(
         events: tx.clone(),
         progress: core.subscribe(),
         commit_latency: commit_latency.clone(),
+        inserter: None,
     };
     let writer = store.map(|store| {
         Writer::spawn(store, move |r, stats| {
             if let Ok(mut h) = commit_latency.lock() {
                 h.observe(stats.last.as_secs_f64());
             }
-            tracing::trace!(commits = stats.commits, outcomes = stats.outcomes, busy = ?stats.busy, "group commit");
+            tracing::trace!(commits = stats.commits, outcomes = stats.outcomes, batches = stats.batches, busy = ?stats.busy, "group commit");
             let _ = tx.blocking_send(Event::Committed(r.map_err(|e| e.to_string())));
         })
     });
-    let (writer, writer_thread) = writer.unzip();
+    let (writer, writer_thread, inserter) = match writer {
+        Some((w, t, i)) => (Some(w), Some(t), Some(i)),
+        None => (None, None, None),
+    };
+    let handle = Handle { inserter, ..handle };
     let task = tokio::spawn(async move {
+        let stop = writer.clone();
         let result = run(core, rx, writer).await; // the reactor
-        // The writer stops once its channel is gone; the store is free when it has.
+        // The writer commits what is queued and stops; the store is free when it has.
+        if let Some(stop) = stop {
+            let _ = stop.send(Job::Stop);
+        }
         if let Some(thread) = writer_thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -210,13 +233,18 @@ pub fn spawn(
 
 const TICK: Duration = Duration::from_millis(250);
 
+/// A change (a batch accepted, ended or cancelled) is published at once, but
+/// no sooner than this after the last publication: under thousands of small
+/// batches a second, a snapshot per change would be most of the work.
+const PUBLISH_GAP: Duration = Duration::from_millis(20);
+
 /// Replies that wait for the commit holding what they report (a cancel).
 type Deferred = Vec<(Reply<pb::BatchStatus>, Result<pb::BatchStatus, Error>)>;
 
 /// What to do once a group is stored.
 pub struct Stored(Committed, Deferred);
 
-type WriterTx = std::sync::mpsc::Sender<(WriteSet, Stored)>;
+type WriterTx = std::sync::mpsc::Sender<Job<Stored>>;
 
 /// The reactor's own state: the core, where its frames go, and the group commit in progress.
 struct Reactor {
@@ -255,11 +283,13 @@ async fn run(
     r.core.on_tick(now.into_std(), &mut r.outbox);
     let mut next_tick = now + TICK;
     let mut next_publish = now + publish_interval;
+    let mut last_publish = now;
     let mut sleep = pin!(tokio::time::sleep_until(next_tick));
     loop {
         let wake = [
             Some(next_tick),
             Some(next_publish),
+            r.core.publish_due().then_some(last_publish + PUBLISH_GAP),
             r.core.next_retry_due().map(Instant::from_std),
             (!r.committing && r.core.has_writes()).then_some(r.last_commit + commit_interval),
         ]
@@ -294,8 +324,9 @@ async fn run(
         if let Flow::Break(end) = r.commit_if_due(now, commit_interval) {
             return end;
         }
-        if r.core.publish_due() || now >= next_publish {
+        if (r.core.publish_due() && now >= last_publish + PUBLISH_GAP) || now >= next_publish {
             r.core.publish(std_now);
+            last_publish = now;
             next_publish = now + publish_interval;
         }
     }
@@ -315,6 +346,12 @@ impl Reactor {
             }
             Event::MessageStatus(id, tenant, reply) => {
                 let _ = reply.send(core.on_message_status(id, &tenant));
+            }
+            Event::Refresh(reply) => {
+                if core.publish_due() {
+                    core.publish(now);
+                }
+                let _ = reply.send(Ok(()));
             }
             Event::ListMessages(query, tenant, reply) => {
                 let _ = reply.send(core.on_list_messages(&query, &tenant));
@@ -381,7 +418,7 @@ impl Reactor {
         match &self.writer {
             Some(w) => {
                 self.committing = true;
-                if w.send((set, stored)).is_err() {
+                if w.send(Job::Commit(set, stored)).is_err() {
                     return Flow::Break(Err("the store writer stopped".into()));
                 }
             }

@@ -92,7 +92,7 @@ pub async fn run_with_metrics(
         );
     }
     let api = InterceptedService::new(
-        CoordinatorServer::new(CoordinatorApi::new(core.clone(), config.clone(), store))
+        CoordinatorServer::new(CoordinatorApi::new(core.clone(), config.clone()))
             .max_decoding_message_size(config.max_request_bytes),
         move |req| auth.check(req),
     );

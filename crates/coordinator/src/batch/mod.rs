@@ -9,16 +9,17 @@
 //! [`content`] says what the messages are, [`stats`] what the batch reports.
 
 mod content;
+mod latency;
 mod stats;
 
 pub use content::{Content, Trace};
-pub use stats::{Counts, NodeShare, new_histogram};
+pub use latency::Latency;
+pub use stats::{Counts, NodeShare};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
 use smsmesh::BatchId;
 use smsmesh::pb::{BatchState, MessageState};
@@ -112,10 +113,10 @@ pub struct Batch {
     pub retries: BinaryHeap<Reverse<(Instant, u32)>>,
     /// Counters.
     pub counts: Counts,
-    /// Gateway latency of every attempt, microseconds.
-    pub latency: Histogram<u32>,
+    /// Send time of every attempt.
+    pub latency: Latency,
     /// Per node (by node-name index): its share of this batch.
-    pub nodes: Vec<Option<NodeShare>>,
+    pub nodes: FxHashMap<u16, NodeShare>,
     /// Last error of each message that failed at least once: index into `error_texts`.
     pub errors_by_index: FxHashMap<u32, u32>,
     /// Distinct error texts of this batch.
@@ -137,6 +138,12 @@ pub struct Batch {
     pub fingerprint: u64,
     /// Messages sent or failed, and the time, at the last rate sample.
     pub rate_sample: (u64, Instant),
+    /// Once ended and out of the progress snapshot: its counters as they
+    /// were added to the coordinator's totals (see `Batches::retire`).
+    pub retired: Option<Counts>,
+    /// The status last published of this ended batch, and the counters it
+    /// was made from: an ended batch's status is made again only if those change.
+    pub status_cache: Option<(Counts, smsmesh::pb::BatchStatus)>,
 }
 
 impl Batch {
@@ -159,8 +166,8 @@ impl Batch {
                 total: u64::from(total),
                 ..Counts::default()
             },
-            latency: new_histogram(),
-            nodes: Vec::new(),
+            latency: Latency::default(),
+            nodes: FxHashMap::default(),
             errors_by_index: FxHashMap::default(),
             error_texts: Vec::new(),
             error_index: FxHashMap::default(),
@@ -172,6 +179,8 @@ impl Batch {
             trace: None,
             tenant: crate::auth::Tenant::default(),
             fingerprint: 0,
+            retired: None,
+            status_cache: None,
         }
     }
 
@@ -306,16 +315,7 @@ impl Batch {
 
     /// The share of `node` in this batch.
     pub fn share(&mut self, node: u16) -> &mut NodeShare {
-        let n = node as usize;
-        if self.nodes.len() <= n {
-            self.nodes.resize_with(n + 1, || None);
-        }
-        self.nodes[n].get_or_insert_with(|| NodeShare {
-            sent: 0,
-            failed_attempts: 0,
-            in_flight: 0,
-            latency: new_histogram(),
-        })
+        self.nodes.entry(node).or_default()
     }
 
     /// Records the outcome of an attempt made by `node`. `held` says whether
@@ -353,9 +353,8 @@ impl Batch {
         } else {
             share.failed_attempts += 1;
         }
-        let lat = latency_us.max(1);
-        let _ = share.latency.record(lat);
-        let _ = self.latency.record(lat);
+        share.latency.record(latency_us);
+        self.latency.record(latency_us);
         if slot.state == ST_CANCELLED && sent {
             // Cancelled (e.g. on recovery of a cancelled batch) but it did go out: a
             // confirmed send outranks the cancel, so the counts say what happened.

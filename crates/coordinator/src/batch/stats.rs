@@ -1,10 +1,10 @@
 //! A batch's counters and latency statistics, in all and per node, as
 //! GetStatus reports them.
 
-use hdrhistogram::Histogram;
+use super::latency::Latency;
 
 /// One node's share of a batch.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct NodeShare {
     /// Messages sent by the node.
     pub sent: u64,
@@ -12,8 +12,8 @@ pub struct NodeShare {
     pub failed_attempts: u64,
     /// Jobs of this batch on the node now.
     pub in_flight: u64,
-    /// Gateway latency of the node's attempts, microseconds.
-    pub latency: Histogram<u32>,
+    /// Send time of the node's attempts.
+    pub latency: Latency,
 }
 
 /// Counters of a batch; `pending` is derived.
@@ -54,6 +54,21 @@ impl std::ops::AddAssign for Counts {
 }
 
 impl Counts {
+    /// Adds what changed from `before` to `after` (counters of an ended
+    /// batch only grow: a late duplicate).
+    pub fn add_change(&mut self, before: Counts, after: Counts) {
+        let f = |total: &mut u64, b: u64, a: u64| *total = (*total + a).saturating_sub(b);
+        f(&mut self.total, before.total, after.total);
+        f(&mut self.in_flight, before.in_flight, after.in_flight);
+        f(&mut self.sent, before.sent, after.sent);
+        f(&mut self.failed, before.failed, after.failed);
+        f(&mut self.cancelled, before.cancelled, after.cancelled);
+        f(&mut self.retried, before.retried, after.retried);
+        f(&mut self.requeued, before.requeued, after.requeued);
+        f(&mut self.duplicates, before.duplicates, after.duplicates);
+        f(&mut self.resent, before.resent, after.resent);
+    }
+
     /// Messages with a final outcome.
     pub fn finished(&self) -> u64 {
         self.sent + self.failed + self.cancelled
@@ -63,9 +78,4 @@ impl Counts {
     pub fn pending(&self) -> u64 {
         self.total - self.finished() - self.in_flight
     }
-}
-
-/// A latency histogram: 1 µs to 1 hour, 2 significant digits.
-pub fn new_histogram() -> Histogram<u32> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds")
 }

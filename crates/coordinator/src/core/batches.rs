@@ -1,5 +1,10 @@
 //! The batches a core knows: each one's state, which of them still run,
 //! the idempotency keys that made them, and which ended lately.
+//!
+//! What is walked per publish or per event is only the live batches:
+//! running, stopping (cancelled, with jobs out) and recently ended. A batch
+//! that has been ended for a while is *retired*: its counters are added to
+//! [`Retired`] once, and nothing walks it again.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -8,7 +13,21 @@ use rustc_hash::FxHashMap;
 use smsmesh::{BatchId, Error};
 
 use crate::auth::Tenant;
-use crate::batch::Batch;
+use crate::batch::{Batch, Counts};
+
+/// Most batches in the progress snapshot: the newest of those live.
+pub(super) const MAX_SNAPSHOT: usize = 1000;
+
+/// The summed counters of retired batches.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Retired {
+    /// Their message counters, summed.
+    pub(super) counts: Counts,
+    /// How many completed.
+    pub(super) completed: u64,
+    /// How many were cancelled.
+    pub(super) cancelled: u64,
+}
 
 /// Every batch, with an index of those that run.
 #[derive(Default)]
@@ -16,6 +35,12 @@ pub(super) struct Batches {
     map: FxHashMap<u64, Batch>,
     /// Batches still dispatching, in submission order. Each is in `map`.
     running: Vec<u64>,
+    /// Batches cancelled whose jobs in flight are not all back yet.
+    stopping: Vec<u64>,
+    /// Counters of the batches retired from the snapshot, summed.
+    pub(super) retired: Retired,
+    /// Retired batches whose counters changed since (late duplicates).
+    touched_retired: Vec<u64>,
     /// Idempotency key (as stored) → the batch it made.
     idempotency: FxHashMap<String, BatchId>,
     /// Batches that ended, for the progress snapshot: (when, id).
@@ -66,13 +91,55 @@ impl Batches {
         self.idempotency.insert(key, id);
     }
 
-    /// Adds a batch; it runs unless it is already cancelled or ended.
+    /// Adds a batch; it runs unless it is already cancelled or ended (when
+    /// loaded from the store). One that ended is retired at once.
     pub(super) fn insert(&mut self, b: Batch) {
+        let id = b.id.0;
+        let ended = b.is_ended();
         if b.is_running() {
-            self.running.push(b.id.0);
+            self.running.push(id);
+        } else if !ended {
+            self.stopping.push(id);
         }
         self.changed = true;
-        self.map.insert(b.id.0, b);
+        self.map.insert(id, b);
+        if ended {
+            self.retire(id);
+        }
+    }
+
+    /// Adds an ended batch's counters to the totals, once; nothing walks it after.
+    fn retire(&mut self, id: u64) {
+        let Some(b) = self.map.get_mut(&id) else {
+            return;
+        };
+        if b.retired.is_some() {
+            return;
+        }
+        b.retired = Some(b.counts);
+        b.status_cache = None;
+        self.retired.counts += b.counts;
+        match b.state {
+            smsmesh::pb::BatchState::Completed => self.retired.completed += 1,
+            smsmesh::pb::BatchState::Cancelled => self.retired.cancelled += 1,
+            _ => {}
+        }
+    }
+
+    /// Results changed the counters of these batches: those retired have
+    /// their change added to the totals (at the next [`watched`](Self::watched)).
+    pub(super) fn touched(&mut self, ids: impl IntoIterator<Item = u64>) {
+        let mut last = None;
+        for id in ids {
+            // A frame's results are mostly of one batch: look each up once.
+            if last == Some(id) {
+                continue;
+            }
+            last = Some(id);
+            if self.map.get(&id).is_some_and(|b| b.retired.is_some()) {
+                self.touched_retired.push(id);
+            }
+        }
     }
 
     /// Puts the running batches in submission order (after a recovery).
@@ -99,14 +166,19 @@ impl Batches {
         self.running.iter().map(|id| &self.map[id])
     }
 
-    /// Every batch this core knows.
-    pub(super) fn all(&self) -> impl Iterator<Item = &Batch> {
-        self.map.values()
+    /// The live batches: running, stopping, and ended but not retired yet.
+    pub(super) fn live(&self) -> impl Iterator<Item = &Batch> {
+        self.running
+            .iter()
+            .chain(&self.stopping)
+            .chain(self.recently_ended.iter().map(|(_, id)| id))
+            .filter_map(|id| self.map.get(id))
     }
 
     /// Batch `id` no longer dispatches (it was cancelled); it may still have jobs out.
     pub(super) fn stopped(&mut self, id: u64) {
         self.running.retain(|&r| r != id);
+        self.stopping.push(id);
         self.changed = true;
     }
 
@@ -116,6 +188,7 @@ impl Batches {
             tracing::info!(batch = %b.id, state = ?b.state, sent = b.counts.sent, failed = b.counts.failed, cancelled = b.counts.cancelled, "batch ended");
         }
         self.running.retain(|&r| r != id);
+        self.stopping.retain(|&r| r != id);
         self.recently_ended.push_back((now, id));
         self.ended_unstored.push(id);
         self.changed = true;
@@ -136,24 +209,39 @@ impl Batches {
         self.ended_unstored.clear();
     }
 
-    /// The batches watchers see, in submission order: every one not ended, and
-    /// those that ended within `keep` (older ones are forgotten here).
+    /// The batches watchers see, in submission order: every one not ended,
+    /// and those that ended within `keep`, at most [`MAX_SNAPSHOT`] (the
+    /// newest). Batches ended longer ago, or beyond the newest
+    /// [`MAX_SNAPSHOT`] ended ones, are retired here.
     pub(super) fn watched(&mut self, now: Instant, keep: Duration) -> Vec<u64> {
-        while let Some((t, _)) = self.recently_ended.front() {
-            if now.saturating_duration_since(*t) <= keep {
+        while let Some(&(t, id)) = self.recently_ended.front() {
+            if now.saturating_duration_since(t) <= keep && self.recently_ended.len() <= MAX_SNAPSHOT
+            {
                 break;
             }
             self.recently_ended.pop_front();
+            self.retire(id);
+        }
+        for id in std::mem::take(&mut self.touched_retired) {
+            if let Some(b) = self.map.get_mut(&id)
+                && let Some(before) = b.retired.replace(b.counts)
+            {
+                self.retired.counts.add_change(before, b.counts);
+            }
         }
         let mut ids: Vec<u64> = self
-            .map
+            .running
             .iter()
-            .filter(|(_, b)| !b.is_ended())
-            .map(|(id, _)| *id)
+            .chain(&self.stopping)
+            .chain(self.recently_ended.iter().map(|(_, id)| id))
+            .copied()
             .collect();
-        ids.extend(self.recently_ended.iter().map(|(_, id)| *id));
-        ids.sort_by_key(|id| self.map[id].accepted_at);
+        let map = &self.map;
+        ids.sort_by_key(|id| map[id].accepted_at);
         ids.dedup();
+        if ids.len() > MAX_SNAPSHOT {
+            ids.drain(..ids.len() - MAX_SNAPSHOT);
+        }
         ids
     }
 

@@ -112,11 +112,24 @@ impl Core {
                 update_rate(b, now);
             }
         }
-        let batches = ids
-            .iter()
-            .filter_map(|&id| self.batches.get(id))
-            .map(|b| batch_status(b, &self.sessions, now))
-            .collect();
+        let mut batches = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            let Some(b) = self.batches.get_mut(id) else {
+                continue;
+            };
+            // An ended batch's status is made again only when its counters change.
+            let status = match &b.status_cache {
+                Some((counts, status)) if *counts == b.counts => status.clone(),
+                _ => {
+                    let status = batch_status(b, &self.sessions, now);
+                    if b.is_ended() {
+                        b.status_cache = Some((b.counts, status.clone()));
+                    }
+                    status
+                }
+            };
+            batches.push(status);
+        }
         let mut metrics = mesh_metrics(&self.batches, &self.sessions);
         if !self.config.metrics_per_batch {
             metrics.pending_by_batch.clear();
@@ -142,7 +155,11 @@ fn mesh_metrics(batches: &Batches, sessions: &Sessions) -> MeshMetrics {
         jobs_expired: stats.jobs_expired,
         ..MeshMetrics::default()
     };
-    for b in batches.all() {
+    // Retired batches as summed when they retired; the live ones as they are.
+    m.messages = batches.retired.counts;
+    m.batches_completed = batches.retired.completed;
+    m.batches_cancelled = batches.retired.cancelled;
+    for b in batches.live().filter(|b| b.retired.is_none()) {
         m.messages += b.counts;
         match b.state {
             pb::BatchState::Completed => m.batches_completed += 1,
@@ -187,18 +204,17 @@ fn mesh_metrics(batches: &Batches, sessions: &Sessions) -> MeshMetrics {
 pub(super) fn batch_status(b: &Batch, sessions: &Sessions, now: Instant) -> pb::BatchStatus {
     let c = b.counts;
     let connected: FxHashSet<u16> = sessions.iter().map(|s| s.node).collect();
-    let nodes = b
-        .nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(n, share)| share.as_ref().map(|s| (n, s)))
-        .map(|(n, s)| pb::NodeBreakdown {
-            node: sessions.names.name(n as u16).to_string(),
+    let mut shares: Vec<_> = b.nodes.iter().collect();
+    shares.sort_unstable_by_key(|(n, _)| **n);
+    let nodes = shares
+        .into_iter()
+        .map(|(&n, s)| pb::NodeBreakdown {
+            node: sessions.names.name(n).to_string(),
             sent: s.sent,
             failed_attempts: s.failed_attempts,
             in_flight: s.in_flight,
-            latency: Some(latency(&s.latency)),
-            connected: connected.contains(&(n as u16)),
+            latency: Some(s.latency.summary()),
+            connected: connected.contains(&n),
         })
         .collect();
     let remaining = c.total - c.finished();
@@ -219,7 +235,7 @@ pub(super) fn batch_status(b: &Batch, sessions: &Sessions, now: Instant) -> pb::
         cancelled: c.cancelled,
         retried: c.retried,
         requeued: c.requeued,
-        latency: Some(latency(&b.latency)),
+        latency: Some(b.latency.summary()),
         nodes,
         max_attempts: u32::from(b.max_attempts),
         rate_per_sec: if b.is_ended() { 0.0 } else { b.rate },
@@ -255,19 +271,4 @@ fn update_rate(b: &mut Batch, now: Instant) {
         alpha * inst + (1.0 - alpha) * b.rate
     };
     b.rate_sample = (finished, now);
-}
-
-fn latency(h: &hdrhistogram::Histogram<u32>) -> pb::Latency {
-    if h.is_empty() {
-        return pb::Latency::default();
-    }
-    let ms = |us: u64| us as f64 / 1000.0;
-    pb::Latency {
-        count: h.len(),
-        mean_ms: h.mean() / 1000.0,
-        p50_ms: ms(h.value_at_quantile(0.50)),
-        p95_ms: ms(h.value_at_quantile(0.95)),
-        p99_ms: ms(h.value_at_quantile(0.99)),
-        max_ms: ms(h.max()),
-    }
 }

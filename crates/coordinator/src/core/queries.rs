@@ -29,10 +29,7 @@ impl Core {
             && fingerprint != 0
             && b.fingerprint != fingerprint
         {
-            return Err(Error::AlreadyExists(format!(
-                "idempotency_key {} already made batch {id} from a different request; use a new key for a new request",
-                smsmesh::echo(key.rsplit('\u{0}').next().unwrap_or(key))
-            )));
+            return Err(key_reused(key, id));
         }
         Ok(Some(pb::SubmitBatchResponse {
             batch_id: id.to_string(),
@@ -235,4 +232,13 @@ pub fn parse_page_token(batch: BatchId, token: &str) -> Result<u32, Error> {
         )));
     }
     index.parse().map_err(|_| bad())
+}
+
+/// ALREADY_EXISTS for idempotency key `key` (as stored) used again with a
+/// different request than the one that made batch `id`.
+pub fn key_reused(key: &str, id: BatchId) -> Error {
+    Error::AlreadyExists(format!(
+        "idempotency_key {} already made batch {id} from a different request; use a new key for a new request",
+        smsmesh::echo(key.rsplit('\u{0}').next().unwrap_or(key))
+    ))
 }

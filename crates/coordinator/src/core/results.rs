@@ -29,9 +29,11 @@ pub(super) fn on_results(
     let applied = apply(
         session, stats, batches, durability, retry, r, now, &mut ended,
     );
-    for id in ended {
+    for &id in &ended {
         batches.ended(id, now);
     }
+    // Late results for batches ended long ago change the totals too.
+    batches.touched(r.results.iter().map(|res| res.batch));
     applied?;
     if r.seq > 0 {
         durability.acks.recorded(session.id, r.seq);

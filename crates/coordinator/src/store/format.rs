@@ -130,13 +130,14 @@ impl LoadedBatch {
     }
 }
 
-/// Checks an outcome row of batch `id`: its length, and that every state byte is one we write.
+/// Checks an outcome row of batch `id`: its length (whole slots, at most a
+/// chunk of them), and that every state byte is one we write.
 pub(super) fn check_row(id: u64, chunk: u32, row: &[u8]) -> Result<(), String> {
-    if row.len() != CHUNK as usize * SLOT_BYTES {
+    let full = CHUNK as usize * SLOT_BYTES;
+    if row.is_empty() || row.len() > full || !row.len().is_multiple_of(SLOT_BYTES) {
         return Err(format!(
-            "outcome row {chunk} of batch {id:016x} is {} bytes, not {}",
+            "outcome row {chunk} of batch {id:016x} is {} bytes, not a whole number of {SLOT_BYTES}-byte slots up to {full}",
             row.len(),
-            CHUNK as usize * SLOT_BYTES
         ));
     }
     for (i, slot) in row.chunks_exact(SLOT_BYTES).enumerate() {
@@ -149,9 +150,12 @@ pub(super) fn check_row(id: u64, chunk: u32, row: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// An outcome row with no outcome in it yet.
+/// An outcome row with no outcome in it yet. A row is only as long as its
+/// last outcome needs (a one-message batch stores 4 bytes, not a chunk's
+/// 16 KiB); missing slots at its end have no outcome. Stores written before
+/// this hold full rows, which read the same.
 pub(super) fn empty_row() -> Vec<u8> {
-    vec![NO_OUTCOME; CHUNK as usize * SLOT_BYTES]
+    Vec::new()
 }
 
 /// The row of message `index` (its key's second half).
@@ -159,9 +163,12 @@ pub(super) fn row_of(index: u32) -> u32 {
     index / CHUNK
 }
 
-/// Writes outcome `o` into its slot of its row.
-pub(super) fn write_slot(row: &mut [u8], o: &Outcome) {
+/// Writes outcome `o` into its slot of its row, growing the row to it.
+pub(super) fn write_slot(row: &mut Vec<u8>, o: &Outcome) {
     let at = (o.index % CHUNK) as usize * SLOT_BYTES;
+    if row.len() < at + SLOT_BYTES {
+        row.resize(at + SLOT_BYTES, NO_OUTCOME);
+    }
     row[at] = o.state as u8;
     row[at + 1] = o.attempts;
     row[at + 2..at + 4].copy_from_slice(&o.node.to_le_bytes());

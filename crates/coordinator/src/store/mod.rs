@@ -23,12 +23,23 @@
 //! a result is always either durable or still held by its node.
 
 mod format;
+mod inserter;
 mod writer;
+mod writes;
 
 pub use format::{FinalState, StoredBatch, StoredBatchState, StoredOutcome};
-pub use writer::{CommitStats, Writer};
+pub use inserter::Inserter;
+pub use writer::{CommitStats, Job, Writer};
 
-use std::collections::BTreeMap;
+/// The batch an idempotency key already made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Existing {
+    /// Its id.
+    pub id: u64,
+    /// The fingerprint of the request that made it (0: unknown).
+    pub fingerprint: u64,
+}
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -81,7 +92,11 @@ pub enum StoreError {
         /// What was wrong.
         what: String,
     },
+    /// The store's thread has stopped (the coordinator is shutting down).
+    #[error("the store is closed: the coordinator is shutting down")]
+    Stopped,
 }
+
 /// A message's final outcome, to be stored.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -439,80 +454,6 @@ impl Store {
             what,
         })?;
         Ok(loaded)
-    }
-
-    /// Stores a new batch, durably. With an idempotency key already used,
-    /// stores nothing and returns the earlier batch's id instead.
-    pub fn insert_batch(
-        &self,
-        batch: &StoredBatch,
-        key: Option<&str>,
-    ) -> Result<Result<(), u64>, StoreError> {
-        self.write(|| {
-            let txn = self.db().begin_write().map_err(|e| self.err(e))?;
-            {
-                if let Some(key) = key {
-                    let mut keys = txn.open_table(IDEMPOTENCY).map_err(|e| self.err(e))?;
-                    if let Some(id) = keys.get(key).map_err(|e| self.err(e))? {
-                        return Ok(Err(id.value()));
-                    }
-                    keys.insert(key, batch.id).map_err(|e| self.err(e))?;
-                }
-                let mut batches = txn.open_table(BATCHES).map_err(|e| self.err(e))?;
-                batches
-                    .insert(batch.id, batch.encode_to_vec().as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-            txn.commit().map_err(|e| self.err(e))?;
-            Ok(Ok(()))
-        })
-    }
-
-    /// Commits one group of changes in one transaction.
-    pub fn commit(&self, set: &WriteSet) -> Result<(), StoreError> {
-        self.write(|| {
-            let txn = self.db().begin_write().map_err(|e| self.err(e))?;
-            {
-                let mut outcomes = txn.open_table(OUTCOMES).map_err(|e| self.err(e))?;
-                let mut errors = txn.open_table(ERRORS).map_err(|e| self.err(e))?;
-                // Group by row so each row is read and written once.
-                let mut rows: BTreeMap<(u64, u32), Vec<&Outcome>> = BTreeMap::new();
-                for o in &set.outcomes {
-                    rows.entry((o.batch, format::row_of(o.index)))
-                        .or_default()
-                        .push(o);
-                }
-                for (key, list) in rows {
-                    let mut row = match outcomes.get(key).map_err(|e| self.err(e))? {
-                        Some(v) => v.value().to_vec(),
-                        None => format::empty_row(),
-                    };
-                    for o in list {
-                        format::write_slot(&mut row, o);
-                        if let Some(e) = &o.error {
-                            errors
-                                .insert((o.batch, o.index), e.as_str())
-                                .map_err(|e| self.err(e))?;
-                        }
-                    }
-                    outcomes
-                        .insert(key, row.as_slice())
-                        .map_err(|e| self.err(e))?;
-                }
-                let mut nodes = txn.open_table(NODES).map_err(|e| self.err(e))?;
-                for (n, name) in &set.nodes {
-                    nodes.insert(*n, name.as_str()).map_err(|e| self.err(e))?;
-                }
-                let mut batches = txn.open_table(BATCH_STATE).map_err(|e| self.err(e))?;
-                for b in &set.batches {
-                    batches
-                        .insert(b.id, b.encode_to_vec().as_slice())
-                        .map_err(|e| self.err(e))?;
-                }
-            }
-            txn.commit().map_err(|e| self.err(e))?;
-            Ok(())
-        })
     }
 }
 

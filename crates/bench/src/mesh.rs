@@ -1,0 +1,118 @@
+//! Starting a mesh of release processes for one benchmark run: a fresh
+//! `smscoord` (durable in a temporary directory, or in memory) and the
+//! `smsnode` processes of a [`Setup`], all joined before the run starts.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use smsmesh::pb;
+use smsmesh_testkit::{Proc, stdout_addrs};
+
+use crate::Setup;
+
+/// A mesh, running; its processes are killed when it is dropped.
+pub(crate) struct Started {
+    pub(crate) coord: Proc,
+    pub(crate) nodes: Vec<Proc>,
+    pub(crate) client: pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    pub(crate) url: String,
+    /// The coordinator's `/metrics`, when `--metrics-listen` was among its arguments.
+    pub(crate) metrics: Option<SocketAddr>,
+    /// The coordinator's store, removed at the end.
+    pub(crate) _data: tempfile::TempDir,
+}
+
+/// Starts the coordinator (with `coord_args` besides the usual ones) and the
+/// nodes of `setup`, and waits until every node has joined.
+pub(crate) async fn start(
+    bin: &Path,
+    setup: &Setup,
+    coord_args: &[&str],
+) -> anyhow::Result<Started> {
+    let data = tempfile::tempdir()?;
+    let mut coord = Command::new(bin.join("smscoord"));
+    coord
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-no-auth",
+            "--plaintext",
+        ])
+        .args(coord_args)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped());
+    if setup.durable {
+        coord.arg("--data-dir").arg(data.path());
+    } else {
+        coord.arg("--in-memory");
+    }
+    let mut coord = Proc {
+        child: coord.spawn()?,
+    };
+    let mut prefixes = vec!["smscoord listening on "];
+    if coord_args.contains(&"--metrics-listen") {
+        prefixes.push("smscoord metrics on ");
+    }
+    let addrs = stdout_addrs(&mut coord.child, &prefixes)?;
+    let addr = addrs[0];
+    let url = format!("http://{addr}");
+    let mut nodes: Vec<Proc> = setup
+        .nodes
+        .chunks(setup.per_process.max(1))
+        .enumerate()
+        .map(|(i, group)| {
+            let (c, l) = group[0];
+            assert!(
+                group.iter().all(|n| *n == (c, l)),
+                "one kind of node per process"
+            );
+            Command::new(bin.join("smsnode"))
+                .args(["--coordinator", &url, "--name", &format!("node-{i:03}")])
+                .args([
+                    "--concurrency",
+                    &c.to_string(),
+                    "--mean-latency",
+                    &format!("{}ms", l.as_millis()),
+                ])
+                .args(["--worker-threads", &setup.node_threads.to_string()])
+                .args(["--instances", &group.len().to_string()])
+                .env("RUST_LOG", "error")
+                .spawn()
+                .map(|child| Proc { child })
+        })
+        .collect::<Result<_, _>>()?;
+    let mut client = pb::coordinator_client::CoordinatorClient::connect(url.clone()).await?;
+    // Wait until every node has joined.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut s = client
+            .watch_progress(pb::WatchProgressRequest::default())
+            .await?
+            .into_inner();
+        if let Some(u) = s.message().await?
+            && u.nodes_connected as usize == setup.nodes.len()
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("nodes did not all join within 60 s");
+        }
+        for n in &mut nodes {
+            if let Some(status) = n.child.try_wait()? {
+                bail!("a node exited before joining ({status}); see its error above");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Started {
+        coord,
+        nodes,
+        client,
+        url,
+        metrics: addrs.get(1).copied(),
+        _data: data,
+    })
+}

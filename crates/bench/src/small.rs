@@ -1,0 +1,127 @@
+//! Scenario (g): transactional traffic. Many callers each submit
+//! one-message batches, one after another, to a durable coordinator; the
+//! figures are batches accepted per second, the submit latency callers see,
+//! and whether every message was then sent.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use smsmesh::pb;
+
+use crate::{Run, Setup, mesh, usage};
+
+/// What the callers did.
+pub(crate) struct Small {
+    /// The run, with `messages` = batches and the latencies those of SubmitBatch.
+    pub(crate) run: Run,
+    /// Seconds from the first submit until every message was sent.
+    pub(crate) all_sent_seconds: f64,
+}
+
+/// `callers` concurrent callers submit `batches` one-message batches in all.
+pub(crate) async fn run(bin: &Path, callers: usize, batches: u64) -> anyhow::Result<Small> {
+    let setup = Setup {
+        messages: batches,
+        durable: true,
+        nodes: vec![(1000, Duration::ZERO); 4],
+        node_threads: 0,
+        per_process: 1,
+    };
+    let mut mesh = mesh::start(bin, &setup, &["--metrics-listen", "127.0.0.1:0"]).await?;
+    let metrics = mesh.metrics.context("metrics address")?;
+    // A few connections, as a fleet of API servers would have.
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(mesh.url.clone())?
+                .connect()
+                .await?,
+        );
+    }
+    let cpu_before = usage(mesh.coord.child.id()).0;
+    let started = Instant::now();
+    let per_caller = batches / callers as u64;
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let mut client = pb::coordinator_client::CoordinatorClient::new(
+                channels[c % channels.len()].clone(),
+            );
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_caller as usize);
+                for i in 0..per_caller {
+                    let n = c as u64 * per_caller + i;
+                    let req = pb::SubmitBatchRequest {
+                        messages: vec![pb::SmsMessage {
+                            to: format!("+1555{:07}", n % 10_000_000),
+                            body: format!("Your code is {:06}", n % 1_000_000),
+                            client_ref: String::new(),
+                        }],
+                        ..Default::default()
+                    };
+                    let t = Instant::now();
+                    client.submit_batch(req).await?;
+                    latencies.push(t.elapsed().as_micros() as u64);
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let submitted = started.elapsed().as_secs_f64();
+    let total = per_caller * callers as u64;
+    // Every message sent: the coordinator's own count says so.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, text) = smsmesh::metrics::http_get(metrics, "/metrics").await?;
+        let sent = text
+            .lines()
+            .find_map(|l| l.strip_prefix("smsmesh_messages_total{outcome=\"sent\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        if sent >= total {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {sent} of {total} messages were sent within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all_sent = started.elapsed().as_secs_f64();
+    let (cpu_after, rss) = usage(mesh.coord.child.id());
+    let node_rss = mesh
+        .nodes
+        .iter()
+        .map(|n| usage(n.child.id()).1)
+        .fold(0.0, f64::max);
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len() - 1))
+            .map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    let run = Run {
+        messages: total,
+        nodes: setup.nodes.len(),
+        node_processes: mesh.nodes.len(),
+        durable: true,
+        seconds: submitted,
+        msgs_per_sec: total as f64 / submitted,
+        latency_p50_ms: pct(0.50),
+        latency_p95_ms: pct(0.95),
+        latency_p99_ms: pct(0.99),
+        coordinator_cpu_s_per_million: (cpu_after - cpu_before) / (total as f64 / 1e6),
+        coordinator_peak_rss_mib: rss,
+        node_peak_rss_mib: node_rss,
+        sent: total,
+        ..Run::default()
+    };
+    mesh.nodes.clear();
+    Ok(Small {
+        run,
+        all_sent_seconds: all_sent,
+    })
+}

@@ -1,0 +1,52 @@
+//! New batches on their way into the store: SubmitBatch hands each one to
+//! the writer thread, which stores every batch submitted while its last
+//! commit ran in its next transaction (with the reactor's group, one fsync
+//! for all), and answers each submit once its batch is stored.
+
+use std::sync::{Arc, mpsc};
+
+use tokio::sync::oneshot;
+
+use super::{Existing, StoreError, StoredBatch};
+
+/// What one insert gets back: stored, or the batch its key made before.
+pub(super) type Answer = Result<Result<(), Existing>, StoreError>;
+
+/// One batch to store, and where its answer goes.
+pub(super) struct Insert {
+    pub(super) batch: StoredBatch,
+    pub(super) key: Option<String>,
+    pub(super) reply: oneshot::Sender<Answer>,
+}
+
+/// Where new batches go to be stored (see [`super::Writer::spawn`]).
+#[derive(Clone)]
+pub struct Inserter {
+    tx: mpsc::Sender<Insert>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Inserter {
+    pub(super) fn new(tx: mpsc::Sender<Insert>, wake: impl Fn() + Send + Sync + 'static) -> Self {
+        Inserter {
+            tx,
+            wake: Arc::new(wake),
+        }
+    }
+
+    /// Stores `batch` with its idempotency key `key`, in the next commit.
+    pub async fn insert(&self, batch: StoredBatch, key: Option<String>) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Insert { batch, key, reply })
+            .map_err(|_| StoreError::Stopped)?;
+        (self.wake)();
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
+impl std::fmt::Debug for Inserter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inserter").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,177 @@
+//! Transactional traffic: many concurrent one-message submits share group
+//! commits, each answered only once stored (a `kill -9` right after loses
+//! none); concurrent repeats of one idempotency key make one batch; and
+//! history beyond the progress snapshot is still counted and answered.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use smsmesh::pb::{self, BatchState};
+use smsmesh_testkit::{
+    CoordinatorConfig, Mesh, Node, NodeSpec, Proc, batch_status, http_get, wait_until,
+};
+use tonic::Code;
+
+const LONG: Duration = Duration::from_secs(90);
+
+type Client = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
+
+async fn client(addr: std::net::SocketAddr) -> Client {
+    wait_until(Duration::from_secs(10), "the coordinator", || async move {
+        Client::connect(format!("http://{addr}")).await.ok()
+    })
+    .await
+    .unwrap()
+}
+
+fn one(n: u64) -> pb::SubmitBatchRequest {
+    pb::SubmitBatchRequest {
+        messages: vec![pb::SmsMessage {
+            to: format!("+1555{:07}", n),
+            body: format!("Your code is {:06}", n % 1_000_000),
+            client_ref: format!("otp-{n}"),
+        }],
+        ..Default::default()
+    }
+}
+
+/// Submits `per_task` one-message batches from each of `tasks` concurrent callers.
+async fn submit_many(c: &Client, tasks: u64, per_task: u64) -> Vec<String> {
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..per_task {
+                    let r = c.submit_batch(one(t * per_task + i)).await.unwrap();
+                    ids.push(r.into_inner().batch_id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for h in handles {
+        ids.extend(h.await.unwrap());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_are_each_stored_before_they_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
+    let c = client(addr).await;
+    let ids = submit_many(&c, 32, 40).await;
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        1280,
+        "one batch each"
+    );
+
+    // One key from 8 callers at once: one batch, made once.
+    let mut keyed = one(99_999);
+    keyed.idempotency_key = "otp-99999".into();
+    let answers: Vec<_> = (0..8)
+        .map(|_| {
+            let (mut c, req) = (c.clone(), keyed.clone());
+            tokio::spawn(async move { c.submit_batch(req).await.unwrap().into_inner() })
+        })
+        .collect();
+    let mut made = Vec::new();
+    for a in answers {
+        made.push(a.await.unwrap());
+    }
+    let keyed_id = made[0].batch_id.clone();
+    assert!(made.iter().all(|r| r.batch_id == keyed_id), "{made:?}");
+    assert_eq!(made.iter().filter(|r| !r.replayed).count(), 1, "{made:?}");
+    // The key with another request is refused, naming the batch.
+    let err = c
+        .clone()
+        .submit_batch(pb::SubmitBatchRequest {
+            idempotency_key: "otp-99999".into(),
+            ..one(5)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert!(err.message().contains(&keyed_id), "{}", err.message());
+
+    // Every answered submit was stored: a kill -9 now loses none of them.
+    coord.kill9();
+    let (_coord, _) = Proc::coordinator_on(addr, dir.path(), &[]).unwrap();
+    let mut c = client(addr).await;
+    let _node = Node::start(&format!("http://{addr}"), NodeSpec::new("n"));
+    for id in ids.iter().chain([&keyed_id]) {
+        let b = wait_until(LONG, "the batch to complete", || {
+            let mut c = c.clone();
+            async move {
+                let b = batch_status(&mut c, id).await.unwrap();
+                (b.state == BatchState::Completed as i32).then_some(b)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(b.sent, 1, "{b:?}");
+    }
+    let again = c.submit_batch(keyed).await.unwrap().into_inner();
+    assert_eq!((again.batch_id, again.replayed), (keyed_id, true));
+}
+
+/// A counter of the coordinator's `/metrics`.
+fn counter(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_beyond_the_snapshot_is_counted_and_still_answered() {
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let _node = mesh.node(NodeSpec::new("n").concurrency(200));
+    let c = mesh.client().await.unwrap();
+    let ids = submit_many(&c, 16, 80).await; // 1,280 batches: more than the snapshot holds
+    let metrics = mesh.metrics_addr;
+    wait_until(LONG, "every message to be sent", || async move {
+        let (_, text) = http_get(metrics, "/metrics").await.ok()?;
+        (counter(&text, "smsmesh_messages_total{outcome=\"sent\"}") == 1280.0
+            && counter(&text, "smsmesh_batches_ended_total{state=\"completed\"}") == 1280.0)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // Watching every batch shows at most the newest 1,000; the oldest is
+    // still answered by GetStatus, and its message by ListMessages.
+    let mut watch = c
+        .clone()
+        .watch_progress(pb::WatchProgressRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let update = watch.message().await.unwrap().unwrap();
+    assert!(update.batches.len() <= 1000, "{}", update.batches.len());
+    assert!(
+        update
+            .batches
+            .iter()
+            .any(|b| b.batch_id == ids[ids.len() - 1])
+    );
+    let mut c = c;
+    let oldest = batch_status(&mut c, &ids[0]).await.unwrap();
+    assert_eq!(
+        (oldest.state, oldest.sent),
+        (BatchState::Completed as i32, 1)
+    );
+    assert_eq!(oldest.latency.unwrap().count, 1);
+    let page = c
+        .list_messages(pb::ListMessagesRequest {
+            batch_id: ids[0].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.messages.len(), 1);
+    assert!(page.messages[0].client_ref.starts_with("otp-"));
+}
