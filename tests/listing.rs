@@ -467,3 +467,88 @@ async fn an_export_of_failed_messages_lists_them_and_a_bad_batch_leaves_no_file(
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("is not a message state"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_list_newest_first_in_pages_and_by_state() {
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let mut client = mesh.client().await.unwrap();
+    // No node: batches stay running, and every third is cancelled.
+    let mut ids = Vec::new();
+    for i in 0..25u64 {
+        let id = submit(&mut client, synthetic(5, i)).await;
+        if i % 3 == 0 {
+            client
+                .cancel_batch(pb::CancelBatchRequest {
+                    batch_id: id.clone(),
+                })
+                .await
+                .unwrap();
+        }
+        ids.push(id);
+    }
+    let page = |states: Vec<i32>, page_size: u32, page_token: String| pb::ListBatchesRequest {
+        states,
+        page_size,
+        page_token,
+    };
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let r = client
+            .list_batches(page(vec![], 10, token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.batches.len() <= 10);
+        listed.extend(r.batches);
+        pages += 1;
+        token = r.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    let got: Vec<&str> = listed.iter().map(|b| b.batch_id.as_str()).collect();
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(got, newest_first);
+    assert!(
+        listed
+            .iter()
+            .all(|b| b.total == 5 && b.accepted_unix_ms > 0)
+    );
+
+    let cancelled = client
+        .list_batches(page(
+            vec![pb::BatchState::Cancelled as i32],
+            0,
+            String::new(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let want: Vec<&str> = ids.iter().step_by(3).rev().map(String::as_str).collect();
+    let got: Vec<&str> = cancelled
+        .batches
+        .iter()
+        .map(|b| b.batch_id.as_str())
+        .collect();
+    assert_eq!(got, want);
+    assert!(cancelled.batches.iter().all(|b| b.cancelled == 5));
+
+    for (req, text) in [
+        (
+            page(vec![], 1001, String::new()),
+            "page_size 1001 is too large",
+        ),
+        (page(vec![0], 0, String::new()), "is not a batch state"),
+        (
+            page(vec![], 0, "nope".into()),
+            "is not one ListBatches gave",
+        ),
+    ] {
+        let err = client.list_batches(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(text), "{}", err.message());
+    }
+}

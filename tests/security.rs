@@ -342,6 +342,12 @@ async fn a_tenant_sees_and_cancels_only_its_own_batches() {
     assert_eq!(b.state, pb::BatchState::Running as i32);
     let all = acme.watch_first("").await.unwrap();
     assert!(all.batches.iter().any(|b| b.batch_id == id));
+    // ListBatches is per tenant too.
+    for (caller, sees) in [(&mut acme, true), (&mut globex, false)] {
+        let r = caller.req(pb::ListBatchesRequest::default());
+        let listed = caller.client.list_batches(r).await.unwrap().into_inner();
+        assert_eq!(listed.batches.iter().any(|b| b.batch_id == id), sees);
+    }
     assert_eq!(
         acme.message(&format!("{id}.0")).await.unwrap().state,
         pb::MessageState::Pending as i32

@@ -18,7 +18,10 @@ use tracing::Instrument;
 use crate::Config;
 use crate::auth::{Tenant, TokenBucket};
 use crate::batch::Content;
-use crate::core::{ListQuery, NewBatch, Snapshot, StateSet, key_reused, parse_page_token, unix_ms};
+use crate::core::{
+    BatchQuery, ListQuery, NewBatch, Snapshot, StateSet, key_reused, parse_batches_token,
+    parse_page_token, unix_ms,
+};
 use crate::reactor::Handle;
 use crate::store::{Inserter, StoredBatch};
 
@@ -392,6 +395,35 @@ pub fn validate_submit(req: pb::SubmitBatchRequest, config: &Config) -> Result<N
 const MAX_PAGE_SIZE: u32 = 10_000;
 const DEFAULT_PAGE_SIZE: u32 = 1_000;
 
+/// Checks a ListBatches request.
+fn batch_query(req: pb::ListBatchesRequest) -> Result<BatchQuery, Error> {
+    let mut states = 0u8;
+    for &s in &req.states {
+        match BatchState::try_from(s) {
+            Ok(BatchState::Unspecified) | Err(_) => {
+                return Err(Error::invalid(format!(
+                    "states: {s} is not a batch state (RUNNING=1, COMPLETED=2, CANCELLING=3, CANCELLED=4)"
+                )));
+            }
+            Ok(state) => states |= 1 << (state as i32 & 7),
+        }
+    }
+    let limit = match req.page_size {
+        0 => 100,
+        n if n > 1000 => {
+            return Err(Error::invalid(format!(
+                "page_size {n} is too large: at most 1000"
+            )));
+        }
+        n => n,
+    };
+    Ok(BatchQuery {
+        states: if states == 0 { u8::MAX } else { states },
+        limit,
+        before: parse_batches_token(&req.page_token)?,
+    })
+}
+
 /// Checks a ListMessages request.
 fn list_query(req: pb::ListMessagesRequest) -> Result<ListQuery, Error> {
     let batch: BatchId = req.batch_id.parse()?;
@@ -473,6 +505,21 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
         Ok(Response::new(pb::GetStatusResponse {
             status: Some(status),
         }))
+    }
+
+    async fn list_batches(
+        &self,
+        request: Request<pb::ListBatchesRequest>,
+    ) -> Result<Response<pb::ListBatchesResponse>, Status> {
+        let span = rpc_span("smsmesh.v1.Coordinator/ListBatches", request.metadata());
+        let tenant = Tenant::of(&request);
+        let query = batch_query(request.into_inner())?;
+        let page = self
+            .core
+            .list_batches(query, &tenant)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(page))
     }
 
     async fn list_messages(

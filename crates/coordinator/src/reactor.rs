@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::auth::Tenant;
-use crate::core::{Committed, Core, ListQuery, NewBatch, SessionId, Snapshot};
+use crate::core::{BatchQuery, Committed, Core, ListQuery, NewBatch, SessionId, Snapshot};
 use crate::node_tx::{ChannelOutbox, NodeTx};
 use crate::store::{Inserter, Job, Store, Writer};
 
@@ -32,6 +32,8 @@ pub enum Event {
     MessageStatus(MessageId, Tenant, Reply<pb::MessageStatus>),
     /// Publish now what changed (a new watcher must see batches just accepted).
     Refresh(Reply<()>),
+    /// A page of ListBatches, for a tenant.
+    ListBatches(BatchQuery, Tenant, Reply<pb::ListBatchesResponse>),
     /// A page of ListMessages, for a tenant.
     ListMessages(ListQuery, Tenant, Reply<pb::ListMessagesResponse>),
     /// CancelBatch, for a tenant.
@@ -132,6 +134,16 @@ impl Handle {
     /// Has the reactor publish what changed since its last snapshot, now.
     pub async fn refresh(&self) -> Result<(), Error> {
         self.ask(Event::Refresh).await
+    }
+
+    /// A page of the batches of `tenant`.
+    pub async fn list_batches(
+        &self,
+        query: BatchQuery,
+        tenant: &Tenant,
+    ) -> Result<pb::ListBatchesResponse, Error> {
+        self.ask(|r| Event::ListBatches(query, tenant.clone(), r))
+            .await
     }
 
     /// A page of a batch's messages.
@@ -352,6 +364,9 @@ impl Reactor {
                     core.publish(now);
                 }
                 let _ = reply.send(Ok(()));
+            }
+            Event::ListBatches(query, tenant, reply) => {
+                let _ = reply.send(Ok(core.on_list_batches(&query, &tenant)));
             }
             Event::ListMessages(query, tenant, reply) => {
                 let _ = reply.send(core.on_list_messages(&query, &tenant));

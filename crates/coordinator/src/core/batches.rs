@@ -6,7 +6,7 @@
 //! that has been ended for a while is *retired*: its counters are added to
 //! [`Retired`] once, and nothing walks it again.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
@@ -35,6 +35,10 @@ pub(super) struct Batches {
     map: FxHashMap<u64, Batch>,
     /// Batches still dispatching, in submission order. Each is in `map`.
     running: Vec<u64>,
+    /// Every batch by (acceptance time in Unix ms, order of insertion):
+    /// ListBatches' order. The second part tells apart batches accepted in
+    /// the same millisecond (after a restart, in the order they were loaded).
+    order: BTreeMap<(u64, u64), u64>,
     /// Batches cancelled whose jobs in flight are not all back yet.
     stopping: Vec<u64>,
     /// Counters of the batches retired from the snapshot, summed.
@@ -102,6 +106,8 @@ impl Batches {
             self.stopping.push(id);
         }
         self.changed = true;
+        let seq = self.order.len() as u64;
+        self.order.insert((b.accepted_unix_ms, seq), id);
         self.map.insert(id, b);
         if ended {
             self.retire(id);
@@ -243,6 +249,39 @@ impl Batches {
             ids.drain(..ids.len() - MAX_SNAPSHOT);
         }
         ids
+    }
+
+    /// Batches of `tenant` for which `keep` holds, newest first: at most
+    /// `limit`, accepted before `before` (a position in `order`; `None`:
+    /// from the newest), looking at no more than `scan` batches. Returns them
+    /// and where to go on, if any batch is left.
+    pub(super) fn list(
+        &self,
+        tenant: &Tenant,
+        keep: impl Fn(&Batch) -> bool,
+        limit: usize,
+        before: Option<(u64, u64)>,
+        scan: usize,
+    ) -> (Vec<&Batch>, Option<(u64, u64)>) {
+        let range = match before {
+            Some(at) => self.order.range(..at),
+            None => self.order.range(..),
+        };
+        let mut found = Vec::new();
+        let mut last = None;
+        for (looked, (&at, id)) in range.rev().enumerate() {
+            if looked == scan || found.len() == limit {
+                return (found, last);
+            }
+            last = Some(at);
+            if let Some(b) = self.map.get(id)
+                && b.tenant == *tenant
+                && keep(b)
+            {
+                found.push(b);
+            }
+        }
+        (found, None)
     }
 
     /// When the next retry backoff (or resume grace) of a running batch ends, if any.

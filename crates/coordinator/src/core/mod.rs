@@ -51,7 +51,10 @@ use sessions::{Session, Sessions};
 
 pub use durability::Committed;
 pub use progress::{MeshMetrics, NodeMetrics, Snapshot};
-pub use queries::{LIST_SCAN_LIMIT, ListQuery, StateSet, key_reused, page_token, parse_page_token};
+pub use queries::{
+    BatchQuery, LIST_BATCHES_SCAN_LIMIT, LIST_SCAN_LIMIT, ListQuery, StateSet, key_reused,
+    page_token, parse_batches_token, parse_page_token,
+};
 pub use recovery::unix_ms;
 pub use results::retry_delay;
 

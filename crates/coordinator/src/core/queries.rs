@@ -136,6 +136,34 @@ impl Core {
         })
     }
 
+    /// A page of the batches of `tenant`, newest first.
+    pub fn on_list_batches(&self, query: &BatchQuery, tenant: &Tenant) -> pb::ListBatchesResponse {
+        let states = query.states;
+        let keep = |b: &Batch| states & (1 << (b.state as i32 & 7)) != 0;
+        let (found, next) = self.batches.list(
+            tenant,
+            keep,
+            query.limit as usize,
+            query.before,
+            LIST_BATCHES_SCAN_LIMIT,
+        );
+        pb::ListBatchesResponse {
+            batches: found
+                .into_iter()
+                .map(|b| pb::BatchSummary {
+                    batch_id: b.id.to_string(),
+                    state: b.state as i32,
+                    total: b.counts.total,
+                    sent: b.counts.sent,
+                    failed: b.counts.failed,
+                    cancelled: b.counts.cancelled,
+                    accepted_unix_ms: b.accepted_unix_ms,
+                })
+                .collect(),
+            next_page_token: next.map_or_else(String::new, |(ms, seq)| format!("{ms}:{seq}")),
+        }
+    }
+
     /// What GetStatus and ListMessages say of message `index` of `batch`.
     fn message(&self, batch: &Batch, index: u32) -> pb::MessageStatus {
         let slot = batch.slots[index as usize];
@@ -194,6 +222,37 @@ impl Core {
 
 /// Most messages one ListMessages call looks at.
 pub const LIST_SCAN_LIMIT: u32 = 1_000_000;
+
+/// Most batches one ListBatches call looks at.
+pub const LIST_BATCHES_SCAN_LIMIT: usize = 100_000;
+
+/// One page of ListBatches, as asked.
+#[derive(Clone, Debug)]
+pub struct BatchQuery {
+    /// States to list, one bit per `BatchState` value.
+    pub states: u8,
+    /// Most batches in the page.
+    pub limit: u32,
+    /// List batches before this (Unix ms, insertion order) position; `None`: from the newest.
+    pub before: Option<(u64, u64)>,
+}
+
+/// Where a ListBatches page token says to go on.
+pub fn parse_batches_token(token: &str) -> Result<Option<(u64, u64)>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        Error::invalid(format!(
+            "page_token {} is not one ListBatches gave: pass next_page_token from the previous page, or nothing to start at the newest batch",
+            smsmesh::echo(token)
+        ))
+    };
+    let (ms, seq) = token.split_once(':').ok_or_else(bad)?;
+    let ms = ms.parse().map_err(|_| bad())?;
+    let seq = seq.parse().map_err(|_| bad())?;
+    Ok(Some((ms, seq)))
+}
 
 /// One page of a batch's listing, as asked.
 #[derive(Clone, Debug)]
