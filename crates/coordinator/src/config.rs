@@ -54,6 +54,9 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// How long an ended batch stays in the all-batches progress stream. Default: 60 s.
     pub keep_ended_in_progress: Duration,
+    /// Ended batches accepted longer ago than this are removed, from memory
+    /// and from the store. Default: 7 days.
+    pub retention: Duration,
     /// After a restart, how long messages that may have been in flight wait before going
     /// out again, so that reconnecting nodes can hand in their results first. Default: 2 s.
     pub resume_grace: Duration,
@@ -122,6 +125,7 @@ impl Default for Config {
             commit_interval: Duration::from_millis(2),
             max_request_bytes: 64 << 20,
             keep_ended_in_progress: Duration::from_secs(60),
+            retention: Duration::from_secs(7 * 24 * 3600),
             resume_grace: Duration::from_secs(2),
             trace_message_ratio: 0.001,
             client_auth: ClientAuth::Insecure,

@@ -72,6 +72,10 @@ struct Args {
     /// out again (reconnecting nodes hand in their results meanwhile).
     #[arg(long, env = "SMSMESH_RESUME_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
     resume_grace: Duration,
+    /// Ended batches accepted longer ago than this are removed from memory and
+    /// from the store (in the background; GetStatus then says NOT_FOUND).
+    #[arg(long, env = "SMSMESH_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    retention: Duration,
     /// Outcomes wait up to this long after the last group commit began, to share the
     /// next one (a full group, a cancel or a new batch state goes at once).
     #[arg(long, env = "SMSMESH_COMMIT_INTERVAL", default_value = "2ms", value_parser = humantime::parse_duration)]
@@ -278,6 +282,7 @@ impl Args {
             job_timeout: (!self.job_timeout.is_zero()).then_some(self.job_timeout),
             max_jobs_per_frame: self.max_jobs_per_frame,
             resume_grace: self.resume_grace,
+            retention: self.retention,
             commit_interval: self.commit_interval,
             trace_message_ratio: self.trace_message_ratio,
             client_auth,

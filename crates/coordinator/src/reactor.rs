@@ -330,6 +330,7 @@ async fn run(
         let std_now = now.into_std();
         if now >= next_tick {
             r.core.on_tick(std_now, &mut r.outbox);
+            r.core.expire_batches(crate::core::unix_ms());
             next_tick = now + TICK;
         }
         r.core.dispatch(std_now, &mut r.outbox);

@@ -138,6 +138,8 @@ pub struct Batch {
     pub fingerprint: u64,
     /// Messages sent or failed, and the time, at the last rate sample.
     pub rate_sample: (u64, Instant),
+    /// The idempotency key (as stored) that made it, if any.
+    pub key: Option<String>,
     /// Once ended and out of the progress snapshot: its counters as they
     /// were added to the coordinator's totals (see `Batches::retire`).
     pub retired: Option<Counts>,
@@ -179,6 +181,7 @@ impl Batch {
             trace: None,
             tenant: crate::auth::Tenant::default(),
             fingerprint: 0,
+            key: None,
             retired: None,
             status_cache: None,
         }

@@ -92,7 +92,43 @@ impl Batches {
 
     /// Remembers that idempotency key `key` made batch `id`.
     pub(super) fn key(&mut self, key: String, id: BatchId) {
+        if let Some(b) = self.map.get_mut(&id.0) {
+            b.key = Some(key.clone());
+        }
         self.idempotency.insert(key, id);
+    }
+
+    /// Removes ended batches accepted before `cutoff_unix_ms` (retired ones
+    /// only), looking at no more than `scan` of the oldest. Returns each
+    /// removed id with its idempotency key. Their counters stay in the totals.
+    pub(super) fn expire(
+        &mut self,
+        cutoff_unix_ms: u64,
+        scan: usize,
+    ) -> Vec<(u64, Option<String>)> {
+        let old: Vec<((u64, u64), u64)> = self
+            .order
+            .range(..(cutoff_unix_ms, 0))
+            .take(scan)
+            .map(|(at, id)| (*at, *id))
+            .collect();
+        let mut gone = Vec::new();
+        for (at, id) in old {
+            let Some(b) = self.map.get(&id) else {
+                self.order.remove(&at);
+                continue;
+            };
+            if b.retired.is_none() {
+                continue; // running, or ended too lately to be out of the snapshot
+            }
+            let b = self.map.remove(&id).expect("looked up above");
+            self.order.remove(&at);
+            if let Some(k) = &b.key {
+                self.idempotency.remove(k);
+            }
+            gone.push((id, b.key));
+        }
+        gone
     }
 
     /// Adds a batch; it runs unless it is already cancelled or ended (when
@@ -299,5 +335,7 @@ impl Batches {
 }
 
 fn not_found(id: BatchId) -> Error {
-    Error::NotFound(format!("batch {id} not found"))
+    Error::NotFound(format!(
+        "batch {id} not found (ended batches are kept for --retention, then removed)"
+    ))
 }

@@ -111,6 +111,14 @@ impl Durability {
         self.write.outcomes.push(o);
     }
 
+    /// A batch past its retention, to remove from the store.
+    pub(super) fn deleted(&mut self, id: u64, key: Option<String>) {
+        self.stored.remove(&id);
+        if self.durable {
+            self.write.deleted.push((id, key));
+        }
+    }
+
     /// A node name seen for the first time, to store.
     pub(super) fn node_named(&mut self, n: u16, name: &str) {
         self.write.nodes.push((n, name.to_string()));

@@ -332,6 +332,24 @@ impl Core {
         }
     }
 
+    /// Removes ended batches accepted more than `--retention` before
+    /// `unix_now_ms` (at most 1,000 of the oldest looked at per call), from
+    /// memory and, with the next group, from the store. Returns how many.
+    pub fn expire_batches(&mut self, unix_now_ms: u64) -> usize {
+        let retention = self.config.retention.as_millis() as u64;
+        let gone = self
+            .batches
+            .expire(unix_now_ms.saturating_sub(retention), 1000);
+        let n = gone.len();
+        for (id, key) in gone {
+            self.durability.deleted(id, key);
+        }
+        if n > 0 {
+            tracing::debug!(batches = n, "removed batches past their retention");
+        }
+        n
+    }
+
     /// Takes back, about once a second, every job held longer than the job
     /// timeout: it goes to the queue again, counted as requeued.
     fn expire_jobs(&mut self, now: Instant) {

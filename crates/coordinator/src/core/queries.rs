@@ -50,10 +50,8 @@ impl Core {
             return Ok(existing);
         }
         let id = new.id;
-        if let Some(key) = new.idempotency_key {
-            self.batches.key(key, id);
-        }
         let mut batch = Batch::new(id, new.content, new.total, new.max_attempts, now);
+        batch.key = new.idempotency_key.clone();
         batch.trace = new.trace;
         batch.tenant = new.tenant;
         batch.fingerprint = new.fingerprint;
@@ -64,6 +62,9 @@ impl Core {
         tracing::info!(batch = %id, total = new.total, "batch accepted");
         self.batches.accepted += 1;
         self.batches.insert(batch);
+        if let Some(key) = new.idempotency_key {
+            self.batches.key(key, id);
+        }
         Ok(pb::SubmitBatchResponse {
             batch_id: id.to_string(),
             accepted: u64::from(new.total),

@@ -168,12 +168,18 @@ pub struct WriteSet {
     pub nodes: Vec<(u16, String)>,
     /// Batch states to rewrite (cancel, high-water marks, re-sends).
     pub batches: Vec<StoredBatchState>,
+    /// Batches past their retention, to remove with everything about them
+    /// (and the idempotency key that made each, if any).
+    pub deleted: Vec<(u64, Option<String>)>,
 }
 
 impl WriteSet {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.outcomes.is_empty() && self.nodes.is_empty() && self.batches.is_empty()
+        self.outcomes.is_empty()
+            && self.nodes.is_empty()
+            && self.batches.is_empty()
+            && self.deleted.is_empty()
     }
 }
 

@@ -127,6 +127,37 @@ impl Store {
                     .map_err(|e| self.err(e))?;
             }
         }
+        if !set.deleted.is_empty() {
+            self.delete_batches(txn, &set.deleted)?;
+        }
+        Ok(())
+    }
+
+    /// Removes batches and everything stored about them; their space is reused.
+    fn delete_batches(
+        &self,
+        txn: &WriteTransaction,
+        deleted: &[(u64, Option<String>)],
+    ) -> Result<(), StoreError> {
+        let mut batches = txn.open_table(BATCHES).map_err(|e| self.err(e))?;
+        let mut states = txn.open_table(BATCH_STATE).map_err(|e| self.err(e))?;
+        let mut outcomes = txn.open_table(OUTCOMES).map_err(|e| self.err(e))?;
+        let mut errors = txn.open_table(ERRORS).map_err(|e| self.err(e))?;
+        let mut keys = txn.open_table(IDEMPOTENCY).map_err(|e| self.err(e))?;
+        for (id, key) in deleted {
+            let id = *id;
+            batches.remove(id).map_err(|e| self.err(e))?;
+            states.remove(id).map_err(|e| self.err(e))?;
+            outcomes
+                .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
+                .map_err(|e| self.err(e))?;
+            errors
+                .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
+                .map_err(|e| self.err(e))?;
+            if let Some(key) = key {
+                keys.remove(key.as_str()).map_err(|e| self.err(e))?;
+            }
+        }
         Ok(())
     }
 }
