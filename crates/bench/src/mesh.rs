@@ -25,22 +25,29 @@ pub(crate) struct Started {
     pub(crate) _data: tempfile::TempDir,
 }
 
-/// Starts the coordinator (with `coord_args` besides the usual ones) and the
-/// nodes of `setup`, and waits until every node has joined.
+/// Starts the coordinator (with `coord_args` besides the usual ones; without
+/// authentication unless they give `--jwt-secret-file`) and the nodes of
+/// `setup`, and waits until every node has joined (asking with `token`, when
+/// the coordinator checks tokens). Nodes present the coordinator's
+/// `--node-token-file`, if it has one.
 pub(crate) async fn start(
     bin: &Path,
     setup: &Setup,
     coord_args: &[&str],
+    token: Option<&str>,
 ) -> anyhow::Result<Started> {
     let data = tempfile::tempdir()?;
+    // Nodes present the coordinator's join token, if it asks for one.
+    let join_token = coord_args
+        .iter()
+        .position(|a| *a == "--node-token-file")
+        .and_then(|i| coord_args.get(i + 1));
     let mut coord = Command::new(bin.join("smscoord"));
+    coord.args(["--listen", "127.0.0.1:0", "--plaintext"]);
+    if !coord_args.contains(&"--jwt-secret-file") {
+        coord.arg("--insecure-no-auth");
+    }
     coord
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-no-auth",
-            "--plaintext",
-        ])
         .args(coord_args)
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped());
@@ -79,6 +86,11 @@ pub(crate) async fn start(
                 ])
                 .args(["--worker-threads", &setup.node_threads.to_string()])
                 .args(["--instances", &group.len().to_string()])
+                .args(
+                    join_token
+                        .into_iter()
+                        .flat_map(|t| ["--join-token-file", t]),
+                )
                 .env("RUST_LOG", "error")
                 .spawn()
                 .map(|child| Proc { child })
@@ -89,7 +101,7 @@ pub(crate) async fn start(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut s = client
-            .watch_progress(pb::WatchProgressRequest::default())
+            .watch_progress(request(pb::WatchProgressRequest::default(), token)?)
             .await?
             .into_inner();
         if let Some(u) = s.message().await?
@@ -115,4 +127,13 @@ pub(crate) async fn start(
         metrics: addrs.get(1).copied(),
         _data: data,
     })
+}
+
+/// `message` as a request, with a bearer `token` when the coordinator checks them.
+pub(crate) fn request<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
+    let mut r = tonic::Request::new(message);
+    if let Some(token) = token {
+        smsmesh::client::bearer(&mut r, token).map_err(anyhow::Error::msg)?;
+    }
+    Ok(r)
 }

@@ -19,8 +19,15 @@ pub(crate) struct Small {
     pub(crate) all_sent_seconds: f64,
 }
 
-/// `callers` concurrent callers submit `batches` one-message batches in all.
-pub(crate) async fn run(bin: &Path, callers: usize, batches: u64) -> anyhow::Result<Small> {
+/// `callers` concurrent callers submit `batches` one-message batches in all,
+/// spread over `tenants` tenants (caller *c* is tenant *c* mod `tenants`;
+/// with more than one, the coordinator checks JWTs).
+pub(crate) async fn run(
+    bin: &Path,
+    callers: usize,
+    tenants: usize,
+    batches: u64,
+) -> anyhow::Result<Small> {
     let setup = Setup {
         messages: batches,
         durable: true,
@@ -28,7 +35,33 @@ pub(crate) async fn run(bin: &Path, callers: usize, batches: u64) -> anyhow::Res
         node_threads: 0,
         per_process: 1,
     };
-    let mut mesh = mesh::start(bin, &setup, &["--metrics-listen", "127.0.0.1:0"]).await?;
+    let secret = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        secret.path(),
+        "bench-secret-0123456789abcdef0123456789abcdef\n",
+    )?;
+    let secret_path = secret.path().to_str().context("temp path")?.to_string();
+    let node_token = tempfile::NamedTempFile::new()?;
+    std::fs::write(node_token.path(), "bench-node-token-0123456789abcdef\n")?;
+    let node_token_path = node_token.path().to_str().context("temp path")?.to_string();
+    let mut coord_args = vec!["--metrics-listen", "127.0.0.1:0"];
+    let mut tokens = Vec::new();
+    if tenants > 1 {
+        coord_args.extend(["--jwt-secret-file", &secret_path]);
+        coord_args.extend(["--node-token-file", &node_token_path]);
+        for t in 0..tenants {
+            let out = std::process::Command::new(bin.join("smscoord"))
+                .args(["--jwt-secret-file", &secret_path, "--mint-token"])
+                .arg(format!("tenant-{t}"))
+                .output()?;
+            if !out.status.success() {
+                bail!("--mint-token: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            tokens.push(String::from_utf8(out.stdout)?.trim().to_string());
+        }
+    }
+    let mut mesh =
+        mesh::start(bin, &setup, &coord_args, tokens.first().map(String::as_str)).await?;
     let metrics = mesh.metrics.context("metrics address")?;
     // A few connections, as a fleet of API servers would have.
     let mut channels = Vec::new();
@@ -47,6 +80,7 @@ pub(crate) async fn run(bin: &Path, callers: usize, batches: u64) -> anyhow::Res
             let mut client = pb::coordinator_client::CoordinatorClient::new(
                 channels[c % channels.len()].clone(),
             );
+            let token = (!tokens.is_empty()).then(|| tokens[c % tokens.len()].clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_caller as usize);
                 for i in 0..per_caller {
@@ -59,6 +93,7 @@ pub(crate) async fn run(bin: &Path, callers: usize, batches: u64) -> anyhow::Res
                         }],
                         ..Default::default()
                     };
+                    let req = mesh::request(req, token.as_deref())?;
                     let t = Instant::now();
                     client.submit_batch(req).await?;
                     latencies.push(t.elapsed().as_micros() as u64);
