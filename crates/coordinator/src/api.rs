@@ -1,8 +1,8 @@
 //! The client-facing `smsmesh.v1.Coordinator` service.
 //!
 //! Handlers validate requests here, off the reactor, and hand the reactor
-//! only what is already known to be good. Progress watchers read published
-//! snapshots from a `watch` channel, so a slow watcher never slows dispatch.
+//! only what is already known to be good. WatchProgress streams are served
+//! by [`crate::watch`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use smsmesh::pb::{self, BatchState, get_status_request, get_status_response};
 use smsmesh::{BatchId, Error, MessageId, sms};
-use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -19,8 +18,8 @@ use crate::Config;
 use crate::auth::{Tenant, TokenBucket};
 use crate::batch::Content;
 use crate::core::{
-    BatchQuery, ListQuery, NewBatch, Snapshot, StateSet, key_reused, parse_batches_token,
-    parse_page_token, unix_ms,
+    BatchQuery, ListQuery, NewBatch, StateSet, key_reused, parse_batches_token, parse_page_token,
+    unix_ms,
 };
 use crate::reactor::Handle;
 use crate::store::{Inserter, StoredBatch};
@@ -454,10 +453,6 @@ fn list_query(req: pb::ListMessagesRequest) -> Result<ListQuery, Error> {
     })
 }
 
-fn is_ended(state: i32) -> bool {
-    state == BatchState::Completed as i32 || state == BatchState::Cancelled as i32
-}
-
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for CoordinatorApi {
     async fn submit_batch(
@@ -578,103 +573,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
             self.core.batch_status(id, &tenant).await?; // NOT_FOUND before the stream starts
             Some(id)
         };
-        let (tx, rx) = mpsc::channel(4);
-        let watcher = Watcher {
-            tenant,
-            batch,
-            batch_str: batch.map(|id| id.to_string()),
-            core: self.core.clone(),
-            progress: self.core.progress(),
-            tx,
-            states: HashMap::new(),
-        };
-        // Ends when the client goes or the batch ends.
-        tokio::spawn(watcher.run(interval).instrument(span));
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-/// Serves one WatchProgress stream.
-struct Watcher {
-    /// Only this tenant's batches are shown.
-    tenant: Tenant,
-    batch: Option<BatchId>,
-    /// `batch` as it appears in statuses.
-    batch_str: Option<String>,
-    core: Handle,
-    progress: watch::Receiver<Arc<Snapshot>>,
-    tx: mpsc::Sender<Result<pb::ProgressUpdate, Status>>,
-    /// Last state sent, per batch id.
-    states: HashMap<String, i32>,
-}
-
-impl Watcher {
-    async fn run(mut self, interval: Duration) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        ticker.tick().await; // the first tick is immediate; the first update goes out below
-        // Changes are published at most every 20 ms: the first update has them all.
-        if self.core.refresh().await.is_err() {
-            return;
-        }
-        loop {
-            let Some(update) = self.current().await else {
-                return;
-            };
-            let ended = self.batch.is_some() && update.batches.iter().all(|b| is_ended(b.state));
-            for b in &update.batches {
-                self.states.insert(b.batch_id.clone(), b.state);
-            }
-            if self.tx.send(Ok(update)).await.is_err() || ended {
-                return;
-            }
-            // Wait for the next tick, or a state change.
-            loop {
-                tokio::select! {
-                    _ = ticker.tick() => break,
-                    changed = self.progress.changed() => {
-                        if changed.is_err() {
-                            return; // coordinator shutting down
-                        }
-                        if self.state_changed() {
-                            break;
-                        }
-                    }
-                    () = self.tx.closed() => return,
-                }
-            }
-        }
-    }
-
-    /// The update to send now; None if the coordinator is gone.
-    async fn current(&mut self) -> Option<pb::ProgressUpdate> {
-        let snap = self.progress.borrow_and_update().clone();
-        let mut batches: Vec<pb::BatchStatus> = snap
-            .batches
-            .iter()
-            .filter(|b| self.watches(b))
-            .cloned()
-            .collect();
-        if let (Some(id), true) = (self.batch, batches.is_empty()) {
-            // Not in the snapshot (just submitted, or ended long ago): ask the reactor.
-            batches.push(self.core.batch_status(id, &self.tenant).await.ok()?);
-        }
-        Some(pb::ProgressUpdate {
-            batches,
-            nodes_connected: snap.nodes_connected,
-        })
-    }
-
-    /// Whether this stream follows the batch `b`: the caller's, and the one asked for.
-    fn watches(&self, b: &pb::BatchStatus) -> bool {
-        b.tenant == self.tenant.as_str()
-            && self.batch_str.as_deref().is_none_or(|id| id == b.batch_id)
-    }
-
-    fn state_changed(&self) -> bool {
-        let snap = self.progress.borrow();
-        snap.batches
-            .iter()
-            .any(|b| self.watches(b) && self.states.get(&b.batch_id) != Some(&b.state))
+        let stream = crate::watch::start(self.core.clone(), tenant, batch, interval, span);
+        Ok(Response::new(stream))
     }
 }

@@ -29,6 +29,7 @@ pub mod node_tx;
 pub mod reactor;
 pub mod server;
 pub mod store;
+mod watch;
 
 pub use config::{Config, Tls};
 pub use server::{run, run_with_metrics};

@@ -299,15 +299,7 @@ impl Node {
                     let _ = out.send(hello).await;
                     Ok(Ok((out, inbound)))
                 }
-                Err(s) => {
-                    if matches!(
-                        s.code(),
-                        Code::Unknown | Code::Cancelled | Code::Unavailable
-                    ) {
-                        self.tls_refused().await?;
-                    }
-                    join_failed(s).map(Err)
-                }
+                Err(s) => self.join_failed(s).await.map(Err),
             };
         }
         let endpoint =
@@ -338,16 +330,20 @@ impl Node {
                 Outbound::Own(out),
                 Inbound::Own(Box::new(r.into_inner())),
             ))),
-            Err(s) => {
-                if matches!(
-                    s.code(),
-                    Code::Unknown | Code::Cancelled | Code::Unavailable
-                ) {
-                    self.tls_refused().await?;
-                }
-                join_failed(s).map(Err)
-            }
+            Err(s) => self.join_failed(s).await.map(Err),
         }
+    }
+
+    /// What a failed join means: a refusal (also when TLS refuses this node,
+    /// which tonic reports only as a transport failure), or a broken stream.
+    async fn join_failed(&self, s: tonic::Status) -> Result<SessionEnd, NodeError> {
+        if matches!(
+            s.code(),
+            Code::Unknown | Code::Cancelled | Code::Unavailable
+        ) {
+            self.tls_refused().await?;
+        }
+        join_failed(s)
     }
 
     /// After a connection failed: the cause, as a refusal, when TLS refuses
