@@ -54,19 +54,22 @@ async fn list_all(
     }
 }
 
+/// Retries after 5 to 20 ms, so that failed messages end quickly.
+fn fast_retries() -> CoordinatorConfig {
+    CoordinatorConfig {
+        retry_base: Duration::from_millis(5),
+        retry_max: Duration::from_millis(20),
+        ..CoordinatorConfig::default()
+    }
+}
+
 fn index_of(m: &pb::MessageStatus) -> u32 {
     m.message_id.rsplit_once('.').unwrap().1.parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listing_has_every_message_once_and_a_filter_matches_the_gateways() {
-    let mesh = Mesh::start(CoordinatorConfig {
-        retry_base: Duration::from_millis(5),
-        retry_max: Duration::from_millis(20),
-        ..CoordinatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let mesh = Mesh::start(fast_retries()).await.unwrap();
     let rec = Recorder::default();
     let _nodes: Vec<_> = (0..2)
         .map(|i| {
@@ -394,13 +397,7 @@ async fn explicit_messages_list_with_their_body_and_segments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_of_failed_messages_lists_them_and_a_bad_batch_leaves_no_file() {
-    let mesh = Mesh::start(CoordinatorConfig {
-        retry_base: Duration::from_millis(5),
-        retry_max: Duration::from_millis(20),
-        ..CoordinatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let mesh = Mesh::start(fast_retries()).await.unwrap();
     let _node = mesh.node(NodeSpec::new("n").concurrency(50).failure_rate(0.3));
     let mut client = mesh.client().await.unwrap();
     let mut req = synthetic(20_000, 5);

@@ -394,31 +394,40 @@ pub fn validate_submit(req: pb::SubmitBatchRequest, config: &Config) -> Result<N
 const MAX_PAGE_SIZE: u32 = 10_000;
 const DEFAULT_PAGE_SIZE: u32 = 1_000;
 
+/// The states a listing asks for: each must be one that `valid` knows;
+/// `names` lists them for the error.
+fn listed_states(
+    values: &[i32],
+    valid: impl Fn(i32) -> bool,
+    names: &str,
+) -> Result<StateSet, Error> {
+    match values.iter().find(|&&v| v == 0 || !valid(v)) {
+        Some(v) => Err(Error::invalid(format!("states: {v} is not {names}"))),
+        None => Ok(StateSet::of(values.iter().copied())),
+    }
+}
+
+/// A listing's page size: `default` for 0, at most `max`.
+fn page_size(n: u32, default: u32, max: u32) -> Result<u32, Error> {
+    match n {
+        0 => Ok(default),
+        n if n > max => Err(Error::invalid(format!(
+            "page_size {n} is too large: at most {max}"
+        ))),
+        n => Ok(n),
+    }
+}
+
 /// Checks a ListBatches request.
 fn batch_query(req: pb::ListBatchesRequest) -> Result<BatchQuery, Error> {
-    let mut states = 0u8;
-    for &s in &req.states {
-        match BatchState::try_from(s) {
-            Ok(BatchState::Unspecified) | Err(_) => {
-                return Err(Error::invalid(format!(
-                    "states: {s} is not a batch state (RUNNING=1, COMPLETED=2, CANCELLING=3, CANCELLED=4)"
-                )));
-            }
-            Ok(state) => states |= 1 << (state as i32 & 7),
-        }
-    }
-    let limit = match req.page_size {
-        0 => 100,
-        n if n > 1000 => {
-            return Err(Error::invalid(format!(
-                "page_size {n} is too large: at most 1000"
-            )));
-        }
-        n => n,
-    };
+    let states = listed_states(
+        &req.states,
+        |v| BatchState::try_from(v).is_ok(),
+        "a batch state (RUNNING=1, COMPLETED=2, CANCELLING=3, CANCELLED=4)",
+    )?;
     Ok(BatchQuery {
-        states: if states == 0 { u8::MAX } else { states },
-        limit,
+        states,
+        limit: page_size(req.page_size, 100, 1000)?,
         before: parse_batches_token(&req.page_token)?,
     })
 }
@@ -426,29 +435,15 @@ fn batch_query(req: pb::ListBatchesRequest) -> Result<BatchQuery, Error> {
 /// Checks a ListMessages request.
 fn list_query(req: pb::ListMessagesRequest) -> Result<ListQuery, Error> {
     let batch: BatchId = req.batch_id.parse()?;
-    let states = req
-        .states
-        .iter()
-        .map(|&s| match pb::MessageState::try_from(s) {
-            Ok(pb::MessageState::Unspecified) | Err(_) => Err(Error::invalid(format!(
-                "states: {s} is not a message state (PENDING=1, IN_FLIGHT=2, RETRY_WAIT=3, SENT=4, FAILED=5, CANCELLED=6)"
-            ))),
-            Ok(state) => Ok(state),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let limit = match req.page_size {
-        0 => DEFAULT_PAGE_SIZE,
-        n if n > MAX_PAGE_SIZE => {
-            return Err(Error::invalid(format!(
-                "page_size {n} is too large: at most {MAX_PAGE_SIZE}"
-            )));
-        }
-        n => n,
-    };
+    let states = listed_states(
+        &req.states,
+        |v| pb::MessageState::try_from(v).is_ok(),
+        "a message state (PENDING=1, IN_FLIGHT=2, RETRY_WAIT=3, SENT=4, FAILED=5, CANCELLED=6)",
+    )?;
     Ok(ListQuery {
         batch,
-        states: StateSet::of(states),
-        limit,
+        states,
+        limit: page_size(req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?,
         start: parse_page_token(batch, &req.page_token)?,
     })
 }

@@ -548,7 +548,8 @@ impl Batch {
     }
 }
 
-/// A set of message states, as a ListMessages filter asks for them.
+/// A set of states (of messages or of batches), as a listing's filter asks
+/// for them: one bit per enum value (1 to 7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateSet(u8);
 
@@ -556,17 +557,15 @@ impl StateSet {
     /// Every state.
     pub const ALL: StateSet = StateSet(u8::MAX);
 
-    /// The states given; every state when none is.
-    pub fn of(states: impl IntoIterator<Item = MessageState>) -> Self {
-        let mask = states
-            .into_iter()
-            .fold(0u8, |m, s| m | 1 << (s as i32 as u8 & 7));
+    /// The states with these enum values; every state when none is given.
+    pub fn of(values: impl IntoIterator<Item = i32>) -> Self {
+        let mask = values.into_iter().fold(0u8, |m, v| m | 1 << (v & 7));
         if mask == 0 { Self::ALL } else { StateSet(mask) }
     }
 
-    /// Whether `state` is in the set.
-    pub fn contains(self, state: MessageState) -> bool {
-        self.0 & 1 << (state as i32 as u8 & 7) != 0
+    /// Whether the state with enum value `value` is in the set.
+    pub fn contains(self, value: i32) -> bool {
+        self.0 & 1 << (value & 7) != 0
     }
 }
 

@@ -121,7 +121,7 @@ impl Core {
         let mut messages = Vec::new();
         let mut index = query.start;
         while index < end && messages.len() < query.limit as usize {
-            if query.states.contains(batch.message_state(index)) {
+            if query.states.contains(batch.message_state(index) as i32) {
                 messages.push(self.message(batch, index));
             }
             index += 1;
@@ -140,7 +140,7 @@ impl Core {
     /// A page of the batches of `tenant`, newest first.
     pub fn on_list_batches(&self, query: &BatchQuery, tenant: &Tenant) -> pb::ListBatchesResponse {
         let states = query.states;
-        let keep = |b: &Batch| states & (1 << (b.state as i32 & 7)) != 0;
+        let keep = |b: &Batch| states.contains(b.state as i32);
         let (found, next) = self.batches.list(
             tenant,
             keep,
@@ -230,8 +230,8 @@ pub const LIST_BATCHES_SCAN_LIMIT: usize = 100_000;
 /// One page of ListBatches, as asked.
 #[derive(Clone, Debug)]
 pub struct BatchQuery {
-    /// States to list, one bit per `BatchState` value.
-    pub states: u8,
+    /// States to list.
+    pub states: StateSet,
     /// Most batches in the page.
     pub limit: u32,
     /// List batches before this (Unix ms, insertion order) position; `None`: from the newest.
