@@ -12,7 +12,7 @@ use smsmesh::pb;
 use smsmesh::sms::{self, Encoding};
 use smsmesh::{BatchId, MessageId};
 use smsmesh_coordinator::Config;
-use smsmesh_coordinator::api::validate_submit;
+use smsmesh_coordinator::submit::validate_submit;
 
 /// The GSM 03.38 characters that take one septet, and those that take two.
 const BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?\

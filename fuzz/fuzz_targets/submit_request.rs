@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use smsmesh::pb::SubmitBatchRequest;
 use smsmesh_coordinator::Config;
-use smsmesh_coordinator::api::validate_submit;
+use smsmesh_coordinator::submit::validate_submit;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(req) = SubmitBatchRequest::decode(data) else {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smsmesh::pb::{self, BatchState, get_status_request, get_status_response};
-use smsmesh::{BatchId, Error, MessageId, sms};
+use smsmesh::{BatchId, Error, MessageId};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -19,10 +19,10 @@ use crate::auth::{Tenant, TokenBucket};
 use crate::batch::Content;
 use crate::core::{
     BatchQuery, ListQuery, NewBatch, StateSet, key_reused, parse_batches_token, parse_page_token,
-    unix_ms,
 };
 use crate::reactor::Handle;
 use crate::store::{Inserter, StoredBatch};
+use crate::submit::{fingerprint, validate_submit};
 
 /// RESOURCE_EXHAUSTED saying `msg`, with a RetryInfo detail of `wait`.
 fn retry_later(msg: String, wait: std::time::Duration) -> Status {
@@ -30,9 +30,6 @@ fn retry_later(msg: String, wait: std::time::Duration) -> Status {
     let details = tonic_types::ErrorDetails::with_retry_info(Some(wait));
     Status::with_error_details(tonic::Code::ResourceExhausted, msg, details)
 }
-
-/// Longest idempotency key accepted, in bytes.
-const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 /// The `Coordinator` gRPC service.
 pub struct CoordinatorApi {
@@ -133,6 +130,16 @@ impl CoordinatorApi {
         let fingerprint = fingerprint(&req);
         let mut new = validate_submit(req, &self.config)?;
         new.fingerprint = fingerprint;
+        self.admit_and_accept(new, tenant).await
+    }
+
+    /// Admits a checked batch of `tenant` against its limits, then accepts it.
+    async fn admit_and_accept(
+        &self,
+        mut new: NewBatch,
+        tenant: Tenant,
+    ) -> Result<pb::SubmitBatchResponse, Status> {
+        let fingerprint = new.fingerprint;
         new.idempotency_key = new.idempotency_key.map(|k| scoped_key(&tenant, k));
         new.tenant = tenant.clone();
         let gate = self.gate(&tenant);
@@ -171,8 +178,12 @@ impl CoordinatorApi {
         if let Some(inserter) = &self.inserter {
             let stored = stored_batch(&new);
             let key = new.idempotency_key.clone();
+            let list = match &new.content {
+                Content::List { recipients, .. } => Some(recipients.clone()),
+                _ => None,
+            };
             let r = inserter
-                .insert(stored, key)
+                .insert(stored, key, list)
                 .await
                 .map_err(|e| Error::Unavailable(format!("cannot store the batch: {e}")))?;
             if let Err(existing) = r {
@@ -267,9 +278,10 @@ fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tr
 
 /// The stored form of a batch about to be accepted.
 fn stored_batch(new: &NewBatch) -> StoredBatch {
-    let (messages, synthetic_seed, synthetic_body) = match &new.content {
-        Content::Explicit(m) => (m.clone(), None, None),
-        Content::Synthetic { seed, body } => (Vec::new(), Some(*seed), body.clone()),
+    let (messages, synthetic_seed, synthetic_body, list_body) = match &new.content {
+        Content::Explicit(m) => (m.clone(), None, None, None),
+        Content::List { body, .. } => (Vec::new(), None, None, Some(body.clone())),
+        Content::Synthetic { seed, body } => (Vec::new(), Some(*seed), body.clone(), None),
     };
     StoredBatch {
         id: new.id.0,
@@ -281,113 +293,8 @@ fn stored_batch(new: &NewBatch) -> StoredBatch {
         accepted_unix_ms: new.accepted_unix_ms,
         tenant: new.tenant.as_str().to_string(),
         fingerprint: new.fingerprint,
+        list_body,
     }
-}
-
-/// A fingerprint of what a request asks for (all but its idempotency key):
-/// FNV-1a over its fields, never 0. Stored with the batch, so it must not
-/// change between versions.
-fn fingerprint(req: &pb::SubmitBatchRequest) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        // A separator, so that ("ab", "c") and ("a", "bc") differ.
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    };
-    eat(&req.max_attempts.map_or(u64::MAX, u64::from).to_le_bytes());
-    for m in &req.messages {
-        eat(m.to.as_bytes());
-        eat(m.body.as_bytes());
-        eat(m.client_ref.as_bytes());
-    }
-    if let Some(s) = &req.synthetic {
-        eat(&s.count.to_le_bytes());
-        eat(&s.seed.map_or(u64::MAX, |x| x).to_le_bytes());
-        eat(s.body.as_deref().unwrap_or("\u{0}none").as_bytes());
-    }
-    h.max(1)
-}
-
-/// Checks a SubmitBatch request and turns it into a batch to accept.
-pub fn validate_submit(req: pb::SubmitBatchRequest, config: &Config) -> Result<NewBatch, Error> {
-    let max_attempts = match req.max_attempts {
-        None => config.default_max_attempts,
-        Some(n) if n == 0 || n > config.max_attempts_limit => {
-            return Err(Error::invalid(format!(
-                "max_attempts {n} is out of range (1 to {})",
-                config.max_attempts_limit
-            )));
-        }
-        Some(n) => n,
-    };
-    let max = config.max_batch_size.min(u64::from(u32::MAX));
-    let (content, total) = match (req.messages.is_empty(), req.synthetic) {
-        (true, None) => {
-            return Err(Error::invalid(
-                "empty batch: give either `messages` (at least one) or `synthetic`",
-            ));
-        }
-        (false, Some(_)) => {
-            return Err(Error::invalid(
-                "give either `messages` or `synthetic`, not both",
-            ));
-        }
-        (false, None) => {
-            let n = req.messages.len() as u64;
-            if n > config.max_messages_per_request {
-                return Err(Error::invalid(format!(
-                    "{n} messages in one request exceed the maximum of {} (--max-messages-per-request); use a synthetic batch or split it",
-                    config.max_messages_per_request
-                )));
-            }
-            if n > max {
-                return Err(Error::invalid(format!(
-                    "batch of {n} messages exceeds the maximum of {max} (--max-batch-size)"
-                )));
-            }
-            for (i, m) in req.messages.iter().enumerate() {
-                sms::validate_message(i, &m.to, &m.body, &m.client_ref)?;
-            }
-            (Content::Explicit(req.messages), n as u32)
-        }
-        (true, Some(s)) => {
-            if s.count == 0 {
-                return Err(Error::invalid("synthetic.count must be at least 1"));
-            }
-            if s.count > max {
-                return Err(Error::invalid(format!(
-                    "synthetic.count {} exceeds the maximum of {max} (--max-batch-size)",
-                    s.count
-                )));
-            }
-            if let Some(body) = &s.body {
-                sms::validate_body("synthetic.body", body)?;
-            }
-            let seed = s.seed.unwrap_or_else(rand::random);
-            (Content::Synthetic { seed, body: s.body }, s.count as u32)
-        }
-    };
-    if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
-        return Err(Error::invalid(format!(
-            "idempotency_key is {} bytes long; at most {MAX_IDEMPOTENCY_KEY} are allowed",
-            req.idempotency_key.len()
-        )));
-    }
-    Ok(NewBatch {
-        id: BatchId::random(),
-        content,
-        total,
-        max_attempts: max_attempts as u8,
-        idempotency_key: (!req.idempotency_key.is_empty()).then_some(req.idempotency_key),
-        fingerprint: 0,
-        trace: None,
-        tenant: Tenant::default(),
-        accepted_unix_ms: unix_ms(),
-    })
 }
 
 /// Most messages in one ListMessages page, and the size of a page not given.
@@ -460,6 +367,28 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
             .inner_submit(request.into_inner(), tenant)
             .instrument(span.clone())
             .await;
+        if let Err(e) = &response {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", e.to_string());
+        }
+        Ok(Response::new(response?))
+    }
+
+    async fn submit_batch_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::SubmitBatchStreamRequest>>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let span = rpc_span(
+            "smsmesh.v1.Coordinator/SubmitBatchStream",
+            request.metadata(),
+        );
+        let tenant = Tenant::of(&request);
+        let response = async {
+            let new = crate::upload::receive(request.into_inner(), &self.config).await?;
+            self.admit_and_accept(new, tenant).await
+        }
+        .instrument(span.clone())
+        .await;
         if let Err(e) = &response {
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", e.to_string());

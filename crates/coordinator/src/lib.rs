@@ -29,6 +29,8 @@ pub mod node_tx;
 pub mod reactor;
 pub mod server;
 pub mod store;
+pub mod submit;
+pub mod upload;
 mod watch;
 
 pub use config::{Config, Tls};

@@ -21,6 +21,7 @@ fn write_store(dir: &Path) {
         accepted_unix_ms: 1,
         tenant: "t".into(),
         fingerprint: 0,
+        list_body: None,
     };
     store.insert_batch(&batch, Some("k")).unwrap().unwrap();
     let mut set = WriteSet::default();

@@ -311,6 +311,10 @@ pub struct Attempt {
     pub attempt: u32,
     /// Whether the gateway sent it.
     pub sent: bool,
+    /// The number it went to.
+    pub to: String,
+    /// Its text.
+    pub body: String,
 }
 
 /// A shared log of attempts, filled by nodes started with [`NodeSpec::record`].
@@ -344,6 +348,8 @@ impl Gateway for Recording {
             index: job.index,
             attempt: job.attempt,
             sent: false,
+            to: job.to.clone(),
+            body: job.body.clone(),
         };
         self.inner.send(job).map(move |r| {
             a.sent = r.is_ok();

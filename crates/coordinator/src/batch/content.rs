@@ -1,16 +1,26 @@
-//! What a batch's messages are (given by the client, or generated from a
-//! seed) and how one message's number and body are made when it is dispatched;
-//! which messages carry the batch's trace.
+//! What a batch's messages are (given by the client, one body for a list of
+//! recipients, or generated from a seed) and how one message's number and
+//! body are made when it is dispatched; which messages carry the batch's trace.
+
+use std::sync::Arc;
 
 use smsmesh::pb;
 
-use super::Batch;
+use super::{Batch, Recipients};
 
 /// What the messages of a batch are.
 #[derive(Debug)]
 pub enum Content {
     /// Messages given by the client.
     Explicit(Vec<pb::SmsMessage>),
+    /// One body for a list of recipients (a streamed upload): the body is
+    /// held once, the numbers packed.
+    List {
+        /// The body of every message.
+        body: String,
+        /// Who gets it, in message order (shared with the store while it is written).
+        recipients: Arc<Recipients>,
+    },
     /// Messages generated from a seed (see [`smsmesh::synth`]).
     Synthetic {
         /// Seed of the generator.
@@ -52,6 +62,14 @@ impl Batch {
                 body.clear();
                 body.push_str(&m.body);
             }
+            Content::List {
+                body: text,
+                recipients,
+            } => {
+                recipients.number(index as usize, to);
+                body.clear();
+                body.push_str(text);
+            }
             Content::Synthetic { seed, body: fixed } => {
                 smsmesh::synth::message(*seed, index, fixed.as_deref(), to, body);
             }
@@ -63,6 +81,9 @@ impl Batch {
         self.content(index, to, body);
         match &self.content {
             Content::Explicit(msgs) => Some(msgs[index as usize].client_ref.clone()),
+            Content::List { recipients, .. } => {
+                Some(recipients.client_ref(index as usize).to_string())
+            }
             Content::Synthetic { .. } => None,
         }
     }

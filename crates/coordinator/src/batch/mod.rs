@@ -10,10 +10,12 @@
 
 mod content;
 mod latency;
+pub mod recipients;
 mod stats;
 
 pub use content::{Content, Trace};
 pub use latency::Latency;
+pub use recipients::Recipients;
 pub use stats::{Counts, NodeShare};
 
 use std::cmp::Reverse;

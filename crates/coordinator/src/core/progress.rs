@@ -248,7 +248,7 @@ pub(super) fn batch_status(b: &Batch, sessions: &Sessions, now: Instant) -> pb::
         accepted_unix_ms: b.accepted_unix_ms,
         synthetic_seed: match b.content {
             Content::Synthetic { seed, .. } => Some(seed),
-            Content::Explicit(_) => None,
+            Content::Explicit(_) | Content::List { .. } => None,
         },
     }
 }

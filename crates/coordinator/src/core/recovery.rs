@@ -26,13 +26,19 @@ impl Core {
         let unix_now = unix_ms();
         for mut lb in loaded.batches {
             let messages = std::mem::take(&mut lb.batch.messages);
+            let list_body = lb.batch.list_body.take();
             let sb = &lb.batch;
-            let content = match sb.synthetic_seed {
-                Some(seed) => Content::Synthetic {
+            let content = match (sb.synthetic_seed, list_body, lb.list.take()) {
+                (Some(seed), _, _) => Content::Synthetic {
                     seed,
                     body: sb.synthetic_body.clone(),
                 },
-                None => Content::Explicit(messages),
+                // The store checked that a list body comes with its recipients.
+                (None, Some(body), Some(recipients)) => Content::List {
+                    body,
+                    recipients: std::sync::Arc::new(recipients),
+                },
+                (None, _, _) => Content::Explicit(messages),
             };
             let age = Duration::from_millis(unix_now.saturating_sub(sb.accepted_unix_ms));
             let accepted = now.checked_sub(age).unwrap_or(now);

@@ -5,6 +5,8 @@
 use smsmesh::pb;
 
 use super::{Loaded, LoadedBatch, Outcome};
+use crate::batch::Recipients;
+use crate::batch::recipients::is_packed_number;
 
 /// Messages per outcome row.
 pub(super) const CHUNK: u32 = 4096;
@@ -41,6 +43,10 @@ pub struct StoredBatch {
     /// Fingerprint of the request that made it (0: stored before fingerprints).
     #[prost(fixed64, tag = "11")]
     pub fingerprint: u64,
+    /// The body of every message of a list batch (a streamed upload), whose
+    /// recipients are stored in rows of their own (see [`list_rows`]).
+    #[prost(string, optional, tag = "12")]
+    pub list_body: Option<String>,
 }
 
 /// The small, changing part of a stored batch.
@@ -174,6 +180,110 @@ pub(super) fn write_slot(row: &mut Vec<u8>, o: &Outcome) {
     row[at + 2..at + 4].copy_from_slice(&o.node.to_le_bytes());
 }
 
+/// Recipients per recipient row (and per client-reference row).
+pub(super) const LIST_ROW: usize = 65_536;
+
+/// The rows a list of recipients is stored in: (row, its packed numbers,
+/// 8 bytes little-endian each; its client references, if any recipient has
+/// one, as a 2-byte little-endian length per recipient then their text).
+pub(super) fn list_rows(
+    list: &Recipients,
+) -> impl Iterator<Item = (u32, Vec<u8>, Option<Vec<u8>>)> {
+    list.numbers()
+        .chunks(LIST_ROW)
+        .enumerate()
+        .map(move |(row, numbers)| {
+            let numbers_row = numbers.iter().flat_map(|n| n.to_le_bytes()).collect();
+            let refs_row = list.has_refs().then(|| {
+                let first = row * LIST_ROW;
+                let refs: Vec<&str> = (first..first + numbers.len())
+                    .map(|i| list.client_ref(i))
+                    .collect();
+                let mut bytes: Vec<u8> = refs
+                    .iter()
+                    .flat_map(|r| (r.len() as u16).to_le_bytes())
+                    .collect();
+                for r in refs {
+                    bytes.extend_from_slice(r.as_bytes());
+                }
+                bytes
+            });
+            (row as u32, numbers_row, refs_row)
+        })
+}
+
+/// A list of `total` recipients of batch `id` from its rows (in row order),
+/// every number and reference checked.
+pub(super) fn read_list(
+    id: u64,
+    total: u32,
+    numbers: &[(u32, Vec<u8>)],
+    refs: &[(u32, Vec<u8>)],
+) -> Result<Recipients, String> {
+    let rows = (total as usize).div_ceil(LIST_ROW);
+    let bad = |what: String| Err(format!("recipients of batch {id:016x}: {what}"));
+    if numbers.len() != rows || !(refs.is_empty() || refs.len() == rows) {
+        return bad(format!(
+            "{} number rows and {} reference rows for {total} recipients ({rows} rows)",
+            numbers.len(),
+            refs.len()
+        ));
+    }
+    let mut packed = Vec::with_capacity(total as usize);
+    let (mut text, mut ends) = (String::new(), Vec::new());
+    for (expect, (row, bytes)) in numbers.iter().enumerate() {
+        let want = LIST_ROW.min(total as usize - expect * LIST_ROW);
+        if *row as usize != expect || bytes.len() != want * 8 {
+            return bad(format!(
+                "number row {row} is {} bytes where row {expect} of {want} numbers was expected",
+                bytes.len()
+            ));
+        }
+        for n in bytes.chunks_exact(8) {
+            let n = u64::from_le_bytes(n.try_into().expect("8 bytes"));
+            if !is_packed_number(n) {
+                return bad(format!(
+                    "recipient {} holds {n:#x}, which is no packed number",
+                    packed.len()
+                ));
+            }
+            packed.push(n);
+        }
+        if let Some((_, r)) = refs.get(expect) {
+            read_refs(r, want, &mut text, &mut ends).map_err(|what| {
+                format!("recipients of batch {id:016x}: reference row {expect}: {what}")
+            })?;
+        }
+    }
+    Ok(Recipients::from_parts(packed, text, ends))
+}
+
+/// Appends the `n` references of one reference row to `text` and `ends`.
+fn read_refs(row: &[u8], n: usize, text: &mut String, ends: &mut Vec<u32>) -> Result<(), String> {
+    let (lens, rest) = row
+        .split_at_checked(n * 2)
+        .ok_or_else(|| format!("{} bytes hold no {n} lengths", row.len()))?;
+    let rest = std::str::from_utf8(rest).map_err(|e| format!("not UTF-8: {e}"))?;
+    let mut at = 0;
+    for len in lens.chunks_exact(2) {
+        let end = at + usize::from(u16::from_le_bytes([len[0], len[1]]));
+        if !rest.is_char_boundary(end) || end > rest.len() {
+            return Err(format!("a reference ends at byte {end} of {}", rest.len()));
+        }
+        at = end;
+        let total = text.len() + at;
+        ends.push(u32::try_from(total).map_err(|_| "references pass 4 GiB".to_string())?);
+    }
+    if at != rest.len() {
+        return Err(format!(
+            "{} bytes of text after the last reference",
+            rest.len() - at
+        ));
+    }
+    text.push_str(rest);
+    Ok(())
+}
+
 /// Checks what was loaded against itself, so nothing decoded from the store
 /// can point outside what exists: every batch's settings, its state, its
 /// outcome rows and errors, and the node and batch each names.
@@ -190,13 +300,18 @@ pub(super) fn check(loaded: &Loaded) -> Result<(), String> {
                 b.total, b.max_attempts
             ));
         }
-        let explicit = b.synthetic_seed.is_none();
+        let explicit = b.synthetic_seed.is_none() && b.list_body.is_none();
         if explicit && b.messages.len() != b.total as usize || !explicit && !b.messages.is_empty() {
             return bad(format!(
                 "{} messages stored for a batch of {}",
                 b.messages.len(),
                 b.total
             ));
+        }
+        if b.list_body.is_some() != lb.list.is_some()
+            || b.list_body.is_some() && b.synthetic_seed.is_some()
+        {
+            return bad("a list body without its recipients, or with a seed".into());
         }
         if lb.state.id != id || lb.state.dispatched > b.total {
             return bad(format!(

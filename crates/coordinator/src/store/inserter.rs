@@ -8,6 +8,7 @@ use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
 
 use super::{Existing, StoreError, StoredBatch};
+use crate::batch::Recipients;
 
 /// What one insert gets back: stored, or the batch its key made before.
 pub(super) type Answer = Result<Result<(), Existing>, StoreError>;
@@ -16,6 +17,7 @@ pub(super) type Answer = Result<Result<(), Existing>, StoreError>;
 pub(super) struct Insert {
     pub(super) batch: StoredBatch,
     pub(super) key: Option<String>,
+    pub(super) list: Option<Arc<Recipients>>,
     pub(super) reply: oneshot::Sender<Answer>,
 }
 
@@ -34,11 +36,22 @@ impl Inserter {
         }
     }
 
-    /// Stores `batch` with its idempotency key `key`, in the next commit.
-    pub async fn insert(&self, batch: StoredBatch, key: Option<String>) -> Answer {
+    /// Stores `batch` with its idempotency key `key` (and the recipients
+    /// of a list batch), in the next commit.
+    pub async fn insert(
+        &self,
+        batch: StoredBatch,
+        key: Option<String>,
+        list: Option<Arc<Recipients>>,
+    ) -> Answer {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Insert { batch, key, reply })
+            .send(Insert {
+                batch,
+                key,
+                list,
+                reply,
+            })
             .map_err(|_| StoreError::Stopped)?;
         (self.wake)();
         answer.await.map_err(|_| StoreError::Stopped)?

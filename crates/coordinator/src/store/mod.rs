@@ -12,6 +12,8 @@
 //!   (u16 LE). One row per chunk, not per message, so a group commit of
 //!   thousands of outcomes rewrites a few rows.
 //! - `errors`: (batch id, index) → last error text, for final failures only.
+//! - `recipients`: (batch id, row) → the packed numbers of a list batch, 65,536 per row.
+//! - `client_refs`: (batch id, row) → their client references, when any was given.
 //! - `idempotency`: key → batch id.
 //! - `nodes`: node index → node name (so outcomes name their node after a restart).
 //!
@@ -54,6 +56,20 @@ const NODES: TableDefinition<'_, u16, &str> = TableDefinition::new("nodes");
 /// The store's file in the data dir.
 const FILE: &str = "smsmesh.redb";
 const BATCH_STATE: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("batch_state");
+const RECIPIENTS: TableDefinition<'_, (u64, u32), &[u8]> = TableDefinition::new("recipients");
+const CLIENT_REFS: TableDefinition<'_, (u64, u32), &[u8]> = TableDefinition::new("client_refs");
+
+/// A new batch to store: its record, the idempotency key that makes it (if
+/// any) and, for a list batch, its recipients.
+#[derive(Clone, Copy, Debug)]
+pub struct NewRecord<'a> {
+    /// The batch as accepted.
+    pub batch: &'a StoredBatch,
+    /// Its idempotency key, as stored.
+    pub key: Option<&'a str>,
+    /// The recipients of a list batch.
+    pub list: Option<&'a crate::batch::Recipients>,
+}
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +210,8 @@ pub struct LoadedBatch {
     chunks: Vec<(u32, Vec<u8>)>,
     /// Last errors of final failures: (index, text).
     pub errors: Vec<(u32, String)>,
+    /// The recipients of a list batch, checked at load.
+    pub list: Option<crate::batch::Recipients>,
 }
 
 /// Everything stored, as loaded at start.
@@ -316,6 +334,8 @@ impl Store {
             txn.open_table(IDEMPOTENCY).map_err(|e| store.err(e))?;
             txn.open_table(NODES).map_err(|e| store.err(e))?;
             txn.open_table(BATCH_STATE).map_err(|e| store.err(e))?;
+            txn.open_table(RECIPIENTS).map_err(|e| store.err(e))?;
+            txn.open_table(CLIENT_REFS).map_err(|e| store.err(e))?;
         }
         txn.commit().map_err(|e| store.err(e))?;
         Ok(store)
@@ -384,6 +404,16 @@ impl Store {
         let outcomes_t = txn.open_table(OUTCOMES).map_err(|e| self.err(e))?;
         let errors_t = txn.open_table(ERRORS).map_err(|e| self.err(e))?;
         let state_t = txn.open_table(BATCH_STATE).map_err(|e| self.err(e))?;
+        let numbers_t = txn.open_table(RECIPIENTS).map_err(|e| self.err(e))?;
+        let refs_t = txn.open_table(CLIENT_REFS).map_err(|e| self.err(e))?;
+        let rows_of = |t: &redb::ReadOnlyTable<(u64, u32), &[u8]>, id: u64| {
+            let mut rows = Vec::new();
+            for row in t.range((id, 0)..=(id, u32::MAX)).map_err(|e| self.err(e))? {
+                let (k, v) = row.map_err(|e| self.err(e))?;
+                rows.push((k.value().1, v.value().to_vec()));
+            }
+            Ok::<_, StoreError>(rows)
+        };
         let mut loaded = Loaded::default();
         for row in batches_t.iter().map_err(|e| self.err(e))? {
             let (k, v) = row.map_err(|e| self.err(e))?;
@@ -430,11 +460,27 @@ impl Store {
                     ..Default::default()
                 },
             };
+            let list = match b.list_body {
+                Some(_) => Some(
+                    format::read_list(
+                        b.id,
+                        b.total,
+                        &rows_of(&numbers_t, b.id)?,
+                        &rows_of(&refs_t, b.id)?,
+                    )
+                    .map_err(|what| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        what,
+                    })?,
+                ),
+                None => None,
+            };
             loaded.batches.push(LoadedBatch {
                 batch: b,
                 state,
                 chunks,
                 errors,
+                list,
             });
         }
         for row in txn

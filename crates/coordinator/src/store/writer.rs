@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::inserter::{Insert, Inserter};
-use super::{Store, StoreError, StoredBatch, WriteSet};
+use super::{NewRecord, Store, StoreError, WriteSet};
 
 /// Most new batches stored in one transaction.
 const MAX_NEW: usize = 4096;
@@ -98,8 +98,14 @@ fn commit<T>(
     done: &impl Fn(Result<T, StoreError>, CommitStats),
 ) {
     let set_refs: Vec<&WriteSet> = sets.iter().map(|(s, _)| s).collect();
-    let items: Vec<(&StoredBatch, Option<&str>)> =
-        new.iter().map(|i| (&i.batch, i.key.as_deref())).collect();
+    let items: Vec<NewRecord<'_>> = new
+        .iter()
+        .map(|i| NewRecord {
+            batch: &i.batch,
+            key: i.key.as_deref(),
+            list: i.list.as_deref(),
+        })
+        .collect();
     let r = store.commit_group(&set_refs, &items);
     stats.commits += 1;
     stats.outcomes += sets

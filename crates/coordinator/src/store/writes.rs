@@ -8,8 +8,8 @@ use prost::Message;
 use redb::{ReadableTable, WriteTransaction};
 
 use super::{
-    BATCH_STATE, BATCHES, ERRORS, Existing, IDEMPOTENCY, NODES, OUTCOMES, Outcome, Store,
-    StoreError, StoredBatch, WriteSet, format,
+    BATCH_STATE, BATCHES, CLIENT_REFS, ERRORS, Existing, IDEMPOTENCY, NODES, NewRecord, OUTCOMES,
+    Outcome, RECIPIENTS, Store, StoreError, StoredBatch, WriteSet, format,
 };
 
 impl Store {
@@ -20,7 +20,12 @@ impl Store {
         batch: &StoredBatch,
         key: Option<&str>,
     ) -> Result<Result<(), u64>, StoreError> {
-        let mut r = self.commit_group(&[], &[(batch, key)])?;
+        let record = NewRecord {
+            batch,
+            key,
+            list: None,
+        };
+        let mut r = self.commit_group(&[], &[record])?;
         Ok(r.pop().expect("one result per batch").map_err(|e| e.id))
     }
 
@@ -36,7 +41,7 @@ impl Store {
     pub fn commit_group(
         &self,
         sets: &[&WriteSet],
-        new: &[(&StoredBatch, Option<&str>)],
+        new: &[NewRecord<'_>],
     ) -> Result<Vec<Result<(), Existing>>, StoreError> {
         self.write(|| {
             let txn = self.db().begin_write().map_err(|e| self.err(e))?;
@@ -52,7 +57,7 @@ impl Store {
     fn put_batches(
         &self,
         txn: &WriteTransaction,
-        new: &[(&StoredBatch, Option<&str>)],
+        new: &[NewRecord<'_>],
     ) -> Result<Vec<Result<(), Existing>>, StoreError> {
         let mut results = Vec::with_capacity(new.len());
         if new.is_empty() {
@@ -61,8 +66,10 @@ impl Store {
         {
             let mut keys = txn.open_table(IDEMPOTENCY).map_err(|e| self.err(e))?;
             let mut batches = txn.open_table(BATCHES).map_err(|e| self.err(e))?;
+            let mut numbers = txn.open_table(RECIPIENTS).map_err(|e| self.err(e))?;
+            let mut refs = txn.open_table(CLIENT_REFS).map_err(|e| self.err(e))?;
             let mut record = Vec::new();
-            for (batch, key) in new {
+            for NewRecord { batch, key, list } in new {
                 if let Some(key) = key {
                     if let Some(id) = keys.get(*key).map_err(|e| self.err(e))? {
                         let id = id.value();
@@ -82,6 +89,15 @@ impl Store {
                 batches
                     .insert(batch.id, record.as_slice())
                     .map_err(|e| self.err(e))?;
+                for (row, numbers_row, refs_row) in list.iter().flat_map(|l| format::list_rows(l)) {
+                    numbers
+                        .insert((batch.id, row), numbers_row.as_slice())
+                        .map_err(|e| self.err(e))?;
+                    if let Some(r) = refs_row {
+                        refs.insert((batch.id, row), r.as_slice())
+                            .map_err(|e| self.err(e))?;
+                    }
+                }
                 results.push(Ok(()));
             }
         }
@@ -144,6 +160,8 @@ impl Store {
         let mut outcomes = txn.open_table(OUTCOMES).map_err(|e| self.err(e))?;
         let mut errors = txn.open_table(ERRORS).map_err(|e| self.err(e))?;
         let mut keys = txn.open_table(IDEMPOTENCY).map_err(|e| self.err(e))?;
+        let mut numbers = txn.open_table(RECIPIENTS).map_err(|e| self.err(e))?;
+        let mut refs = txn.open_table(CLIENT_REFS).map_err(|e| self.err(e))?;
         for (id, key) in deleted {
             let id = *id;
             batches.remove(id).map_err(|e| self.err(e))?;
@@ -154,6 +172,10 @@ impl Store {
             errors
                 .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
                 .map_err(|e| self.err(e))?;
+            for t in [&mut numbers, &mut refs] {
+                t.retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
+                    .map_err(|e| self.err(e))?;
+            }
             if let Some(key) = key {
                 keys.remove(key.as_str()).map_err(|e| self.err(e))?;
             }

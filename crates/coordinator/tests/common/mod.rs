@@ -256,6 +256,7 @@ impl World {
                 accepted_unix_ms: smsmesh_coordinator::core::unix_ms(),
                 tenant: String::new(),
                 fingerprint,
+                list_body: None,
             };
             if let Err(earlier) = store.insert_batch(&stored, key).unwrap() {
                 // The key is stored: what the core says of it is the answer.
