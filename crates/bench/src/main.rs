@@ -13,12 +13,13 @@ use serde::Serialize;
 use smsmesh::pb::{self, BatchState};
 mod mesh;
 mod small;
+mod upload;
 
-/// Runs the benchmark scenarios (a) to (g) and writes the results.
+/// Runs the benchmark scenarios (a) to (h) and writes the results.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run (a to g).
+    /// Scenarios to run (a to h).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
     scenarios: Vec<String>,
     /// Scale every batch size by this factor (e.g. 0.1 for a quick run).
@@ -84,13 +85,16 @@ pub(crate) struct Run {
 
 /// One scenario's result, with its verdict against the target.
 #[derive(Debug, Serialize)]
-struct Scenario {
+pub(crate) struct Scenario {
     id: String,
     title: String,
     target: String,
     result: String,
     met: bool,
     runs: Vec<Run>,
+    /// The runs of an upload scenario.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    uploads: Vec<upload::Upload>,
 }
 
 #[tokio::main]
@@ -162,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
                         ),
                         met: median_a >= 1_000_000.0,
                         runs: durable,
+                        uploads: Vec::new(),
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -194,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
                         result,
                         met: !costs.is_empty() && median(&costs) <= 20.0,
                         runs: memory,
+                        uploads: Vec::new(),
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -223,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
                     ),
                     met,
                     runs: vec![run],
+                    uploads: Vec::new(),
                 }
             }
             "d" => {
@@ -256,6 +263,7 @@ async fn main() -> anyhow::Result<()> {
                     ),
                     met: steady >= 0.97,
                     runs: vec![run],
+                    uploads: Vec::new(),
                 }
             }
             "e" => {
@@ -303,6 +311,7 @@ async fn main() -> anyhow::Result<()> {
                     ),
                     met: worst <= 0.05,
                     runs: vec![run],
+                    uploads: Vec::new(),
                 }
             }
             "f" => {
@@ -345,6 +354,7 @@ async fn main() -> anyhow::Result<()> {
                     ),
                     met: ratio >= 0.95,
                     runs: vec![small, large],
+                    uploads: Vec::new(),
                 }
             }
             "g" => {
@@ -365,9 +375,14 @@ async fn main() -> anyhow::Result<()> {
                         && r.latency_p99_ms <= 25.0
                         && r4.msgs_per_sec >= 10_000.0,
                     runs: vec![one.run, four.run],
+                    uploads: Vec::new(),
                 }
             }
-            other => bail!("unknown scenario {other:?} (a to g)"),
+            "h" => {
+                let n = ((14_000_000.0 * args.scale) as u64).max(1000);
+                upload::scenario(&bin, n, args.repeat).await?
+            }
+            other => bail!("unknown scenario {other:?} (a to h)"),
         };
         report(&scenario);
         results.push(scenario);
@@ -395,7 +410,7 @@ fn report(scenario: &Scenario) {
 }
 
 /// The median of `v` (the mean of the middle two for an even count).
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -444,6 +459,21 @@ fn markdown(results: &[Scenario]) -> String {
                 run.coordinator_cpu_s_per_million,
                 run.coordinator_peak_rss_mib,
                 run.node_peak_rss_mib,
+            ));
+        }
+        for (i, u) in r.uploads.iter().enumerate() {
+            s.push_str(&format!(
+                "| ({}) {}: run {} of {} | {} | {} | {} | {:.0} | – | {:.2} | {:.0} / – |\n",
+                r.id,
+                r.title,
+                i + 1,
+                r.uploads.len(),
+                r.target,
+                r.result,
+                if r.met { "yes" } else { "**no**" },
+                u.recipients as f64 / u.all_sent_seconds,
+                u.coordinator_cpu_s / (u.recipients as f64 / 1e6),
+                u.coordinator_peak_rss_mib,
             ));
         }
     }

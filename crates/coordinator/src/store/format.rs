@@ -180,8 +180,11 @@ pub(super) fn write_slot(row: &mut Vec<u8>, o: &Outcome) {
     row[at + 2..at + 4].copy_from_slice(&o.node.to_le_bytes());
 }
 
-/// Recipients per recipient row (and per client-reference row).
-pub(super) const LIST_ROW: usize = 65_536;
+/// Recipients per recipient row (and per client-reference row). The
+/// engine gives a value larger than a page a power-of-two run of pages: a
+/// row of 65,000 numbers (520,000 bytes) and its entry fit in 512 KiB, where
+/// 65,536 (exactly 512 KiB) would take 1 MiB.
+pub(super) const LIST_ROW: usize = 65_000;
 
 /// The rows a list of recipients is stored in: (row, its packed numbers,
 /// 8 bytes little-endian each; its client references, if any recipient has
