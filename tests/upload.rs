@@ -377,3 +377,81 @@ async fn a_coordinator_killed_mid_upload_keeps_nothing_and_one_killed_after_the_
     }
     assert!(seen.iter().all(|s| *s), "every number was sent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smsmon_submit_sends_a_csv_of_numbers_as_one_batch() {
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let rec = Recorder::default();
+    let _node = mesh.node(NodeSpec::new("n0").record(&rec));
+    let mut client = mesh.client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // A header row, then 20,000 numbers; every tenth has a reference.
+    let csv = dir.path().join("numbers.csv");
+    let mut text = String::from("phone,ref\n");
+    for i in 0..20_000 {
+        let r = if i % 10 == 0 {
+            format!("member-{i}")
+        } else {
+            String::new()
+        };
+        text += &format!("{},{r}\n", number(i));
+    }
+    std::fs::write(&csv, &text).unwrap();
+    let out = tokio::process::Command::new(smsmesh_testkit::bin("smsmon"))
+        .args(["--coordinator", &mesh.url(), "submit", "--body", BODY])
+        .arg("--to-file")
+        .arg(&csv)
+        .args(["--chunk-size", "3000"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        stderr.contains(&format!("batch {id} accepted, 20000 messages")),
+        "{stderr}"
+    );
+    let b = wait_ended(&mut client, &id, LONG).await.unwrap();
+    assert_eq!((b.total, b.sent), (20_000, 20_000), "{b:?}");
+    let page = client
+        .list_messages(pb::ListMessagesRequest {
+            batch_id: id.clone(),
+            page_size: 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.messages[0].client_ref, "member-0");
+    assert_eq!(page.messages[10].client_ref, "member-10");
+    assert_eq!(page.messages[11].client_ref, "");
+    assert_eq!(page.messages[11].to, number(11));
+    assert_eq!(page.messages[11].body, BODY);
+
+    // A bad line: named by its number, and nothing is accepted.
+    let bad = dir.path().join("bad.csv");
+    let mut lines: Vec<String> = (0..10).map(number).collect();
+    lines[6] = "+44 7700 900123".into(); // spaces: not E.164
+    std::fs::write(&bad, lines.join("\n")).unwrap();
+    let out = tokio::process::Command::new(smsmesh_testkit::bin("smsmon"))
+        .args(["--coordinator", &mesh.url(), "submit", "--body", BODY])
+        .arg("--to-file")
+        .arg(&bad)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("line 7: \"+44 7700 900123\" is not an E.164 phone number"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was submitted"), "{stderr}");
+    assert_eq!(
+        batches(&mut client).await.len(),
+        1,
+        "only the good file's batch"
+    );
+}

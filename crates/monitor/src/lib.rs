@@ -2,11 +2,13 @@
 //! progress, as live bars on a terminal or as plain lines elsewhere.
 //!
 //! [`watch`] does the following and returns the last status of the watched
-//! batch; [`Display`] chooses and does the rendering. [`export`] is the other
-//! command: a batch's messages as CSV.
+//! batch; [`Display`] chooses and does the rendering. The other commands:
+//! [`export`], a batch's messages as CSV, and [`submit`], a CSV of numbers
+//! uploaded as one batch.
 #![forbid(unsafe_code)]
 
 pub mod export;
+pub mod submit;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -1,5 +1,5 @@
-//! `smsmon`: live progress of smsmesh batches, and `smsmon export`, a
-//! batch's messages as CSV.
+//! `smsmon`: live progress of smsmesh batches; `smsmon export`, a batch's
+//! messages as CSV; `smsmon submit`, a CSV of numbers sent as one batch.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,7 +10,8 @@ use tracing::Instrument;
 
 /// Shows live progress of batches: a bar per batch with sent, failed, rate,
 /// latency, ETA and per-node shares; plain lines when not on a terminal.
-/// `smsmon export` writes a batch's messages as CSV instead.
+/// `smsmon export` writes a batch's messages as CSV instead; `smsmon submit`
+/// sends one body to every number of a CSV file.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -65,6 +66,31 @@ enum Command {
         #[arg(long)]
         output: Option<std::path::PathBuf>,
     },
+    /// Sends one body to every number of a CSV file, as one batch (a streamed
+    /// upload: millions of numbers are fine). Column 1 is the number in E.164
+    /// form, column 2 an optional client_ref; a header row is skipped. Prints
+    /// the batch id; nothing is accepted if any line is bad.
+    Submit {
+        /// The CSV file of numbers ("-" for standard input).
+        #[arg(long)]
+        to_file: std::path::PathBuf,
+        /// The text every recipient gets.
+        #[arg(long)]
+        body: String,
+        /// Attempts per message (default: the coordinator's).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Makes a repeated submit of the same file answer the first batch
+        /// instead of sending again.
+        #[arg(long, default_value = "")]
+        idempotency_key: String,
+        /// Numbers per chunk of the upload.
+        #[arg(long, default_value_t = 10_000)]
+        chunk_size: usize,
+        /// Then show the batch's progress until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 #[tokio::main]
@@ -101,6 +127,28 @@ async fn main() -> ExitCode {
             state,
             output,
         }) => export(&target, batch, state, output.as_deref()).await,
+        Some(Command::Submit {
+            to_file,
+            body,
+            max_attempts,
+            idempotency_key,
+            chunk_size,
+            watch: then_watch,
+        }) => {
+            let upload = smsmesh_monitor::submit::Upload {
+                body: body.clone(),
+                max_attempts: *max_attempts,
+                idempotency_key: idempotency_key.clone(),
+                chunk: *chunk_size,
+            };
+            match submit(&target, &upload, to_file).await {
+                Ok(id) if *then_watch => watch(&target, Some(&id), args.interval, &mut display)
+                    .await
+                    .map(|_| ()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
     };
     telemetry.shutdown().await;
     match result {
@@ -110,6 +158,33 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `smsmon submit`: uploads the file (or standard input) and prints the batch id.
+async fn submit(
+    target: &smsmesh_monitor::Target,
+    upload: &smsmesh_monitor::submit::Upload,
+    path: &std::path::Path,
+) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let input: Box<dyn std::io::Read + Send> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+        Box::new(std::io::BufReader::new(file))
+    };
+    let r = smsmesh_monitor::submit::submit(target, upload, input).await?;
+    let replayed = if r.replayed {
+        " (the idempotency key had made it before: nothing new was accepted)"
+    } else {
+        ""
+    };
+    eprintln!(
+        "smsmon: batch {} accepted, {} messages{replayed}",
+        r.batch_id, r.accepted
+    );
+    println!("{}", r.batch_id);
+    Ok(r.batch_id)
 }
 
 /// `smsmon export`: to a file (written whole, or not left behind) or to stdout.
