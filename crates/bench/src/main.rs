@@ -11,15 +11,16 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use serde::Serialize;
 use smsmesh::pb::{self, BatchState};
+mod history;
 mod mesh;
 mod small;
 mod upload;
 
-/// Runs the benchmark scenarios (a) to (h) and writes the results.
+/// Runs the benchmark scenarios (a) to (i) and writes the results.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run (a to h).
+    /// Scenarios to run (a to i).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
     scenarios: Vec<String>,
     /// Scale every batch size by this factor (e.g. 0.1 for a quick run).
@@ -95,6 +96,9 @@ pub(crate) struct Scenario {
     /// The runs of an upload scenario.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     uploads: Vec<upload::Upload>,
+    /// The run of the history scenario.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<history::History>,
 }
 
 #[tokio::main]
@@ -167,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
                         met: median_a >= 1_000_000.0,
                         runs: durable,
                         uploads: Vec::new(),
+                        history: None,
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -200,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
                         met: !costs.is_empty() && median(&costs) <= 20.0,
                         runs: memory,
                         uploads: Vec::new(),
+                        history: None,
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -230,6 +236,7 @@ async fn main() -> anyhow::Result<()> {
                     met,
                     runs: vec![run],
                     uploads: Vec::new(),
+                    history: None,
                 }
             }
             "d" => {
@@ -264,6 +271,7 @@ async fn main() -> anyhow::Result<()> {
                     met: steady >= 0.97,
                     runs: vec![run],
                     uploads: Vec::new(),
+                    history: None,
                 }
             }
             "e" => {
@@ -312,6 +320,7 @@ async fn main() -> anyhow::Result<()> {
                     met: worst <= 0.05,
                     runs: vec![run],
                     uploads: Vec::new(),
+                    history: None,
                 }
             }
             "f" => {
@@ -355,6 +364,7 @@ async fn main() -> anyhow::Result<()> {
                     met: ratio >= 0.95,
                     runs: vec![small, large],
                     uploads: Vec::new(),
+                    history: None,
                 }
             }
             "g" => {
@@ -376,13 +386,15 @@ async fn main() -> anyhow::Result<()> {
                         && r4.msgs_per_sec >= 10_000.0,
                     runs: vec![one.run, four.run],
                     uploads: Vec::new(),
+                    history: None,
                 }
             }
             "h" => {
                 let n = ((14_000_000.0 * args.scale) as u64).max(1000);
                 upload::scenario(&bin, n, args.repeat).await?
             }
-            other => bail!("unknown scenario {other:?} (a to h)"),
+            "i" => history::scenario(&bin, scale(1_000_000)).await?,
+            other => bail!("unknown scenario {other:?} (a to i)"),
         };
         report(&scenario);
         results.push(scenario);

@@ -74,57 +74,10 @@ pub(crate) async fn run(
     }
     let cpu_before = usage(mesh.coord.child.id()).0;
     let started = Instant::now();
-    let per_caller = batches / callers as u64;
-    let tasks: Vec<_> = (0..callers)
-        .map(|c| {
-            let mut client = pb::coordinator_client::CoordinatorClient::new(
-                channels[c % channels.len()].clone(),
-            );
-            let token = (!tokens.is_empty()).then(|| tokens[c % tokens.len()].clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(per_caller as usize);
-                for i in 0..per_caller {
-                    let n = c as u64 * per_caller + i;
-                    let req = pb::SubmitBatchRequest {
-                        messages: vec![pb::SmsMessage {
-                            to: format!("+1555{:07}", n % 10_000_000),
-                            body: format!("Your code is {:06}", n % 1_000_000),
-                            client_ref: String::new(),
-                        }],
-                        ..Default::default()
-                    };
-                    let req = mesh::request(req, token.as_deref())?;
-                    let t = Instant::now();
-                    client.submit_batch(req).await?;
-                    latencies.push(t.elapsed().as_micros() as u64);
-                }
-                anyhow::Ok(latencies)
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
+    let mut latencies = fire(&channels, &tokens, callers, batches, 0).await?;
     let submitted = started.elapsed().as_secs_f64();
-    let total = per_caller * callers as u64;
-    // Every message sent: the coordinator's own count says so.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let (_, text) = smsmesh::metrics::http_get(metrics, "/metrics").await?;
-        let sent = text
-            .lines()
-            .find_map(|l| l.strip_prefix("smsmesh_messages_total{outcome=\"sent\"} "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0) as u64;
-        if sent >= total {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {sent} of {total} messages were sent within 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let total = latencies.len() as u64;
+    wait_sent(metrics, total).await?;
     let all_sent = started.elapsed().as_secs_f64();
     let (cpu_after, rss) = usage(mesh.coord.child.id());
     let node_rss = mesh
@@ -133,11 +86,7 @@ pub(crate) async fn run(
         .map(|n| usage(n.child.id()).1)
         .fold(0.0, f64::max);
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len() - 1))
-            .map_or(0.0, |us| *us as f64 / 1000.0)
-    };
+    let pct = |p: f64| percentile_ms(&latencies, p);
     let run = Run {
         messages: total,
         nodes: setup.nodes.len(),
@@ -159,4 +108,77 @@ pub(crate) async fn run(
         run,
         all_sent_seconds: all_sent,
     })
+}
+
+/// The `p` percentile of sorted latencies in µs, in milliseconds.
+pub(crate) fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    sorted_us
+        .get(((sorted_us.len() as f64 * p) as usize).min(sorted_us.len().saturating_sub(1)))
+        .map_or(0.0, |us| *us as f64 / 1000.0)
+}
+
+/// `callers` concurrent callers (spread over `channels`, caller *c* with
+/// token *c* mod the tokens, if any) submit `batches` one-message batches in
+/// all, one after another; message numbers start at `offset`. Returns each
+/// SubmitBatch's latency in µs.
+pub(crate) async fn fire(
+    channels: &[tonic::transport::Channel],
+    tokens: &[String],
+    callers: usize,
+    batches: u64,
+    offset: u64,
+) -> anyhow::Result<Vec<u64>> {
+    let per_caller = batches / callers as u64;
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let mut client = pb::coordinator_client::CoordinatorClient::new(
+                channels[c % channels.len()].clone(),
+            );
+            let token = (!tokens.is_empty()).then(|| tokens[c % tokens.len()].clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_caller as usize);
+                for i in 0..per_caller {
+                    let n = offset + c as u64 * per_caller + i;
+                    let req = pb::SubmitBatchRequest {
+                        messages: vec![pb::SmsMessage {
+                            to: format!("+1555{:07}", n % 10_000_000),
+                            body: format!("Your code is {:06}", n % 1_000_000),
+                            client_ref: String::new(),
+                        }],
+                        ..Default::default()
+                    };
+                    let req = mesh::request(req, token.as_deref())?;
+                    let t = Instant::now();
+                    client.submit_batch(req).await?;
+                    latencies.push(t.elapsed().as_micros() as u64);
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(latencies)
+}
+
+/// Waits until the coordinator's `/metrics` at `metrics` counts `total` sent messages.
+pub(crate) async fn wait_sent(metrics: std::net::SocketAddr, total: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, text) = smsmesh::metrics::http_get(metrics, "/metrics").await?;
+        let sent = text
+            .lines()
+            .find_map(|l| l.strip_prefix("smsmesh_messages_total{outcome=\"sent\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        if sent >= total {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {sent} of {total} messages were sent within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -153,5 +153,6 @@ pub(crate) async fn scenario(bin: &Path, n: u64, repeat: u32) -> anyhow::Result<
         met: acc.0 <= 30.0 && sent.0 <= 60.0 && rss.0 <= 1024.0 && store.0 <= 400.0,
         runs: Vec::new(),
         uploads,
+        history: None,
     })
 }
