@@ -15,6 +15,8 @@ pub struct Config {
     /// Start a new store even where one was expected (an empty store file, or
     /// a data dir with other files but no store). Default: false.
     pub create_store: bool,
+    /// Memory the store engine may keep of the store's pages, MiB. Default: 64.
+    pub store_cache_mib: u64,
     /// Export per-batch series (`smsmesh_batch_pending_messages{batch_id}`) in
     /// `/metrics`. Batch ids of every tenant then show to whoever can reach the
     /// endpoint. Default: false.
@@ -109,6 +111,7 @@ impl Default for Config {
         Config {
             data_dir: None,
             create_store: false,
+            store_cache_mib: 64,
             metrics_per_batch: false,
             handshake_timeout: Duration::from_secs(10),
             max_batch_size: 50_000_000,

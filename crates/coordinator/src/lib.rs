@@ -22,6 +22,7 @@ pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod core;
+pub mod history;
 pub mod incoming;
 pub mod link;
 pub mod metrics;

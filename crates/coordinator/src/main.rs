@@ -30,6 +30,10 @@ struct Args {
     /// never silently becomes an empty store.
     #[arg(long, env = "SMSMESH_CREATE_STORE")]
     create_store: bool,
+    /// Memory the store engine may keep of the store's pages, in MiB. Its
+    /// pages are also in the OS page cache; this only saves a copy.
+    #[arg(long, env = "SMSMESH_STORE_CACHE_MIB", default_value_t = 64)]
+    store_cache_mib: u64,
     /// A connection must send its opening bytes (TLS ClientHello, HTTP/2 preface)
     /// this soon after it is accepted, or it is closed.
     #[arg(long, env = "SMSMESH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -271,6 +275,7 @@ impl Args {
         Ok(Config {
             data_dir: (!self.in_memory).then(|| self.data_dir.clone()),
             create_store: self.create_store,
+            store_cache_mib: self.store_cache_mib,
             metrics_per_batch: self.metrics_per_batch,
             handshake_timeout: self.handshake_timeout,
             max_batch_size: self.max_batch_size,

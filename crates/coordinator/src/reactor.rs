@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::auth::Tenant;
-use crate::core::{BatchQuery, Committed, Core, ListQuery, NewBatch, SessionId, Snapshot};
+use crate::core::{
+    BatchQuery, Committed, Core, FromCore, ListQuery, NewBatch, SessionId, Snapshot,
+};
 use crate::node_tx::{ChannelOutbox, NodeTx};
 use crate::store::{Inserter, Job, Store, Writer};
 
@@ -29,13 +31,13 @@ pub enum Event {
     /// GetStatus of a batch, for a tenant.
     BatchStatus(BatchId, Tenant, Reply<pb::BatchStatus>),
     /// GetStatus of a message, for a tenant.
-    MessageStatus(MessageId, Tenant, Reply<pb::MessageStatus>),
+    MessageStatus(MessageId, Tenant, Reply<FromCore<pb::MessageStatus>>),
     /// Publish now what changed (a new watcher must see batches just accepted).
     Refresh(Reply<()>),
     /// A page of ListBatches, for a tenant.
     ListBatches(BatchQuery, Tenant, Reply<pb::ListBatchesResponse>),
     /// A page of ListMessages, for a tenant.
-    ListMessages(ListQuery, Tenant, Reply<pb::ListMessagesResponse>),
+    ListMessages(ListQuery, Tenant, Reply<FromCore<pb::ListMessagesResponse>>),
     /// CancelBatch, for a tenant.
     Cancel(BatchId, Tenant, Reply<pb::BatchStatus>),
     /// Messages of a tenant not finished yet.
@@ -66,6 +68,8 @@ pub struct Handle {
     commit_latency: Arc<std::sync::Mutex<smsmesh::metrics::Buckets>>,
     /// Where new batches go to be stored, when there is a store.
     inserter: Option<Inserter>,
+    /// The store, for reading folded batches' messages.
+    store: Option<Store>,
 }
 
 impl Handle {
@@ -127,8 +131,20 @@ impl Handle {
         id: MessageId,
         tenant: &Tenant,
     ) -> Result<pb::MessageStatus, Error> {
-        self.ask(|r| Event::MessageStatus(id, tenant.clone(), r))
-            .await
+        match self
+            .ask(|r| Event::MessageStatus(id, tenant.clone(), r))
+            .await?
+        {
+            FromCore::Here(m) => Ok(m),
+            FromCore::InStore(r) => crate::history::message(self.stored()?, r, id.index).await,
+        }
+    }
+
+    /// The store a folded batch is read from.
+    fn stored(&self) -> Result<&Store, Error> {
+        self.store
+            .as_ref()
+            .ok_or_else(|| Error::Internal("a folded batch without a store".into()))
     }
 
     /// Has the reactor publish what changed since its last snapshot, now.
@@ -152,8 +168,13 @@ impl Handle {
         query: ListQuery,
         tenant: &Tenant,
     ) -> Result<pb::ListMessagesResponse, Error> {
-        self.ask(|r| Event::ListMessages(query, tenant.clone(), r))
-            .await
+        match self
+            .ask(|r| Event::ListMessages(query.clone(), tenant.clone(), r))
+            .await?
+        {
+            FromCore::Here(page) => Ok(page),
+            FromCore::InStore(r) => crate::history::list(self.stored()?, r, query).await,
+        }
     }
 
     /// Cancels a batch of `tenant`.
@@ -213,6 +234,7 @@ pub fn spawn(
         progress: core.subscribe(),
         commit_latency: commit_latency.clone(),
         inserter: None,
+        store: store.clone(),
     };
     let writer = store.map(|store| {
         Writer::spawn(store, move |r, stats| {

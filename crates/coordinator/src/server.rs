@@ -39,7 +39,7 @@ fn open(config: Config) -> anyhow::Result<(Option<Store>, Core)> {
         tracing::warn!("no data dir: batches are kept in memory only and lost on restart");
         return Ok((None, Core::new(config)));
     };
-    let store = Store::open(dir, config.create_store)?;
+    let store = Store::open_with_cache(dir, config.create_store, config.store_cache_mib)?;
     let loaded = store.load()?;
     let n = loaded.batches.len();
     let core = Core::recover(config, loaded, std::time::Instant::now());

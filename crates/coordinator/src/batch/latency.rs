@@ -37,6 +37,11 @@ impl Latency {
         self.many = Some(h);
     }
 
+    /// Gives back memory reserved for more samples.
+    pub fn shrink(&mut self) {
+        self.few.shrink_to_fit();
+    }
+
     /// Count, mean, percentiles and maximum, in milliseconds.
     pub fn summary(&self) -> pb::Latency {
         let ms = |us: u64| us as f64 / 1000.0;

@@ -16,7 +16,7 @@ mod stats;
 pub use content::{Content, Trace};
 pub use latency::Latency;
 pub use recipients::Recipients;
-pub use stats::{Counts, NodeShare};
+pub use stats::{Counts, NodeShare, NodeShares};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -118,7 +118,7 @@ pub struct Batch {
     /// Send time of every attempt.
     pub latency: Latency,
     /// Per node (by node-name index): its share of this batch.
-    pub nodes: FxHashMap<u16, NodeShare>,
+    pub nodes: NodeShares,
     /// Last error of each message that failed at least once: index into `error_texts`.
     pub errors_by_index: FxHashMap<u32, u32>,
     /// Distinct error texts of this batch.
@@ -133,7 +133,7 @@ pub struct Batch {
     /// Smoothed finish rate, messages per second.
     pub rate: f64,
     /// The batch's dispatch span and which messages carry it to nodes.
-    pub trace: Option<Trace>,
+    pub trace: Option<Box<Trace>>,
     /// The tenant that owns it.
     pub tenant: crate::auth::Tenant,
     /// Fingerprint of the request that made it (0: unknown).
@@ -142,12 +142,12 @@ pub struct Batch {
     pub rate_sample: (u64, Instant),
     /// The idempotency key (as stored) that made it, if any.
     pub key: Option<String>,
-    /// Once ended and out of the progress snapshot: its counters as they
+    /// Set once ended and out of the progress snapshot, when its counters
     /// were added to the coordinator's totals (see `Batches::retire`).
-    pub retired: Option<Counts>,
+    pub retired: bool,
     /// The status last published of this ended batch, and the counters it
     /// was made from: an ended batch's status is made again only if those change.
-    pub status_cache: Option<(Counts, smsmesh::pb::BatchStatus)>,
+    pub status_cache: Option<Box<(Counts, smsmesh::pb::BatchStatus)>>,
 }
 
 impl Batch {
@@ -171,7 +171,7 @@ impl Batch {
                 ..Counts::default()
             },
             latency: Latency::default(),
-            nodes: FxHashMap::default(),
+            nodes: NodeShares::default(),
             errors_by_index: FxHashMap::default(),
             error_texts: Vec::new(),
             error_index: FxHashMap::default(),
@@ -184,9 +184,24 @@ impl Batch {
             tenant: crate::auth::Tenant::default(),
             fingerprint: 0,
             key: None,
-            retired: None,
+            retired: false,
             status_cache: None,
         }
+    }
+
+    /// Keeps an ended batch in as little memory as what it still reports
+    /// needs: no queues, no error index, node shares in a slice.
+    pub fn compact(&mut self) {
+        self.ready = VecDeque::new();
+        self.resumed = Vec::new();
+        self.retries = BinaryHeap::new();
+        self.error_index = FxHashMap::default();
+        self.errors_by_index.shrink_to_fit();
+        self.error_texts.shrink_to_fit();
+        self.slots.shrink_to_fit();
+        self.latency.shrink();
+        self.nodes.freeze();
+        self.trace = None;
     }
 
     /// Whether the batch may still dispatch.
@@ -320,7 +335,7 @@ impl Batch {
 
     /// The share of `node` in this batch.
     pub fn share(&mut self, node: u16) -> &mut NodeShare {
-        self.nodes.entry(node).or_default()
+        self.nodes.get_mut(node)
     }
 
     /// Records the outcome of an attempt made by `node`. `held` says whether

@@ -1,7 +1,49 @@
 //! A batch's counters and latency statistics, in all and per node, as
 //! GetStatus reports them.
 
+use rustc_hash::FxHashMap;
+
 use super::latency::Latency;
+
+/// Each node's share of a batch: a map while the batch runs, and a boxed
+/// slice, sorted by node, once the batch is compacted (a map of one entry
+/// takes a few hundred bytes; a finished batch keeps only what it reports).
+#[derive(Debug, Default)]
+pub struct NodeShares {
+    map: FxHashMap<u16, NodeShare>,
+    frozen: Box<[(u16, NodeShare)]>,
+}
+
+impl NodeShares {
+    /// The share of `node`, made if it has none yet.
+    pub fn get_mut(&mut self, node: u16) -> &mut NodeShare {
+        if !self.frozen.is_empty() {
+            // A compacted batch seldom hears of again (a late duplicate): thaw it.
+            let frozen = std::mem::take(&mut self.frozen);
+            self.map.extend(frozen.into_vec());
+        }
+        self.map.entry(node).or_default()
+    }
+
+    /// Every node's share, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, &NodeShare)> {
+        self.map
+            .iter()
+            .map(|(n, s)| (*n, s))
+            .chain(self.frozen.iter().map(|(n, s)| (*n, s)))
+    }
+
+    /// Keeps the shares in as little memory as they need.
+    pub fn freeze(&mut self) {
+        let mut all: Vec<(u16, NodeShare)> = std::mem::take(&mut self.map).into_iter().collect();
+        all.extend(std::mem::take(&mut self.frozen).into_vec());
+        all.sort_unstable_by_key(|(n, _)| *n);
+        for (_, s) in &mut all {
+            s.latency.shrink();
+        }
+        self.frozen = all.into_boxed_slice();
+    }
+}
 
 /// One node's share of a batch.
 #[derive(Debug, Default)]

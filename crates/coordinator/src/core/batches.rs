@@ -12,8 +12,70 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use smsmesh::{BatchId, Error};
 
+use super::folded::Folded;
 use crate::auth::Tenant;
 use crate::batch::{Batch, Counts};
+
+/// A batch as the core keeps it: whole, or folded once completed and stored.
+enum Entry {
+    Full(Box<Batch>),
+    Folded(Box<Folded>),
+}
+
+/// What ListBatches shows of a batch, whichever way it is kept.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Summary {
+    pub(super) id: u64,
+    pub(super) state: smsmesh::pb::BatchState,
+    pub(super) counts: Counts,
+    pub(super) accepted_unix_ms: u64,
+}
+
+impl Entry {
+    fn full(&self) -> Option<&Batch> {
+        match self {
+            Entry::Full(b) => Some(b),
+            Entry::Folded(_) => None,
+        }
+    }
+
+    fn full_mut(&mut self) -> Option<&mut Batch> {
+        match self {
+            Entry::Full(b) => Some(b),
+            Entry::Folded(_) => None,
+        }
+    }
+
+    fn tenant(&self) -> &Tenant {
+        match self {
+            Entry::Full(b) => &b.tenant,
+            Entry::Folded(f) => &f.tenant,
+        }
+    }
+
+    fn summary(&self, id: u64) -> Summary {
+        match self {
+            Entry::Full(b) => Summary {
+                id,
+                state: b.state,
+                counts: b.counts,
+                accepted_unix_ms: b.accepted_unix_ms,
+            },
+            Entry::Folded(f) => Summary {
+                id,
+                state: f.state(),
+                counts: f.counts,
+                accepted_unix_ms: f.accepted_unix_ms,
+            },
+        }
+    }
+}
+
+/// A batch a tenant asked for: whole, or folded.
+pub(super) enum Found<'a> {
+    Full(&'a Batch),
+    Folded(&'a Folded),
+}
 
 /// Most batches in the progress snapshot: the newest of those live.
 pub(super) const MAX_SNAPSHOT: usize = 1000;
@@ -32,7 +94,13 @@ pub(super) struct Retired {
 /// Every batch, with an index of those that run.
 #[derive(Default)]
 pub(super) struct Batches {
-    map: FxHashMap<u64, Batch>,
+    /// Boxed: a map's spare slots then cost a pointer, not a whole batch.
+    map: FxHashMap<u64, Entry>,
+    /// Retired completed batches to fold once the commit now being made
+    /// (which holds the last of their outcomes) is stored.
+    to_fold: Vec<u64>,
+    /// Whether completed batches fold (only with a store to read them back from).
+    folding: bool,
     /// Batches still dispatching, in submission order. Each is in `map`.
     running: Vec<u64>,
     /// Every batch by (acceptance time in Unix ms, order of insertion):
@@ -43,8 +111,9 @@ pub(super) struct Batches {
     stopping: Vec<u64>,
     /// Counters of the batches retired from the snapshot, summed.
     pub(super) retired: Retired,
-    /// Retired batches whose counters changed since (late duplicates).
-    touched_retired: Vec<u64>,
+    /// Retired batches whose counters changed since (late duplicates), with
+    /// their counters before.
+    touched_retired: FxHashMap<u64, Counts>,
     /// Idempotency key (as stored) → the batch it made.
     idempotency: FxHashMap<String, BatchId>,
     /// Batches that ended, for the progress snapshot: (when, id).
@@ -58,29 +127,54 @@ pub(super) struct Batches {
 }
 
 impl Batches {
+    /// No batches yet; completed ones fold when `durable` (their messages
+    /// can be read back from the store).
+    pub(super) fn new(durable: bool) -> Self {
+        Batches {
+            folding: durable,
+            ..Batches::default()
+        }
+    }
+
     /// Batch `id`.
     pub(super) fn get(&self, id: u64) -> Option<&Batch> {
-        self.map.get(&id)
+        self.map.get(&id).and_then(Entry::full)
     }
 
     /// Batch `id`, mutably.
     pub(super) fn get_mut(&mut self, id: u64) -> Option<&mut Batch> {
-        self.map.get_mut(&id)
+        self.map.get_mut(&id).and_then(Entry::full_mut)
     }
 
-    /// Batch `id` if `tenant` owns it: another tenant's batch is not found,
-    /// exactly like one that does not exist.
-    pub(super) fn owned(&self, id: BatchId, tenant: &Tenant) -> Result<&Batch, Error> {
-        self.map
-            .get(&id.0)
-            .filter(|b| b.tenant == *tenant)
-            .ok_or_else(|| not_found(id))
+    /// Batch `id` if it is folded.
+    pub(super) fn folded_mut(&mut self, id: u64) -> Option<&mut Folded> {
+        match self.map.get_mut(&id)? {
+            Entry::Folded(f) => Some(f),
+            Entry::Full(_) => None,
+        }
+    }
+
+    /// Batch `id`, whichever way it is kept, if `tenant` owns it: another
+    /// tenant's batch is not found, exactly like one that does not exist.
+    pub(super) fn found(&self, id: BatchId, tenant: &Tenant) -> Result<Found<'_>, Error> {
+        match self.map.get(&id.0).filter(|e| e.tenant() == tenant) {
+            Some(Entry::Full(b)) => Ok(Found::Full(b)),
+            Some(Entry::Folded(f)) => Ok(Found::Folded(f)),
+            None => Err(not_found(id)),
+        }
+    }
+
+    /// The total and fingerprint of batch `id`, whichever way it is kept.
+    pub(super) fn total_and_fingerprint(&self, id: u64) -> Option<(u64, u64)> {
+        self.map.get(&id).map(|e| match e {
+            Entry::Full(b) => (b.counts.total, b.fingerprint),
+            Entry::Folded(f) => (f.counts.total, f.fingerprint),
+        })
     }
 
     /// Batch `id` if `tenant` owns it, mutably.
     pub(super) fn owned_mut(&mut self, id: BatchId, tenant: &Tenant) -> Result<&mut Batch, Error> {
-        self.map
-            .get_mut(&id.0)
+        self.get_mut(id.0)
             .filter(|b| b.tenant == *tenant)
             .ok_or_else(|| not_found(id))
     }
@@ -92,8 +186,10 @@ impl Batches {
 
     /// Remembers that idempotency key `key` made batch `id`.
     pub(super) fn key(&mut self, key: String, id: BatchId) {
-        if let Some(b) = self.map.get_mut(&id.0) {
-            b.key = Some(key.clone());
+        match self.map.get_mut(&id.0) {
+            Some(Entry::Full(b)) => b.key = Some(key.clone()),
+            Some(Entry::Folded(f)) => f.key = Some(key.as_str().into()),
+            None => {}
         }
         self.idempotency.insert(key, id);
     }
@@ -114,19 +210,22 @@ impl Batches {
             .collect();
         let mut gone = Vec::new();
         for (at, id) in old {
-            let Some(b) = self.map.get(&id) else {
+            let Some(e) = self.map.get(&id) else {
                 self.order.remove(&at);
                 continue;
             };
-            if b.retired.is_none() {
+            if e.full().is_some_and(|b| !b.retired) {
                 continue; // running, or ended too lately to be out of the snapshot
             }
-            let b = self.map.remove(&id).expect("looked up above");
+            let key = match self.map.remove(&id).expect("looked up above") {
+                Entry::Full(b) => b.key,
+                Entry::Folded(f) => f.key.map(String::from),
+            };
             self.order.remove(&at);
-            if let Some(k) = &b.key {
+            if let Some(k) = &key {
                 self.idempotency.remove(k);
             }
-            gone.push((id, b.key));
+            gone.push((id, key));
         }
         gone
     }
@@ -144,22 +243,56 @@ impl Batches {
         self.changed = true;
         let seq = self.order.len() as u64;
         self.order.insert((b.accepted_unix_ms, seq), id);
-        self.map.insert(id, b);
+        self.map.insert(id, Entry::Full(Box::new(b)));
         if ended {
             self.retire(id);
         }
     }
 
+    /// Adds a folded batch (loaded from the store) to the totals and the order.
+    pub(super) fn insert_folded(&mut self, id: u64, f: Folded) {
+        let seq = self.order.len() as u64;
+        self.order.insert((f.accepted_unix_ms, seq), id);
+        self.retired.counts += f.counts;
+        self.retired.completed += 1;
+        self.map.insert(id, Entry::Folded(Box::new(f)));
+    }
+
+    /// The batches retired since the last call, to fold once what is being
+    /// committed now is stored.
+    pub(super) fn take_to_fold(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.to_fold)
+    }
+
+    /// Folds batch `id` (see [`Folded`]), if it is still a retired completed batch.
+    pub(super) fn fold(&mut self, id: u64) -> bool {
+        let Some(entry) = self.map.get_mut(&id) else {
+            return false;
+        };
+        let Entry::Full(b) = entry else {
+            return false;
+        };
+        if !b.retired || b.state != smsmesh::pb::BatchState::Completed {
+            return false;
+        }
+        *entry = Entry::Folded(Box::new(Folded::of(b)));
+        true
+    }
+
     /// Adds an ended batch's counters to the totals, once; nothing walks it after.
     fn retire(&mut self, id: u64) {
-        let Some(b) = self.map.get_mut(&id) else {
+        let Some(b) = self.map.get_mut(&id).and_then(Entry::full_mut) else {
             return;
         };
-        if b.retired.is_some() {
+        if b.retired {
             return;
         }
-        b.retired = Some(b.counts);
+        b.retired = true;
         b.status_cache = None;
+        b.compact();
+        if self.folding && b.state == smsmesh::pb::BatchState::Completed {
+            self.to_fold.push(id);
+        }
         self.retired.counts += b.counts;
         match b.state {
             smsmesh::pb::BatchState::Completed => self.retired.completed += 1,
@@ -168,9 +301,10 @@ impl Batches {
         }
     }
 
-    /// Results changed the counters of these batches: those retired have
-    /// their change added to the totals (at the next [`watched`](Self::watched)).
-    pub(super) fn touched(&mut self, ids: impl IntoIterator<Item = u64>) {
+    /// Results are about to change the counters of these batches: of those
+    /// retired, the counters before are kept, so that the change is added to
+    /// the totals (at the next [`watched`](Self::watched)).
+    pub(super) fn touching(&mut self, ids: impl IntoIterator<Item = u64>) {
         let mut last = None;
         for id in ids {
             // A frame's results are mostly of one batch: look each up once.
@@ -178,16 +312,21 @@ impl Batches {
                 continue;
             }
             last = Some(id);
-            if self.map.get(&id).is_some_and(|b| b.retired.is_some()) {
-                self.touched_retired.push(id);
-            }
+            let before = match self.map.get(&id) {
+                Some(Entry::Full(b)) if b.retired => b.counts,
+                Some(Entry::Folded(f)) => f.counts,
+                _ => continue,
+            };
+            // The earliest counters since the last publication.
+            self.touched_retired.entry(id).or_insert(before);
         }
     }
 
     /// Puts the running batches in submission order (after a recovery).
     pub(super) fn sort_running(&mut self) {
         let map = &self.map;
-        self.running.sort_by_key(|id| map[id].accepted_at);
+        self.running
+            .sort_by_key(|id| map.get(id).and_then(Entry::full).map(|b| b.accepted_at));
     }
 
     /// Ids of the running batches, in submission order.
@@ -200,12 +339,13 @@ impl Batches {
         let id = self.running[k];
         self.map
             .get_mut(&id)
-            .expect("a running batch is in the map")
+            .and_then(Entry::full_mut)
+            .expect("a running batch is in the map, whole")
     }
 
     /// The running batches, in submission order.
     pub(super) fn running(&self) -> impl Iterator<Item = &Batch> {
-        self.running.iter().map(|id| &self.map[id])
+        self.running.iter().filter_map(|id| self.get(*id))
     }
 
     /// The live batches: running, stopping, and ended but not retired yet.
@@ -214,7 +354,7 @@ impl Batches {
             .iter()
             .chain(&self.stopping)
             .chain(self.recently_ended.iter().map(|(_, id)| id))
-            .filter_map(|id| self.map.get(id))
+            .filter_map(|id| self.get(*id))
     }
 
     /// Batch `id` no longer dispatches (it was cancelled); it may still have jobs out.
@@ -226,7 +366,7 @@ impl Batches {
 
     /// Bookkeeping once batch `id` reached its final state.
     pub(super) fn ended(&mut self, id: u64, now: Instant) {
-        if let Some(b) = self.map.get(&id) {
+        if let Some(b) = self.get(id) {
             tracing::info!(batch = %b.id, state = ?b.state, sent = b.counts.sent, failed = b.counts.failed, cancelled = b.counts.cancelled, "batch ended");
         }
         self.running.retain(|&r| r != id);
@@ -243,7 +383,7 @@ impl Batches {
         self.running
             .iter()
             .chain(&self.ended_unstored)
-            .filter_map(|id| self.map.get(id))
+            .filter_map(|id| self.get(*id))
     }
 
     /// The states of [`unsettled`](Self::unsettled) batches were taken for the store.
@@ -264,12 +404,13 @@ impl Batches {
             self.recently_ended.pop_front();
             self.retire(id);
         }
-        for id in std::mem::take(&mut self.touched_retired) {
-            if let Some(b) = self.map.get_mut(&id)
-                && let Some(before) = b.retired.replace(b.counts)
-            {
-                self.retired.counts.add_change(before, b.counts);
-            }
+        for (id, before) in std::mem::take(&mut self.touched_retired) {
+            let after = match self.map.get(&id) {
+                Some(Entry::Full(b)) => b.counts,
+                Some(Entry::Folded(f)) => f.counts,
+                None => continue,
+            };
+            self.retired.counts.add_change(before, after);
         }
         let mut ids: Vec<u64> = self
             .running
@@ -279,7 +420,7 @@ impl Batches {
             .copied()
             .collect();
         let map = &self.map;
-        ids.sort_by_key(|id| map[id].accepted_at);
+        ids.sort_by_key(|id| map.get(id).and_then(Entry::full).map(|b| b.accepted_at));
         ids.dedup();
         if ids.len() > MAX_SNAPSHOT {
             ids.drain(..ids.len() - MAX_SNAPSHOT);
@@ -294,11 +435,11 @@ impl Batches {
     pub(super) fn list(
         &self,
         tenant: &Tenant,
-        keep: impl Fn(&Batch) -> bool,
+        keep: impl Fn(&Summary) -> bool,
         limit: usize,
         before: Option<(u64, u64)>,
         scan: usize,
-    ) -> (Vec<&Batch>, Option<(u64, u64)>) {
+    ) -> (Vec<Summary>, Option<(u64, u64)>) {
         let range = match before {
             Some(at) => self.order.range(..at),
             None => self.order.range(..),
@@ -310,11 +451,13 @@ impl Batches {
                 return (found, last);
             }
             last = Some(at);
-            if let Some(b) = self.map.get(id)
-                && b.tenant == *tenant
-                && keep(b)
+            if let Some(e) = self.map.get(id)
+                && e.tenant() == tenant
             {
-                found.push(b);
+                let summary = e.summary(*id);
+                if keep(&summary) {
+                    found.push(summary);
+                }
             }
         }
         (found, None)

@@ -24,6 +24,9 @@ pub struct Committed {
     pub acks: Vec<(SessionId, u64)>,
     /// Dispatch reservations in the group: (batch, mark).
     pub reservations: Vec<(u64, u32)>,
+    /// Completed batches retired before the group was taken: all their
+    /// outcomes are stored once it is, so they may fold.
+    pub fold: Vec<u64>,
 }
 
 /// Acks of nodes' Results frames, per session, on their way: recorded, then
@@ -81,7 +84,7 @@ pub(super) struct Durability {
     /// Changes not yet handed to the store.
     write: WriteSet,
     /// Batch state last handed to the store, per batch.
-    stored: FxHashMap<u64, StoredBatchState>,
+    pub(super) stored: FxHashMap<u64, StoredBatchState>,
     /// Acks on their way to nodes.
     pub(super) acks: Acks,
 }
@@ -188,9 +191,14 @@ impl Core {
         }
         self.batches.states_taken();
         let acks = d.acks.take_due();
+        let fold = self.batches.take_to_fold();
         (
             std::mem::take(&mut d.write),
-            Committed { acks, reservations },
+            Committed {
+                acks,
+                reservations,
+                fold,
+            },
         )
     }
 
@@ -224,6 +232,12 @@ impl Core {
         for (id, reserved) in done.reservations {
             if let Some(b) = self.batches.get_mut(id) {
                 b.reserved = b.reserved.max(reserved);
+            }
+        }
+        for id in done.fold {
+            if self.batches.fold(id) {
+                // Its state is stored and settled: nothing compares against it again.
+                self.durability.stored.remove(&id);
             }
         }
         // An ack only lets the node forget results it keeps: it waits for the next Jobs

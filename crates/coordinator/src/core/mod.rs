@@ -26,6 +26,7 @@
 mod batches;
 mod dispatch;
 mod durability;
+mod folded;
 mod held;
 mod progress;
 mod queries;
@@ -52,8 +53,8 @@ use sessions::{Session, Sessions};
 pub use durability::Committed;
 pub use progress::{MeshMetrics, NodeMetrics, Snapshot};
 pub use queries::{
-    BatchQuery, LIST_BATCHES_SCAN_LIMIT, LIST_SCAN_LIMIT, ListQuery, StateSet, key_reused,
-    page_token, parse_batches_token, parse_page_token,
+    BatchQuery, FromCore, LIST_BATCHES_SCAN_LIMIT, LIST_SCAN_LIMIT, ListQuery, StateSet, StoredRef,
+    key_reused, page_token, parse_batches_token, parse_page_token,
 };
 pub use recovery::unix_ms;
 pub use results::retry_delay;
@@ -138,7 +139,7 @@ impl Core {
     fn with_durability(config: Config, durable: bool) -> Self {
         Core {
             config,
-            batches: Batches::default(),
+            batches: Batches::new(durable),
             sessions: Sessions::default(),
             durability: Durability::new(durable),
             dispatcher: Dispatcher::default(),

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rustc_hash::{FxHashMap, FxHashSet};
-use smsmesh::pb;
+use smsmesh::{BatchId, pb};
 
 use super::Core;
 use super::batches::Batches;
+use super::folded::Folded;
 use super::sessions::Sessions;
 use crate::batch::{self, Batch, Content};
 
@@ -119,11 +120,11 @@ impl Core {
             };
             // An ended batch's status is made again only when its counters change.
             let status = match &b.status_cache {
-                Some((counts, status)) if *counts == b.counts => status.clone(),
+                Some(cached) if cached.0 == b.counts => cached.1.clone(),
                 _ => {
                     let status = batch_status(b, &self.sessions, now);
                     if b.is_ended() {
-                        b.status_cache = Some((b.counts, status.clone()));
+                        b.status_cache = Some(Box::new((b.counts, status.clone())));
                     }
                     status
                 }
@@ -159,7 +160,7 @@ fn mesh_metrics(batches: &Batches, sessions: &Sessions) -> MeshMetrics {
     m.messages = batches.retired.counts;
     m.batches_completed = batches.retired.completed;
     m.batches_cancelled = batches.retired.cancelled;
-    for b in batches.live().filter(|b| b.retired.is_none()) {
+    for b in batches.live().filter(|b| !b.retired) {
         m.messages += b.counts;
         match b.state {
             pb::BatchState::Completed => m.batches_completed += 1,
@@ -205,10 +206,10 @@ pub(super) fn batch_status(b: &Batch, sessions: &Sessions, now: Instant) -> pb::
     let c = b.counts;
     let connected: FxHashSet<u16> = sessions.iter().map(|s| s.node).collect();
     let mut shares: Vec<_> = b.nodes.iter().collect();
-    shares.sort_unstable_by_key(|(n, _)| **n);
+    shares.sort_unstable_by_key(|(n, _)| *n);
     let nodes = shares
         .into_iter()
-        .map(|(&n, s)| pb::NodeBreakdown {
+        .map(|(n, s)| pb::NodeBreakdown {
             node: sessions.names.name(n).to_string(),
             sent: s.sent,
             failed_attempts: s.failed_attempts,
@@ -250,6 +251,48 @@ pub(super) fn batch_status(b: &Batch, sessions: &Sessions, now: Instant) -> pb::
             Content::Synthetic { seed, .. } => Some(seed),
             Content::Explicit(_) | Content::List { .. } => None,
         },
+    }
+}
+
+/// The status of folded batch `id`.
+pub(super) fn folded_status(id: BatchId, f: &Folded, sessions: &Sessions) -> pb::BatchStatus {
+    let c = f.counts;
+    let connected: FxHashSet<u16> = sessions.iter().map(|s| s.node).collect();
+    pb::BatchStatus {
+        batch_id: id.to_string(),
+        state: f.state() as i32,
+        total: c.total,
+        pending: c.pending(),
+        in_flight: c.in_flight,
+        sent: c.sent,
+        failed: c.failed,
+        cancelled: c.cancelled,
+        retried: c.retried,
+        requeued: c.requeued,
+        latency: Some(f.latency()),
+        nodes: f
+            .nodes
+            .iter()
+            .map(|s| pb::NodeBreakdown {
+                node: sessions.names.name(s.node).to_string(),
+                sent: s.sent,
+                failed_attempts: s.failed_attempts,
+                in_flight: 0,
+                // Each node's send time is not kept once a batch is folded.
+                latency: None,
+                connected: connected.contains(&s.node),
+            })
+            .collect(),
+        max_attempts: u32::from(f.max_attempts),
+        rate_per_sec: 0.0,
+        eta_seconds: 0.0,
+        elapsed_seconds: f64::from(f.elapsed_ms) / 1000.0,
+        resent: c.resent,
+        duplicates: c.duplicates,
+        tenant: f.tenant.as_str().to_string(),
+        retry_wait: 0,
+        accepted_unix_ms: f.accepted_unix_ms,
+        synthetic_seed: f.seed,
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use smsmesh::{BatchId, Error, MessageId, pb};
 
+use super::batches::Found;
 use super::{Core, NewBatch, progress};
 use crate::auth::Tenant;
 use crate::batch::Batch;
@@ -23,17 +24,17 @@ impl Core {
         let Some(id) = self.batches.by_key(key) else {
             return Ok(None);
         };
-        let batch = self.batches.get(id.0);
-        if let Some(b) = batch
-            && b.fingerprint != 0
+        let known = self.batches.total_and_fingerprint(id.0);
+        if let Some((_, made_by)) = known
+            && made_by != 0
             && fingerprint != 0
-            && b.fingerprint != fingerprint
+            && made_by != fingerprint
         {
             return Err(key_reused(key, id));
         }
         Ok(Some(pb::SubmitBatchResponse {
             batch_id: id.to_string(),
-            accepted: batch.map_or(0, |b| b.counts.total),
+            accepted: known.map_or(0, |(total, _)| total),
             replayed: true,
         }))
     }
@@ -52,7 +53,7 @@ impl Core {
         let id = new.id;
         let mut batch = Batch::new(id, new.content, new.total, new.max_attempts, now);
         batch.key = new.idempotency_key.clone();
-        batch.trace = new.trace;
+        batch.trace = new.trace.map(Box::new);
         batch.tenant = new.tenant;
         batch.fingerprint = new.fingerprint;
         batch.accepted_unix_ms = new.accepted_unix_ms;
@@ -79,8 +80,10 @@ impl Core {
         tenant: &Tenant,
         now: Instant,
     ) -> Result<pb::BatchStatus, Error> {
-        let batch = self.batches.owned(id, tenant)?;
-        Ok(progress::batch_status(batch, &self.sessions, now))
+        Ok(match self.batches.found(id, tenant)? {
+            Found::Full(batch) => progress::batch_status(batch, &self.sessions, now),
+            Found::Folded(f) => progress::folded_status(id, f, &self.sessions),
+        })
     }
 
     /// Status of a message.
@@ -88,17 +91,34 @@ impl Core {
         &self,
         id: MessageId,
         tenant: &Tenant,
-    ) -> Result<pb::MessageStatus, Error> {
-        let batch = self.batches.owned(id.batch, tenant)?;
-        if u64::from(id.index) >= batch.counts.total {
+    ) -> Result<FromCore<pb::MessageStatus>, Error> {
+        let (total, batch) = match self.batches.found(id.batch, tenant)? {
+            Found::Full(b) => (b.counts.total, Some(b)),
+            Found::Folded(f) => (f.counts.total, None),
+        };
+        if u64::from(id.index) >= total {
             return Err(Error::NotFound(format!(
-                "message {id} not found: batch {} has {} messages (indexes 0 to {})",
+                "message {id} not found: batch {} has {total} messages (indexes 0 to {})",
                 id.batch,
-                batch.counts.total,
-                batch.counts.total - 1
+                total - 1
             )));
         }
-        Ok(self.message(batch, id.index))
+        Ok(match batch {
+            Some(b) => FromCore::Here(self.message(b, id.index)),
+            None => FromCore::InStore(self.stored_ref(id.batch, tenant)?),
+        })
+    }
+
+    /// Where the store holds folded batch `id`.
+    fn stored_ref(&self, id: BatchId, tenant: &Tenant) -> Result<StoredRef, Error> {
+        match self.batches.found(id, tenant)? {
+            Found::Folded(f) => Ok(StoredRef {
+                batch: id,
+                total: f.counts.total as u32,
+                accepted_unix_ms: f.accepted_unix_ms,
+            }),
+            Found::Full(_) => Err(Error::Internal(format!("batch {id} is not folded"))),
+        }
     }
 
     /// A page of a batch's messages: from index `query.start`, those whose
@@ -108,8 +128,13 @@ impl Core {
         &self,
         query: &ListQuery,
         tenant: &Tenant,
-    ) -> Result<pb::ListMessagesResponse, Error> {
-        let batch = self.batches.owned(query.batch, tenant)?;
+    ) -> Result<FromCore<pb::ListMessagesResponse>, Error> {
+        let batch = match self.batches.found(query.batch, tenant)? {
+            Found::Full(b) => b,
+            Found::Folded(_) => {
+                return Ok(FromCore::InStore(self.stored_ref(query.batch, tenant)?));
+            }
+        };
         let total = batch.counts.total as u32;
         if query.start > total {
             return Err(Error::invalid(format!(
@@ -126,7 +151,7 @@ impl Core {
             }
             index += 1;
         }
-        Ok(pb::ListMessagesResponse {
+        Ok(FromCore::Here(pb::ListMessagesResponse {
             messages,
             next_page_token: if index < total {
                 page_token(query.batch, index)
@@ -134,13 +159,13 @@ impl Core {
                 String::new()
             },
             scanned: u64::from(index - query.start),
-        })
+        }))
     }
 
     /// A page of the batches of `tenant`, newest first.
     pub fn on_list_batches(&self, query: &BatchQuery, tenant: &Tenant) -> pb::ListBatchesResponse {
         let states = query.states;
-        let keep = |b: &Batch| states.contains(b.state as i32);
+        let keep = |b: &super::batches::Summary| states.contains(b.state as i32);
         let (found, next) = self.batches.list(
             tenant,
             keep,
@@ -152,7 +177,7 @@ impl Core {
             batches: found
                 .into_iter()
                 .map(|b| pb::BatchSummary {
-                    batch_id: b.id.to_string(),
+                    batch_id: BatchId(b.id).to_string(),
                     state: b.state as i32,
                     total: b.counts.total,
                     sent: b.counts.sent,
@@ -202,6 +227,9 @@ impl Core {
         tenant: &Tenant,
         now: Instant,
     ) -> Result<pb::BatchStatus, Error> {
+        if let Found::Folded(_) = self.batches.found(id, tenant)? {
+            return self.on_batch_status(id, tenant, now); // completed: nothing to cancel
+        }
         let batch = self.batches.owned_mut(id, tenant)?;
         if batch.cancel(now) {
             tracing::info!(batch = %id, in_flight = batch.counts.in_flight, "batch cancelled");
@@ -219,6 +247,26 @@ impl Core {
     pub fn tenant_unfinished(&self, tenant: &Tenant) -> u64 {
         self.batches.tenant_unfinished(tenant)
     }
+}
+
+/// An answer the core has, or (for a folded batch) the store has.
+#[derive(Debug)]
+pub enum FromCore<T> {
+    /// The answer.
+    Here(T),
+    /// Read it from the store: the batch is folded.
+    InStore(StoredRef),
+}
+
+/// A folded batch, as a store read needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct StoredRef {
+    /// The batch.
+    pub batch: BatchId,
+    /// Its messages.
+    pub total: u32,
+    /// When it was accepted, Unix ms.
+    pub accepted_unix_ms: u64,
 }
 
 /// Most messages one ListMessages call looks at.

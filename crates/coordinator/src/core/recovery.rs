@@ -11,10 +11,11 @@ use rustc_hash::FxHashMap;
 use smsmesh::BatchId;
 
 use super::Core;
+use super::folded::{Folded, FoldedShare};
 use crate::Config;
 use crate::auth::Tenant;
-use crate::batch::{Batch, Content};
-use crate::store::Loaded;
+use crate::batch::{Batch, Content, Counts};
+use crate::store::{FinalState, Loaded, LoadedBatch};
 
 impl Core {
     /// A coordinator restored from what the store holds, backed by that store.
@@ -25,6 +26,11 @@ impl Core {
         }
         let unix_now = unix_ms();
         for mut lb in loaded.batches {
+            // A completed batch is folded straight from its stored outcomes.
+            if let Some(f) = folded_at_load(&lb) {
+                core.batches.insert_folded(lb.batch.id, f);
+                continue;
+            }
             let messages = std::mem::take(&mut lb.batch.messages);
             let list_body = lb.batch.list_body.take();
             let sb = &lb.batch;
@@ -84,6 +90,68 @@ impl Core {
         core.batches.changed = false;
         core
     }
+}
+
+/// The folded form of a stored batch, if it completed: every message has
+/// its outcome and it was not cancelled. What its outcomes do not say (send
+/// times, retried attempts) is not known after a restart.
+fn folded_at_load(lb: &LoadedBatch) -> Option<Folded> {
+    let (sb, state) = (&lb.batch, &lb.state);
+    if state.cancelled {
+        return None;
+    }
+    let (mut sent, mut failed) = (0u64, 0u64);
+    let mut nodes: Vec<FoldedShare> = Vec::new();
+    for o in lb.outcomes() {
+        let is_sent = o.state == FinalState::Sent;
+        if is_sent {
+            sent += 1;
+        } else {
+            failed += 1;
+        }
+        if let Some(node) = o.node.checked_sub(1) {
+            let at = match nodes.iter().position(|s| s.node == node) {
+                Some(at) => at,
+                None => {
+                    nodes.push(FoldedShare {
+                        node,
+                        sent: 0,
+                        failed_attempts: 0,
+                    });
+                    nodes.len() - 1
+                }
+            };
+            if is_sent {
+                nodes[at].sent += 1;
+            } else {
+                nodes[at].failed_attempts += 1;
+            }
+        }
+    }
+    if sent + failed != u64::from(sb.total) {
+        return None;
+    }
+    nodes.sort_unstable_by_key(|s| s.node);
+    Some(Folded {
+        tenant: Tenant::new(&sb.tenant),
+        max_attempts: sb.max_attempts as u8,
+        elapsed_ms: 0,
+        counts: Counts {
+            total: u64::from(sb.total),
+            sent,
+            failed,
+            resent: state.resent,
+            requeued: state.requeued,
+            duplicates: state.duplicates,
+            ..Counts::default()
+        },
+        accepted_unix_ms: sb.accepted_unix_ms,
+        fingerprint: sb.fingerprint,
+        seed: sb.synthetic_seed,
+        key: None,
+        latency: (0, [0.0; 5]),
+        nodes: nodes.into_boxed_slice(),
+    })
 }
 
 /// Milliseconds since the Unix epoch.

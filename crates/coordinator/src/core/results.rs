@@ -26,14 +26,14 @@ pub(super) fn on_results(
     now: Instant,
 ) -> Result<(), String> {
     let mut ended = Vec::new();
+    // Late results for batches ended long ago change the totals too.
+    batches.touching(r.results.iter().map(|res| res.batch));
     let applied = apply(
         session, stats, batches, durability, retry, r, now, &mut ended,
     );
     for &id in &ended {
         batches.ended(id, now);
     }
-    // Late results for batches ended long ago change the totals too.
-    batches.touched(r.results.iter().map(|res| res.batch));
     applied?;
     if r.seq > 0 {
         durability.acks.recorded(session.id, r.seq);
@@ -89,7 +89,14 @@ fn apply(
         }
         stats.attempt(node, sent, res.latency_us);
         let Some(batch) = batch else {
-            continue; // handed in for a batch this coordinator does not know
+            // A folded batch completed long ago: any result for it is another
+            // attempt of a message that has its outcome.
+            if let Some(f) = batches.folded_mut(res.batch)
+                && u64::from(res.index) < f.counts.total
+            {
+                f.counts.duplicates += 1;
+            }
+            continue; // or handed in for a batch this coordinator does not know
         };
         if u64::from(res.index) >= batch.counts.total {
             continue; // a message that does not exist

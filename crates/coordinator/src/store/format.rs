@@ -136,6 +136,20 @@ impl LoadedBatch {
     }
 }
 
+/// The outcome of message `index` in its outcome row `row` (checked at
+/// write), if it has one.
+pub(super) fn read_slot(row: &[u8], index: u32) -> Option<StoredOutcome> {
+    let at = (index % CHUNK) as usize * SLOT_BYTES;
+    let slot = row.get(at..at + SLOT_BYTES)?;
+    let state = FinalState::from_byte(slot[0]).ok()??;
+    Some(StoredOutcome {
+        index,
+        state,
+        attempts: slot[1],
+        node: u16::from_le_bytes([slot[2], slot[3]]),
+    })
+}
+
 /// Checks an outcome row of batch `id`: its length (whole slots, at most a
 /// chunk of them), and that every state byte is one we write.
 pub(super) fn check_row(id: u64, chunk: u32, row: &[u8]) -> Result<(), String> {

@@ -26,11 +26,13 @@
 
 mod format;
 mod inserter;
+mod reads;
 mod writer;
 mod writes;
 
 pub use format::{FinalState, StoredBatch, StoredBatchState, StoredOutcome};
 pub use inserter::Inserter;
+pub use reads::StoredMessage;
 pub use writer::{CommitStats, Job, Writer};
 
 /// The batch an idempotency key already made.
@@ -260,6 +262,11 @@ impl Store {
     /// afresh there would forget every batch. An existing store's pages are
     /// checked against their checksums before it is used.
     pub fn open(dir: &Path, create: bool) -> Result<Store, StoreError> {
+        Store::open_with_cache(dir, create, 64)
+    }
+
+    /// [`Store::open`], with the engine's page cache at `cache_mib` MiB.
+    pub fn open_with_cache(dir: &Path, create: bool, cache_mib: u64) -> Result<Store, StoreError> {
         let path = dir.join(FILE);
         let err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::new(path.clone(), e);
         let corrupt = |what: String| StoreError::Corrupt {
@@ -291,7 +298,11 @@ impl Store {
         };
         std::fs::create_dir_all(dir)
             .map_err(|e| err(format!("cannot create data dir {}: {e}", dir.display()).into()))?;
-        let mut db = Database::create(&path).map_err(|e| err(e.into()))?;
+        let cache = usize::try_from(cache_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let mut db = Database::builder()
+            .set_cache_size(cache)
+            .create(&path)
+            .map_err(|e| err(e.into()))?;
         if existing {
             match db.check_integrity() {
                 Ok(true) => {}

@@ -12,7 +12,7 @@ use smsmesh::{BatchId, Error};
 pub use smsmesh_coordinator::Config;
 use smsmesh_coordinator::auth::Tenant;
 use smsmesh_coordinator::batch::Content;
-use smsmesh_coordinator::core::{Core, NewBatch, Outbox, SessionId, Unreachable};
+use smsmesh_coordinator::core::{Core, FromCore, NewBatch, Outbox, SessionId, Unreachable};
 use smsmesh_coordinator::store::{Store, StoredBatch};
 
 /// Records what the core sends, and can pretend a node's queue is full.
@@ -253,7 +253,8 @@ impl World {
                 messages: Vec::new(),
                 synthetic_seed: Some(1),
                 synthetic_body: None,
-                accepted_unix_ms: smsmesh_coordinator::core::unix_ms(),
+                // As the batch in the core says (below), so a restart reads the same.
+                accepted_unix_ms: 1_700_000_000_000,
                 tenant: String::new(),
                 fingerprint,
                 list_body: None,
@@ -299,10 +300,24 @@ impl World {
     }
 
     /// Status of message `index` of batch `batch`.
+    /// (A folded batch's message is read from the store, as the reactor's handle does.)
     pub fn message(&self, batch: BatchId, index: u32) -> pb::MessageStatus {
-        self.core
+        let answer = self
+            .core
             .on_message_status(smsmesh::MessageId { batch, index }, &Tenant::default())
-            .unwrap()
+            .unwrap();
+        match answer {
+            FromCore::Here(m) => m,
+            FromCore::InStore(r) => tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(smsmesh_coordinator::history::message(
+                    self.store.as_ref().expect("folded only with a store"),
+                    r,
+                    index,
+                ))
+                .unwrap(),
+        }
     }
 
     pub fn status(&self, id: BatchId) -> pb::BatchStatus {
