@@ -16,6 +16,9 @@ use smsmesh_testkit::{Proc, stdout_addrs};
 use crate::small::{fire, percentile_ms, wait_sent};
 use crate::{Scenario, Setup, mesh, usage};
 
+/// One-message submits of the latency probe, one after another.
+const PROBE: u64 = 1000;
+
 /// What was measured with some number of batches in the history.
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct Point {
@@ -52,13 +55,13 @@ fn rss_now(pid: u32) -> f64 {
 /// Idle CPU, latency and memory of the coordinator `pid` at `url` now.
 async fn measure(pid: u32, url: &str, batches: u64) -> anyhow::Result<Point> {
     let before = usage(pid).0;
-    let window = Duration::from_secs(3);
+    let window = Duration::from_secs(5);
     tokio::time::sleep(window).await;
     let idle = (usage(pid).0 - before) / window.as_secs_f64() * 100.0;
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
         .connect()
         .await?;
-    let mut latencies = fire(&[channel], &[], 1, 500, 9_000_000).await?;
+    let mut latencies = fire(&[channel], &[], 1, PROBE, 9_000_000).await?;
     latencies.sort_unstable();
     Ok(Point {
         batches,
@@ -111,7 +114,7 @@ pub(crate) async fn run(bin: &Path, total: u64) -> anyhow::Result<History> {
         filled = target;
         wait_sent(metrics, sent).await?;
         points.push(measure(pid, &m.url, filled).await?);
-        sent += 500; // the probe's batches
+        sent += PROBE; // the probe's batches
         wait_sent(metrics, sent).await?;
     }
     // SIGKILL, then the same store again on the same address.

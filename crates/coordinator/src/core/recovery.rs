@@ -25,6 +25,7 @@ impl Core {
             core.sessions.names.restore(n, name);
         }
         let unix_now = unix_ms();
+        core.batches.reserve(loaded.batches.len());
         for mut lb in loaded.batches {
             // A completed batch is folded straight from its stored outcomes.
             if let Some(f) = folded_at_load(&lb) {

@@ -306,10 +306,8 @@ fn read_refs(row: &[u8], n: usize, text: &mut String, ends: &mut Vec<u32>) -> Re
 /// outcome rows and errors, and the node and batch each names.
 pub(super) fn check(loaded: &Loaded) -> Result<(), String> {
     let nodes = loaded.nodes.len();
-    let mut ids = std::collections::HashSet::new();
     for lb in &loaded.batches {
         let (b, id) = (&lb.batch, lb.batch.id);
-        ids.insert(id);
         let bad = |what: String| Err(format!("batch {id:016x}: {what}"));
         if b.total == 0 || !(1..=255).contains(&b.max_attempts) {
             return bad(format!(
@@ -356,7 +354,14 @@ pub(super) fn check(loaded: &Loaded) -> Result<(), String> {
     if let Some((n, _)) = loaded.nodes.iter().find(|(n, _)| usize::from(*n) >= nodes) {
         return Err(format!("node index {n} among only {nodes} node names"));
     }
-    if let Some((key, id)) = loaded.idempotency.iter().find(|(_, id)| !ids.contains(id)) {
+    // Batches load in id order (the table's key order).
+    let stored = |id: &u64| {
+        loaded
+            .batches
+            .binary_search_by_key(id, |lb| lb.batch.id)
+            .is_ok()
+    };
+    if let Some((key, id)) = loaded.idempotency.iter().find(|(_, id)| !stored(id)) {
         return Err(format!(
             "idempotency key {} names batch {id:016x}, which is not stored",
             smsmesh::echo(key)

@@ -26,6 +26,7 @@
 
 mod format;
 mod inserter;
+mod load;
 mod reads;
 mod writer;
 mod writes;
@@ -47,8 +48,7 @@ pub struct Existing {
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use prost::Message;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, TableDefinition};
 
 const BATCHES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("batches");
 const OUTCOMES: TableDefinition<'_, (u64, u32), &[u8]> = TableDefinition::new("outcomes");
@@ -406,117 +406,6 @@ impl Store {
 
     fn err(&self, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
         StoreError::new(self.path.clone(), e.into())
-    }
-
-    /// Loads everything.
-    pub fn load(&self) -> Result<Loaded, StoreError> {
-        let txn = self.db().begin_read().map_err(|e| self.err(e))?;
-        let batches_t = txn.open_table(BATCHES).map_err(|e| self.err(e))?;
-        let outcomes_t = txn.open_table(OUTCOMES).map_err(|e| self.err(e))?;
-        let errors_t = txn.open_table(ERRORS).map_err(|e| self.err(e))?;
-        let state_t = txn.open_table(BATCH_STATE).map_err(|e| self.err(e))?;
-        let numbers_t = txn.open_table(RECIPIENTS).map_err(|e| self.err(e))?;
-        let refs_t = txn.open_table(CLIENT_REFS).map_err(|e| self.err(e))?;
-        let rows_of = |t: &redb::ReadOnlyTable<(u64, u32), &[u8]>, id: u64| {
-            let mut rows = Vec::new();
-            for row in t.range((id, 0)..=(id, u32::MAX)).map_err(|e| self.err(e))? {
-                let (k, v) = row.map_err(|e| self.err(e))?;
-                rows.push((k.value().1, v.value().to_vec()));
-            }
-            Ok::<_, StoreError>(rows)
-        };
-        let mut loaded = Loaded::default();
-        for row in batches_t.iter().map_err(|e| self.err(e))? {
-            let (k, v) = row.map_err(|e| self.err(e))?;
-            let b = StoredBatch::decode(v.value()).map_err(|e| StoreError::Corrupt {
-                path: self.path.clone(),
-                what: format!("batch {:016x}: {e}", k.value()),
-            })?;
-            if b.id != k.value() {
-                return Err(StoreError::Corrupt {
-                    path: self.path.clone(),
-                    what: format!("batch {:016x} is stored under {:016x}", b.id, k.value()),
-                });
-            }
-            let mut chunks = Vec::new();
-            for row in outcomes_t
-                .range((b.id, 0)..=(b.id, u32::MAX))
-                .map_err(|e| self.err(e))?
-            {
-                let (k, v) = row.map_err(|e| self.err(e))?;
-                let (chunk, row) = (k.value().1, v.value().to_vec());
-                format::check_row(b.id, chunk, &row).map_err(|what| StoreError::Corrupt {
-                    path: self.path.clone(),
-                    what,
-                })?;
-                chunks.push((chunk, row));
-            }
-            let mut errors = Vec::new();
-            for row in errors_t
-                .range((b.id, 0)..=(b.id, u32::MAX))
-                .map_err(|e| self.err(e))?
-            {
-                let (k, v) = row.map_err(|e| self.err(e))?;
-                errors.push((k.value().1, v.value().to_string()));
-            }
-            let state = match state_t.get(b.id).map_err(|e| self.err(e))? {
-                Some(v) => {
-                    StoredBatchState::decode(v.value()).map_err(|e| StoreError::Corrupt {
-                        path: self.path.clone(),
-                        what: format!("state of batch {:016x}: {e}", b.id),
-                    })?
-                }
-                None => StoredBatchState {
-                    id: b.id,
-                    ..Default::default()
-                },
-            };
-            let list = match b.list_body {
-                Some(_) => Some(
-                    format::read_list(
-                        b.id,
-                        b.total,
-                        &rows_of(&numbers_t, b.id)?,
-                        &rows_of(&refs_t, b.id)?,
-                    )
-                    .map_err(|what| StoreError::Corrupt {
-                        path: self.path.clone(),
-                        what,
-                    })?,
-                ),
-                None => None,
-            };
-            loaded.batches.push(LoadedBatch {
-                batch: b,
-                state,
-                chunks,
-                errors,
-                list,
-            });
-        }
-        for row in txn
-            .open_table(IDEMPOTENCY)
-            .map_err(|e| self.err(e))?
-            .iter()
-            .map_err(|e| self.err(e))?
-        {
-            let (k, v) = row.map_err(|e| self.err(e))?;
-            loaded.idempotency.push((k.value().to_string(), v.value()));
-        }
-        for row in txn
-            .open_table(NODES)
-            .map_err(|e| self.err(e))?
-            .iter()
-            .map_err(|e| self.err(e))?
-        {
-            let (k, v) = row.map_err(|e| self.err(e))?;
-            loaded.nodes.push((k.value(), v.value().to_string()));
-        }
-        format::check(&loaded).map_err(|what| StoreError::Corrupt {
-            path: self.path.clone(),
-            what,
-        })?;
-        Ok(loaded)
     }
 }
 
