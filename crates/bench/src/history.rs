@@ -54,6 +54,8 @@ fn rss_now(pid: u32) -> f64 {
 
 /// Idle CPU, latency and memory of the coordinator `pid` at `url` now.
 async fn measure(pid: u32, url: &str, batches: u64) -> anyhow::Result<Point> {
+    // What the last submits left to do (commits, the OS's writeback) settles first.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let before = usage(pid).0;
     let window = Duration::from_secs(5);
     tokio::time::sleep(window).await;

@@ -104,7 +104,7 @@ impl Watcher {
             .batches
             .iter()
             .filter(|b| self.watches(b))
-            .cloned()
+            .map(|b| pb::BatchStatus::clone(b))
             .collect();
         if let (Some(id), true) = (self.batch, batches.is_empty()) {
             // Not in the snapshot (just submitted, or ended long ago): ask the reactor.

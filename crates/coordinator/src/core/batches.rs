@@ -444,6 +444,20 @@ impl Batches {
         ids
     }
 
+    /// Whether a snapshot made now would be the last one again: nothing
+    /// runs or stops, no late result came, and no ended batch is due to
+    /// leave the snapshot (it is `keep` old, or one too many).
+    pub(super) fn quiet(&self, now: Instant, keep: Duration) -> bool {
+        self.running.is_empty()
+            && self.stopping.is_empty()
+            && self.touched_retired.is_empty()
+            && self.recently_ended.len() <= MAX_SNAPSHOT
+            && self
+                .recently_ended
+                .front()
+                .is_none_or(|(t, _)| now.saturating_duration_since(*t) <= keep)
+    }
+
     /// Batches of `tenant` for which `keep` holds, newest first: at most
     /// `limit`, accepted before `before` (a position in `order`; `None`:
     /// from the newest), looking at no more than `scan` batches. Returns them

@@ -17,8 +17,9 @@ use crate::batch::{self, Batch, Content};
 /// What progress watchers see: every running batch and those ended recently.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Status of each batch in the snapshot.
-    pub batches: Vec<pb::BatchStatus>,
+    /// Status of each batch in the snapshot (an ended batch's is shared
+    /// from one snapshot to the next, not made again).
+    pub batches: Vec<Arc<pb::BatchStatus>>,
     /// Nodes connected now.
     pub nodes_connected: u32,
     /// Mesh-wide figures for `/metrics`.
@@ -101,8 +102,12 @@ impl Core {
         self.batches.changed || self.sessions.changed
     }
 
-    /// Publishes a progress snapshot to watchers.
+    /// Publishes a progress snapshot to watchers (unless nothing in it can
+    /// have changed since the last: nothing runs, and no event came).
     pub fn publish(&mut self, now: Instant) {
+        if !self.publish_due() && self.batches.quiet(now, self.config.keep_ended_in_progress) {
+            return;
+        }
         self.batches.changed = false;
         self.sessions.changed = false;
         let ids = self
@@ -122,7 +127,7 @@ impl Core {
             let status = match &b.status_cache {
                 Some(cached) if cached.0 == b.counts => cached.1.clone(),
                 _ => {
-                    let status = batch_status(b, &self.sessions, now);
+                    let status = Arc::new(batch_status(b, &self.sessions, now));
                     if b.is_ended() {
                         b.status_cache = Some(Box::new((b.counts, status.clone())));
                     }
