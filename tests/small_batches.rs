@@ -128,15 +128,44 @@ fn counter(text: &str, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_beyond_the_snapshot_is_counted_and_still_answered() {
-    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    history(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folded_history_is_answered_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    history(Some(dir.path())).await;
+}
+
+/// 1,280 one-message batches, more than the snapshot holds: the oldest are
+/// retired (and, with a store, folded, so their messages are read back
+/// from it), and still answered as before.
+async fn history(data_dir: Option<&std::path::Path>) {
+    let mesh = Mesh::start(CoordinatorConfig {
+        data_dir: data_dir.map(Into::into),
+        ..CoordinatorConfig::default()
+    })
+    .await
+    .unwrap();
     let _node = mesh.node(NodeSpec::new("n").concurrency(200));
     let c = mesh.client().await.unwrap();
-    let ids = submit_many(&c, 16, 80).await; // 1,280 batches: more than the snapshot holds
+    let keyed = pb::SubmitBatchRequest {
+        idempotency_key: "the-first".into(),
+        ..one(99_999)
+    };
+    let first = c
+        .clone()
+        .submit_batch(keyed.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = vec![first.batch_id.clone()];
+    ids.extend(submit_many(&c, 16, 80).await);
     let metrics = mesh.metrics_addr;
     wait_until(LONG, "every message to be sent", || async move {
         let (_, text) = http_get(metrics, "/metrics").await.ok()?;
-        (counter(&text, "smsmesh_messages_total{outcome=\"sent\"}") == 1280.0
-            && counter(&text, "smsmesh_batches_ended_total{state=\"completed\"}") == 1280.0)
+        (counter(&text, "smsmesh_messages_total{outcome=\"sent\"}") == 1281.0
+            && counter(&text, "smsmesh_batches_ended_total{state=\"completed\"}") == 1281.0)
             .then_some(())
     })
     .await
@@ -164,6 +193,11 @@ async fn history_beyond_the_snapshot_is_counted_and_still_answered() {
         (BatchState::Completed as i32, 1)
     );
     assert_eq!(oldest.latency.unwrap().count, 1);
+    assert_eq!(
+        oldest.nodes[0].latency.is_none(),
+        data_dir.is_some(),
+        "with a store the oldest batch is folded (its node's send time is not kept): {oldest:?}"
+    );
     let page = c
         .list_messages(pb::ListMessagesRequest {
             batch_id: ids[0].clone(),
@@ -173,5 +207,60 @@ async fn history_beyond_the_snapshot_is_counted_and_still_answered() {
         .unwrap()
         .into_inner();
     assert_eq!(page.messages.len(), 1);
-    assert!(page.messages[0].client_ref.starts_with("otp-"));
+    let m = &page.messages[0];
+    assert_eq!(
+        (m.client_ref.as_str(), m.to.as_str(), m.node.as_str()),
+        ("otp-99999", "+15550099999", "n")
+    );
+    assert_eq!(
+        (m.state, m.attempts, m.body.as_str()),
+        (pb::MessageState::Sent as i32, 1, "Your code is 099999")
+    );
+    // The same by message id, and a filter that matches nothing.
+    let by_id = c
+        .get_status(pb::GetStatusRequest {
+            target: Some(pb::get_status_request::Target::MessageId(format!(
+                "{}.0",
+                ids[0]
+            ))),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        by_id.status,
+        Some(pb::get_status_response::Status::Message(m.clone()))
+    );
+    let failed = c
+        .list_messages(pb::ListMessagesRequest {
+            batch_id: ids[0].clone(),
+            states: vec![pb::MessageState::Failed as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(failed.messages.is_empty() && failed.next_page_token.is_empty());
+    // Its key still answers it, and ListBatches still lists it.
+    let again = c.submit_batch(keyed).await.unwrap().into_inner();
+    assert_eq!((again.batch_id, again.replayed), (first.batch_id, true));
+    let mut token = String::new();
+    let mut listed = 0;
+    loop {
+        let page = c
+            .list_batches(pb::ListBatchesRequest {
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        listed += page.batches.len();
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(listed, 1281);
 }

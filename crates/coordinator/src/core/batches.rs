@@ -273,6 +273,11 @@ impl Batches {
         std::mem::take(&mut self.to_fold)
     }
 
+    /// Whether retired batches wait for a commit to fold.
+    pub(super) fn folds_waiting(&self) -> bool {
+        !self.to_fold.is_empty()
+    }
+
     /// Folds batch `id` (see [`Folded`]), if it is still a retired completed batch.
     pub(super) fn fold(&mut self, id: u64) -> bool {
         let Some(entry) = self.map.get_mut(&id) else {

@@ -205,7 +205,10 @@ impl Core {
     /// Whether changes or acks wait for [`take_writes`](Self::take_writes).
     pub fn has_writes(&self) -> bool {
         let d = &self.durability;
-        !d.write.is_empty() || !d.acks.due.is_empty() || self.states_behind()
+        !d.write.is_empty()
+            || !d.acks.due.is_empty()
+            || self.states_behind()
+            || self.batches.folds_waiting()
     }
 
     /// Whether waiting changes should be stored without waiting for the commit
