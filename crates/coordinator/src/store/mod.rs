@@ -299,11 +299,20 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| err(format!("cannot create data dir {}: {e}", dir.display()).into()))?;
         let cache = usize::try_from(cache_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        // After a crash the engine repairs the store as it opens it, walking
+        // every page and checking its checksum: no need to walk it again.
+        let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = repaired.clone();
         let mut db = Database::builder()
             .set_cache_size(cache)
+            .set_repair_callback(move |_| seen.store(true, std::sync::atomic::Ordering::Relaxed))
             .create(&path)
             .map_err(|e| err(e.into()))?;
-        if existing {
+        let repaired = repaired.load(std::sync::atomic::Ordering::Relaxed);
+        if repaired {
+            tracing::info!(path = %path.display(), "the store was not closed cleanly; the engine checked every page and repaired it");
+        }
+        if existing && !repaired {
             match db.check_integrity() {
                 Ok(true) => {}
                 Ok(false) => {
