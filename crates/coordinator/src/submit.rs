@@ -88,7 +88,7 @@ pub fn idempotency_key(key: String) -> Result<Option<String>, Error> {
 /// tenant, the scoped key and the fingerprint).
 pub fn new_batch(content: Content, total: u32, max_attempts: u8, key: Option<String>) -> NewBatch {
     NewBatch {
-        id: BatchId::random(),
+        id: BatchId::ordered(),
         content,
         total,
         max_attempts,

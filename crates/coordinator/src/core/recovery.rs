@@ -26,6 +26,9 @@ impl Core {
         }
         let unix_now = unix_ms();
         core.batches.reserve(loaded.batches.len());
+        if let Some(newest) = loaded.batches.iter().map(|lb| lb.batch.id).max() {
+            BatchId::keep_after(newest);
+        }
         for mut lb in loaded.batches {
             // A completed batch is folded straight from its stored outcomes.
             if let Some(f) = folded_at_load(&lb) {
