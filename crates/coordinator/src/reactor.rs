@@ -20,7 +20,7 @@ use crate::core::{
     BatchQuery, Committed, Core, FromCore, ListQuery, NewBatch, SessionId, Snapshot,
 };
 use crate::node_tx::{ChannelOutbox, NodeTx};
-use crate::store::{Inserter, Job, Store, Writer};
+use crate::store::{Inserter, Job, Store, StoreReader, Writer};
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
@@ -68,8 +68,8 @@ pub struct Handle {
     commit_latency: Arc<std::sync::Mutex<smsmesh::metrics::Buckets>>,
     /// Where new batches go to be stored, when there is a store.
     inserter: Option<Inserter>,
-    /// The store, for reading folded batches' messages.
-    store: Option<Store>,
+    /// The store, for reading folded batches' messages (not keeping it open).
+    store: Option<StoreReader>,
 }
 
 impl Handle {
@@ -136,15 +136,17 @@ impl Handle {
             .await?
         {
             FromCore::Here(m) => Ok(m),
-            FromCore::InStore(r) => crate::history::message(self.stored()?, r, id.index).await,
+            FromCore::InStore(r) => crate::history::message(&self.stored()?, r, id.index).await,
         }
     }
 
     /// The store a folded batch is read from.
-    fn stored(&self) -> Result<&Store, Error> {
+    fn stored(&self) -> Result<Store, Error> {
         self.store
             .as_ref()
-            .ok_or_else(|| Error::Internal("a folded batch without a store".into()))
+            .ok_or_else(|| Error::Internal("a folded batch without a store".into()))?
+            .store()
+            .ok_or_else(|| Error::Unavailable("the coordinator is shutting down".into()))
     }
 
     /// Has the reactor publish what changed since its last snapshot, now.
@@ -173,7 +175,7 @@ impl Handle {
             .await?
         {
             FromCore::Here(page) => Ok(page),
-            FromCore::InStore(r) => crate::history::list(self.stored()?, r, query).await,
+            FromCore::InStore(r) => crate::history::list(&self.stored()?, r, query).await,
         }
     }
 
@@ -234,7 +236,7 @@ pub fn spawn(
         progress: core.subscribe(),
         commit_latency: commit_latency.clone(),
         inserter: None,
-        store: store.clone(),
+        store: store.as_ref().map(Store::reader),
     };
     let writer = store.map(|store| {
         Writer::spawn(store, move |r, stats| {

@@ -234,6 +234,23 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// See [`Store::reader`].
+#[derive(Clone, Debug)]
+pub struct StoreReader {
+    engine: std::sync::Weak<Engine>,
+    path: PathBuf,
+}
+
+impl StoreReader {
+    /// The store, if it is still open.
+    pub fn store(&self) -> Option<Store> {
+        Some(Store {
+            engine: self.engine.upgrade()?,
+            path: self.path.clone(),
+        })
+    }
+}
+
 /// The database, and whether a write to it failed.
 struct Engine {
     /// Always `Some` but while dropping.
@@ -359,6 +376,16 @@ impl Store {
         }
         txn.commit().map_err(|e| store.err(e))?;
         Ok(store)
+    }
+
+    /// A handle that reads this store while it is open, without keeping it
+    /// open: once the writer and the core let go of the store, it closes
+    /// (and a coordinator started next on the same data dir can open it).
+    pub fn reader(&self) -> StoreReader {
+        StoreReader {
+            engine: Arc::downgrade(&self.engine),
+            path: self.path.clone(),
+        }
     }
 
     /// The database file.
