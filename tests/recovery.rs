@@ -10,23 +10,13 @@ use std::time::Duration;
 
 use smsmesh::pb::{self, BatchState, MessageState};
 use smsmesh_testkit::{
-    CoordinatorConfig, Mesh, Node, NodeSpec, Proc, Proxy, Recorder, batch_status, synthetic,
-    wait_ended, wait_until,
+    CoordinatorConfig, Mesh, Node, NodeSpec, Proc, Proxy, Recorder, batch_status,
+    client_at as client, synthetic, wait_ended, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(90);
 
 type Client = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
-
-async fn client(addr: SocketAddr) -> Client {
-    wait_until(
-        Duration::from_secs(10),
-        "the coordinator to accept connections",
-        || async move { Client::connect(format!("http://{addr}")).await.ok() },
-    )
-    .await
-    .unwrap()
-}
 
 async fn wait_sent(addr: SocketAddr, id: &str, at_least: u64) {
     let c = client(addr).await;

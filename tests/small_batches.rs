@@ -8,21 +8,14 @@ use std::time::Duration;
 
 use smsmesh::pb::{self, BatchState};
 use smsmesh_testkit::{
-    CoordinatorConfig, Mesh, Node, NodeSpec, Proc, batch_status, http_get, wait_until,
+    CoordinatorConfig, Mesh, Node, NodeSpec, Proc, batch_status, client_at as client, http_get,
+    wait_until,
 };
 use tonic::Code;
 
 const LONG: Duration = Duration::from_secs(90);
 
 type Client = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
-
-async fn client(addr: std::net::SocketAddr) -> Client {
-    wait_until(Duration::from_secs(10), "the coordinator", || async move {
-        Client::connect(format!("http://{addr}")).await.ok()
-    })
-    .await
-    .unwrap()
-}
 
 fn one(n: u64) -> pb::SubmitBatchRequest {
     pb::SubmitBatchRequest {

@@ -5,12 +5,11 @@
 //! keeps nothing, while one killed after the commit sends the whole batch.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use smsmesh::pb::{self, BatchState, submit_batch_stream_request::Part};
 use smsmesh_testkit::{
-    CoordinatorConfig, Mesh, Node, NodeSpec, Proc, Recorder, wait_ended, wait_until,
+    CoordinatorConfig, Mesh, Node, NodeSpec, Proc, Recorder, client_at as client, wait_ended,
 };
 use tonic::Code;
 
@@ -64,6 +63,16 @@ async fn upload(
         .map(tonic::Response::into_inner)
 }
 
+/// A coordinator whose store is in `dir`.
+async fn durable(dir: &std::path::Path) -> Mesh {
+    Mesh::start(CoordinatorConfig {
+        data_dir: Some(dir.into()),
+        ..CoordinatorConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
 async fn batches(client: &mut Client) -> Vec<pb::BatchSummary> {
     client
         .list_batches(pb::ListBatchesRequest::default())
@@ -76,12 +85,7 @@ async fn batches(client: &mut Client) -> Vec<pb::BatchSummary> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_is_one_batch_that_reaches_every_number_once_with_its_body() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(CoordinatorConfig {
-        data_dir: Some(dir.path().into()),
-        ..CoordinatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let mesh = durable(dir.path()).await;
     let rec = Recorder::default();
     let _nodes: Vec<_> = (0..2)
         .map(|i| mesh.node(NodeSpec::new(&format!("n{i}")).record(&rec)))
@@ -143,12 +147,7 @@ async fn an_upload_is_one_batch_that_reaches_every_number_once_with_its_body() {
 
     // The recipients were stored with the batch: a coordinator on the same
     // store still knows every number.
-    let mesh = Mesh::start(CoordinatorConfig {
-        data_dir: Some(dir.path().into()),
-        ..CoordinatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let mesh = durable(dir.path()).await;
     let mut client = mesh.client().await.unwrap();
     let page = client
         .list_messages(pb::ListMessagesRequest {
@@ -280,12 +279,7 @@ async fn bad_parts_are_refused_naming_the_chunk_and_index_and_leave_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_with_a_key_is_accepted_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(CoordinatorConfig {
-        data_dir: Some(dir.path().into()),
-        ..CoordinatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let mesh = durable(dir.path()).await;
     let mut client = mesh.client().await.unwrap();
     let parts = |n| [vec![header("drill-7")], chunks(0, n, 100), vec![commit(n)]].concat();
     let first = upload(&mut client, parts(250)).await.unwrap();
@@ -310,16 +304,6 @@ async fn an_upload_with_a_key_is_accepted_once() {
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
     assert_eq!(batches(&mut client).await.len(), 1);
-}
-
-async fn client(addr: SocketAddr) -> Client {
-    wait_until(
-        Duration::from_secs(10),
-        "the coordinator to accept connections",
-        || async move { Client::connect(format!("http://{addr}")).await.ok() },
-    )
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -399,11 +399,20 @@ pub async fn batch_status(
     }
 }
 
-/// A client of the coordinator listening on `addr` (plaintext).
+/// A client of the coordinator listening on `addr` (plaintext), once it
+/// accepts connections (10 s at most: e.g. one just restarted).
 pub async fn client_at(addr: SocketAddr) -> CoordinatorClient<Channel> {
-    CoordinatorClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to the coordinator")
+    wait_until(
+        Duration::from_secs(10),
+        "the coordinator to accept connections",
+        || async move {
+            CoordinatorClient::connect(format!("http://{addr}"))
+                .await
+                .ok()
+        },
+    )
+    .await
+    .expect("connect to the coordinator")
 }
 
 /// Waits until more than `sent` messages of the batch are sent.
