@@ -533,6 +533,7 @@ async fn jobs_a_node_sits_on_are_taken_back_after_the_job_timeout() {
         outcome: pb::Outcome::Sent as i32,
         error: String::new(),
         latency_us: 10,
+        ..Default::default()
     };
     hoarder
         .send(node_to_coordinator::Update::Results(pb::Results {

@@ -175,6 +175,18 @@ impl Collector for CoordinatorCollector {
         )?;
         counter(
             e,
+            "smsmesh_attempts_unknown",
+            "Attempts whose outcome the gateway never learned (no submit_sm_resp in time): retried, so the message may go out twice.",
+            m.attempts_unknown,
+        )?;
+        counter(
+            e,
+            "smsmesh_attempts_throttled",
+            "Attempts the provider throttled, put back to be sent again without using an attempt.",
+            m.attempts_throttled,
+        )?;
+        counter(
+            e,
             "smsmesh_credits_granted",
             "Credits granted by nodes.",
             m.credits_granted,

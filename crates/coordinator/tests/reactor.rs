@@ -341,6 +341,7 @@ fn a_handed_in_result_does_not_settle_a_later_attempt_held_by_the_same_node() {
         outcome: pb::Outcome::Sent as i32,
         error: String::new(),
         latency_us: 5,
+        ..Default::default()
     };
     w.msg(
         a2,

@@ -14,7 +14,7 @@ use futures::stream::FuturesUnordered;
 use smsmesh::pb;
 use tokio::sync::mpsc;
 
-use crate::gateway::Delayed;
+use crate::gateway::{Delayed, Failure, FailureClass, Outcome};
 use crate::state::Done;
 use crate::{Gateway, Sending, Stats};
 
@@ -233,21 +233,32 @@ fn start(
     }
 }
 
-/// Why a send that took longer than `t` failed.
-fn timed_out(t: Duration) -> String {
-    format!("gateway send timed out after {t:?}")
+/// A send that took longer than `t`: given up, and it may have gone out.
+fn timed_out(t: Duration) -> Failure {
+    Failure::new(
+        FailureClass::Unknown,
+        format!("gateway send timed out after {t:?}; it may have been sent"),
+    )
 }
 
 /// The result of attempt `(batch, index, attempt)`, also recorded on its span if traced.
 fn job_result(
     (batch, index, attempt): (u64, u32, u32),
-    outcome: Result<(), String>,
+    outcome: Outcome,
     latency_us: u64,
     span: Option<tracing::Span>,
 ) -> pb::JobResult {
-    let (outcome, error) = match outcome {
-        Ok(()) => (pb::Outcome::Sent, String::new()),
-        Err(e) => (pb::Outcome::Failed, e),
+    let (outcome, error, provider_ids) = match outcome {
+        Ok(a) => (pb::Outcome::Sent, String::new(), a.provider_ids),
+        Err(f) => {
+            let class = match f.class {
+                FailureClass::Temporary => pb::Outcome::Failed,
+                FailureClass::Permanent => pb::Outcome::Rejected,
+                FailureClass::Throttled => pb::Outcome::Throttled,
+                FailureClass::Unknown => pb::Outcome::Unknown,
+            };
+            (class, f.reason, Vec::new())
+        }
     };
     if let Some(span) = span {
         span.record("outcome", outcome.as_str_name());
@@ -263,6 +274,7 @@ fn job_result(
         outcome: outcome as i32,
         error,
         latency_us,
+        provider_ids,
     }
 }
 
@@ -304,7 +316,7 @@ mod tests {
             let sending = match self.delay {
                 Some(after) => Sending::After(Delayed {
                     after,
-                    outcome: Ok(()),
+                    outcome: Ok(Default::default()),
                     finish: None,
                 }),
                 None => Sending::Pending(Box::pin(futures::future::pending())),
@@ -383,7 +395,7 @@ mod tests {
             };
             let done = run(gateway, 2, Some(Duration::from_millis(50)), 4).await;
             for (_, r) in &done {
-                assert_eq!(r.outcome, pb::Outcome::Failed as i32, "{delay:?}: {r:?}");
+                assert_eq!(r.outcome, pb::Outcome::Unknown as i32, "{delay:?}: {r:?}");
                 assert!(r.error.contains("timed out after 50ms"), "{r:?}");
                 assert!(r.latency_us >= 50_000, "{r:?}");
             }

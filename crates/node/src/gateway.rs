@@ -1,7 +1,5 @@
-//! Gateways: what actually sends an SMS. A node has one.
-//!
-//! Only the simulated gateway exists so far; SMPP and HTTP gateways will
-//! implement the same trait.
+//! Gateways: what actually sends an SMS. A node has one: the simulated one
+//! here, or SMPP (`crate::smpp`).
 
 use std::time::Duration;
 
@@ -9,6 +7,56 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use rand::Rng;
 use smsmesh::pb;
+
+/// What one attempt came to, as the gateway saw it.
+pub type Outcome = Result<Accepted, Failure>;
+
+/// A send the provider accepted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Accepted {
+    /// The provider's id of each segment, in order (none from a simulation).
+    pub provider_ids: Vec<String>,
+}
+
+/// A send that did not go through, and what kind of failure it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What the coordinator should do with the message.
+    pub class: FailureClass,
+    /// Why, in words (for SMPP: the command status and its name).
+    pub reason: String,
+}
+
+/// The kinds of failure: each is one `Outcome` on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Retried after a backoff while attempts are left.
+    Temporary,
+    /// Final at once (e.g. an invalid destination).
+    Permanent,
+    /// The provider asked to slow down: sent again without using an attempt.
+    Throttled,
+    /// No answer came: the provider may have sent it, so a retry may duplicate.
+    Unknown,
+}
+
+impl Failure {
+    /// A temporary failure.
+    pub fn temporary(reason: impl Into<String>) -> Self {
+        Failure {
+            class: FailureClass::Temporary,
+            reason: reason.into(),
+        }
+    }
+
+    /// A failure of `class`.
+    pub fn new(class: FailureClass, reason: impl Into<String>) -> Self {
+        Failure {
+            class,
+            reason: reason.into(),
+        }
+    }
+}
 
 /// A send the gateway started: finished already, due at a known time, or
 /// still going.
@@ -19,30 +67,30 @@ use smsmesh::pb;
 /// and when it is due (a simulation with latency) says `After`: the node
 /// keeps such sends in one timer queue instead of a task and a timer each.
 pub enum Sending {
-    /// The outcome is known now: `Err(reason)` when the attempt failed.
-    Done(Result<(), String>),
+    /// The outcome is known now.
+    Done(Outcome),
     /// The outcome, due once `after` has passed.
     After(Delayed),
     /// The outcome comes when this future resolves.
-    Pending(BoxFuture<'static, Result<(), String>>),
+    Pending(BoxFuture<'static, Outcome>),
 }
 
 /// What is done to an outcome when it is due.
-pub type Finish = Box<dyn FnOnce(Result<(), String>) -> Result<(), String> + Send>;
+pub type Finish = Box<dyn FnOnce(Outcome) -> Outcome + Send>;
 
 /// An outcome known now and due later.
 pub struct Delayed {
     /// How long until it is due.
     pub after: Duration,
     /// The outcome.
-    pub outcome: Result<(), String>,
+    pub outcome: Outcome,
     /// Applied to the outcome when it is due (see [`Sending::map`]).
     pub finish: Option<Finish>,
 }
 
 impl Delayed {
     /// The outcome as it is once due.
-    pub fn finish(self) -> Result<(), String> {
+    pub fn finish(self) -> Outcome {
         match self.finish {
             Some(f) => f(self.outcome),
             None => self.outcome,
@@ -53,10 +101,7 @@ impl Delayed {
 impl Sending {
     /// Applies `f` to the outcome, now or when it comes (for a delayed one:
     /// when it is due, not before).
-    pub fn map(
-        self,
-        f: impl FnOnce(Result<(), String>) -> Result<(), String> + Send + 'static,
-    ) -> Self {
+    pub fn map(self, f: impl FnOnce(Outcome) -> Outcome + Send + 'static) -> Self {
         match self {
             Sending::Done(r) => Sending::Done(f(r)),
             Sending::After(d) => Sending::After(Delayed {
@@ -77,6 +122,11 @@ pub trait Gateway: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Starts sending `job`.
     fn send(&self, job: &pb::Job) -> Sending;
+    /// Whether the gateway can send now, and changes of it; `None` for a
+    /// gateway that always can. A node grants no credit while it cannot.
+    fn ready(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// A gateway that only waits and sometimes fails: latency drawn from an
@@ -99,9 +149,11 @@ impl Gateway for Simulated {
         let fail = self.failure_rate > 0.0 && rng.random::<f64>() < self.failure_rate;
         let outcome = move || {
             if fail {
-                Err("simulated gateway failure (submit_sm rejected)".to_string())
+                Err(Failure::temporary(
+                    "simulated gateway failure (submit_sm rejected)",
+                ))
             } else {
-                Ok(())
+                Ok(Accepted::default())
             }
         };
         if self.mean_latency.is_zero() {

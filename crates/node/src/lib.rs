@@ -39,7 +39,7 @@ use tonic::Code;
 use group::{Inbound, Outbound};
 use state::{Done, NodeState};
 
-pub use gateway::{Gateway, Sending, Simulated};
+pub use gateway::{Accepted, Failure, FailureClass, Gateway, Outcome, Sending, Simulated};
 
 /// What a node needs to run.
 #[derive(Clone)]

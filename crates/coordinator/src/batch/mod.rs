@@ -41,6 +41,19 @@ pub struct Slot {
     pub node: u16,
 }
 
+/// What a node's result says of one attempt (see `Outcome` in node.proto).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted by the provider.
+    Sent,
+    /// A temporary failure (or no answer): retried while attempts are left.
+    Failed,
+    /// A permanent failure: final at once.
+    Rejected,
+    /// The provider asked to slow down: sent again without using an attempt.
+    Throttled,
+}
+
 /// Waiting for dispatch.
 pub const ST_PENDING: u8 = 0;
 /// On a node.
@@ -348,12 +361,13 @@ impl Batch {
         attempt: u32,
         node: u16,
         held: bool,
-        sent: bool,
+        verdict: Verdict,
         error: &str,
         latency_us: u64,
         retry_delay: impl FnOnce(u8) -> Duration,
         now: Instant,
     ) -> Option<u8> {
+        let sent = verdict == Verdict::Sent;
         let slot = self.slots[index as usize];
         // The same report again (its ack was lost, e.g. in a coordinator crash): already
         // recorded, so it changes nothing but the node's hold on it.
@@ -368,10 +382,10 @@ impl Batch {
         if repeat {
             return None;
         }
-        if sent {
-            share.sent += 1;
-        } else {
-            share.failed_attempts += 1;
+        match verdict {
+            Verdict::Sent => share.sent += 1,
+            Verdict::Throttled => {}
+            Verdict::Failed | Verdict::Rejected => share.failed_attempts += 1,
         }
         share.latency.record(latency_us);
         self.latency.record(latency_us);
@@ -414,6 +428,18 @@ impl Batch {
             self.counts.sent += 1;
             return Some(ST_SENT);
         }
+        if verdict == Verdict::Throttled {
+            // Not sent, and not the message's fault: back in line without using an attempt.
+            if self.state == BatchState::Running {
+                slot.state = ST_PENDING;
+                self.ready.push_back(index);
+                self.counts.requeued += 1;
+                return None;
+            }
+            slot.state = ST_CANCELLED;
+            self.counts.cancelled += 1;
+            return Some(ST_CANCELLED);
+        }
         slot.failures = slot.failures.saturating_add(1);
         let failures = slot.failures;
         self.set_error(index, error);
@@ -421,7 +447,7 @@ impl Batch {
             self.slots[index as usize].state = ST_CANCELLED;
             self.counts.cancelled += 1;
             Some(ST_CANCELLED)
-        } else if failures >= self.max_attempts {
+        } else if failures >= self.max_attempts || verdict == Verdict::Rejected {
             self.slots[index as usize].state = ST_FAILED;
             self.counts.failed += 1;
             Some(ST_FAILED)

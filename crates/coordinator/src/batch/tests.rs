@@ -42,17 +42,17 @@ fn results_settle_a_message_once_and_count_what_went_out_twice() {
     let now = Instant::now();
     let mut b = batch(1, 3, now);
     let (i, a1) = next(&mut b, 0).unwrap();
-    let reached = b.on_result(i, a1, 0, true, true, "", 10, |_| BACKOFF, now);
+    let reached = b.on_result(i, a1, 0, true, Verdict::Sent, "", 10, |_| BACKOFF, now);
     assert_eq!(reached, Some(ST_SENT));
     // The same report again (its ack was lost): nothing changes.
     assert_eq!(
-        b.on_result(i, a1, 0, false, true, "", 10, |_| BACKOFF, now),
+        b.on_result(i, a1, 0, false, Verdict::Sent, "", 10, |_| BACKOFF, now),
         None
     );
     assert_eq!((b.counts.sent, b.counts.duplicates), (1, 0));
     // Another attempt that also went out: a duplicate, still one outcome.
     assert_eq!(
-        b.on_result(i, a1 + 1, 1, false, true, "", 10, |_| BACKOFF, now),
+        b.on_result(i, a1 + 1, 1, false, Verdict::Sent, "", 10, |_| BACKOFF, now),
         None
     );
     assert_eq!((b.counts.sent, b.counts.duplicates), (1, 1));
@@ -66,7 +66,7 @@ fn failures_wait_for_their_backoff_and_the_last_attempt_is_final() {
     let mut b = batch(1, 2, now);
     let (i, a1) = next(&mut b, 0).unwrap();
     assert_eq!(
-        b.on_result(i, a1, 0, true, false, "busy", 5, |_| BACKOFF, now),
+        b.on_result(i, a1, 0, true, Verdict::Failed, "busy", 5, |_| BACKOFF, now),
         None
     );
     assert_eq!(b.message_state(i), smsmesh::pb::MessageState::RetryWait);
@@ -78,14 +78,73 @@ fn failures_wait_for_their_backoff_and_the_last_attempt_is_final() {
     assert_eq!(a2, 2);
     // A late failure of the first attempt changes nothing now.
     assert_eq!(
-        b.on_result(i, a1, 0, false, false, "old", 5, |_| BACKOFF, now),
+        b.on_result(i, a1, 0, false, Verdict::Failed, "old", 5, |_| BACKOFF, now),
         None
     );
     assert_eq!(b.counts.in_flight, 1);
-    let reached = b.on_result(i, a2, 0, true, false, "gone", 5, |_| BACKOFF, now);
+    let reached = b.on_result(i, a2, 0, true, Verdict::Failed, "gone", 5, |_| BACKOFF, now);
     assert_eq!(reached, Some(ST_FAILED));
     assert_eq!((b.counts.failed, b.counts.retried), (1, 1));
     assert_eq!(b.last_error(i), Some("gone"));
+}
+
+#[test]
+fn a_rejected_attempt_is_final_at_once_and_a_throttled_one_uses_no_attempt() {
+    let now = Instant::now();
+    let mut b = batch(2, 3, now);
+    let (i, a1) = next(&mut b, 0).unwrap();
+    // Throttled: back in line at once, no failure counted, no error kept.
+    assert_eq!(
+        b.on_result(
+            i,
+            a1,
+            0,
+            true,
+            Verdict::Throttled,
+            "ESME_RTHROTTLED",
+            5,
+            |_| BACKOFF,
+            now
+        ),
+        None
+    );
+    assert_eq!(
+        (b.counts.requeued, b.counts.retried, b.counts.in_flight),
+        (1, 0, 0)
+    );
+    assert_eq!(b.slots[i as usize].failures, 0);
+    assert_eq!(b.last_error(i), None);
+    // Throttled twice more: still no attempt used, so it may still fail three times.
+    for _ in 0..2 {
+        let (j, a) = next(&mut b, 0).unwrap();
+        assert_eq!(j, i);
+        b.on_result(j, a, 0, true, Verdict::Throttled, "", 5, |_| BACKOFF, now);
+    }
+    let (j, a) = next(&mut b, 0).unwrap();
+    assert_eq!((j, a), (i, 4), "a re-send is still a new attempt number");
+    assert_eq!(
+        b.on_result(j, a, 0, true, Verdict::Sent, "", 5, |_| BACKOFF, now),
+        Some(ST_SENT)
+    );
+    // Rejected with attempts left: final now, never retried.
+    let (k, a) = next(&mut b, 0).unwrap();
+    assert_eq!(
+        b.on_result(
+            k,
+            a,
+            0,
+            true,
+            Verdict::Rejected,
+            "ESME_RINVDSTADR",
+            5,
+            |_| BACKOFF,
+            now
+        ),
+        Some(ST_FAILED)
+    );
+    assert_eq!((b.counts.failed, b.counts.retried), (1, 0));
+    assert_eq!(b.last_error(k), Some("ESME_RINVDSTADR"));
+    assert!(b.check_end(now));
 }
 
 #[test]
@@ -101,7 +160,7 @@ fn cancel_stops_what_is_pending_and_ends_when_nothing_is_out() {
     assert_eq!(next(&mut b, 0), None);
     // The job out still reports: it was sent, and the batch ends.
     assert_eq!(
-        b.on_result(i, a, 0, true, true, "", 5, |_| BACKOFF, now),
+        b.on_result(i, a, 0, true, Verdict::Sent, "", 5, |_| BACKOFF, now),
         Some(ST_SENT)
     );
     assert!(b.check_end(now));

@@ -55,6 +55,10 @@ pub struct MeshMetrics {
     pub handoffs_refused: u64,
     /// Jobs taken back from nodes because their lease ran out.
     pub jobs_expired: u64,
+    /// Attempts whose outcome the gateway never learned (a retry may duplicate).
+    pub attempts_unknown: u64,
+    /// Attempts the provider throttled, put back without using an attempt.
+    pub attempts_throttled: u64,
 }
 
 impl Default for MeshMetrics {
@@ -73,6 +77,8 @@ impl Default for MeshMetrics {
             node_protocol_errors: 0,
             handoffs_refused: 0,
             jobs_expired: 0,
+            attempts_unknown: 0,
+            attempts_throttled: 0,
         }
     }
 }
@@ -159,6 +165,8 @@ fn mesh_metrics(batches: &Batches, sessions: &Sessions) -> MeshMetrics {
         node_protocol_errors: stats.protocol_errors,
         handoffs_refused: stats.handoffs_refused,
         jobs_expired: stats.jobs_expired,
+        attempts_unknown: stats.unknown,
+        attempts_throttled: stats.throttled,
         ..MeshMetrics::default()
     };
     // Retired batches as summed when they retired; the live ones as they are.

@@ -10,7 +10,7 @@ use smsmesh::{BatchId, MessageId, pb};
 use super::batches::Batches;
 use super::durability::Durability;
 use super::sessions::{NodeStats, Session};
-use crate::batch;
+use crate::batch::{self, Verdict};
 use crate::store::Outcome;
 
 /// Applies the results of `r`, from `session`'s node, and records that the
@@ -72,11 +72,21 @@ fn apply(
                 res.attempt
             ));
         }
-        let sent = match pb::Outcome::try_from(res.outcome) {
-            Ok(pb::Outcome::Sent) => true,
-            Ok(pb::Outcome::Failed) => false,
+        let verdict = match pb::Outcome::try_from(res.outcome) {
+            Ok(pb::Outcome::Sent) => Verdict::Sent,
+            Ok(pb::Outcome::Failed) => Verdict::Failed,
+            Ok(pb::Outcome::Unknown) => {
+                stats.unknown += 1;
+                Verdict::Failed
+            }
+            Ok(pb::Outcome::Rejected) => Verdict::Rejected,
+            Ok(pb::Outcome::Throttled) => {
+                stats.throttled += 1;
+                Verdict::Throttled
+            }
             _ => return Err(format!("result for message {id} has no outcome")),
         };
+        let sent = verdict == Verdict::Sent;
         let batch = batches.get_mut(res.batch);
         if r.handoff
             && let Some(b) = &batch
@@ -106,7 +116,7 @@ fn apply(
             res.attempt,
             node,
             held,
-            sent,
+            verdict,
             &res.error,
             res.latency_us,
             |failures| retry_delay(retry_base, retry_max, failures),

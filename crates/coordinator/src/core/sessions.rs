@@ -99,6 +99,10 @@ pub(super) struct NodeStats {
     pub(super) jobs_expired: u64,
     /// Handed-in results refused: no such attempt was dispatched.
     pub(super) handoffs_refused: u64,
+    /// Attempts whose outcome the gateway never learned (a retry may duplicate).
+    pub(super) unknown: u64,
+    /// Attempts the provider throttled, put back without using an attempt.
+    pub(super) throttled: u64,
 }
 
 impl Default for NodeStats {
@@ -111,6 +115,8 @@ impl Default for NodeStats {
             protocol_errors: 0,
             jobs_expired: 0,
             handoffs_refused: 0,
+            unknown: 0,
+            throttled: 0,
         }
     }
 }

@@ -110,6 +110,7 @@ pub fn result(job: &pb::Job, sent: bool) -> pb::JobResult {
         } as i32,
         error: if sent { String::new() } else { "boom".into() },
         latency_us: 100,
+        ..Default::default()
     }
 }
 
