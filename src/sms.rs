@@ -34,9 +34,9 @@ pub struct Segments {
     pub count: u32,
 }
 
-const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\u{1b}ÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?\
+pub(crate) const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\u{1b}ÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?\
 ¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
-const GSM7_EXTENSION: &str = "\u{0c}^{}\\[~]|€";
+pub(crate) const GSM7_EXTENSION: &str = "\u{0c}^{}\\[~]|€";
 
 /// Septets a character takes in GSM-7, or `None` if it has no GSM-7 form.
 fn gsm7_septets(c: char) -> Option<u32> {

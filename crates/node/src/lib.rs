@@ -24,6 +24,7 @@ pub mod gateway;
 pub mod group;
 pub mod metrics;
 pub mod pipeline;
+pub mod smpp;
 pub mod state;
 
 use std::future::Future;
@@ -148,6 +149,11 @@ pub struct Stats {
     pub prefetch: AtomicU64,
     /// Send time of every attempt: its start to its outcome (gateway and node delay).
     pub latency: SendLatency,
+    /// Whether the gateway cannot send now (for SMPP: its bind is down); the
+    /// node grants no credit then.
+    pub gateway_down: std::sync::atomic::AtomicBool,
+    /// The SMPP connector's counters, when the gateway is SMPP.
+    pub smpp: std::sync::OnceLock<Arc<smpp::SmppStats>>,
 }
 
 /// Send time of every attempt, in Prometheus buckets.
@@ -198,7 +204,9 @@ pub async fn run(
         stats.clone(),
         Instant::now(),
     );
+    let ready = config.gateway.ready();
     let mut node = Node {
+        ready,
         instance_id: rand::random(),
         config,
         stats,
@@ -219,6 +227,8 @@ impl Drop for AbortOnDrop {
 
 /// The join loop: streams opened and read, frames moved; [`NodeState`] decides what they say.
 struct Node {
+    /// The gateway's readiness, when it can be down.
+    ready: Option<tokio::sync::watch::Receiver<bool>>,
     config: Config,
     stats: Arc<Stats>,
     instance_id: u64,
@@ -381,6 +391,7 @@ impl Node {
             return Ok(closed());
         }
         let mut welcomed = false;
+        self.gateway_changed();
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -419,6 +430,7 @@ impl Node {
                         self.state.finished(more, Instant::now());
                     }
                 }
+                Ok(()) = changed(&mut self.ready) => self.gateway_changed(),
                 _ = heartbeat.tick() => {
                     let beat = pb::NodeToCoordinator {
                         update: Some(node_to_coordinator::Update::Heartbeat(pb::Heartbeat {})),
@@ -445,6 +457,27 @@ impl Node {
                 return Ok(SessionEnd::Done);
             }
         }
+    }
+}
+
+impl Node {
+    /// Follows the gateway's readiness: no credit while it cannot send.
+    fn gateway_changed(&mut self) {
+        let up = self.ready.as_mut().is_none_or(|r| *r.borrow_and_update());
+        if self.stats.gateway_down.swap(!up, Ordering::Relaxed) == up {
+            tracing::info!(node = %self.config.name, up, "gateway readiness changed");
+        }
+        self.state.set_gateway_up(up);
+    }
+}
+
+/// The next change of `ready` (never, for a gateway that is always ready).
+async fn changed(
+    ready: &mut Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match ready {
+        Some(r) => r.changed().await,
+        None => futures::future::pending().await,
     }
 }
 

@@ -36,9 +36,13 @@ struct Args {
     /// Equal to --prefetch for a fixed prefetch.
     #[arg(long, env = "SMSMESH_PREFETCH_MAX")]
     prefetch_max: Option<u32>,
-    /// Gateway kind. Only "simulated" exists for now.
+    /// Gateway: "simulated", or an SMSC to bind to as an SMPP 3.4 client:
+    /// smpp://SYSTEM_ID:PASSWORD@HOST:PORT (smpps:// for TLS), options in the
+    /// query or as the --smpp-* flags.
     #[arg(long, env = "SMSMESH_GATEWAY", default_value = "simulated")]
     gateway: String,
+    #[command(flatten)]
+    smpp: smsmesh_node::smpp::SmppArgs,
     /// Simulated gateway: mean send latency (exponentially distributed); 0ms for none.
     #[arg(long, env = "SMSMESH_MEAN_LATENCY", default_value = "50ms", value_parser = humantime::parse_duration)]
     mean_latency: Duration,
@@ -206,13 +210,6 @@ async fn node_main(args: Args) -> ExitCode {
         "info",
         args.otlp_endpoint.as_deref(),
     );
-    if args.gateway != "simulated" {
-        eprintln!(
-            "smsnode: unknown --gateway {:?} (only \"simulated\" exists for now)",
-            args.gateway
-        );
-        return ExitCode::from(64);
-    }
     if !(0.0..=1.0).contains(&args.failure_rate) {
         eprintln!(
             "smsnode: --failure-rate must be between 0 and 1, got {}",
@@ -231,10 +228,29 @@ async fn node_main(args: Args) -> ExitCode {
         );
         return ExitCode::from(64);
     }
-    let gateway = Arc::new(Simulated {
-        mean_latency: args.mean_latency,
-        failure_rate: args.failure_rate,
-    });
+    let mut smpp_stats = None;
+    let gateway: Arc<dyn smsmesh_node::Gateway> = if args.gateway == "simulated" {
+        Arc::new(Simulated {
+            mean_latency: args.mean_latency,
+            failure_rate: args.failure_rate,
+        })
+    } else if args.gateway.starts_with("smpp://") || args.gateway.starts_with("smpps://") {
+        let smpp = match smsmesh_node::smpp::SmppConfig::parse(&args.gateway, &args.smpp) {
+            Ok(c) => smsmesh_node::smpp::Smpp::start(c, args.reconnect_max),
+            Err(e) => {
+                eprintln!("smsnode: {e}");
+                return ExitCode::from(64);
+            }
+        };
+        smpp_stats = Some(smpp.stats());
+        Arc::new(smpp)
+    } else {
+        eprintln!(
+            "smsnode: unknown --gateway {:?} (\"simulated\", or smpp://SYSTEM_ID:PASSWORD@HOST:PORT)",
+            args.gateway
+        );
+        return ExitCode::from(64);
+    };
     let mut config = Config::new(args.coordinator, name, args.concurrency, gateway);
     config.drain_timeout = args.drain_timeout;
     config.send_timeout = (!args.send_timeout.is_zero()).then_some(args.send_timeout);
@@ -282,7 +298,13 @@ async fn node_main(args: Args) -> ExitCode {
                 _ => format!("{}-{i:03}", config.name),
             },
             concurrency: config.concurrency,
-            stats: Arc::new(Stats::default()),
+            stats: {
+                let stats = Arc::new(Stats::default());
+                if let Some(smpp) = &smpp_stats {
+                    let _ = stats.smpp.set(smpp.clone());
+                }
+                stats
+            },
         })
         .collect();
     let mut _metrics = None;
@@ -299,10 +321,11 @@ async fn node_main(args: Args) -> ExitCode {
         }
         let registry = smsmesh_node::metrics::registry_of(served.clone());
         let all: Vec<Arc<Stats>> = served.iter().map(|n| n.stats.clone()).collect();
-        // Healthy while every node of the process is connected.
+        // Healthy while every node of the process is connected and its gateway can send.
         _metrics = Some(smsmesh::metrics::spawn(listener, registry, move || {
+            use std::sync::atomic::Ordering::Relaxed;
             all.iter()
-                .all(|s| s.connected.load(std::sync::atomic::Ordering::Relaxed))
+                .all(|s| s.connected.load(Relaxed) && !s.gateway_down.load(Relaxed))
         }));
     }
     let result = if args.instances == 1 {

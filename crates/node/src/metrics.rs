@@ -2,7 +2,7 @@
 //! node counts in atomics as it works; nothing else is kept for metrics).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -124,6 +124,12 @@ impl Collector for NodeCollector {
         )?;
         gauge(
             e,
+            "smsnode_gateway_up",
+            "1 while the gateway can send (for SMPP: while bound); no credit is granted otherwise.",
+            &|n| i64::from(!n.stats.gateway_down.load(Ordering::Relaxed)),
+        )?;
+        gauge(
+            e,
             "smsnode_concurrency",
             "Most gateway sends at once.",
             &|n| i64::from(n.concurrency),
@@ -164,6 +170,72 @@ impl Collector for NodeCollector {
             "Jobs received beyond the credit granted (a coordinator bug if not zero).",
             &|s| get(&s.over_credit),
         )?;
+        // The SMPP connector's counters (one connector per process, shared by its nodes).
+        if let Some(smpp) = self.nodes.first().and_then(|n| n.stats.smpp.get()) {
+            let c = |e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: &AtomicU64| {
+                family(
+                    e,
+                    name,
+                    help,
+                    MetricType::Counter,
+                    [(Vec::<(&str, &str)>::new(), ConstCounter::new(get(v)))],
+                )
+            };
+            c(
+                e,
+                "smsnode_smpp_binds",
+                "SMPP binds made (1 + rebinds).",
+                &smpp.binds,
+            )?;
+            c(
+                e,
+                "smsnode_smpp_bind_failures",
+                "SMPP connects or binds that failed.",
+                &smpp.bind_failures,
+            )?;
+            c(
+                e,
+                "smsnode_smpp_submits",
+                "submit_sm sent, one per segment.",
+                &smpp.submits,
+            )?;
+            c(
+                e,
+                "smsnode_smpp_accepted",
+                "submit_sm_resp with ESME_ROK.",
+                &smpp.accepted,
+            )?;
+            c(
+                e,
+                "smsnode_smpp_rejected",
+                "submit_sm_resp with an error status other than ESME_RTHROTTLED.",
+                &smpp.rejected,
+            )?;
+            c(
+                e,
+                "smsnode_smpp_throttled",
+                "submit_sm_resp with ESME_RTHROTTLED (the connector paused).",
+                &smpp.throttled,
+            )?;
+            c(
+                e,
+                "smsnode_smpp_unknown",
+                "submit_sm with no response in time or a bind lost before it: the outcome is unknown and a retry may duplicate.",
+                &smpp.unknown,
+            )?;
+            c(
+                e,
+                "smsnode_smpp_receipts",
+                "Delivery receipts received (deliver_sm).",
+                &smpp.receipts,
+            )?;
+            c(
+                e,
+                "smsnode_smpp_bad_receipts",
+                "deliver_sm receipts that could not be read.",
+                &smpp.bad_receipts,
+            )?;
+        }
         let latency: Vec<Buckets> = self
             .nodes
             .iter()

@@ -45,6 +45,8 @@ pub struct NodeState {
     pipeline: Pipeline,
     /// Credit granted on this stream and not yet used by a job.
     unused_credit: u64,
+    /// The gateway cannot send now: grant nothing.
+    gateway_down: bool,
     /// The coordinator confirmed on this stream that no more jobs will come.
     drained: bool,
 }
@@ -71,6 +73,7 @@ impl NodeState {
             leaving: false,
             pipeline: Pipeline::new(prefetch, prefetch_max, now),
             unused_credit: 0,
+            gateway_down: false,
             drained: false,
         }
     }
@@ -190,6 +193,12 @@ impl NodeState {
         self.done.extend(bunch);
     }
 
+    /// Whether the gateway can send: while it cannot, no credit is granted
+    /// (jobs go to other nodes); credit granted before stays granted.
+    pub fn set_gateway_up(&mut self, up: bool) {
+        self.gateway_down = !up;
+    }
+
     /// A shutdown is asked for: the node grants no more credit and says GoingAway.
     /// Returns the frame to send, the first time only.
     pub fn leave(&mut self) -> Option<pb::NodeToCoordinator> {
@@ -199,7 +208,7 @@ impl NodeState {
     /// The frames to send now: finished results (those of earlier streams
     /// handed in), and the credit that is free, riding on the last frame.
     pub fn flush(&mut self, now: Instant) -> Vec<pb::NodeToCoordinator> {
-        let free = if self.leaving {
+        let free = if self.leaving || self.gateway_down {
             0
         } else {
             u64::from(self.credit_target()).saturating_sub(self.held + self.unused_credit)

@@ -1,0 +1,209 @@
+//! Delivery receipts: what a deliver_sm carrying one says (the
+//! `receipted_message_id` and `message_state` TLVs when present, otherwise
+//! the de-facto `id:... stat:... err:...` text of SMPP 3.4 appendix B).
+
+/// A receipt's final (or interim) state, as SMPP's `message_state` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DlrState {
+    /// On its way (interim).
+    Enroute,
+    /// Delivered to the handset.
+    Delivered,
+    /// Its validity period passed.
+    Expired,
+    /// Deleted at the SMSC.
+    Deleted,
+    /// Could not be delivered.
+    Undeliverable,
+    /// Accepted for delivery (interim).
+    Accepted,
+    /// The SMSC does not know.
+    Unknown,
+    /// Rejected by the network.
+    Rejected,
+}
+
+impl DlrState {
+    /// From a `message_state` TLV value.
+    pub fn from_tlv(v: u8) -> Option<DlrState> {
+        Some(match v {
+            1 => DlrState::Enroute,
+            2 => DlrState::Delivered,
+            3 => DlrState::Expired,
+            4 => DlrState::Deleted,
+            5 => DlrState::Undeliverable,
+            6 => DlrState::Accepted,
+            7 => DlrState::Unknown,
+            8 => DlrState::Rejected,
+            _ => return None,
+        })
+    }
+
+    /// From the `stat:` word of a receipt's text.
+    pub fn from_text(s: &str) -> Option<DlrState> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "ENROUTE" => DlrState::Enroute,
+            "DELIVRD" | "DELIVERED" => DlrState::Delivered,
+            "EXPIRED" => DlrState::Expired,
+            "DELETED" => DlrState::Deleted,
+            "UNDELIV" | "UNDELIVERABLE" => DlrState::Undeliverable,
+            "ACCEPTD" | "ACCEPTED" => DlrState::Accepted,
+            "UNKNOWN" => DlrState::Unknown,
+            "REJECTD" | "REJECTED" => DlrState::Rejected,
+            _ => return None,
+        })
+    }
+
+    /// The word a receipt's text uses.
+    pub fn text(self) -> &'static str {
+        match self {
+            DlrState::Enroute => "ENROUTE",
+            DlrState::Delivered => "DELIVRD",
+            DlrState::Expired => "EXPIRED",
+            DlrState::Deleted => "DELETED",
+            DlrState::Undeliverable => "UNDELIV",
+            DlrState::Accepted => "ACCEPTD",
+            DlrState::Unknown => "UNKNOWN",
+            DlrState::Rejected => "REJECTD",
+        }
+    }
+
+    /// Whether no later receipt is expected (ENROUTE and ACCEPTD are interim).
+    pub fn is_final(self) -> bool {
+        !matches!(self, DlrState::Enroute | DlrState::Accepted)
+    }
+}
+
+/// One delivery receipt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The provider's message id it is for, as the provider wrote it.
+    pub id: String,
+    /// What became of the message.
+    pub state: DlrState,
+    /// The `err:` code of the text (or the network error TLV), if any.
+    pub error: String,
+}
+
+/// Whether a deliver_sm's `esm_class` marks it as an SMSC delivery receipt.
+pub fn is_receipt(esm_class: u8) -> bool {
+    esm_class & 0x3c == 0x04
+}
+
+/// The receipt in a deliver_sm: from its TLVs when both are there, else from
+/// its text; `Err` says what is missing.
+pub fn parse(
+    short_message: &[u8],
+    receipted_id: Option<&str>,
+    message_state: Option<u8>,
+) -> Result<Receipt, String> {
+    let text = String::from_utf8_lossy(short_message);
+    let fields = text_fields(&text);
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    };
+    let id = match receipted_id {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => field("id")
+            .filter(|v| !v.is_empty())
+            .ok_or("a delivery receipt without receipted_message_id or id:")?
+            .to_string(),
+    };
+    let state = match message_state.and_then(DlrState::from_tlv) {
+        Some(s) => s,
+        None => {
+            let stat = field("stat").ok_or("a delivery receipt without message_state or stat:")?;
+            DlrState::from_text(stat)
+                .ok_or_else(|| format!("a delivery receipt with stat:{stat}"))?
+        }
+    };
+    Ok(Receipt {
+        id,
+        state,
+        error: field("err").unwrap_or("").to_string(),
+    })
+}
+
+/// The `key:value` words of a receipt text, where "submit date" and
+/// "done date" are keys of two words and `text:` runs to the end.
+fn text_fields(text: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let Some(colon) = rest.find(':') else { break };
+        let key = rest[..colon].trim();
+        let after = &rest[colon + 1..];
+        if key.eq_ignore_ascii_case("text") {
+            out.push((key, after.trim()));
+            break;
+        }
+        // The value runs to the next space before another key (or the end).
+        let end = after.find(' ').unwrap_or(after.len());
+        out.push((key, after[..end].trim()));
+        rest = after[end..].trim_start();
+    }
+    out
+}
+
+/// The text of a receipt for `id`, as SMSCs write it.
+pub fn format(id: &str, state: DlrState, error: &str, submit: &str, done: &str) -> String {
+    let delivered = u8::from(state == DlrState::Delivered);
+    format!(
+        "id:{id} sub:001 dlvrd:{delivered:03} submit date:{submit} done date:{done} stat:{} err:{error:0>3} text:",
+        state.text()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_form_is_read_field_by_field() {
+        let t = b"id:0A1B2C sub:001 dlvrd:001 submit date:2612021200 done date:2612021201 stat:DELIVRD err:000 text:Hello world";
+        let r = parse(t, None, None).unwrap();
+        assert_eq!(
+            r,
+            Receipt {
+                id: "0A1B2C".into(),
+                state: DlrState::Delivered,
+                error: "000".into()
+            }
+        );
+        let r = parse(b"id:77 stat:UNDELIV err:034", None, None).unwrap();
+        assert_eq!(
+            (r.state, r.error.as_str()),
+            (DlrState::Undeliverable, "034")
+        );
+    }
+
+    #[test]
+    fn tlvs_win_over_the_text() {
+        let r = parse(b"id:1 stat:DELIVRD", Some("abc"), Some(5)).unwrap();
+        assert_eq!((r.id.as_str(), r.state), ("abc", DlrState::Undeliverable));
+    }
+
+    #[test]
+    fn what_we_write_we_read_and_a_bad_receipt_says_why() {
+        let t = format("42", DlrState::Expired, "1", "2612021200", "2612021300");
+        let r = parse(t.as_bytes(), None, None).unwrap();
+        assert_eq!(
+            (r.id.as_str(), r.state, r.error.as_str()),
+            ("42", DlrState::Expired, "001")
+        );
+        assert!(
+            parse(b"stat:DELIVRD", None, None)
+                .unwrap_err()
+                .contains("id")
+        );
+        assert!(
+            parse(b"id:1 stat:SOMEHOW", None, None)
+                .unwrap_err()
+                .contains("SOMEHOW")
+        );
+        assert!(is_receipt(0x04) && !is_receipt(0x00) && !is_receipt(0x40));
+    }
+}

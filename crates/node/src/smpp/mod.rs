@@ -1,0 +1,260 @@
+//! The SMPP gateway: a node as an SMPP client (ESME) of one SMSC. One
+//! connector per node holds one bind ([`session`]); sends are pipelined on it
+//! under a window of outstanding submit_sm and a limit of segments a second,
+//! and each submit_sm_resp status becomes one outcome class ([`status`]).
+//! Delivery receipts arriving on the bind are parsed ([`dlr`]) and counted.
+
+pub mod config;
+pub mod dlr;
+mod session;
+pub mod status;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use rusmpp::pdus::SubmitSm;
+use rusmpp::types::{COctetString, OctetString};
+use rusmpp::values::{DataCoding, EsmClass, Npi, RegisteredDelivery, Ton};
+use smsmesh::pb;
+use tokio::sync::{Semaphore, watch};
+
+pub use config::{SmppArgs, SmppConfig};
+
+use crate::gateway::{Accepted, Failure, FailureClass, Gateway, Outcome, Sending};
+
+/// What the connector has done, for metrics.
+#[derive(Debug, Default)]
+pub struct SmppStats {
+    /// Binds that succeeded.
+    pub binds: AtomicU64,
+    /// Connects or binds that failed.
+    pub bind_failures: AtomicU64,
+    /// submit_sm sent (one per segment).
+    pub submits: AtomicU64,
+    /// submit_sm_resp with ESME_ROK.
+    pub accepted: AtomicU64,
+    /// Non-zero submit_sm_resp statuses.
+    pub rejected: AtomicU64,
+    /// ESME_RTHROTTLED answers.
+    pub throttled: AtomicU64,
+    /// submit_sm with no response in time (or a connection lost before it).
+    pub unknown: AtomicU64,
+    /// Delivery receipts received.
+    pub receipts: AtomicU64,
+    /// deliver_sm that were not a receipt we could read.
+    pub bad_receipts: AtomicU64,
+}
+
+/// State shared by the sends and the connector task.
+struct Shared {
+    config: SmppConfig,
+    /// The bound client, while the bind is up.
+    client: watch::Sender<Option<rusmppc::Client>>,
+    /// Whether the bind is up (what the node's credit follows).
+    ready: watch::Sender<bool>,
+    /// One permit per submit_sm outstanding.
+    window: Semaphore,
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// Until when the connector is paused after ESME_RTHROTTLED.
+    paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// The next concatenation reference.
+    reference: AtomicU8,
+    stats: Arc<SmppStats>,
+}
+
+/// The SMPP gateway of one node.
+pub struct Smpp {
+    shared: Arc<Shared>,
+    connector: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Smpp {
+    fn drop(&mut self) {
+        self.connector.abort();
+    }
+}
+
+impl Smpp {
+    /// Starts the connector (it binds, and binds again whenever the bind is
+    /// lost, backing off up to `reconnect_max`). Must run inside a runtime.
+    pub fn start(config: SmppConfig, reconnect_max: Duration) -> Smpp {
+        let limiter = NonZeroU32::new(config.rate).map(|r| {
+            // A burst of at most a tenth of a second's worth, so the rate holds over short spans.
+            let burst = NonZeroU32::new((r.get() / 10).max(1)).expect("at least 1");
+            governor::RateLimiter::direct(governor::Quota::per_second(r).allow_burst(burst))
+        });
+        let shared = Arc::new(Shared {
+            window: Semaphore::new(config.window as usize),
+            client: watch::channel(None).0,
+            ready: watch::channel(false).0,
+            limiter,
+            paused_until: std::sync::Mutex::new(None),
+            reference: AtomicU8::new(rand::random()),
+            stats: Arc::default(),
+            config,
+        });
+        let connector = tokio::spawn(session::run(shared.clone(), reconnect_max));
+        Smpp { shared, connector }
+    }
+
+    /// The connector's counters.
+    pub fn stats(&self) -> Arc<SmppStats> {
+        self.shared.stats.clone()
+    }
+}
+
+impl Gateway for Smpp {
+    fn kind(&self) -> &'static str {
+        "smpp"
+    }
+
+    fn send(&self, job: &pb::Job) -> Sending {
+        let shared = self.shared.clone();
+        let to = job.to.clone();
+        let body = job.body.clone();
+        Sending::Pending(async move { submit(&shared, &to, &body).await }.boxed())
+    }
+
+    fn ready(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.shared.ready.subscribe())
+    }
+}
+
+/// Sends one message: each of its segments as a submit_sm, in order.
+async fn submit(shared: &Shared, to: &str, body: &str) -> Outcome {
+    let c = &shared.config;
+    let client = {
+        // A send that comes while the bind is down waits a little for it, then goes back.
+        let mut rx = shared.client.subscribe();
+        let bound = tokio::time::timeout(c.response_timeout, rx.wait_for(Option::is_some)).await;
+        match bound {
+            Ok(Ok(client)) => client.clone().expect("waited for Some"),
+            _ => {
+                return Err(Failure::new(
+                    FailureClass::Throttled,
+                    format!("the SMPP bind to {} is down", c.address),
+                ));
+            }
+        }
+    };
+    let destination = to.strip_prefix('+').unwrap_or(to);
+    let destination = COctetString::from_string(destination.to_string())
+        .map_err(|e| Failure::new(FailureClass::Permanent, format!("destination {to:?}: {e}")))?;
+    let source = COctetString::from_string(c.sender.addr.clone())
+        .map_err(|e| Failure::new(FailureClass::Permanent, format!("sender: {e}")))?;
+    let encoded = smsmesh::encode::encode(body);
+    let parts = encoded.parts.len();
+    let reference = shared.reference.fetch_add(1, Ordering::Relaxed);
+    let mut ids = Vec::with_capacity(parts);
+    for (i, part) in encoded.parts.iter().enumerate() {
+        let (esm, bytes) = if parts == 1 {
+            (EsmClass::default(), part.clone())
+        } else {
+            let udh = smsmesh::encode::concat_udh(reference, parts as u8, i as u8 + 1);
+            (
+                EsmClass::default().with_udhi_indicator(),
+                [udh.as_slice(), part].concat(),
+            )
+        };
+        let short_message = OctetString::from_vec(bytes).map_err(|e| {
+            Failure::new(FailureClass::Permanent, format!("segment {}: {e}", i + 1))
+        })?;
+        let pdu = SubmitSm::builder()
+            .source_addr_ton(c.sender.ton)
+            .source_addr_npi(c.sender.npi)
+            .source_addr(source.clone())
+            .dest_addr_ton(Ton::International)
+            .dest_addr_npi(Npi::Isdn)
+            .destination_addr(destination.clone())
+            .esm_class(esm)
+            .registered_delivery(if c.receipts {
+                RegisteredDelivery::request_all()
+            } else {
+                RegisteredDelivery::default()
+            })
+            .data_coding(DataCoding::from(encoded.data_coding))
+            .short_message(short_message)
+            .build();
+        ids.push(submit_one(shared, &client, pdu).await.map_err(|mut f| {
+            if parts > 1 {
+                f.reason = format!("segment {} of {parts}: {}", i + 1, f.reason);
+            }
+            f
+        })?);
+    }
+    Ok(Accepted { provider_ids: ids })
+}
+
+/// One submit_sm, once the connector is not paused, the rate allows and the
+/// window has room: the provider's message id, or the failure.
+async fn submit_one(
+    shared: &Shared,
+    client: &rusmppc::Client,
+    pdu: SubmitSm,
+) -> Result<String, Failure> {
+    let pause = *shared.paused_until.lock().expect("pause lock");
+    if let Some(until) = pause {
+        tokio::time::sleep_until(until).await;
+    }
+    if let Some(limiter) = &shared.limiter {
+        limiter.until_ready().await;
+    }
+    let _permit = shared
+        .window
+        .acquire()
+        .await
+        .expect("the window is never closed");
+    let stats = &shared.stats;
+    stats.submits.fetch_add(1, Ordering::Relaxed);
+    let timeout = shared.config.response_timeout;
+    match client.response_timeout(timeout).submit_sm(pdu).await {
+        Ok(resp) => {
+            stats.accepted.fetch_add(1, Ordering::Relaxed);
+            Ok(resp.message_id().as_str().to_string())
+        }
+        Err(rusmppc::error::Error::UnexpectedResponse { response }) => {
+            let code = u32::from(response.status());
+            let class = status::class(code);
+            if class == FailureClass::Throttled {
+                stats.throttled.fetch_add(1, Ordering::Relaxed);
+                let until = tokio::time::Instant::now() + shared.config.throttle_pause;
+                let mut p = shared.paused_until.lock().expect("pause lock");
+                if p.is_none_or(|p| p < until) {
+                    *p = Some(until);
+                }
+            } else {
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Failure::new(
+                class,
+                format!("submit_sm_resp {} (0x{code:08X})", status::name(code)),
+            ))
+        }
+        Err(rusmppc::error::Error::ConnectionClosed) => Err(Failure::new(
+            FailureClass::Throttled,
+            format!(
+                "the SMPP bind to {} closed before the submit_sm",
+                shared.config.address
+            ),
+        )),
+        Err(e @ rusmppc::error::Error::ResponseTimeout { .. }) => {
+            stats.unknown.fetch_add(1, Ordering::Relaxed);
+            Err(Failure::new(
+                FailureClass::Unknown,
+                format!("no submit_sm_resp: {e}; the SMSC may have sent it"),
+            ))
+        }
+        Err(e) => {
+            stats.unknown.fetch_add(1, Ordering::Relaxed);
+            Err(Failure::new(
+                FailureClass::Unknown,
+                format!(
+                    "the SMPP bind failed during the submit_sm ({e}); the SMSC may have sent it"
+                ),
+            ))
+        }
+    }
+}
