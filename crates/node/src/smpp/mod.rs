@@ -151,11 +151,12 @@ async fn submit(shared: &Shared, to: &str, body: &str) -> Outcome {
     let mut ids = Vec::with_capacity(parts);
     for (i, part) in encoded.parts.iter().enumerate() {
         let (esm, bytes) = if parts == 1 {
-            (EsmClass::default(), part.clone())
+            // Set from its byte: default mode and message type, no UDHI.
+            (EsmClass::from(0x00), part.clone())
         } else {
             let udh = smsmesh::encode::concat_udh(reference, parts as u8, i as u8 + 1);
             (
-                EsmClass::default().with_udhi_indicator(),
+                EsmClass::from(0x40), // UDHI: the short_message starts with a header
                 [udh.as_slice(), part].concat(),
             )
         };
