@@ -269,6 +269,7 @@ fn hello(name: &str, concurrency: u32) -> node_to_coordinator::Update {
         instance_id: 7,
         concurrency,
         gateway: "raw".into(),
+        ..Default::default()
     })
 }
 
@@ -367,6 +368,7 @@ async fn nodes_that_break_the_protocol_are_cut_off_and_their_jobs_go_elsewhere()
         results: vec![forged],
         grant: 0,
         handoff: false,
+        ..Default::default()
     }))
     .await;
     let err = liar.ended().await;
@@ -394,6 +396,7 @@ async fn a_second_process_with_the_same_name_is_refused() {
         instance_id: 8,
         concurrency: 5,
         gateway: "raw".into(),
+        ..Default::default()
     });
     let err = raw_join(&mesh, other).await.err().unwrap();
     assert_eq!(err.code(), Code::AlreadyExists);
@@ -541,6 +544,7 @@ async fn jobs_a_node_sits_on_are_taken_back_after_the_job_timeout() {
             results: vec![late],
             grant: 0,
             handoff: false,
+            ..Default::default()
         }))
         .await;
     let b = smsmesh_testkit::wait_until(Duration::from_secs(10), "the late result", || {

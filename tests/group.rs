@@ -279,6 +279,7 @@ fn hello(name: &str) -> Option<pb::node_to_coordinator::Update> {
         instance_id: 1,
         concurrency: 10,
         gateway: "raw".into(),
+        ..Default::default()
     }))
 }
 

@@ -719,6 +719,7 @@ async fn a_node_flooding_its_stream_is_dropped_and_its_jobs_go_elsewhere() {
         instance_id: 1,
         concurrency: 100,
         gateway: "none".into(),
+        ..Default::default()
     })))
     .await
     .unwrap();

@@ -59,6 +59,9 @@ pub struct Config {
     /// Ended batches accepted longer ago than this are removed, from memory
     /// and from the store. Default: 7 days.
     pub retention: Duration,
+    /// A sent message whose provider gave ids and that has no final delivery
+    /// receipt this long after it was sent ends as delivery unknown. Default: 48 h.
+    pub dlr_timeout: Duration,
     /// After a restart, how long messages that may have been in flight wait before going
     /// out again, so that reconnecting nodes can hand in their results first. Default: 2 s.
     pub resume_grace: Duration,
@@ -129,6 +132,7 @@ impl Default for Config {
             max_request_bytes: 64 << 20,
             keep_ended_in_progress: Duration::from_secs(60),
             retention: Duration::from_secs(7 * 24 * 3600),
+            dlr_timeout: Duration::from_secs(48 * 3600),
             resume_grace: Duration::from_secs(2),
             trace_message_ratio: 0.001,
             client_auth: ClientAuth::Insecure,

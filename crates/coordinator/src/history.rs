@@ -6,25 +6,33 @@ use smsmesh::pb::{self, MessageState};
 use smsmesh::{Error, MessageId};
 
 use crate::core::{LIST_SCAN_LIMIT, ListQuery, StoredRef, page_token};
-use crate::store::{FinalState, Store, StoredMessage, StoredOutcome};
+use crate::store::{FinalState, Store, StoredDelivery, StoredMessage, StoredOutcome};
 
-/// A folded message's state: its outcome (a completed batch's messages all have one).
-fn state(outcome: Option<&StoredOutcome>) -> MessageState {
-    match outcome.map(|o| o.state) {
-        Some(FinalState::Sent) => MessageState::Sent,
-        Some(FinalState::Failed) => MessageState::Failed,
-        None => MessageState::Cancelled,
+/// A folded message's state: its outcome (a completed batch's messages all
+/// have one), or for a sent one, its delivery once decided.
+fn state(outcome: Option<&StoredOutcome>, delivery: Option<&StoredDelivery>) -> i32 {
+    let mut s = pb::MessageStatus {
+        state: match outcome.map(|o| o.state) {
+            Some(FinalState::Sent) => MessageState::Sent,
+            Some(FinalState::Failed) => MessageState::Failed,
+            None => MessageState::Cancelled,
+        } as i32,
+        ..Default::default()
+    };
+    if let Some(d) = delivery {
+        crate::core::overlay_delivery(&mut s, d);
     }
+    s.state
 }
 
 fn status(r: &StoredRef, m: StoredMessage) -> pb::MessageStatus {
-    pb::MessageStatus {
+    let mut status = pb::MessageStatus {
         message_id: MessageId {
             batch: r.batch,
             index: m.index,
         }
         .to_string(),
-        state: state(m.outcome.as_ref()) as i32,
+        state: state(m.outcome.as_ref(), None),
         attempts: m.outcome.map_or(0, |o| u32::from(o.attempts)),
         node: m.node,
         last_error: m.error.unwrap_or_default(),
@@ -33,7 +41,13 @@ fn status(r: &StoredRef, m: StoredMessage) -> pb::MessageStatus {
         segments: smsmesh::sms::segments(&m.body).count,
         body: m.body,
         accepted_unix_ms: r.accepted_unix_ms,
+        provider_ids: m.provider_ids,
+        ..Default::default()
+    };
+    if let Some(d) = &m.delivery {
+        crate::core::overlay_delivery(&mut status, d);
     }
+    status
 }
 
 /// Runs a read of the store on a blocking thread.
@@ -59,7 +73,7 @@ fn gone(r: &StoredRef) -> Error {
 pub async fn message(store: &Store, r: StoredRef, index: u32) -> Result<pb::MessageStatus, Error> {
     let id = r.batch.0;
     let found = read(store, move |s| {
-        s.read_messages(id, index, index + 1, 1, |_| true)
+        s.read_messages(id, index, index + 1, 1, |_, _| true)
     })
     .await?;
     let (mut messages, _) = found.ok_or_else(|| gone(&r))?;
@@ -82,8 +96,8 @@ pub async fn list(
     let (id, start, limit, states) = (r.batch.0, query.start, query.limit, query.states);
     let end = r.total.min(start.saturating_add(LIST_SCAN_LIMIT));
     let found = read(store, move |s| {
-        s.read_messages(id, start, end, limit as usize, |o| {
-            states.contains(state(o) as i32)
+        s.read_messages(id, start, end, limit as usize, |o, d| {
+            states.contains(state(o, d))
         })
     })
     .await?;

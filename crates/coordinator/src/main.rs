@@ -80,6 +80,10 @@ struct Args {
     /// from the store (in the background; GetStatus then says NOT_FOUND).
     #[arg(long, env = "SMSMESH_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
     retention: Duration,
+    /// A sent message whose provider gave ids (SMPP) and that has no final
+    /// delivery receipt this long after it was sent ends as delivery unknown.
+    #[arg(long, env = "SMSMESH_DLR_TIMEOUT", default_value = "48h", value_parser = humantime::parse_duration)]
+    dlr_timeout: Duration,
     /// Outcomes wait up to this long after the last group commit began, to share the
     /// next one (a full group, a cancel or a new batch state goes at once).
     #[arg(long, env = "SMSMESH_COMMIT_INTERVAL", default_value = "2ms", value_parser = humantime::parse_duration)]
@@ -288,6 +292,7 @@ impl Args {
             max_jobs_per_frame: self.max_jobs_per_frame,
             resume_grace: self.resume_grace,
             retention: self.retention,
+            dlr_timeout: self.dlr_timeout,
             commit_interval: self.commit_interval,
             trace_message_ratio: self.trace_message_ratio,
             client_auth,

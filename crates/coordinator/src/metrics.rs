@@ -185,6 +185,32 @@ impl Collector for CoordinatorCollector {
             "Attempts the provider throttled, put back to be sent again without using an attempt.",
             m.attempts_throttled,
         )?;
+        family(
+            e,
+            "smsmesh_receipts",
+            "Delivery receipts from providers, by what became of them: matched to a waiting message, early (came before their id, then matched), interim (ENROUTE/ACCEPTD), unmatched (no message waited for their id).",
+            MetricType::Counter,
+            [
+                ("matched", m.receipts.matched),
+                ("early", m.receipts.early),
+                ("interim", m.receipts.interim),
+                ("unmatched", m.receipts.unmatched),
+            ]
+            .into_iter()
+            .map(|(k, v)| ([("result", k)], ConstCounter::new(v))),
+        )?;
+        counter(
+            e,
+            "smsmesh_delivery_timeouts",
+            "Sent messages with no final delivery receipt within --dlr-timeout (delivery unknown).",
+            m.receipts.timed_out,
+        )?;
+        gauge(
+            e,
+            "smsmesh_awaiting_receipt_messages",
+            "Sent messages waiting for a final delivery receipt.",
+            m.awaiting_receipt as i64,
+        )?;
         counter(
             e,
             "smsmesh_credits_granted",

@@ -354,7 +354,9 @@ async fn run(
         let std_now = now.into_std();
         if now >= next_tick {
             r.core.on_tick(std_now, &mut r.outbox);
-            r.core.expire_batches(crate::core::unix_ms());
+            let unix_now = crate::core::unix_ms();
+            r.core.expire_batches(unix_now);
+            r.core.expire_receipts(std_now, unix_now);
             next_tick = now + TICK;
         }
         r.core.dispatch(std_now, &mut r.outbox);

@@ -350,6 +350,7 @@ fn a_handed_in_result_does_not_settle_a_later_attempt_held_by_the_same_node() {
             results: vec![old],
             grant: 0,
             handoff: true,
+            ..Default::default()
         }),
     );
     assert!(

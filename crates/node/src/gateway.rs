@@ -7,6 +7,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use rand::Rng;
 use smsmesh::pb;
+use tokio::sync::mpsc;
 
 /// What one attempt came to, as the gateway saw it.
 pub type Outcome = Result<Accepted, Failure>;
@@ -125,6 +126,16 @@ pub trait Gateway: Send + Sync + 'static {
     /// Whether the gateway can send now, and changes of it; `None` for a
     /// gateway that always can. A node grants no credit while it cannot.
     fn ready(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
+    /// Who delivers the sends, as Hello names it: provider ids are unique
+    /// within it. Empty for a gateway that gives no ids.
+    fn provider(&self) -> String {
+        String::new()
+    }
+    /// The delivery receipts the provider sends, for the node to hand to the
+    /// coordinator; the first call takes them, later calls get `None`.
+    fn receipts(&self) -> Option<mpsc::Receiver<pb::Receipt>> {
         None
     }
 }

@@ -206,6 +206,7 @@ pub async fn run(
     );
     let ready = config.gateway.ready();
     let mut node = Node {
+        receipts_rx: config.gateway.receipts(),
         ready,
         instance_id: rand::random(),
         config,
@@ -234,6 +235,8 @@ struct Node {
     instance_id: u64,
     jobs_tx: mpsc::UnboundedSender<(u64, Vec<pb::Job>)>,
     results_rx: mpsc::UnboundedReceiver<Vec<Done>>,
+    /// Delivery receipts from the gateway, when it has any.
+    receipts_rx: Option<mpsc::Receiver<pb::Receipt>>,
     state: NodeState,
 }
 
@@ -301,6 +304,7 @@ impl Node {
                 instance_id: self.instance_id,
                 concurrency: self.state.credit_limit(),
                 gateway: self.config.gateway.kind().to_string(),
+                provider: self.config.gateway.provider(),
             })),
         };
         if let Some(group) = &self.config.group {
@@ -430,6 +434,13 @@ impl Node {
                         self.state.finished(more, Instant::now());
                     }
                 }
+                Some(first) = next_receipt(&mut self.receipts_rx) => {
+                    let mut bunch = vec![first];
+                    while bunch.len() < 10_000 && let Some(Ok(r)) = self.receipts_rx.as_mut().map(|rx| rx.try_recv()) {
+                        bunch.push(r);
+                    }
+                    self.state.on_receipts(bunch);
+                }
                 Ok(()) = changed(&mut self.ready) => self.gateway_changed(),
                 _ = heartbeat.tick() => {
                     let beat = pb::NodeToCoordinator {
@@ -468,6 +479,14 @@ impl Node {
             tracing::info!(node = %self.config.name, up, "gateway readiness changed");
         }
         self.state.set_gateway_up(up);
+    }
+}
+
+/// The next receipt (never, for a gateway that has none).
+async fn next_receipt(rx: &mut Option<mpsc::Receiver<pb::Receipt>>) -> Option<pb::Receipt> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -36,8 +36,10 @@ pub struct NodeState {
     held: u64,
     /// Finished, not yet in a frame.
     done: Vec<Done>,
-    /// Frames sent and not acked, by seq.
-    unacked: BTreeMap<u64, Vec<pb::JobResult>>,
+    /// Delivery receipts from the gateway, not yet in a frame.
+    receipts: Vec<pb::Receipt>,
+    /// Frames sent and not acked, by seq: their results and receipts.
+    unacked: BTreeMap<u64, (Vec<pb::JobResult>, Vec<pb::Receipt>)>,
     next_seq: u64,
     /// A shutdown was asked for.
     leaving: bool,
@@ -68,6 +70,7 @@ impl NodeState {
             epoch: 0,
             held: 0,
             done: Vec::new(),
+            receipts: Vec::new(),
             unacked: BTreeMap::new(),
             next_seq: 1,
             leaving: false,
@@ -110,12 +113,17 @@ impl NodeState {
 
     /// Whether nothing is held, waiting for a frame, or unacked.
     pub fn is_empty(&self) -> bool {
-        self.held == 0 && self.done.is_empty() && self.unacked.is_empty()
+        self.held == 0
+            && self.done.is_empty()
+            && self.receipts.is_empty()
+            && self.unacked.is_empty()
     }
 
     /// Results the node still answers for (held, finished, or sent and not acked).
     pub fn owed(&self) -> usize {
-        self.held as usize + self.done.len() + self.unacked.values().map(Vec::len).sum::<usize>()
+        self.held as usize
+            + self.done.len()
+            + self.unacked.values().map(|(r, _)| r.len()).sum::<usize>()
     }
 
     /// Whether the node has left: leaving, drained by the coordinator, and every result acked.
@@ -133,7 +141,7 @@ impl NodeState {
         let mut frames: Vec<_> = self
             .unacked
             .iter()
-            .map(|(&seq, results)| {
+            .map(|(&seq, (results, receipts))| {
                 self.stats
                     .handed_in
                     .fetch_add(results.len() as u64, Ordering::Relaxed);
@@ -142,6 +150,7 @@ impl NodeState {
                     results: results.clone(),
                     grant: 0,
                     handoff: true,
+                    receipts: receipts.clone(),
                 }))
             })
             .collect();
@@ -193,6 +202,12 @@ impl NodeState {
         self.done.extend(bunch);
     }
 
+    /// Delivery receipts came from the gateway: they go to the coordinator
+    /// with the next frames, and are kept until acked like results.
+    pub fn on_receipts(&mut self, receipts: impl IntoIterator<Item = pb::Receipt>) {
+        self.receipts.extend(receipts);
+    }
+
     /// Whether the gateway can send: while it cannot, no credit is granted
     /// (jobs go to other nodes); credit granted before stays granted.
     pub fn set_gateway_up(&mut self, up: bool) {
@@ -213,7 +228,7 @@ impl NodeState {
         } else {
             u64::from(self.credit_target()).saturating_sub(self.held + self.unused_credit)
         };
-        if self.done.is_empty() && free == 0 {
+        if self.done.is_empty() && self.receipts.is_empty() && free == 0 {
             return Vec::new();
         }
         let epoch = self.epoch;
@@ -229,14 +244,26 @@ impl NodeState {
                 let results: Vec<pb::JobResult> = chunk.iter().map(|(_, r)| r.clone()).collect();
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                self.unacked.insert(seq, results.clone());
+                self.unacked.insert(seq, (results.clone(), Vec::new()));
                 frames.push(pb::Results {
                     seq,
                     results,
                     grant: 0,
                     handoff,
+                    receipts: Vec::new(),
                 });
             }
+        }
+        let receipts = std::mem::take(&mut self.receipts);
+        for chunk in receipts.chunks(RECEIPTS_PER_FRAME) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.unacked.insert(seq, (Vec::new(), chunk.to_vec()));
+            frames.push(pb::Results {
+                seq,
+                receipts: chunk.to_vec(),
+                ..Default::default()
+            });
         }
         // The grant counts capacity freed by every result above, so it rides on the last
         // frame (the coordinator applies results before the grant), or goes alone.
@@ -262,6 +289,9 @@ impl NodeState {
             .collect()
     }
 }
+
+/// Most receipts in one frame.
+const RECEIPTS_PER_FRAME: usize = 10_000;
 
 fn going_away() -> pb::NodeToCoordinator {
     frame(node_to_coordinator::Update::GoingAway(pb::GoingAway {}))

@@ -160,7 +160,13 @@ pub struct Batch {
     pub retired: bool,
     /// The status last published of this ended batch, and the counters it
     /// was made from: an ended batch's status is made again only if those change.
-    pub status_cache: Option<Box<(Counts, std::sync::Arc<smsmesh::pb::BatchStatus>)>>,
+    pub status_cache: Option<
+        Box<(
+            Counts,
+            crate::core::DeliveryCounts,
+            std::sync::Arc<smsmesh::pb::BatchStatus>,
+        )>,
+    >,
 }
 
 impl Batch {

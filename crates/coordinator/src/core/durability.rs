@@ -114,6 +114,13 @@ impl Durability {
         self.write.outcomes.push(o);
     }
 
+    /// Receipt waits and decided deliveries, to store.
+    pub(super) fn receipts(&mut self, writes: Vec<crate::store::ReceiptWrite>) {
+        if self.durable {
+            self.write.receipts.extend(writes);
+        }
+    }
+
     /// A batch past its retention, to remove from the store.
     pub(super) fn deleted(&mut self, id: u64, key: Option<String>) {
         self.stored.remove(&id);

@@ -12,6 +12,8 @@
 //! - [`batches`]: the accepted batches, which of them run, idempotency keys.
 //! - [`durability`]: what waits to be stored, dispatch reservations, and acks
 //!   that wait for a commit.
+//! - [`receipts`]: which provider id names which message, and what delivery
+//!   receipts said.
 //!
 //! and the work is in modules of its own too, in the order one message meets them:
 //! [`queries`] (SubmitBatch and the other client calls), [`dispatch`] (jobs
@@ -30,6 +32,7 @@ mod folded;
 mod held;
 mod progress;
 mod queries;
+mod receipts;
 mod recovery;
 mod results;
 mod sessions;
@@ -48,6 +51,7 @@ use crate::batch::{self, Content};
 use batches::Batches;
 use dispatch::Dispatcher;
 use durability::Durability;
+use receipts::Receipts;
 use sessions::{Session, Sessions};
 
 pub use durability::Committed;
@@ -56,6 +60,7 @@ pub use queries::{
     BatchQuery, FromCore, LIST_BATCHES_SCAN_LIMIT, LIST_SCAN_LIMIT, ListQuery, StateSet, StoredRef,
     key_reused, page_token, parse_batches_token, parse_page_token,
 };
+pub use receipts::{DeliveryCounts, ReceiptStats, overlay as overlay_delivery};
 pub use recovery::unix_ms;
 pub use results::retry_delay;
 
@@ -118,6 +123,7 @@ pub struct Core {
     batches: Batches,
     sessions: Sessions,
     durability: Durability,
+    receipts: Receipts,
     dispatcher: Dispatcher,
     progress: watch::Sender<Arc<Snapshot>>,
     /// When `on_tick` last ran: a long gap means this process stalled.
@@ -138,6 +144,7 @@ impl Core {
 
     fn with_durability(config: Config, durable: bool) -> Self {
         Core {
+            receipts: Receipts::new(config.dlr_timeout),
             config,
             batches: Batches::new(durable),
             sessions: Sessions::default(),
@@ -235,6 +242,7 @@ impl Core {
                     stats,
                     &mut self.batches,
                     &mut self.durability,
+                    &mut self.receipts,
                     retry,
                     &r,
                     now,
@@ -343,12 +351,28 @@ impl Core {
             .expire(unix_now_ms.saturating_sub(retention), 1000);
         let n = gone.len();
         for (id, key) in gone {
+            self.receipts.on_batch_deleted(id);
             self.durability.deleted(id, key);
         }
         if n > 0 {
             tracing::debug!(batches = n, "removed batches past their retention");
         }
         n
+    }
+
+    /// Messages whose receipt is overdue at `unix_now_ms` end as delivery
+    /// unknown; receipts that waited too long for their id are dropped.
+    pub fn expire_receipts(&mut self, now: Instant, unix_now_ms: u64) {
+        let mut writes = Vec::new();
+        if self.receipts.on_tick(now, unix_now_ms, &mut writes) {
+            self.batches.changed = true;
+        }
+        self.durability.receipts(writes);
+    }
+
+    /// Receipt figures, and messages waiting for a receipt now.
+    pub fn receipt_stats(&self) -> (ReceiptStats, usize) {
+        (self.receipts.stats, self.receipts.awaiting())
     }
 
     /// Takes back, about once a second, every job held longer than the job

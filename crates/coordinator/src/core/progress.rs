@@ -59,6 +59,10 @@ pub struct MeshMetrics {
     pub attempts_unknown: u64,
     /// Attempts the provider throttled, put back without using an attempt.
     pub attempts_throttled: u64,
+    /// Delivery receipts, as matched so far.
+    pub receipts: super::ReceiptStats,
+    /// Sent messages waiting for a final receipt now.
+    pub awaiting_receipt: u64,
 }
 
 impl Default for MeshMetrics {
@@ -79,6 +83,8 @@ impl Default for MeshMetrics {
             jobs_expired: 0,
             attempts_unknown: 0,
             attempts_throttled: 0,
+            receipts: super::ReceiptStats::default(),
+            awaiting_receipt: 0,
         }
     }
 }
@@ -130,12 +136,14 @@ impl Core {
                 continue;
             };
             // An ended batch's status is made again only when its counters change.
+            let delivery = self.receipts.counts(id);
             let status = match &b.status_cache {
-                Some(cached) if cached.0 == b.counts => cached.1.clone(),
+                Some(cached) if cached.0 == b.counts && cached.1 == delivery => cached.2.clone(),
                 _ => {
-                    let status = Arc::new(batch_status(b, &self.sessions, now));
+                    let status = batch_status(b, &self.sessions, now);
+                    let status = Arc::new(with_delivery(status, delivery));
                     if b.is_ended() {
-                        b.status_cache = Some(Box::new((b.counts, status.clone())));
+                        b.status_cache = Some(Box::new((b.counts, delivery, status.clone())));
                     }
                     status
                 }
@@ -143,6 +151,8 @@ impl Core {
             batches.push(status);
         }
         let mut metrics = mesh_metrics(&self.batches, &self.sessions);
+        metrics.receipts = self.receipts.stats;
+        metrics.awaiting_receipt = self.receipts.awaiting() as u64;
         if !self.config.metrics_per_batch {
             metrics.pending_by_batch.clear();
         }
@@ -264,7 +274,17 @@ pub(super) fn batch_status(b: &Batch, sessions: &Sessions, now: Instant) -> pb::
             Content::Synthetic { seed, .. } => Some(seed),
             Content::Explicit(_) | Content::List { .. } => None,
         },
+        ..Default::default()
     }
+}
+
+/// A batch's status with its delivery counts.
+pub(super) fn with_delivery(mut s: pb::BatchStatus, d: super::DeliveryCounts) -> pb::BatchStatus {
+    s.delivered = d.delivered;
+    s.undelivered = d.undelivered;
+    s.awaiting_receipt = d.awaiting;
+    s.delivery_unknown = d.unknown;
+    s
 }
 
 /// The status of folded batch `id`.
@@ -306,6 +326,7 @@ pub(super) fn folded_status(id: BatchId, f: &Folded, sessions: &Sessions) -> pb:
         retry_wait: 0,
         accepted_unix_ms: f.accepted_unix_ms,
         synthetic_seed: f.seed,
+        ..Default::default()
     }
 }
 

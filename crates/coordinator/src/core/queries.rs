@@ -80,10 +80,11 @@ impl Core {
         tenant: &Tenant,
         now: Instant,
     ) -> Result<pb::BatchStatus, Error> {
-        Ok(match self.batches.found(id, tenant)? {
+        let status = match self.batches.found(id, tenant)? {
             Found::Full(batch) => progress::batch_status(batch, &self.sessions, now),
             Found::Folded(f) => progress::folded_status(id, f, &self.sessions),
-        })
+        };
+        Ok(progress::with_delivery(status, self.receipts.counts(id.0)))
     }
 
     /// Status of a message.
@@ -146,7 +147,10 @@ impl Core {
         let mut messages = Vec::new();
         let mut index = query.start;
         while index < end && messages.len() < query.limit as usize {
-            if query.states.contains(batch.message_state(index) as i32) {
+            let state = self
+                .receipts
+                .state(batch.id.0, index, batch.message_state(index));
+            if query.states.contains(state) {
                 messages.push(self.message(batch, index));
             }
             index += 1;
@@ -177,6 +181,8 @@ impl Core {
             batches: found
                 .into_iter()
                 .map(|b| pb::BatchSummary {
+                    delivered: self.receipts.counts(b.id).delivered,
+                    undelivered: self.receipts.counts(b.id).undelivered,
                     batch_id: BatchId(b.id).to_string(),
                     state: b.state as i32,
                     total: b.counts.total,
@@ -201,7 +207,7 @@ impl Core {
             .map(|n| self.sessions.names.name(n).to_string())
             .unwrap_or_default();
         let last_error = batch.last_error(index).unwrap_or_default().to_string();
-        pb::MessageStatus {
+        let mut status = pb::MessageStatus {
             message_id: MessageId {
                 batch: batch.id,
                 index,
@@ -216,7 +222,10 @@ impl Core {
             segments: smsmesh::sms::segments(&body).count,
             body,
             accepted_unix_ms: batch.accepted_unix_ms,
-        }
+            ..Default::default()
+        };
+        self.receipts.message(batch.id.0, index, &mut status);
+        status
     }
 
     /// Cancels a batch: nothing more of it is dispatched. The cancel is stored

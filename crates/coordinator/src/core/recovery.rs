@@ -90,6 +90,8 @@ impl Core {
         for (key, id) in loaded.idempotency {
             core.batches.key(key, BatchId(id));
         }
+        core.receipts
+            .restore(loaded.receipt_waits, loaded.deliveries);
         core.batches.sort_running();
         core.batches.changed = false;
         core

@@ -9,6 +9,7 @@ use smsmesh::{BatchId, MessageId, pb};
 
 use super::batches::Batches;
 use super::durability::Durability;
+use super::receipts::Receipts;
 use super::sessions::{NodeStats, Session};
 use crate::batch::{self, Verdict};
 use crate::store::Outcome;
@@ -16,11 +17,13 @@ use crate::store::Outcome;
 /// Applies the results of `r`, from `session`'s node, and records that the
 /// frame's ack is due once they are stored. Stops at the first result that
 /// breaks the protocol; batches that ended before it get their bookkeeping.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn on_results(
     session: &mut Session,
     stats: &mut NodeStats,
     batches: &mut Batches,
     durability: &mut Durability,
+    receipts: &mut Receipts,
     retry: (Duration, Duration),
     r: &pb::Results,
     now: Instant,
@@ -28,9 +31,28 @@ pub(super) fn on_results(
     let mut ended = Vec::new();
     // Late results for batches ended long ago change the totals too.
     batches.touching(r.results.iter().map(|res| res.batch));
+    let mut writes = Vec::new();
+    let unix_now = super::unix_ms();
     let applied = apply(
-        session, stats, batches, durability, retry, r, now, &mut ended,
+        session,
+        stats,
+        batches,
+        durability,
+        (receipts, &mut writes, unix_now),
+        retry,
+        r,
+        now,
+        &mut ended,
     );
+    if applied.is_ok() {
+        for receipt in &r.receipts {
+            receipts.on_receipt(&session.provider, receipt, now, &mut writes);
+        }
+    }
+    if !writes.is_empty() {
+        batches.changed = true;
+    }
+    durability.receipts(writes);
     for &id in &ended {
         batches.ended(id, now);
     }
@@ -48,6 +70,7 @@ fn apply(
     stats: &mut NodeStats,
     batches: &mut Batches,
     durability: &mut Durability,
+    (receipts, writes, unix_now): (&mut Receipts, &mut Vec<crate::store::ReceiptWrite>, u64),
     (retry_base, retry_max): (Duration, Duration),
     r: &pb::Results,
     now: Instant,
@@ -123,6 +146,17 @@ fn apply(
             now,
         );
         if let Some(state) = reached.and_then(batch::to_stored) {
+            if state == crate::store::FinalState::Sent {
+                // Its provider's ids: the message now waits for receipts.
+                receipts.on_sent(
+                    res.batch,
+                    res.index,
+                    &session.provider,
+                    &res.provider_ids,
+                    unix_now,
+                    writes,
+                );
+            }
             let slot = batch.slots[res.index as usize];
             durability.outcome(Outcome {
                 batch: res.batch,

@@ -18,6 +18,8 @@ pub(super) struct Session {
     pub(super) node: u16,
     pub(super) name: String,
     pub(super) instance_id: u64,
+    /// Who delivers its sends (receipts are matched by provider and id).
+    pub(super) provider: std::sync::Arc<str>,
     /// Most credit plus held jobs at once, as said in Hello.
     pub(super) concurrency: u32,
     /// Credit granted and not used by a job yet.
@@ -43,6 +45,7 @@ impl Session {
             node,
             name: hello.name,
             instance_id: hello.instance_id,
+            provider: hello.provider.as_str().into(),
             concurrency: hello.concurrency,
             credit: 0,
             worked: false,

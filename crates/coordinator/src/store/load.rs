@@ -165,6 +165,7 @@ impl Store {
             let (k, v) = row.map_err(|e| self.err(e))?;
             loaded.nodes.push((k.value(), v.value().to_string()));
         }
+        (loaded.receipt_waits, loaded.deliveries) = self.load_receipts(&txn)?;
         format::check(&loaded).map_err(|what| self.corrupt(what))?;
         Ok(loaded)
     }

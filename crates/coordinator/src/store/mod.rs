@@ -16,6 +16,9 @@
 //! - `client_refs`: (batch id, row) → their client references, when any was given.
 //! - `idempotency`: key → batch id.
 //! - `nodes`: node index → node name (so outcomes name their node after a restart).
+//! - `receipt_waits`, `deliveries`: (batch id, index) → a sent message's
+//!   provider ids while it waits for delivery receipts, then what decided its
+//!   delivery ([`receipts`]).
 //!
 //! This module owns these formats: the rest of the coordinator sees decoded
 //! values ([`LoadedBatch::outcomes`]), never rows or stored bytes.
@@ -28,12 +31,14 @@ mod format;
 mod inserter;
 mod load;
 mod reads;
+mod receipts;
 mod writer;
 mod writes;
 
 pub use format::{FinalState, StoredBatch, StoredBatchState, StoredOutcome};
 pub use inserter::Inserter;
 pub use reads::StoredMessage;
+pub use receipts::{DeliveryState, ReceiptWrite, Rows, StoredDelivery, StoredWait};
 pub use writer::{CommitStats, Job, Writer};
 
 /// The batch an idempotency key already made.
@@ -189,6 +194,8 @@ pub struct WriteSet {
     /// Batches past their retention, to remove with everything about them
     /// (and the idempotency key that made each, if any).
     pub deleted: Vec<(u64, Option<String>)>,
+    /// Receipt waits and decided deliveries.
+    pub receipts: Vec<ReceiptWrite>,
 }
 
 impl WriteSet {
@@ -198,6 +205,7 @@ impl WriteSet {
             && self.nodes.is_empty()
             && self.batches.is_empty()
             && self.deleted.is_empty()
+            && self.receipts.is_empty()
     }
 }
 
@@ -225,6 +233,10 @@ pub struct Loaded {
     pub idempotency: Vec<(String, u64)>,
     /// Node names by index.
     pub nodes: Vec<(u16, String)>,
+    /// Sent messages waiting for receipts.
+    pub receipt_waits: Rows<StoredWait>,
+    /// Messages whose delivery is decided.
+    pub deliveries: Rows<StoredDelivery>,
 }
 
 /// The open store.
@@ -373,6 +385,10 @@ impl Store {
             txn.open_table(BATCH_STATE).map_err(|e| store.err(e))?;
             txn.open_table(RECIPIENTS).map_err(|e| store.err(e))?;
             txn.open_table(CLIENT_REFS).map_err(|e| store.err(e))?;
+            txn.open_table(receipts::RECEIPT_WAITS)
+                .map_err(|e| store.err(e))?;
+            txn.open_table(receipts::DELIVERIES)
+                .map_err(|e| store.err(e))?;
         }
         txn.commit().map_err(|e| store.err(e))?;
         Ok(store)

@@ -11,7 +11,7 @@ use super::{
 };
 
 /// One message as the store holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoredMessage {
     /// Its index in the batch.
     pub index: u32,
@@ -27,11 +27,15 @@ pub struct StoredMessage {
     pub node: String,
     /// Its last error, if it failed for good.
     pub error: Option<String>,
+    /// Its delivery, once a receipt (or the timeout) decided it.
+    pub delivery: Option<super::StoredDelivery>,
+    /// The provider's ids it waits for receipts with.
+    pub provider_ids: Vec<String>,
 }
 
 impl Store {
     /// Messages `from..to` of batch `id` for which `keep` holds of their
-    /// outcome, at most `limit`; with the index after the last one looked at.
+    /// outcome and delivery, at most `limit`; with the index after the last one looked at.
     /// `None` if the batch is not stored.
     pub fn read_messages(
         &self,
@@ -39,7 +43,7 @@ impl Store {
         from: u32,
         to: u32,
         limit: usize,
-        keep: impl Fn(Option<&StoredOutcome>) -> bool,
+        keep: impl Fn(Option<&StoredOutcome>, Option<&super::StoredDelivery>) -> bool,
     ) -> Result<Option<(Vec<StoredMessage>, u32)>, StoreError> {
         let txn = self.db().begin_read().map_err(|e| self.err(e))?;
         let corrupt = |what: String| StoreError::Corrupt {
@@ -62,6 +66,12 @@ impl Store {
         let nodes_t = txn.open_table(NODES).map_err(|e| self.err(e))?;
         let numbers_t = txn.open_table(RECIPIENTS).map_err(|e| self.err(e))?;
         let refs_t = txn.open_table(CLIENT_REFS).map_err(|e| self.err(e))?;
+        let waits_t = txn
+            .open_table(super::receipts::RECEIPT_WAITS)
+            .map_err(|e| self.err(e))?;
+        let finals_t = txn
+            .open_table(super::receipts::DELIVERIES)
+            .map_err(|e| self.err(e))?;
         let mut found = Vec::new();
         let mut index = from;
         let mut row: Option<(u32, Vec<u8>)> = None;
@@ -79,7 +89,8 @@ impl Store {
             let outcome = row
                 .as_ref()
                 .and_then(|(_, bytes)| format::read_slot(bytes, index));
-            if !keep(outcome.as_ref()) {
+            let (delivery, provider_ids) = self.read_receipt(&waits_t, &finals_t, id, index)?;
+            if !keep(outcome.as_ref(), delivery.as_ref()) {
                 index += 1;
                 continue;
             }
@@ -141,6 +152,8 @@ impl Store {
                 outcome,
                 node,
                 error,
+                delivery,
+                provider_ids,
             });
             index += 1;
         }

@@ -143,6 +143,7 @@ impl Store {
                     .map_err(|e| self.err(e))?;
             }
         }
+        self.put_receipts(txn, &set.receipts)?;
         if !set.deleted.is_empty() {
             self.delete_batches(txn, &set.deleted)?;
         }
@@ -179,6 +180,7 @@ impl Store {
             if let Some(key) = key {
                 keys.remove(key.as_str()).map_err(|e| self.err(e))?;
             }
+            self.delete_receipts(txn, id)?;
         }
         Ok(())
     }

@@ -173,6 +173,7 @@ impl World {
             instance_id: instance,
             concurrency,
             gateway: "test".into(),
+            ..Default::default()
         };
         self.core
             .on_node_joined(sid, hello, self.now, &mut self.out)
@@ -216,6 +217,7 @@ impl World {
                 results,
                 grant,
                 handoff,
+                ..Default::default()
             }),
         );
     }

@@ -39,6 +39,20 @@ impl DlrState {
         })
     }
 
+    /// Its `message_state` TLV value.
+    pub fn tlv(self) -> u8 {
+        match self {
+            DlrState::Enroute => 1,
+            DlrState::Delivered => 2,
+            DlrState::Expired => 3,
+            DlrState::Deleted => 4,
+            DlrState::Undeliverable => 5,
+            DlrState::Accepted => 6,
+            DlrState::Unknown => 7,
+            DlrState::Rejected => 8,
+        }
+    }
+
     /// From the `stat:` word of a receipt's text.
     pub fn from_text(s: &str) -> Option<DlrState> {
         Some(match s.to_ascii_uppercase().as_str() {

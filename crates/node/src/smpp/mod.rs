@@ -2,7 +2,9 @@
 //! connector per node holds one bind ([`session`]); sends are pipelined on it
 //! under a window of outstanding submit_sm and a limit of segments a second,
 //! and each submit_sm_resp status becomes one outcome class ([`status`]).
-//! Delivery receipts arriving on the bind are parsed ([`dlr`]) and counted.
+//! Delivery receipts arriving on the bind are parsed ([`dlr`]), their ids
+//! normalised as `--smpp-ids` says, and handed to the node, which forwards
+//! them to the coordinator (where they are matched to their messages).
 
 pub mod config;
 pub mod dlr;
@@ -63,12 +65,15 @@ struct Shared {
     /// The next concatenation reference.
     reference: AtomicU8,
     stats: Arc<SmppStats>,
+    /// Receipts to the node (a deliver_sm is answered once its receipt is queued here).
+    receipts: tokio::sync::mpsc::Sender<pb::Receipt>,
 }
 
 /// The SMPP gateway of one node.
 pub struct Smpp {
     shared: Arc<Shared>,
     connector: tokio::task::JoinHandle<()>,
+    receipts: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<pb::Receipt>>>,
 }
 
 impl Drop for Smpp {
@@ -86,7 +91,9 @@ impl Smpp {
             let burst = NonZeroU32::new((r.get() / 10).max(1)).expect("at least 1");
             governor::RateLimiter::direct(governor::Quota::per_second(r).allow_burst(burst))
         });
+        let (receipts, receipts_rx) = tokio::sync::mpsc::channel(RECEIPT_QUEUE);
         let shared = Arc::new(Shared {
+            receipts,
             window: Semaphore::new(config.window as usize),
             client: watch::channel(None).0,
             ready: watch::channel(false).0,
@@ -97,7 +104,11 @@ impl Smpp {
             config,
         });
         let connector = tokio::spawn(session::run(shared.clone(), reconnect_max));
-        Smpp { shared, connector }
+        Smpp {
+            shared,
+            connector,
+            receipts: std::sync::Mutex::new(Some(receipts_rx)),
+        }
     }
 
     /// The connector's counters.
@@ -121,7 +132,21 @@ impl Gateway for Smpp {
     fn ready(&self) -> Option<watch::Receiver<bool>> {
         Some(self.shared.ready.subscribe())
     }
+
+    /// The SMSC's address: its message ids are unique there, whichever
+    /// node's bind a receipt comes on.
+    fn provider(&self) -> String {
+        self.shared.config.address.clone()
+    }
+
+    fn receipts(&self) -> Option<tokio::sync::mpsc::Receiver<pb::Receipt>> {
+        self.receipts.lock().expect("receipts lock").take()
+    }
 }
+
+/// Receipts queued for the node at most; past that, deliver_sm waits for room
+/// before it is answered (the SMSC then holds the rest).
+const RECEIPT_QUEUE: usize = 100_000;
 
 /// Sends one message: each of its segments as a submit_sm, in order.
 async fn submit(shared: &Shared, to: &str, body: &str) -> Outcome {
@@ -214,7 +239,7 @@ async fn submit_one(
     match client.response_timeout(timeout).submit_sm(pdu).await {
         Ok(resp) => {
             stats.accepted.fetch_add(1, Ordering::Relaxed);
-            Ok(resp.message_id().as_str().to_string())
+            Ok(shared.config.ids.normalise(resp.message_id().as_str()))
         }
         Err(rusmppc::error::Error::UnexpectedResponse { response }) => {
             let code = u32::from(response.status());

@@ -126,8 +126,11 @@ async fn serve(shared: &Shared, client: &rusmppc::Client, mut events: Events) ->
         match event {
             Event::Incoming(cmd) => match cmd.id() {
                 CommandId::DeliverSm => {
-                    if let Some(Pdu::DeliverSm(d)) = cmd.pdu() {
-                        on_deliver_sm(shared, d);
+                    if let Some(Pdu::DeliverSm(d)) = cmd.pdu()
+                        && let Some(r) = on_deliver_sm(shared, d)
+                        && shared.receipts.send(r).await.is_err()
+                    {
+                        return "the node stopped".into();
                     }
                     let _ = client
                         .deliver_sm_resp(cmd.sequence_number(), DeliverSmResp::default())
@@ -150,12 +153,12 @@ async fn serve(shared: &Shared, client: &rusmppc::Client, mut events: Events) ->
     "the connection closed".into()
 }
 
-/// A deliver_sm: a receipt is read and counted; anything else (a mobile-originated
-/// message) is answered and dropped.
-fn on_deliver_sm(shared: &Shared, d: &rusmpp::pdus::DeliverSm) {
+/// A deliver_sm: a receipt is read, counted and returned for the node;
+/// anything else (a mobile-originated message) is answered and dropped.
+fn on_deliver_sm(shared: &Shared, d: &rusmpp::pdus::DeliverSm) -> Option<smsmesh::pb::Receipt> {
     let esm = u8::from(d.esm_class);
     if !dlr::is_receipt(esm) {
-        return;
+        return None;
     }
     let mut id = None;
     let mut state = None;
@@ -169,11 +172,21 @@ fn on_deliver_sm(shared: &Shared, d: &rusmpp::pdus::DeliverSm) {
     match dlr::parse(d.short_message().as_ref(), id.as_deref(), state) {
         Ok(r) => {
             shared.stats.receipts.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(id = %shared.config.ids.normalise(&r.id), state = ?r.state, "delivery receipt");
+            let id = shared.config.ids.normalise(&r.id);
+            tracing::debug!(%id, state = ?r.state, "delivery receipt");
+            Some(smsmesh::pb::Receipt {
+                provider_id: id,
+                message_state: u32::from(r.state.tlv()),
+                error: r.error,
+                received_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            })
         }
         Err(e) => {
             shared.stats.bad_receipts.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(smsc = %shared.config.address, error = %e, "unreadable deliver_sm receipt");
+            None
         }
     }
 }

@@ -139,3 +139,35 @@ fn going_away_stops_credit_and_ends_once_drained_and_acked() {
         Some(Update::GoingAway(_))
     ));
 }
+
+#[test]
+fn receipts_go_in_frames_of_their_own_and_are_handed_in_again_until_acked() {
+    let now = Instant::now();
+    let mut s = state(1, 1);
+    s.flush(now); // the first grant
+    let r = |id: &str| pb::Receipt {
+        provider_id: id.into(),
+        message_state: 2,
+        ..Default::default()
+    };
+    s.on_receipts([r("a"), r("b")]);
+    assert!(!s.is_empty(), "receipts are owed to the coordinator");
+    let frames = s.flush(now);
+    let sent: Vec<_> = frames
+        .iter()
+        .filter_map(|f| match f.update.as_ref()? {
+            Update::Results(r) => Some((r.seq, r.receipts.len(), r.results.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, [(1, 2, 0)]);
+    // The stream breaks before the ack: the next stream hands them in again.
+    s.on_stream_broken();
+    let again = s.on_stream_open();
+    let Some(Update::Results(r)) = again[0].update.as_ref() else {
+        panic!("{again:?}")
+    };
+    assert_eq!((r.seq, r.handoff, r.receipts.len()), (1, true, 2));
+    s.on_ack(1);
+    assert!(s.is_empty(), "acked: nothing owed");
+}

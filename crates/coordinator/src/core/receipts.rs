@@ -1,0 +1,459 @@
+//! Delivery receipts: which provider id names which segment of which
+//! message, what the receipts said, and which messages wait too long.
+//!
+//! A sent message whose provider gave ids waits for a receipt per segment.
+//! The rule for a long message: it is DELIVERED once every segment's receipt
+//! says delivered, and takes the state of the first segment whose final
+//! receipt says anything else (undelivered, expired, rejected). Interim
+//! receipts (ENROUTE, ACCEPTD) change nothing. A message with no deciding
+//! receipt `--dlr-timeout` after it was sent ends as delivery unknown.
+//!
+//! A receipt may come before the result that carries its id (an SMSC may
+//! send the receipt before the submit_sm_resp, on another node's bind): it
+//! waits here, in memory, for [`EARLY_WAIT`], and is applied when the id
+//! arrives. Every change that must survive a restart is returned as a
+//! [`ReceiptWrite`] for the store; a restart rebuilds this state from them.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smsmesh::pb;
+
+use crate::store::{DeliveryState, ReceiptWrite, StoredDelivery, StoredWait};
+
+/// How long a receipt whose id no message has (yet) waits for that id.
+pub(super) const EARLY_WAIT: Duration = Duration::from_secs(600);
+/// Most receipts waiting for their id at once (the oldest is dropped).
+pub(super) const EARLY_MAX: usize = 100_000;
+
+/// Which segment of which message an id names.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    batch: u64,
+    index: u32,
+    part: u8,
+}
+
+/// A sent message that waits for receipts.
+#[derive(Debug)]
+struct Waiting {
+    sent_unix_ms: u64,
+    /// Segments whose receipt said delivered, a bit each.
+    delivered: u16,
+    provider: Arc<str>,
+    ids: Box<[Box<str>]>,
+}
+
+/// A batch's messages by delivery state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    /// Receipts said delivered.
+    pub delivered: u64,
+    /// Receipts said undelivered, expired or rejected.
+    pub undelivered: u64,
+    /// No final receipt within the timeout.
+    pub unknown: u64,
+    /// Waiting for receipts.
+    pub awaiting: u64,
+}
+
+/// Figures for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReceiptStats {
+    /// Receipts applied to a waiting message.
+    pub matched: u64,
+    /// Receipts whose id no message waited for (after [`EARLY_WAIT`], or a
+    /// second receipt for a message already decided).
+    pub unmatched: u64,
+    /// Receipts that came before their id and waited for it.
+    pub early: u64,
+    /// Interim receipts (ENROUTE, ACCEPTD).
+    pub interim: u64,
+    /// Messages that ended as delivery unknown.
+    pub timed_out: u64,
+}
+
+/// The receipts sub-state of the core.
+pub(super) struct Receipts {
+    hasher: (std::hash::RandomState, std::hash::RandomState),
+    index: HashMap<u128, Segment, rustc_hash::FxBuildHasher>,
+    waiting: BTreeMap<(u64, u32), Waiting>,
+    finals: BTreeMap<(u64, u32), StoredDelivery>,
+    counts: HashMap<u64, DeliveryCounts, rustc_hash::FxBuildHasher>,
+    early: HashMap<u128, (pb::Receipt, Arc<str>), rustc_hash::FxBuildHasher>,
+    early_order: VecDeque<(Instant, u128)>,
+    /// (deadline, batch, index) of waiting messages, soonest first.
+    deadlines: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    timeout_ms: u64,
+    pub(super) stats: ReceiptStats,
+}
+
+/// SMPP message_state values.
+const DELIVERED: u32 = 2;
+const EXPIRED: u32 = 3;
+const REJECTED: u32 = 8;
+
+/// The word an SMSC writes for a message_state (as in a receipt's `stat:`).
+pub(super) fn state_word(message_state: u32) -> &'static str {
+    match message_state {
+        1 => "ENROUTE",
+        2 => "DELIVRD",
+        3 => "EXPIRED",
+        4 => "DELETED",
+        5 => "UNDELIV",
+        6 => "ACCEPTD",
+        7 => "UNKNOWN",
+        8 => "REJECTD",
+        _ => "",
+    }
+}
+
+/// What a message's status says of its delivery, from its stored record.
+pub fn overlay(status: &mut pb::MessageStatus, d: &StoredDelivery) {
+    use pb::MessageState as S;
+    status.state = match d.state() {
+        DeliveryState::Delivered => S::Delivered,
+        DeliveryState::Undelivered => S::Undelivered,
+        DeliveryState::Expired => S::Expired,
+        DeliveryState::Rejected => S::Rejected,
+        DeliveryState::Unknown => S::DeliveryUnknown,
+    } as i32;
+    status.receipt_state = state_word(d.message_state).to_string();
+    status.receipt_error = d.error.clone();
+    status.receipt_unix_ms = d.unix_ms;
+    status.provider_ids = d.ids.clone();
+}
+
+impl Receipts {
+    pub(super) fn new(timeout: Duration) -> Self {
+        Receipts {
+            hasher: Default::default(),
+            index: HashMap::default(),
+            waiting: BTreeMap::new(),
+            finals: BTreeMap::new(),
+            counts: HashMap::default(),
+            early: HashMap::default(),
+            early_order: VecDeque::new(),
+            deadlines: BinaryHeap::new(),
+            timeout_ms: timeout.as_millis() as u64,
+            stats: ReceiptStats::default(),
+        }
+    }
+
+    /// The key of `id` at `provider`.
+    fn key(&self, provider: &str, id: &str) -> u128 {
+        let h = |s: &std::hash::RandomState| {
+            use std::hash::Hasher;
+            let mut h = s.build_hasher();
+            h.write(provider.as_bytes());
+            h.write_u8(0);
+            h.write(id.as_bytes());
+            h.finish()
+        };
+        (u128::from(h(&self.hasher.0)) << 64) | u128::from(h(&self.hasher.1))
+    }
+
+    /// The delivery counts of a batch.
+    pub(super) fn counts(&self, batch: u64) -> DeliveryCounts {
+        self.counts.get(&batch).copied().unwrap_or_default()
+    }
+
+    /// Messages waiting for receipts, in all.
+    pub(super) fn awaiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// What a message's status says of its delivery: its provider ids while
+    /// it waits, its delivery state once decided.
+    pub(super) fn message(&self, batch: u64, index: u32, status: &mut pb::MessageStatus) {
+        if let Some(d) = self.finals.get(&(batch, index)) {
+            overlay(status, d);
+        } else if let Some(w) = self.waiting.get(&(batch, index)) {
+            status.provider_ids = w.ids.iter().map(|s| s.to_string()).collect();
+        }
+    }
+
+    /// The message's state as listings filter it.
+    pub(super) fn state(&self, batch: u64, index: u32, dispatch: pb::MessageState) -> i32 {
+        let mut s = pb::MessageStatus {
+            state: dispatch as i32,
+            ..Default::default()
+        };
+        if let Some(d) = self.finals.get(&(batch, index)) {
+            overlay(&mut s, d);
+        }
+        s.state
+    }
+
+    /// Message `index` of `batch` was sent and its provider gave `ids` (one
+    /// per segment): it waits for receipts. Receipts that came early are applied.
+    pub(super) fn on_sent(
+        &mut self,
+        batch: u64,
+        index: u32,
+        provider: &Arc<str>,
+        ids: &[String],
+        unix_now_ms: u64,
+        writes: &mut Vec<ReceiptWrite>,
+    ) {
+        if ids.is_empty() || ids.len() > 16 || self.waiting.contains_key(&(batch, index)) {
+            return;
+        }
+        if self.finals.contains_key(&(batch, index)) {
+            return; // a second sent result of a message already decided
+        }
+        let w = Waiting {
+            sent_unix_ms: unix_now_ms,
+            delivered: 0,
+            provider: provider.clone(),
+            ids: ids.iter().map(|s| s.as_str().into()).collect(),
+        };
+        writes.push(ReceiptWrite::Wait {
+            batch,
+            index,
+            wait: stored_wait(&w),
+        });
+        self.wait(batch, index, w);
+        // Receipts that came before these ids.
+        for (part, id) in ids.iter().enumerate() {
+            let key = self.key(provider, id);
+            if let Some((r, _)) = self.early.remove(&key) {
+                self.stats.early += 1;
+                self.apply(
+                    Segment {
+                        batch,
+                        index,
+                        part: part as u8,
+                    },
+                    &r,
+                    writes,
+                );
+            }
+        }
+    }
+
+    fn wait(&mut self, batch: u64, index: u32, w: Waiting) {
+        for (part, id) in w.ids.iter().enumerate() {
+            let key = self.key(&w.provider, id);
+            self.index.insert(
+                key,
+                Segment {
+                    batch,
+                    index,
+                    part: part as u8,
+                },
+            );
+        }
+        self.deadlines.push(Reverse((
+            w.sent_unix_ms.saturating_add(self.timeout_ms),
+            batch,
+            index,
+        )));
+        self.counts.entry(batch).or_default().awaiting += 1;
+        self.waiting.insert((batch, index), w);
+    }
+
+    /// A receipt from a node of `provider`.
+    pub(super) fn on_receipt(
+        &mut self,
+        provider: &Arc<str>,
+        r: &pb::Receipt,
+        now: Instant,
+        writes: &mut Vec<ReceiptWrite>,
+    ) {
+        let key = self.key(provider, &r.provider_id);
+        match self.index.get(&key) {
+            Some(&seg) => self.apply(seg, r, writes),
+            None => {
+                if self.early.len() >= EARLY_MAX
+                    && let Some((_, old)) = self.early_order.pop_front()
+                    && self.early.remove(&old).is_some()
+                {
+                    self.stats.unmatched += 1;
+                }
+                if self
+                    .early
+                    .insert(key, (r.clone(), provider.clone()))
+                    .is_none()
+                {
+                    self.early_order.push_back((now, key));
+                }
+            }
+        }
+    }
+
+    /// Applies a receipt to the segment it names.
+    fn apply(&mut self, seg: Segment, r: &pb::Receipt, writes: &mut Vec<ReceiptWrite>) {
+        let Some(w) = self.waiting.get_mut(&(seg.batch, seg.index)) else {
+            self.stats.unmatched += 1;
+            return;
+        };
+        let state = match r.message_state {
+            DELIVERED => DeliveryState::Delivered,
+            EXPIRED => DeliveryState::Expired,
+            REJECTED => DeliveryState::Rejected,
+            4 | 5 | 7 => DeliveryState::Undelivered,
+            _ => {
+                self.stats.interim += 1;
+                return;
+            }
+        };
+        self.stats.matched += 1;
+        if state == DeliveryState::Delivered {
+            w.delivered |= 1 << seg.part;
+            let all = (1u32 << w.ids.len()) - 1;
+            if u32::from(w.delivered) != all {
+                writes.push(ReceiptWrite::Wait {
+                    batch: seg.batch,
+                    index: seg.index,
+                    wait: stored_wait(w),
+                });
+                return;
+            }
+        }
+        self.decide(seg.batch, seg.index, state, r, writes);
+    }
+
+    /// A message's delivery is decided: it waits no more.
+    fn decide(
+        &mut self,
+        batch: u64,
+        index: u32,
+        state: DeliveryState,
+        r: &pb::Receipt,
+        writes: &mut Vec<ReceiptWrite>,
+    ) {
+        let Some(w) = self.waiting.remove(&(batch, index)) else {
+            return;
+        };
+        for id in &w.ids {
+            let key = self.key(&w.provider, id);
+            self.index.remove(&key);
+        }
+        let delivery = StoredDelivery {
+            state: state as u32,
+            message_state: r.message_state,
+            error: r.error.clone(),
+            unix_ms: r.received_unix_ms,
+            ids: w.ids.iter().map(|s| s.to_string()).collect(),
+        };
+        let c = self.counts.entry(batch).or_default();
+        c.awaiting = c.awaiting.saturating_sub(1);
+        match state {
+            DeliveryState::Delivered => c.delivered += 1,
+            DeliveryState::Unknown => c.unknown += 1,
+            _ => c.undelivered += 1,
+        }
+        writes.push(ReceiptWrite::Final {
+            batch,
+            index,
+            delivery: delivery.clone(),
+        });
+        self.finals.insert((batch, index), delivery);
+    }
+
+    /// Periodic work: receipts that waited for their id too long are dropped,
+    /// and messages past the receipt timeout end as delivery unknown. Costs
+    /// what has come due, nothing more. Returns whether any batch changed.
+    pub(super) fn on_tick(
+        &mut self,
+        now: Instant,
+        unix_now_ms: u64,
+        writes: &mut Vec<ReceiptWrite>,
+    ) -> bool {
+        while let Some(&(at, key)) = self.early_order.front() {
+            if now.saturating_duration_since(at) < EARLY_WAIT {
+                break;
+            }
+            self.early_order.pop_front();
+            if let Some((r, provider)) = self.early.remove(&key) {
+                self.stats.unmatched += 1;
+                tracing::debug!(%provider, id = %r.provider_id, "a receipt whose id no message has");
+            }
+        }
+        let mut changed = false;
+        while let Some(&Reverse((due, batch, index))) = self.deadlines.peek() {
+            if due > unix_now_ms {
+                break;
+            }
+            self.deadlines.pop();
+            // A deadline of a message decided (or removed) since is stale.
+            if self
+                .waiting
+                .get(&(batch, index))
+                .is_some_and(|w| w.sent_unix_ms.saturating_add(self.timeout_ms) == due)
+            {
+                self.stats.timed_out += 1;
+                let none = pb::Receipt {
+                    received_unix_ms: unix_now_ms,
+                    ..Default::default()
+                };
+                self.decide(batch, index, DeliveryState::Unknown, &none, writes);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// A batch was removed (retention): everything about it goes.
+    pub(super) fn on_batch_deleted(&mut self, batch: u64) {
+        let range = (batch, 0)..=(batch, u32::MAX);
+        let gone: Vec<_> = self.waiting.range(range.clone()).map(|(k, _)| *k).collect();
+        for k in gone {
+            if let Some(w) = self.waiting.remove(&k) {
+                for id in &w.ids {
+                    let key = self.key(&w.provider, id);
+                    self.index.remove(&key);
+                }
+            }
+        }
+        let gone: Vec<_> = self.finals.range(range).map(|(k, _)| *k).collect();
+        for k in gone {
+            self.finals.remove(&k);
+        }
+        self.counts.remove(&batch);
+    }
+
+    /// Rebuilds the state from what the store holds (at start).
+    pub(super) fn restore(
+        &mut self,
+        waits: Vec<((u64, u32), StoredWait)>,
+        finals: Vec<((u64, u32), StoredDelivery)>,
+    ) {
+        let mut providers: HashMap<String, Arc<str>> = HashMap::new();
+        for ((batch, index), w) in waits {
+            let provider = providers
+                .entry(w.provider.clone())
+                .or_insert_with(|| w.provider.as_str().into())
+                .clone();
+            let waiting = Waiting {
+                sent_unix_ms: w.sent_unix_ms,
+                delivered: w.delivered as u16,
+                provider,
+                ids: w.ids.iter().map(|s| s.as_str().into()).collect(),
+            };
+            self.wait(batch, index, waiting);
+        }
+        for ((batch, index), d) in finals {
+            let c = self.counts.entry(batch).or_default();
+            match d.state() {
+                DeliveryState::Delivered => c.delivered += 1,
+                DeliveryState::Unknown => c.unknown += 1,
+                _ => c.undelivered += 1,
+            }
+            self.finals.insert((batch, index), d);
+        }
+    }
+}
+
+fn stored_wait(w: &Waiting) -> StoredWait {
+    StoredWait {
+        sent_unix_ms: w.sent_unix_ms,
+        delivered: u32::from(w.delivered),
+        provider: w.provider.to_string(),
+        ids: w.ids.iter().map(|s| s.to_string()).collect(),
+    }
+}
