@@ -125,6 +125,8 @@ pub struct NodeSpec {
     pub group: Option<Arc<Group>>,
     /// How long a gateway send may take before it fails.
     pub send_timeout: Option<Duration>,
+    /// Send through an SMSC at this `smpp://` URL instead of simulating.
+    pub smpp: Option<String>,
 }
 
 /// A group stream for nodes of this process to share, to the coordinator at
@@ -149,7 +151,14 @@ impl NodeSpec {
             tls: None,
             group: None,
             send_timeout: None,
+            smpp: None,
         }
+    }
+
+    /// Sending through the SMSC at `url` (`smpp://ID:PW@HOST:PORT?…`).
+    pub fn smpp(mut self, url: &str) -> Self {
+        self.smpp = Some(url.into());
+        self
     }
 
     /// As a member of `group`, sharing its stream.
@@ -230,13 +239,27 @@ impl Node {
             mean_latency: spec.mean_latency,
             failure_rate: spec.failure_rate,
         };
-        let gateway: Arc<dyn Gateway> = match &spec.recorder {
-            Some(r) => Arc::new(Recording {
+        let gateway: Arc<dyn Gateway> = match (&spec.smpp, &spec.recorder) {
+            (Some(url), _) => {
+                #[derive(clap::Parser)]
+                struct Defaults {
+                    #[command(flatten)]
+                    smpp: smsmesh_node::smpp::SmppArgs,
+                }
+                let args = <Defaults as clap::Parser>::parse_from(["node"]).smpp;
+                let config =
+                    smsmesh_node::smpp::SmppConfig::parse(url, &args).expect("a valid smpp:// URL");
+                Arc::new(smsmesh_node::smpp::Smpp::start(
+                    config,
+                    Duration::from_millis(500),
+                ))
+            }
+            (None, Some(r)) => Arc::new(Recording {
                 inner: simulated,
                 node: spec.name.clone(),
                 log: r.clone(),
             }),
-            None => Arc::new(simulated),
+            (None, None) => Arc::new(simulated),
         };
         let mut config =
             smsmesh_node::Config::new(coordinator, spec.name.clone(), spec.concurrency, gateway);

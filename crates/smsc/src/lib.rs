@@ -1,0 +1,353 @@
+//! A test SMSC: it speaks SMPP 3.4 over TCP as an operator's SMSC does, for
+//! the test suite, the quick start and benchmarks. It binds any system_id
+//! (transceiver, transmitter or receiver), answers every submit_sm, and for
+//! each segment it accepted with registered_delivery set, sends a delivery
+//! receipt (a deliver_sm with the `id:… stat:… err:…` text) on a bind that
+//! can receive. Knobs give it what real SMSCs do: slow responses, late
+//! receipts, receipts before the response or on another bind, hex or
+//! decimal ids, ESME_RTHROTTLED above a rate, and outcomes chosen by the
+//! destination's last digit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use rusmpp::pdus::{
+    BindReceiverResp, BindTransceiverResp, BindTransmitterResp, DeliverSm, SubmitSmResp,
+};
+use rusmpp::tokio_codec::CommandCodec;
+use rusmpp::types::{COctetString, OctetString};
+use rusmpp::values::EsmClass;
+use rusmpp::{Command, CommandStatus, Pdu};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+
+/// How the SMSC writes its message ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdStyle {
+    /// 1, 2, 3, …
+    Decimal,
+    /// Ten upper-case hex digits with leading zeros: 000000001A.
+    Hex,
+}
+
+/// What the SMSC does.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SmscConfig {
+    /// Wait this long before each submit_sm_resp (responses then come out of order).
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub response_delay: Duration,
+    /// Send each receipt this long after the submit_sm_resp.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub receipt_delay: Duration,
+    /// Send each receipt before the submit_sm_resp of its segment.
+    #[arg(long)]
+    pub receipt_first: bool,
+    /// Send receipts on the binds that can receive in turn, not on the bind
+    /// that submitted (as an SMSC with many binds of one account does).
+    #[arg(long)]
+    pub receipt_any_bind: bool,
+    /// The form of message ids.
+    #[arg(long, value_enum, default_value = "decimal")]
+    pub ids: IdStyle,
+    /// Answer ESME_RTHROTTLED to submit_sm above this many a second (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub throttle_above: u32,
+    /// Outcome by the destination's last digit: 0-5 delivered, 6 undelivered
+    /// (err 034), 7 expired, 8 ESME_RINVDSTADR, 9 ESME_RSYSERR. Off: every
+    /// message is accepted and delivered.
+    #[arg(long)]
+    pub by_last_digit: bool,
+}
+
+impl Default for SmscConfig {
+    fn default() -> Self {
+        SmscConfig {
+            response_delay: Duration::ZERO,
+            receipt_delay: Duration::ZERO,
+            receipt_first: false,
+            receipt_any_bind: false,
+            ids: IdStyle::Decimal,
+            throttle_above: 0,
+            by_last_digit: false,
+        }
+    }
+}
+
+/// What the SMSC has done.
+#[derive(Debug, Default)]
+pub struct SmscStats {
+    /// Binds accepted.
+    pub binds: AtomicU64,
+    /// submit_sm received.
+    pub submits: AtomicU64,
+    /// submit_sm answered ESME_ROK.
+    pub accepted: AtomicU64,
+    /// submit_sm answered ESME_RTHROTTLED.
+    pub throttled: AtomicU64,
+    /// Receipts sent.
+    pub receipts: AtomicU64,
+}
+
+/// The SMSC's shared state.
+struct Shared {
+    config: SmscConfig,
+    stats: Arc<SmscStats>,
+    next_id: AtomicU64,
+    /// Binds that can receive, by connection number.
+    receivers: std::sync::Mutex<Vec<(u64, Outbound)>>,
+    turn: AtomicU64,
+    /// (second, submits in it) for the throttle.
+    window: std::sync::Mutex<(u64, u32)>,
+}
+
+/// Commands to one connection, with its next sequence number for deliver_sm.
+#[derive(Clone)]
+struct Outbound {
+    tx: mpsc::UnboundedSender<Command>,
+    seq: Arc<AtomicU32>,
+}
+
+impl Outbound {
+    fn deliver(&self, pdu: DeliverSm) -> bool {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send(Command::new(CommandStatus::EsmeRok, seq, pdu))
+            .is_ok()
+    }
+}
+
+/// Serves SMPP on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, config: SmscConfig, stats: Arc<SmscStats>) {
+    let shared = Arc::new(Shared {
+        config,
+        stats,
+        next_id: AtomicU64::new(1),
+        receivers: std::sync::Mutex::new(Vec::new()),
+        turn: AtomicU64::new(0),
+        window: std::sync::Mutex::new((0, 0)),
+    });
+    let mut conn = 0u64;
+    while let Ok((sock, _)) = listener.accept().await {
+        conn += 1;
+        let _ = sock.set_nodelay(true);
+        tokio::spawn(connection(shared.clone(), conn, sock));
+    }
+}
+
+async fn connection(shared: Arc<Shared>, conn: u64, sock: tokio::net::TcpStream) {
+    let (mut sink, mut stream) = Framed::new(sock, CommandCodec::new()).split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
+    let out = Outbound {
+        tx,
+        seq: Arc::new(AtomicU32::new(1)),
+    };
+    let writer = tokio::spawn(async move {
+        while let Some(cmd) = rx.recv().await {
+            let mut batch = vec![cmd];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+                if batch.len() >= 256 {
+                    break;
+                }
+            }
+            for c in batch {
+                if sink.feed(c).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(Ok(cmd)) = stream.next().await {
+        let seq = cmd.sequence_number();
+        let ok = |pdu: Pdu| Command::new(CommandStatus::EsmeRok, seq, pdu);
+        let system_id = || COctetString::from_string("smsmesh-smsc".into()).expect("short");
+        let reply = match cmd.pdu() {
+            Some(Pdu::BindTransceiver(_)) => {
+                receiver(&shared, conn, &out);
+                Some(ok(BindTransceiverResp::builder()
+                    .system_id(system_id())
+                    .build()
+                    .into()))
+            }
+            Some(Pdu::BindReceiver(_)) => {
+                receiver(&shared, conn, &out);
+                Some(ok(BindReceiverResp::builder()
+                    .system_id(system_id())
+                    .build()
+                    .into()))
+            }
+            Some(Pdu::BindTransmitter(_)) => {
+                shared.stats.binds.fetch_add(1, Ordering::Relaxed);
+                Some(ok(BindTransmitterResp::builder()
+                    .system_id(system_id())
+                    .build()
+                    .into()))
+            }
+            Some(Pdu::EnquireLink) => Some(ok(Pdu::EnquireLinkResp)),
+            Some(Pdu::Unbind) => {
+                let _ = out.tx.send(ok(Pdu::UnbindResp));
+                break;
+            }
+            Some(Pdu::SubmitSm(s)) => {
+                submit(&shared, &out, seq, s);
+                None
+            }
+            _ => None,
+        };
+        if let Some(r) = reply
+            && out.tx.send(r).is_err()
+        {
+            break;
+        }
+    }
+    shared
+        .receivers
+        .lock()
+        .expect("receivers lock")
+        .retain(|(c, _)| *c != conn);
+    drop(out);
+    let _ = writer.await;
+}
+
+fn receiver(shared: &Shared, conn: u64, out: &Outbound) {
+    shared.stats.binds.fetch_add(1, Ordering::Relaxed);
+    shared
+        .receivers
+        .lock()
+        .expect("receivers lock")
+        .push((conn, out.clone()));
+}
+
+/// What the SMSC makes of one submit_sm.
+fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::SubmitSm) {
+    let c = &shared.config;
+    shared.stats.submits.fetch_add(1, Ordering::Relaxed);
+    let to = s.destination_addr.as_str().to_string();
+    let digit = to.as_bytes().last().map_or(0, |d| d.wrapping_sub(b'0'));
+    let status = if throttled(shared) {
+        shared.stats.throttled.fetch_add(1, Ordering::Relaxed);
+        CommandStatus::EsmeRthrottled
+    } else if c.by_last_digit && digit == 8 {
+        CommandStatus::EsmeRinvdstadr
+    } else if c.by_last_digit && digit == 9 {
+        CommandStatus::EsmeRsyserr
+    } else {
+        CommandStatus::EsmeRok
+    };
+    let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = match c.ids {
+        IdStyle::Decimal => n.to_string(),
+        IdStyle::Hex => format!("{n:010X}"),
+    };
+    let resp = Command::new(
+        status,
+        seq,
+        SubmitSmResp::builder()
+            .message_id(COctetString::from_string(id.clone()).expect("short id"))
+            .build(),
+    );
+    let wants_receipt = u8::from(s.registered_delivery) & 0x03 != 0;
+    let receipt = (status == CommandStatus::EsmeRok && wants_receipt).then(|| {
+        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let (stat, err) = match (c.by_last_digit, digit) {
+            (true, 6) => ("UNDELIV", "034"),
+            (true, 7) => ("EXPIRED", "000"),
+            _ => ("DELIVRD", "000"),
+        };
+        receipt_pdu(&id, &to, stat, err)
+    });
+    if status == CommandStatus::EsmeRok && !wants_receipt {
+        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+    let immediate = c.response_delay.is_zero() && c.receipt_delay.is_zero();
+    if immediate {
+        if c.receipt_first
+            && let Some(r) = receipt.clone()
+        {
+            send_receipt(shared, out, r);
+        }
+        let _ = out.tx.send(resp);
+        if !c.receipt_first
+            && let Some(r) = receipt
+        {
+            send_receipt(shared, out, r);
+        }
+        return;
+    }
+    let (shared, out) = (shared.clone(), out.clone());
+    tokio::spawn(async move {
+        let c = &shared.config;
+        if c.receipt_first
+            && let Some(r) = receipt.clone()
+        {
+            send_receipt(&shared, &out, r);
+        }
+        tokio::time::sleep(c.response_delay).await;
+        let _ = out.tx.send(resp);
+        if !c.receipt_first
+            && let Some(r) = receipt
+        {
+            tokio::time::sleep(c.receipt_delay).await;
+            send_receipt(&shared, &out, r);
+        }
+    });
+}
+
+/// Whether this submit_sm is over the throttle's rate.
+fn throttled(shared: &Shared) -> bool {
+    let limit = shared.config.throttle_above;
+    if limit == 0 {
+        return false;
+    }
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut w = shared.window.lock().expect("window lock");
+    if w.0 != second {
+        *w = (second, 0);
+    }
+    w.1 += 1;
+    w.1 > limit
+}
+
+/// A receipt for message `id` to `to`.
+fn receipt_pdu(id: &str, to: &str, stat: &str, err: &str) -> DeliverSm {
+    let now = "2612051200";
+    let text = format!(
+        "id:{id} sub:001 dlvrd:{:03} submit date:{now} done date:{now} stat:{stat} err:{err} text:",
+        u8::from(stat == "DELIVRD")
+    );
+    let addr = |s: &str| COctetString::from_string(s.to_string()).unwrap_or_default();
+    DeliverSm::builder()
+        .source_addr(addr(to))
+        .destination_addr(addr("smsmesh"))
+        .esm_class(EsmClass::from(0x04))
+        .short_message(OctetString::from_vec(text.into_bytes()).expect("a short text"))
+        .build()
+}
+
+/// Sends a receipt on the submitting bind, or on the next bind that can
+/// receive (with `--receipt-any-bind`, or when the submitter cannot).
+fn send_receipt(shared: &Shared, out: &Outbound, r: DeliverSm) {
+    let receivers = shared.receivers.lock().expect("receivers lock");
+    let own = receivers.iter().any(|(_, o)| o.tx.same_channel(&out.tx));
+    let target = if own && !shared.config.receipt_any_bind {
+        Some(out.clone())
+    } else if receivers.is_empty() {
+        None
+    } else {
+        let i = shared.turn.fetch_add(1, Ordering::Relaxed) as usize % receivers.len();
+        Some(receivers[i].1.clone())
+    };
+    drop(receivers);
+    if let Some(t) = target
+        && t.deliver(r)
+    {
+        shared.stats.receipts.fetch_add(1, Ordering::Relaxed);
+    }
+}

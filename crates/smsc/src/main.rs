@@ -1,0 +1,48 @@
+//! `smsmesh-smsc`: the test SMSC on a TCP port, printing what it did every
+//! few seconds. See the crate's library for what it answers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use clap::Parser;
+
+/// A test SMSC speaking SMPP 3.4 (for tests, demos and benchmarks; never for real traffic).
+#[derive(Parser, Debug)]
+#[command(name = "smsmesh-smsc", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "SMSMESH_SMSC_LISTEN", default_value = "127.0.0.1:2775")]
+    listen: String,
+    #[command(flatten)]
+    config: smsmesh_smsc::SmscConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = smsmesh::telemetry::init("smsmesh-smsc", "info", None);
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    tracing::info!(listen = %listener.local_addr()?, "test SMSC listening");
+    let stats = Arc::new(smsmesh_smsc::SmscStats::default());
+    let report = stats.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            tracing::info!(
+                binds = n(&report.binds),
+                submits = n(&report.submits),
+                accepted = n(&report.accepted),
+                throttled = n(&report.throttled),
+                receipts = n(&report.receipts),
+                "test SMSC"
+            );
+        }
+    });
+    tokio::select! {
+        () = smsmesh_smsc::serve(listener, args.config, stats) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! Real delivery over SMPP, end to end on 127.0.0.1: a coordinator, nodes
+//! whose gateway is an SMPP client, and the test SMSC (`smsmesh-smsc`)
+//! answering over TCP. Every outcome class and every receipt path reaches
+//! GetStatus: accepted then delivered, undelivered with the SMSC's error,
+//! expired, rejected at submit (final at once), a temporary error (retried),
+//! a two-part message whose receipts come before their submit_sm_resp and on
+//! the other node's bind, and receipts that come while the coordinator is
+//! down.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use smsmesh::pb::coordinator_client::CoordinatorClient;
+use smsmesh::pb::{self, MessageState};
+use smsmesh_coordinator::Config as CoordinatorConfig;
+use smsmesh_smsc::{IdStyle, SmscConfig, SmscStats};
+use smsmesh_testkit::{Mesh, NodeSpec, batch_status, wait_until};
+
+type Client = CoordinatorClient<tonic::transport::Channel>;
+
+/// The test SMSC on a free port: its `smpp://` URL and its counters.
+async fn smsc(config: SmscConfig) -> (String, Arc<SmscStats>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stats = Arc::new(SmscStats::default());
+    tokio::spawn(smsmesh_smsc::serve(listener, config, stats.clone()));
+    (format!("smpp://esme:secret@127.0.0.1:{port}"), stats)
+}
+
+fn message(to: &str, body: &str) -> pb::SmsMessage {
+    pb::SmsMessage {
+        to: to.into(),
+        body: body.into(),
+        ..Default::default()
+    }
+}
+
+async fn message_status(client: &mut Client, batch: &str, index: u32) -> pb::MessageStatus {
+    let resp = client
+        .get_status(pb::GetStatusRequest {
+            target: Some(pb::get_status_request::Target::MessageId(format!(
+                "{batch}.{index}"
+            ))),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match resp.status {
+        Some(pb::get_status_response::Status::Message(m)) => m,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Waits until the batch has no message waiting for a receipt and every
+/// message has its outcome.
+async fn settled(client: &Client, batch: &str) -> pb::BatchStatus {
+    wait_until(Duration::from_secs(60), "every receipt", || {
+        let mut client = client.clone();
+        async move {
+            let s = batch_status(&mut client, batch).await.ok()?;
+            let decided = s.delivered + s.undelivered + s.delivery_unknown;
+            (s.state == pb::BatchState::Completed as i32
+                && s.awaiting_receipt == 0
+                && decided == s.sent)
+                .then_some(s)
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_class_and_receipt_path_reaches_get_status() {
+    let (url, smsc_stats) = smsc(SmscConfig {
+        by_last_digit: true,
+        ids: IdStyle::Hex,
+        receipt_first: true,
+        receipt_any_bind: true,
+        ..SmscConfig::default()
+    })
+    .await;
+    let mesh = Mesh::start(CoordinatorConfig {
+        retry_base: Duration::from_millis(20),
+        ..CoordinatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("{url}?ids=hex&response_timeout=2s");
+    let _a = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
+    let _b = mesh.node(NodeSpec::new("smpp-b").smpp(&url));
+    let mut client = mesh.client().await.unwrap();
+    // Message i goes to a number ending in digit i; the last is a two-part message.
+    let mut messages: Vec<_> = (0..10)
+        .map(|d| message(&format!("+4477009001{d:02}"), &format!("code {d}")))
+        .collect();
+    messages.push(message("+447700900200", &"ж".repeat(100)));
+    let batch = client
+        .submit_batch(pb::SubmitBatchRequest {
+            messages,
+            max_attempts: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    let s = settled(&client, &batch).await;
+    assert_eq!(
+        (s.sent, s.failed, s.delivered, s.undelivered),
+        (9, 2, 7, 2),
+        "{s:?}"
+    );
+    let m = message_status(&mut client, &batch, 6).await;
+    assert_eq!(m.state, MessageState::Undelivered as i32, "{m:?}");
+    assert_eq!(
+        (m.receipt_state.as_str(), m.receipt_error.as_str()),
+        ("UNDELIV", "034")
+    );
+    assert_eq!(m.provider_ids.len(), 1);
+    let m = message_status(&mut client, &batch, 7).await;
+    assert_eq!(m.state, MessageState::Expired as i32, "{m:?}");
+    let m = message_status(&mut client, &batch, 8).await;
+    assert_eq!(m.state, MessageState::Failed as i32);
+    assert_eq!(m.attempts, 1, "a permanent error is not retried: {m:?}");
+    assert!(m.last_error.contains("ESME_RINVDSTADR"), "{m:?}");
+    let m = message_status(&mut client, &batch, 9).await;
+    assert_eq!(
+        (m.state, m.attempts),
+        (MessageState::Failed as i32, 2),
+        "{m:?}"
+    );
+    assert!(m.last_error.contains("ESME_RSYSERR"), "{m:?}");
+    let m = message_status(&mut client, &batch, 10).await;
+    assert_eq!(m.state, MessageState::Delivered as i32, "{m:?}");
+    assert_eq!(m.provider_ids.len(), 2, "one id per part: {m:?}");
+    let m = message_status(&mut client, &batch, 0).await;
+    assert_eq!(m.state, MessageState::Delivered as i32);
+    // Hex ids, normalised: no leading zeros, lower case.
+    assert!(!m.provider_ids[0].starts_with('0'), "{m:?}");
+
+    // Only delivered messages, listed.
+    let page = client
+        .list_messages(pb::ListMessagesRequest {
+            batch_id: batch.clone(),
+            states: vec![MessageState::Delivered as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let listed: Vec<_> = page.messages.iter().map(|m| m.message_id.clone()).collect();
+    assert_eq!(listed.len(), 7, "{listed:?}");
+    // 7 receipts per part of the delivered, 2 of the undelivered: every one sent was matched.
+    assert_eq!(smsc_stats.receipts.load(Ordering::Relaxed), 10);
+    mesh.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_pending_across_a_coordinator_restart_are_all_matched() {
+    let dir = tempfile::tempdir().unwrap();
+    // Receipts come 1.5 s after the submit: the coordinator is restarted meanwhile.
+    let (url, smsc_stats) = smsc(SmscConfig {
+        receipt_delay: Duration::from_millis(1500),
+        ..SmscConfig::default()
+    })
+    .await;
+    let config = CoordinatorConfig {
+        data_dir: Some(dir.path().into()),
+        ..CoordinatorConfig::default()
+    };
+    let mesh = Mesh::start(config.clone()).await.unwrap();
+    let addr = mesh.addr;
+    let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
+    let mut client = mesh.client().await.unwrap();
+    let batch = client
+        .submit_batch(pb::SubmitBatchRequest {
+            messages: (0..50)
+                .map(|i| message(&format!("+44770090{i:04}"), "hello"))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    wait_until(Duration::from_secs(30), "every message sent", || {
+        let mut client = client.clone();
+        let batch = batch.clone();
+        async move { (batch_status(&mut client, &batch).await.ok()?.sent == 50).then_some(()) }
+    })
+    .await
+    .unwrap();
+    assert!(
+        smsc_stats.receipts.load(Ordering::Relaxed) < 50,
+        "the restart must come before the receipts"
+    );
+    mesh.stop().await.unwrap();
+    let mesh = Mesh::start_on(addr, config).await.unwrap();
+    let client = smsmesh_testkit::client_at(addr).await;
+    let s = settled(&client, &batch).await;
+    assert_eq!((s.delivered, s.undelivered, s.sent), (50, 0, 50), "{s:?}");
+    drop(node);
+    mesh.stop().await.unwrap();
+}
