@@ -4,8 +4,8 @@
 //! GetStatus: accepted then delivered, undelivered with the SMSC's error,
 //! expired, rejected at submit (final at once), a temporary error (retried),
 //! a two-part message whose receipts come before their submit_sm_resp and on
-//! the other node's bind, and receipts that come while the coordinator is
-//! down.
+//! the other node's bind, and receipts pending across a coordinator restart
+//! (followed by smsmon until the last one is in).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -198,6 +198,28 @@ async fn receipts_pending_across_a_coordinator_restart_are_all_matched() {
     mesh.stop().await.unwrap();
     let mesh = Mesh::start_on(addr, config).await.unwrap();
     let client = smsmesh_testkit::client_at(addr).await;
+    // smsmon follows the batch until no receipt is awaited, and says so.
+    let mon = tokio::process::Command::new(smsmesh_testkit::bin("smsmon"))
+        .args(["--coordinator", &mesh.url(), "--plain", "--batch", &batch])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), mon)
+        .await
+        .expect("smsmon ends once every receipt is in")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = text
+        .lines()
+        .rfind(|l| l.starts_with(&batch))
+        .unwrap_or_default();
+    assert!(
+        last.contains("delivered 50 undelivered 0 awaiting receipt 0"),
+        "{text}"
+    );
     let s = settled(&client, &batch).await;
     assert_eq!((s.delivered, s.undelivered, s.sent), (50, 0, 50), "{s:?}");
     drop(node);

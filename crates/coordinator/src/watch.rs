@@ -72,7 +72,12 @@ impl Watcher {
             let Some(update) = self.current().await else {
                 return;
             };
-            let ended = self.batch.is_some() && update.batches.iter().all(|b| is_ended(b.state));
+            // One batch's stream ends once the batch ended and waits for no receipt.
+            let ended = self.batch.is_some()
+                && update
+                    .batches
+                    .iter()
+                    .all(|b| is_ended(b.state) && b.awaiting_receipt == 0);
             for b in &update.batches {
                 self.states.insert(b.batch_id.clone(), b.state);
             }

@@ -56,12 +56,10 @@ pub async fn watch(
         }
     }
     display.finish();
-    // One batch's stream ends when the batch does; any other end is the coordinator's.
-    let ended = |b: &pb::BatchStatus| {
-        b.state == pb::BatchState::Completed as i32 || b.state == pb::BatchState::Cancelled as i32
-    };
+    // One batch's stream ends when the batch does (and waits for no receipt);
+    // any other end is the coordinator's.
     match (batch, &last) {
-        (Some(_), Some(b)) if ended(b) => Ok(last),
+        (Some(_), Some(b)) if is_ended(b) => Ok(last),
         _ => Err(anyhow::anyhow!(
             "the coordinator at {coordinator} ended the progress stream (it stopped?)"
         )),
@@ -179,8 +177,10 @@ impl Display {
     }
 }
 
+/// Whether nothing more will change: the batch ended and waits for no receipt.
 fn is_ended(b: &pb::BatchStatus) -> bool {
-    b.state == BatchState::Completed as i32 || b.state == BatchState::Cancelled as i32
+    (b.state == BatchState::Completed as i32 || b.state == BatchState::Cancelled as i32)
+        && b.awaiting_receipt == 0
 }
 
 /// Name of a batch state for people.
@@ -219,6 +219,16 @@ fn summary(b: &pb::BatchStatus) -> String {
     );
     if b.cancelled > 0 {
         let _ = write!(s, " | cancelled {}", b.cancelled);
+    }
+    if b.delivered + b.undelivered + b.awaiting_receipt + b.delivery_unknown > 0 {
+        let _ = write!(
+            s,
+            " | delivered {} undelivered {} awaiting receipt {}",
+            b.delivered, b.undelivered, b.awaiting_receipt
+        );
+        if b.delivery_unknown > 0 {
+            let _ = write!(s, " unknown {}", b.delivery_unknown);
+        }
     }
     if b.eta_seconds > 0.0 {
         let eta = Duration::from_secs(b.eta_seconds.ceil() as u64);
