@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Builds smscoord, smsnode and smsmon into one small runtime image that runs
+# Builds smscoord, smsnode, smsmon and the test SMSC into one small runtime image that runs
 # as a non-root user. The build needs no protoc (protos compile with protox).
 #
 #   docker build -t smsmesh:latest .
@@ -12,9 +12,9 @@ COPY . .
 # binaries are copied out of the cached target directory.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin smscoord --bin smsnode --bin smsmon \
+    cargo build --release --locked --bin smscoord --bin smsnode --bin smsmon --bin smsmesh-smsc \
  && mkdir -p /out \
- && cp target/release/smscoord target/release/smsnode target/release/smsmon /out/
+ && cp target/release/smscoord target/release/smsnode target/release/smsmon target/release/smsmesh-smsc /out/
 
 FROM debian:bookworm-slim
 # CA certificates: for an https:// OTLP collector (system roots).
