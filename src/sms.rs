@@ -104,6 +104,47 @@ pub fn validate_e164(field: &str, to: &str) -> Result<(), Error> {
     }
 }
 
+/// The forms a sender id (the SMS's "from") takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SenderForm {
+    /// An E.164 number ('+' and digits): international.
+    International,
+    /// 3 to 8 digits: a short code, national.
+    ShortCode,
+    /// 1 to 11 GSM characters, not all digits: a name such as "ACME".
+    Alphanumeric,
+}
+
+/// Checks a sender id and says which form it has: an E.164 number, a short
+/// code of 3 to 8 digits, or 1 to 11 GSM characters (not all digits).
+pub fn sender_form(field: &str, sender: &str) -> Result<SenderForm, Error> {
+    if sender.starts_with('+') {
+        validate_e164(field, sender)?;
+        return Ok(SenderForm::International);
+    }
+    if !sender.is_empty() && sender.bytes().all(|b| b.is_ascii_digit()) {
+        if !(3..=8).contains(&sender.len()) {
+            return Err(Error::invalid(format!(
+                "{field}: {} is not a sender: a short code has 3 to 8 digits (a full number starts with '+')",
+                crate::echo(sender)
+            )));
+        }
+        return Ok(SenderForm::ShortCode);
+    }
+    let size = segments(sender);
+    if sender.is_empty()
+        || size.encoding != Encoding::Gsm7
+        || size.units > 11
+        || sender.chars().count() > 11
+    {
+        return Err(Error::invalid(format!(
+            "{field}: {} is not a sender: an alphanumeric sender is 1 to 11 GSM characters, a short code 3 to 8 digits, a number '+' and 7 to 15 digits",
+            crate::echo(sender)
+        )));
+    }
+    Ok(SenderForm::Alphanumeric)
+}
+
 /// Checks that `body` is not empty and fits in [`MAX_SEGMENTS`] segments.
 pub fn validate_body(field: &str, body: &str) -> Result<Segments, Error> {
     if body.is_empty() {
@@ -138,6 +179,28 @@ pub fn validate_message(i: usize, to: &str, body: &str, client_ref: &str) -> Res
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn senders_are_numbers_short_codes_or_short_names() {
+        use super::{SenderForm as F, sender_form};
+        for (s, form) in [
+            ("+14155550123", Some(F::International)),
+            ("12345", Some(F::ShortCode)),
+            ("ACME Bank", Some(F::Alphanumeric)),
+            ("Alerts-2026", Some(F::Alphanumeric)),
+            ("", None),
+            ("12", None),
+            ("123456789", None),
+            ("TwelveLetter", None),
+            ("Ωmega", Some(F::Alphanumeric)), // Ω is in the GSM alphabet
+            ("日本", None),
+            ("+0123456789", None),
+        ] {
+            assert_eq!(sender_form("sender", s).ok(), form, "{s:?}");
+        }
+        let e = sender_form("messages[3].sender", "TwelveLetter").unwrap_err();
+        assert!(e.to_string().contains("messages[3].sender"), "{e}");
+    }
+
     use super::*;
 
     #[test]

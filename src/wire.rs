@@ -45,6 +45,8 @@ pub struct JobRef<'a> {
     pub body: &'a str,
     /// `Job.traceparent` (empty: not traced).
     pub traceparent: &'a str,
+    /// `Job.sender` (empty: the gateway's default).
+    pub sender: &'a str,
 }
 
 impl Jobs {
@@ -90,7 +92,8 @@ impl Jobs {
             }
             + s(4, job.to)
             + s(5, job.body)
-            + s(6, job.traceparent);
+            + s(6, job.traceparent)
+            + s(7, job.sender);
         let buf = &mut self.encoded;
         encoding::encode_key(1, WireType::LengthDelimited, buf);
         encoding::encode_varint(len as u64, buf);
@@ -104,7 +107,12 @@ impl Jobs {
             encoding::encode_key(3, WireType::Varint, buf);
             encoding::encode_varint(u64::from(job.attempt), buf);
         }
-        for (tag, v) in [(4, job.to), (5, job.body), (6, job.traceparent)] {
+        for (tag, v) in [
+            (4, job.to),
+            (5, job.body),
+            (6, job.traceparent),
+            (7, job.sender),
+        ] {
             if !v.is_empty() {
                 encoding::encode_key(tag, WireType::LengthDelimited, buf);
                 encoding::encode_varint(v.len() as u64, buf);
@@ -243,6 +251,11 @@ mod tests {
             } else {
                 String::new()
             },
+            sender: if i.is_multiple_of(2) {
+                "ACME".into()
+            } else {
+                String::new()
+            },
         }
     }
 
@@ -259,6 +272,7 @@ mod tests {
                 to: &j.to,
                 body: &j.body,
                 traceparent: &j.traceparent,
+                sender: &j.sender,
             });
         }
         assert_eq!(ours.len(), 5);

@@ -15,6 +15,7 @@ fn msg(to: &str, body: &str) -> pb::SmsMessage {
         to: to.into(),
         body: body.into(),
         client_ref: String::new(),
+        ..Default::default()
     }
 }
 

@@ -326,11 +326,13 @@ async fn explicit_messages_list_with_their_body_and_segments() {
             to: "+14155550100".into(),
             body: long.clone(),
             client_ref: "fw-1".into(),
+            ..Default::default()
         },
         pb::SmsMessage {
             to: "+442071838750".into(),
             body: "Шторм: оставайтесь дома".into(),
             client_ref: "fw-2, \"quoted\"".into(),
+            ..Default::default()
         },
     ];
     let id = client

@@ -481,11 +481,13 @@ async fn explicit_messages_keep_their_content_and_ids() {
             to: "+14155550100".into(),
             body: "Evacuate zone A now.".into(),
             client_ref: "a-1".into(),
+            ..Default::default()
         },
         pb::SmsMessage {
             to: "+442071838750".into(),
             body: "Шторм: оставайтесь дома".into(),
             client_ref: String::new(),
+            ..Default::default()
         },
     ];
     let resp = client

@@ -114,13 +114,14 @@ proptest! {
         let config = Config { max_batch_size: 100, ..Config::default() };
         let messages: Vec<pb::SmsMessage> = msgs
             .iter()
-            .map(|(to, body, r)| pb::SmsMessage { to: to.clone(), body: body.iter().collect(), client_ref: r.clone() })
+            .map(|(to, body, r)| pb::SmsMessage { to: to.clone(), body: body.iter().collect(), client_ref: r.clone(), ..Default::default() })
             .collect();
         let req = pb::SubmitBatchRequest {
             messages: messages.clone(),
             synthetic: synthetic.map(|(count, seed)| pb::SyntheticBatch { count, body: None, seed }),
             max_attempts,
             idempotency_key: "k".repeat(key_len),
+            ..Default::default()
         };
         let result = validate_submit(req, &config);
         let model = {

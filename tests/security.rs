@@ -798,6 +798,7 @@ async fn garbage_on_the_port_and_oversized_requests_do_not_stop_the_coordinator(
                 to: "+14155550100".into(),
                 body: "x".repeat(150),
                 client_ref: String::new(),
+                ..Default::default()
             };
             101
         ],

@@ -23,6 +23,7 @@ fn one(n: u64) -> pb::SubmitBatchRequest {
             to: format!("+1555{:07}", n),
             body: format!("Your code is {:06}", n % 1_000_000),
             client_ref: format!("otp-{n}"),
+            ..Default::default()
         }],
         ..Default::default()
     }

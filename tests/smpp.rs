@@ -225,3 +225,89 @@ async fn receipts_pending_across_a_coordinator_restart_are_all_matched() {
     drop(node);
     mesh.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_are_checked_sent_with_each_message_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CoordinatorConfig {
+        data_dir: Some(dir.path().into()),
+        ..CoordinatorConfig::default()
+    };
+    let mesh = Mesh::start(config.clone()).await.unwrap();
+    let addr = mesh.addr;
+    let mut client = mesh.client().await.unwrap();
+    let bad = |req: pb::SubmitBatchRequest| {
+        let mut client = client.clone();
+        async move { client.submit_batch(req).await.unwrap_err() }
+    };
+    let e = bad(pb::SubmitBatchRequest {
+        messages: vec![
+            message("+447700900100", "a"),
+            pb::SmsMessage {
+                sender: "TwelveLetter".into(),
+                ..message("+447700900101", "b")
+            },
+        ],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("messages[1].sender"),
+        "{}",
+        e.message()
+    );
+    let e = bad(pb::SubmitBatchRequest {
+        sender: "12".into(),
+        ..smsmesh_testkit::synthetic(5, 1)
+    })
+    .await;
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = bad(pb::SubmitBatchRequest {
+        messages: vec![message("+447700900100", "a")],
+        sender: "日本".into(),
+        ..Default::default()
+    })
+    .await;
+    assert!(e.message().starts_with("sender:"), "{}", e.message());
+
+    // The batch's sender for messages that name none; a message's own wins.
+    let (url, _stats) = smsc(SmscConfig::default()).await;
+    let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
+    let batch = client
+        .submit_batch(pb::SubmitBatchRequest {
+            messages: vec![
+                message("+447700900100", "a"),
+                pb::SmsMessage {
+                    sender: "+14155550999".into(),
+                    ..message("+447700900101", "b")
+                },
+            ],
+            sender: "ACME".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    settled(&client, &batch).await;
+    let senders = |client: Client| {
+        let batch = batch.clone();
+        async move {
+            let mut client = client;
+            let mut out = Vec::new();
+            for i in 0..2 {
+                out.push(message_status(&mut client, &batch, i).await.sender);
+            }
+            out
+        }
+    };
+    assert_eq!(senders(client.clone()).await, ["ACME", "+14155550999"]);
+    drop(node);
+    // After a restart the completed batch is read from the store: the same senders.
+    mesh.stop().await.unwrap();
+    let mesh = Mesh::start_on(addr, config).await.unwrap();
+    let client = smsmesh_testkit::client_at(addr).await;
+    assert_eq!(senders(client).await, ["ACME", "+14155550999"]);
+    mesh.stop().await.unwrap();
+}

@@ -164,6 +164,7 @@ fn messages(n: usize) -> Vec<pb::SmsMessage> {
             to: format!("+4475000{i:05}"),
             body: format!("trace me {i}"),
             client_ref: String::new(),
+            ..Default::default()
         })
         .collect()
 }

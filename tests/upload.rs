@@ -24,6 +24,7 @@ fn header(key: &str) -> pb::SubmitBatchStreamRequest {
             body: BODY.into(),
             max_attempts: None,
             idempotency_key: key.into(),
+            ..Default::default()
         })),
     }
 }
@@ -296,6 +297,7 @@ async fn an_upload_with_a_key_is_accepted_once() {
                 to: number(0),
                 body: BODY.into(),
                 client_ref: String::new(),
+                ..Default::default()
             }],
             idempotency_key: "drill-7".into(),
             ..Default::default()

@@ -100,6 +100,7 @@ pub(crate) async fn run(bin: &Path, total: u64) -> anyhow::Result<History> {
                 to: "+15550000000".into(),
                 body: "the oldest batch".into(),
                 client_ref: String::new(),
+                ..Default::default()
             }],
             ..Default::default()
         })

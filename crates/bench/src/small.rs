@@ -144,6 +144,7 @@ pub(crate) async fn fire(
                             to: format!("+1555{:07}", n % 10_000_000),
                             body: format!("Your code is {:06}", n % 1_000_000),
                             client_ref: String::new(),
+                            ..Default::default()
                         }],
                         ..Default::default()
                     };

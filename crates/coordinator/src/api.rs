@@ -283,6 +283,10 @@ fn stored_batch(new: &NewBatch) -> StoredBatch {
         Content::List { body, .. } => (Vec::new(), None, None, Some(body.clone())),
         Content::Synthetic { seed, body } => (Vec::new(), Some(*seed), body.clone(), None),
     };
+    let list_sender = match &new.content {
+        Content::List { sender, .. } => sender.clone(),
+        _ => String::new(),
+    };
     StoredBatch {
         id: new.id.0,
         total: new.total,
@@ -294,6 +298,7 @@ fn stored_batch(new: &NewBatch) -> StoredBatch {
         tenant: new.tenant.as_str().to_string(),
         fingerprint: new.fingerprint,
         list_body,
+        list_sender,
     }
 }
 

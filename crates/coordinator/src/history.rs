@@ -42,6 +42,7 @@ fn status(r: &StoredRef, m: StoredMessage) -> pb::MessageStatus {
         body: m.body,
         accepted_unix_ms: r.accepted_unix_ms,
         provider_ids: m.provider_ids,
+        sender: m.sender,
         ..Default::default()
     };
     if let Some(d) = &m.delivery {

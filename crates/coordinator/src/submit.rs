@@ -52,6 +52,15 @@ pub fn fingerprint(req: &pb::SubmitBatchRequest) -> u64 {
         h.eat(m.to.as_bytes());
         h.eat(m.body.as_bytes());
         h.eat(m.client_ref.as_bytes());
+        // Only when given, so requests without senders keep their fingerprints.
+        if !m.sender.is_empty() {
+            h.eat(b"\0sender");
+            h.eat(m.sender.as_bytes());
+        }
+    }
+    if !req.sender.is_empty() {
+        h.eat(b"\0batch sender");
+        h.eat(req.sender.as_bytes());
     }
     if let Some(s) = &req.synthetic {
         h.eat(&s.count.to_le_bytes());
@@ -128,12 +137,26 @@ pub fn validate_submit(req: pb::SubmitBatchRequest, config: &Config) -> Result<N
                     "batch of {n} messages exceeds the maximum of {max} (--max-batch-size)"
                 )));
             }
-            for (i, m) in req.messages.iter().enumerate() {
-                sms::validate_message(i, &m.to, &m.body, &m.client_ref)?;
+            if !req.sender.is_empty() {
+                sms::sender_form("sender", &req.sender)?;
             }
-            (Content::Explicit(req.messages), n as u32)
+            let mut messages = req.messages;
+            for (i, m) in messages.iter_mut().enumerate() {
+                sms::validate_message(i, &m.to, &m.body, &m.client_ref)?;
+                if m.sender.is_empty() {
+                    m.sender.clone_from(&req.sender);
+                } else {
+                    sms::sender_form(&format!("messages[{i}].sender"), &m.sender)?;
+                }
+            }
+            (Content::Explicit(messages), n as u32)
         }
         (true, Some(s)) => {
+            if !req.sender.is_empty() {
+                return Err(Error::invalid(
+                    "sender: a synthetic batch goes out with each node's default sender; give `sender` with `messages` or an upload",
+                ));
+            }
             if s.count == 0 {
                 return Err(Error::invalid("synthetic.count must be at least 1"));
             }

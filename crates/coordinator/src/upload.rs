@@ -19,6 +19,7 @@ use crate::submit::{Fingerprint, idempotency_key, max_attempts, new_batch};
 #[derive(Debug)]
 pub struct Upload {
     body: String,
+    sender: String,
     max_attempts: u8,
     key: Option<String>,
     recipients: Recipients,
@@ -36,6 +37,9 @@ impl Upload {
         sms::validate_body("header.body", &header.body)?;
         let attempts = max_attempts(header.max_attempts, config)?;
         let key = idempotency_key(header.idempotency_key)?;
+        if !header.sender.is_empty() {
+            sms::sender_form("header.sender", &header.sender)?;
+        }
         // Not SubmitBatch's fields: the same key used for a SubmitBatch and
         // for an upload is always a different request.
         let mut fingerprint = Fingerprint::default();
@@ -47,8 +51,13 @@ impl Upload {
                 .to_le_bytes(),
         );
         fingerprint.eat(header.body.as_bytes());
+        if !header.sender.is_empty() {
+            fingerprint.eat(b"\0sender");
+            fingerprint.eat(header.sender.as_bytes());
+        }
         Ok(Upload {
             body: header.body,
+            sender: header.sender,
             max_attempts: attempts,
             key,
             recipients: Recipients::new(),
@@ -121,6 +130,7 @@ impl Upload {
         tracing::debug!(recipients = n, chunks = self.chunks, took = ?self.started.elapsed(), "upload complete");
         let content = Content::List {
             body: self.body,
+            sender: self.sender,
             recipients: Arc::new(self.recipients),
         };
         let mut new = new_batch(content, n as u32, self.max_attempts, self.key);

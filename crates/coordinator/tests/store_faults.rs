@@ -22,6 +22,7 @@ fn write_store(dir: &Path) {
         tenant: "t".into(),
         fingerprint: 0,
         list_body: None,
+        ..Default::default()
     };
     store.insert_batch(&batch, Some("k")).unwrap().unwrap();
     let mut set = WriteSet::default();

@@ -87,6 +87,10 @@ enum Command {
         /// Numbers per chunk of the upload.
         #[arg(long, default_value_t = 10_000)]
         chunk_size: usize,
+        /// Who the messages are from: a name of up to 11 GSM characters, a
+        /// short code or an E.164 number (default: each node's --smpp-sender).
+        #[arg(long, default_value = "")]
+        sender: String,
         /// Then show the batch's progress until it ends.
         #[arg(long)]
         watch: bool,
@@ -133,6 +137,7 @@ async fn main() -> ExitCode {
             max_attempts,
             idempotency_key,
             chunk_size,
+            sender,
             watch: then_watch,
         }) => {
             let upload = smsmesh_monitor::submit::Upload {
@@ -140,6 +145,7 @@ async fn main() -> ExitCode {
                 max_attempts: *max_attempts,
                 idempotency_key: idempotency_key.clone(),
                 chunk: *chunk_size,
+                sender: sender.clone(),
             };
             match submit(&target, &upload, to_file).await {
                 Ok(id) if *then_watch => watch(&target, Some(&id), args.interval, &mut display)

@@ -22,6 +22,8 @@ pub struct Upload {
     pub idempotency_key: String,
     /// Recipients per chunk.
     pub chunk: usize,
+    /// The sender of every message ("" for the nodes' default).
+    pub sender: String,
 }
 
 /// One recipient read from the file, or why the file cannot be used.
@@ -77,6 +79,10 @@ pub async fn submit(
     input: impl Read + Send + 'static,
 ) -> anyhow::Result<pb::SubmitBatchResponse> {
     smsmesh::sms::validate_body("--body", &upload.body).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !upload.sender.is_empty() {
+        smsmesh::sms::sender_form("--sender", &upload.sender)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let mut client = target.connect().await?;
     let (tx, rx) = mpsc::channel::<pb::SubmitBatchStreamRequest>(4);
     let header = pb::SubmitBatchStreamRequest {
@@ -84,6 +90,7 @@ pub async fn submit(
             body: upload.body.clone(),
             max_attempts: upload.max_attempts,
             idempotency_key: upload.idempotency_key.clone(),
+            sender: upload.sender.clone(),
         })),
     };
     let chunk_size = upload.chunk.max(1);

@@ -16,15 +16,20 @@ use smsmesh_node::{FailureClass, Gateway, Sending};
 use tokio_util::codec::Framed;
 
 /// What the SMSC received: (destination, esm_class, data_coding, short_message).
+/// What the SMSC received: (destination, esm_class, data_coding, short_message),
+/// and the source (source_addr, its TON) of each submit_sm.
 type Received = Arc<Mutex<Vec<(String, u8, u8, Vec<u8>)>>>;
+type Sources = Arc<Mutex<Vec<(String, u8)>>>;
 
 /// An SMSC on a free port: binds anyone; a destination ending in 0 is accepted
 /// (id "ID<n>"), 1 is ESME_RINVDSTADR, 2 ESME_RTHROTTLED, 3 never answered,
 /// 4 ESME_RSYSERR.
-async fn smsc() -> (u16, Received) {
+async fn smsc() -> (u16, Received, Sources) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let received: Received = Arc::default();
+    let sources: Sources = Arc::default();
+    let from = sources.clone();
     let log = received.clone();
     tokio::spawn(async move {
         let mut n = 0u32;
@@ -48,6 +53,10 @@ async fn smsc() -> (u16, Received) {
                     )),
                     Some(Pdu::SubmitSm(s)) => {
                         let to = s.destination_addr.as_str().to_string();
+                        from.lock().unwrap().push((
+                            s.source_addr.as_str().to_string(),
+                            u8::from(s.source_addr_ton),
+                        ));
                         log.lock().unwrap().push((
                             to.clone(),
                             u8::from(s.esm_class),
@@ -80,7 +89,7 @@ async fn smsc() -> (u16, Received) {
             }
         }
     });
-    (port, received)
+    (port, received, sources)
 }
 
 fn args() -> SmppArgs {
@@ -93,7 +102,12 @@ fn args() -> SmppArgs {
 }
 
 async fn send(g: &Smpp, to: &str, body: &str) -> smsmesh_node::Outcome {
+    send_from(g, to, body, "").await
+}
+
+async fn send_from(g: &Smpp, to: &str, body: &str, sender: &str) -> smsmesh_node::Outcome {
     let job = pb::Job {
+        sender: sender.into(),
         batch: 1,
         index: 0,
         attempt: 1,
@@ -111,7 +125,7 @@ async fn send(g: &Smpp, to: &str, body: &str) -> smsmesh_node::Outcome {
 
 #[tokio::test]
 async fn each_submit_sm_resp_status_becomes_its_outcome_class() {
-    let (port, received) = smsc().await;
+    let (port, received, sources) = smsc().await;
     let url = format!("smpp://esme:pw@127.0.0.1:{port}?response_timeout=500ms&throttle_pause=50ms");
     let g = Smpp::start(
         SmppConfig::parse(&url, &args()).unwrap(),
@@ -162,6 +176,24 @@ async fn each_submit_sm_resp_status_becomes_its_outcome_class() {
         assert_eq!((sm[4], sm[5]), (2, i as u8 + 1));
     }
     assert_eq!(parts[0].3[3], parts[1].3[3], "one reference for both parts");
+    // Senders: the node's default (alphanumeric "smsmesh"), a job's own name, its own number.
+    send_from(&g, "+14155550120", "x", "ACME").await.unwrap();
+    send_from(&g, "+14155550130", "x", "+14155550999")
+        .await
+        .unwrap();
+    send_from(&g, "+14155550140", "x", "54321").await.unwrap();
+    let from = sources.lock().unwrap().clone();
+    assert_eq!(from[0], ("smsmesh".to_string(), 5), "alphanumeric: TON 5");
+    let n = from.len();
+    assert_eq!(
+        from[n - 3..],
+        [
+            ("ACME".to_string(), 5),
+            ("14155550999".to_string(), 1),
+            ("54321".to_string(), 2)
+        ],
+        "TON from the form: alphanumeric 5, international 1, national 2"
+    );
     let stats = g.stats();
     assert_eq!(
         stats.throttled.load(std::sync::atomic::Ordering::Relaxed),

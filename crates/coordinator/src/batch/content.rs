@@ -18,6 +18,8 @@ pub enum Content {
     List {
         /// The body of every message.
         body: String,
+        /// The sender of every message ("" for the node's default).
+        sender: String,
         /// Who gets it, in message order (shared with the store while it is written).
         recipients: Arc<Recipients>,
     },
@@ -65,6 +67,7 @@ impl Batch {
             Content::List {
                 body: text,
                 recipients,
+                ..
             } => {
                 recipients.number(index as usize, to);
                 body.clear();
@@ -73,6 +76,15 @@ impl Batch {
             Content::Synthetic { seed, body: fixed } => {
                 smsmesh::synth::message(*seed, index, fixed.as_deref(), to, body);
             }
+        }
+    }
+
+    /// The sender of message `index` ("" for the node's default).
+    pub fn sender(&self, index: u32) -> &str {
+        match &self.content {
+            Content::Explicit(msgs) => &msgs[index as usize].sender,
+            Content::List { sender, .. } => sender,
+            Content::Synthetic { .. } => "",
         }
     }
 

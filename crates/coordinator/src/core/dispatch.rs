@@ -89,6 +89,7 @@ impl Core {
                             to,
                             body,
                             traceparent: batch.job_traceparent(index),
+                            sender: batch.sender(index),
                         });
                     }
                     if jobs.len() == want {

@@ -222,6 +222,7 @@ impl Core {
             segments: smsmesh::sms::segments(&body).count,
             body,
             accepted_unix_ms: batch.accepted_unix_ms,
+            sender: batch.sender(index).to_string(),
             ..Default::default()
         };
         self.receipts.message(batch.id.0, index, &mut status);

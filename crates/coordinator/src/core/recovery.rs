@@ -37,6 +37,7 @@ impl Core {
             }
             let messages = std::mem::take(&mut lb.batch.messages);
             let list_body = lb.batch.list_body.take();
+            let list_sender = std::mem::take(&mut lb.batch.list_sender);
             let sb = &lb.batch;
             let content = match (sb.synthetic_seed, list_body, lb.list.take()) {
                 (Some(seed), _, _) => Content::Synthetic {
@@ -46,6 +47,7 @@ impl Core {
                 // The store checked that a list body comes with its recipients.
                 (None, Some(body), Some(recipients)) => Content::List {
                     body,
+                    sender: list_sender,
                     recipients: std::sync::Arc::new(recipients),
                 },
                 (None, _, _) => Content::Explicit(messages),

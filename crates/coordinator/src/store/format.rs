@@ -47,6 +47,9 @@ pub struct StoredBatch {
     /// recipients are stored in rows of their own (see [`list_rows`]).
     #[prost(string, optional, tag = "12")]
     pub list_body: Option<String>,
+    /// The sender of every message of a list batch ("" for the node's default).
+    #[prost(string, tag = "13")]
+    pub list_sender: String,
 }
 
 /// The small, changing part of a stored batch.

@@ -21,6 +21,8 @@ pub struct StoredMessage {
     pub body: String,
     /// The client's reference.
     pub client_ref: String,
+    /// Its sender ("" for the node's default).
+    pub sender: String,
     /// Its outcome, if it has one.
     pub outcome: Option<StoredOutcome>,
     /// The name of the node of its outcome ("" for none).
@@ -94,8 +96,8 @@ impl Store {
                 index += 1;
                 continue;
             }
-            let (mut number, mut body, mut client_ref) =
-                (String::new(), String::new(), String::new());
+            let (mut number, mut body, mut client_ref, mut sender) =
+                (String::new(), String::new(), String::new(), String::new());
             if let Some(seed) = batch.synthetic_seed {
                 smsmesh::synth::message(
                     seed,
@@ -127,10 +129,12 @@ impl Store {
                 part.number(at, &mut number);
                 body.clone_from(text);
                 client_ref = part.client_ref(at).to_string();
+                sender.clone_from(&batch.list_sender);
             } else if let Some(m) = batch.messages.get(index as usize) {
                 number.clone_from(&m.to);
                 body.clone_from(&m.body);
                 client_ref.clone_from(&m.client_ref);
+                sender.clone_from(&m.sender);
             }
             let node = match outcome.as_ref().and_then(|o| o.node.checked_sub(1)) {
                 Some(n) => nodes_t
@@ -149,6 +153,7 @@ impl Store {
                 to: number,
                 body,
                 client_ref,
+                sender,
                 outcome,
                 node,
                 error,

@@ -25,6 +25,7 @@ fn batch(id: u64, total: u32) -> StoredBatch {
         tenant: "t".into(),
         fingerprint: 0,
         list_body: None,
+        ..Default::default()
     }
 }
 

@@ -261,6 +261,7 @@ impl World {
                 tenant: String::new(),
                 fingerprint,
                 list_body: None,
+                ..Default::default()
             };
             if let Err(earlier) = store.insert_batch(&stored, key).unwrap() {
                 // The key is stored: what the core says of it is the answer.

@@ -159,28 +159,12 @@ impl Sender {
     /// an E.164 number is international/ISDN, 3 to 8 digits a short code
     /// (national/ISDN), anything else alphanumeric (up to 11 GSM characters).
     pub fn parse(s: &str, ton: Option<u8>, npi: Option<u8>) -> Result<Sender, String> {
-        let (addr, t, n) = if let Some(digits) = s.strip_prefix('+') {
-            smsmesh::sms::validate_e164("sender", s).map_err(|e| e.to_string())?;
-            (digits.to_string(), Ton::International, Npi::Isdn)
-        } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-            if !(3..=8).contains(&s.len()) {
-                return Err(format!(
-                    "sender {s:?}: a short code has 3 to 8 digits (a full number starts with '+')"
-                ));
-            }
-            (s.to_string(), Ton::National, Npi::Isdn)
-        } else {
-            let size = smsmesh::sms::segments(s);
-            if s.is_empty()
-                || size.encoding != smsmesh::sms::Encoding::Gsm7
-                || size.units > 11
-                || s.chars().count() > 11
-            {
-                return Err(format!(
-                    "sender {s:?}: an alphanumeric sender is 1 to 11 GSM characters"
-                ));
-            }
-            (s.to_string(), Ton::Alphanumeric, Npi::Unknown)
+        use smsmesh::sms::SenderForm;
+        let form = smsmesh::sms::sender_form("sender", s).map_err(|e| e.to_string())?;
+        let (addr, t, n) = match form {
+            SenderForm::International => (s[1..].to_string(), Ton::International, Npi::Isdn),
+            SenderForm::ShortCode => (s.to_string(), Ton::National, Npi::Isdn),
+            SenderForm::Alphanumeric => (s.to_string(), Ton::Alphanumeric, Npi::Unknown),
         };
         Ok(Sender {
             addr,

@@ -126,7 +126,8 @@ impl Gateway for Smpp {
         let shared = self.shared.clone();
         let to = job.to.clone();
         let body = job.body.clone();
-        Sending::Pending(async move { submit(&shared, &to, &body).await }.boxed())
+        let sender = job.sender.clone();
+        Sending::Pending(async move { submit(&shared, &to, &body, &sender).await }.boxed())
     }
 
     fn ready(&self) -> Option<watch::Receiver<bool>> {
@@ -148,8 +149,9 @@ impl Gateway for Smpp {
 /// before it is answered (the SMSC then holds the rest).
 const RECEIPT_QUEUE: usize = 100_000;
 
-/// Sends one message: each of its segments as a submit_sm, in order.
-async fn submit(shared: &Shared, to: &str, body: &str) -> Outcome {
+/// Sends one message from `sender` (the default one if empty): each of its
+/// segments as a submit_sm, in order.
+async fn submit(shared: &Shared, to: &str, body: &str, sender: &str) -> Outcome {
     let c = &shared.config;
     let client = {
         // A send that comes while the bind is down waits a little for it, then goes back.
@@ -168,7 +170,14 @@ async fn submit(shared: &Shared, to: &str, body: &str) -> Outcome {
     let destination = to.strip_prefix('+').unwrap_or(to);
     let destination = COctetString::from_string(destination.to_string())
         .map_err(|e| Failure::new(FailureClass::Permanent, format!("destination {to:?}: {e}")))?;
-    let source = COctetString::from_string(c.sender.addr.clone())
+    // Its TON/NPI come from its form, as the default sender's do.
+    let sender = if sender.is_empty() {
+        c.sender.clone()
+    } else {
+        config::Sender::parse(sender, None, None)
+            .map_err(|e| Failure::new(FailureClass::Permanent, e))?
+    };
+    let source = COctetString::from_string(sender.addr.clone())
         .map_err(|e| Failure::new(FailureClass::Permanent, format!("sender: {e}")))?;
     let encoded = smsmesh::encode::encode(body);
     let parts = encoded.parts.len();
@@ -189,8 +198,8 @@ async fn submit(shared: &Shared, to: &str, body: &str) -> Outcome {
             Failure::new(FailureClass::Permanent, format!("segment {}: {e}", i + 1))
         })?;
         let pdu = SubmitSm::builder()
-            .source_addr_ton(c.sender.ton)
-            .source_addr_npi(c.sender.npi)
+            .source_addr_ton(sender.ton)
+            .source_addr_npi(sender.npi)
             .source_addr(source.clone())
             .dest_addr_ton(Ton::International)
             .dest_addr_npi(Npi::Isdn)
