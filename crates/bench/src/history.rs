@@ -194,5 +194,6 @@ pub(crate) async fn scenario(bin: &Path, total: u64) -> anyhow::Result<Scenario>
         runs: Vec::new(),
         uploads: Vec::new(),
         history: Some(h),
+        smpp: Vec::new(),
     })
 }

@@ -14,13 +14,14 @@ use smsmesh::pb::{self, BatchState};
 mod history;
 mod mesh;
 mod small;
+mod smpp;
 mod upload;
 
-/// Runs the benchmark scenarios (a) to (i) and writes the results.
+/// Runs the benchmark scenarios (a) to (j) and writes the results.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run (a to i).
+    /// Scenarios to run (a to j).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
     scenarios: Vec<String>,
     /// Scale every batch size by this factor (e.g. 0.1 for a quick run).
@@ -99,6 +100,9 @@ pub(crate) struct Scenario {
     /// The run of the history scenario.
     #[serde(skip_serializing_if = "Option::is_none")]
     history: Option<history::History>,
+    /// The runs of the SMPP scenario.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    smpp: Vec<smpp::SmppRun>,
 }
 
 #[tokio::main]
@@ -172,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
                         runs: durable,
                         uploads: Vec::new(),
                         history: None,
+                        smpp: Vec::new(),
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -206,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
                         runs: memory,
                         uploads: Vec::new(),
                         history: None,
+                        smpp: Vec::new(),
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -237,6 +243,7 @@ async fn main() -> anyhow::Result<()> {
                     runs: vec![run],
                     uploads: Vec::new(),
                     history: None,
+                    smpp: Vec::new(),
                 }
             }
             "d" => {
@@ -272,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
                     runs: vec![run],
                     uploads: Vec::new(),
                     history: None,
+                    smpp: Vec::new(),
                 }
             }
             "e" => {
@@ -321,6 +329,7 @@ async fn main() -> anyhow::Result<()> {
                     runs: vec![run],
                     uploads: Vec::new(),
                     history: None,
+                    smpp: Vec::new(),
                 }
             }
             "f" => {
@@ -365,6 +374,7 @@ async fn main() -> anyhow::Result<()> {
                     runs: vec![small, large],
                     uploads: Vec::new(),
                     history: None,
+                    smpp: Vec::new(),
                 }
             }
             "g" => {
@@ -387,6 +397,7 @@ async fn main() -> anyhow::Result<()> {
                     runs: vec![one.run, four.run],
                     uploads: Vec::new(),
                     history: None,
+                    smpp: Vec::new(),
                 }
             }
             "h" => {
@@ -394,7 +405,8 @@ async fn main() -> anyhow::Result<()> {
                 upload::scenario(&bin, n, args.repeat).await?
             }
             "i" => history::scenario(&bin, scale(1_000_000)).await?,
-            other => bail!("unknown scenario {other:?} (a to i)"),
+            "j" => smpp::scenario(&bin, scale(1_000_000)).await?,
+            other => bail!("unknown scenario {other:?} (a to j)"),
         };
         report(&scenario);
         results.push(scenario);

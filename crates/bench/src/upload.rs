@@ -154,5 +154,6 @@ pub(crate) async fn scenario(bin: &Path, n: u64, repeat: u32) -> anyhow::Result<
         runs: Vec::new(),
         uploads,
         history: None,
+        smpp: Vec::new(),
     })
 }

@@ -22,7 +22,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = smsmesh::telemetry::init("smsmesh-smsc", "info", None);
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, "test SMSC listening");
+    let addr = listener.local_addr()?;
+    tracing::info!(listen = %addr, "test SMSC listening");
+    // For scripts and benchmarks that listen on port 0.
+    println!("smsmesh-smsc listening on {addr}");
     let stats = Arc::new(smsmesh_smsc::SmscStats::default());
     let report = stats.clone();
     tokio::spawn(async move {

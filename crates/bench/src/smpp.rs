@@ -1,0 +1,168 @@
+//! Scenario (j): real delivery over SMPP, all as release processes on this
+//! machine: `smsmesh-smsc` (the test SMSC, zero delay, a receipt for every
+//! segment), a durable `smscoord`, and `smsnode` processes bound to the SMSC
+//! (one transceiver bind each, window 64). Three runs:
+//! - one node: submit_sm a second, and receipts matched a second;
+//! - four nodes: segments a second, receipts matched a second, and the
+//!   coordinator's peak RSS once every receipt is matched;
+//! - one node limited to R segments a second: the rate measured between 10%
+//!   and 90% of the batch, against R.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use smsmesh::pb;
+use smsmesh_testkit::{Proc, stdout_addrs};
+
+use crate::{Scenario, Setup, mesh, usage};
+
+/// What one SMPP run measured.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct SmppRun {
+    pub(crate) nodes: usize,
+    pub(crate) messages: u64,
+    /// The per-connector limit (0: none).
+    pub(crate) rate_limit: u32,
+    /// Messages (one segment each) sent a second, 10% to 90% of the batch.
+    pub(crate) sent_per_sec: f64,
+    /// Receipts matched a second, from the first receipt counted to the last.
+    pub(crate) receipts_per_sec: f64,
+    /// From the submit until every message was delivered.
+    pub(crate) all_delivered_seconds: f64,
+    pub(crate) coordinator_peak_rss_mib: f64,
+}
+
+/// Polls the batch until `done` holds, recording (time, sent, delivered).
+async fn follow(
+    client: &mut pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    batch: &str,
+    deadline: Duration,
+) -> anyhow::Result<Vec<(Instant, u64, u64)>> {
+    let end = Instant::now() + deadline;
+    let mut seen = Vec::new();
+    loop {
+        let s = smsmesh_testkit::batch_status(client, batch).await?;
+        seen.push((Instant::now(), s.sent, s.delivered));
+        if s.delivered + s.undelivered + s.delivery_unknown >= s.total && s.sent == s.total {
+            return Ok(seen);
+        }
+        if Instant::now() > end {
+            bail!("batch {batch} not delivered within {deadline:?}: {s:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The rate at which `f` of the samples grew between 10% and 90% of `total`.
+fn rate(seen: &[(Instant, u64, u64)], total: u64, f: fn(&(Instant, u64, u64)) -> u64) -> f64 {
+    let at = |share: f64| {
+        let want = (total as f64 * share) as u64;
+        seen.iter().find(|s| f(s) >= want).copied()
+    };
+    match (at(0.1), at(0.9)) {
+        (Some(a), Some(b)) if b.0 > a.0 => (f(&b) - f(&a)) as f64 / (b.0 - a.0).as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
+/// One run: `nodes` SMPP nodes, a synthetic batch of `messages`.
+async fn run(bin: &Path, nodes: usize, messages: u64, rate_limit: u32) -> anyhow::Result<SmppRun> {
+    let mut smsc = Proc {
+        child: Command::new(bin.join("smsmesh-smsc"))
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()?,
+    };
+    let smsc_addr = stdout_addrs(&mut smsc.child, &["smsmesh-smsc listening on "])?[0];
+    let setup = Setup {
+        messages,
+        durable: true,
+        nodes: Vec::new(),
+        node_threads: 0,
+        per_process: 1,
+    };
+    let mut m = mesh::start(bin, &setup, &[], None).await?;
+    let pid = m.coord.child.id();
+    let gateway = format!("smpp://bench:secret@{smsc_addr}?window=64&rate={rate_limit}");
+    let _nodes: Vec<Proc> = (0..nodes)
+        .map(|i| {
+            Command::new(bin.join("smsnode"))
+                .args(["--coordinator", &m.url, "--name", &format!("smpp-{i}")])
+                .args(["--gateway", &gateway, "--concurrency", "256"])
+                .env("RUST_LOG", "error")
+                .spawn()
+                .map(|child| Proc { child })
+        })
+        .collect::<Result<_, _>>()?;
+    smsmesh_testkit::wait_until(Duration::from_secs(30), "the SMPP nodes to join", || {
+        let mut client = m.client.clone();
+        async move {
+            let mut s = client
+                .watch_progress(pb::WatchProgressRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            let u = s.message().await.ok()??;
+            (u.nodes_connected as usize == nodes).then_some(())
+        }
+    })
+    .await?;
+    let started = Instant::now();
+    let batch =
+        smsmesh_testkit::submit(&mut m.client, smsmesh_testkit::synthetic(messages, 7)).await;
+    let seen = follow(&mut m.client, &batch, Duration::from_secs(600)).await?;
+    let done = seen.last().map_or(started, |s| s.0);
+    Ok(SmppRun {
+        nodes,
+        messages,
+        rate_limit,
+        sent_per_sec: rate(&seen, messages, |s| s.1),
+        receipts_per_sec: rate(&seen, messages, |s| s.2),
+        all_delivered_seconds: (done - started).as_secs_f64(),
+        coordinator_peak_rss_mib: usage(pid).1,
+    })
+}
+
+/// Scenario (j): the three runs, with `n` messages for the unlimited ones.
+pub(crate) async fn scenario(bin: &Path, n: u64) -> anyhow::Result<Scenario> {
+    if !bin.join("smsmesh-smsc").exists() {
+        bail!(
+            "smsmesh-smsc not found next to smsmesh-bench: build with `cargo build --release --workspace --bins`"
+        );
+    }
+    let one = run(bin, 1, n, 0).await?;
+    let four = run(bin, 4, n, 0).await?;
+    let limit = 2_000;
+    let limited = run(bin, 1, u64::from(limit) * 30, limit).await?;
+    let off = (limited.sent_per_sec - f64::from(limit)).abs() / f64::from(limit) * 100.0;
+    let result = format!(
+        "1 node: {:.0} submit_sm/s, receipts matched {:.0}/s; 4 nodes: {:.0} segments/s, receipts matched {:.0}/s, {} delivered after {:.1} s, coordinator peak RSS {:.0} MiB; limit {limit}/s held at {:.0}/s ({off:.1}% off) over {:.0} s",
+        one.sent_per_sec,
+        one.receipts_per_sec,
+        four.sent_per_sec,
+        four.receipts_per_sec,
+        four.messages,
+        four.all_delivered_seconds,
+        four.coordinator_peak_rss_mib,
+        limited.sent_per_sec,
+        limited.all_delivered_seconds,
+    );
+    Ok(Scenario {
+        id: "j".into(),
+        title: format!("SMPP to the test SMSC at zero delay, durable, one-segment messages ({n} per unlimited run)"),
+        target: "1 node ≥ 50,000 submit_sm/s; 4 nodes ≥ 150,000 segments/s; a limit held within 2% over 30 s; receipts matched ≥ 100,000/s with coordinator RSS ≤ 512 MiB (for 1,000,000)".into(),
+        met: one.sent_per_sec >= 50_000.0
+            && four.sent_per_sec >= 150_000.0
+            && off <= 2.0
+            && four.receipts_per_sec >= 100_000.0
+            && four.coordinator_peak_rss_mib <= 512.0,
+        result,
+        runs: Vec::new(),
+        uploads: Vec::new(),
+        history: None,
+        smpp: vec![one, four, limited],
+    })
+}
