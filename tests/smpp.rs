@@ -37,19 +37,9 @@ fn message(to: &str, body: &str) -> pb::SmsMessage {
 }
 
 async fn message_status(client: &mut Client, batch: &str, index: u32) -> pb::MessageStatus {
-    let resp = client
-        .get_status(pb::GetStatusRequest {
-            target: Some(pb::get_status_request::Target::MessageId(format!(
-                "{batch}.{index}"
-            ))),
-        })
+    smsmesh_testkit::message_status(client, &format!("{batch}.{index}"))
         .await
         .unwrap()
-        .into_inner();
-    match resp.status {
-        Some(pb::get_status_response::Status::Message(m)) => m,
-        other => panic!("{other:?}"),
-    }
 }
 
 /// Waits until the batch has no message waiting for a receipt and every

@@ -98,18 +98,9 @@ async fn a_batch_is_delivered_through_the_npm_smpp_server() {
         (36, 4, 0),
         "{s:?}"
     );
-    let resp = client
-        .get_status(pb::GetStatusRequest {
-            target: Some(pb::get_status_request::Target::MessageId(format!(
-                "{batch}.39"
-            ))),
-        })
+    let m = smsmesh_testkit::message_status(&mut client, &format!("{batch}.39"))
         .await
-        .unwrap()
-        .into_inner();
-    let Some(pb::get_status_response::Status::Message(m)) = resp.status else {
-        panic!("{resp:?}")
-    };
+        .unwrap();
     assert_eq!(m.state, pb::MessageState::Delivered as i32, "{m:?}");
     assert_eq!(m.provider_ids.len(), 3, "{m:?}");
     mesh.stop().await.unwrap();

@@ -350,7 +350,7 @@ fn list_query(req: pb::ListMessagesRequest) -> Result<ListQuery, Error> {
     let states = listed_states(
         &req.states,
         |v| pb::MessageState::try_from(v).is_ok(),
-        "a message state (PENDING=1, IN_FLIGHT=2, RETRY_WAIT=3, SENT=4, FAILED=5, CANCELLED=6)",
+        "a message state (PENDING=1, IN_FLIGHT=2, RETRY_WAIT=3, SENT=4, FAILED=5, CANCELLED=6, DELIVERED=7, UNDELIVERED=8, EXPIRED=9, REJECTED=10, DELIVERY_UNKNOWN=11)",
     )?;
     Ok(ListQuery {
         batch,

@@ -422,6 +422,23 @@ pub async fn batch_status(
     }
 }
 
+/// Status of one message (`"<batch_id>.<index>"`).
+pub async fn message_status(
+    client: &mut CoordinatorClient<Channel>,
+    message_id: &str,
+) -> anyhow::Result<pb::MessageStatus> {
+    let resp = client
+        .get_status(pb::GetStatusRequest {
+            target: Some(pb::get_status_request::Target::MessageId(message_id.into())),
+        })
+        .await?
+        .into_inner();
+    match resp.status {
+        Some(pb::get_status_response::Status::Message(m)) => Ok(m),
+        other => anyhow::bail!("unexpected status {other:?}"),
+    }
+}
+
 /// A client of the coordinator listening on `addr` (plaintext), once it
 /// accepts connections (10 s at most: e.g. one just restarted).
 pub async fn client_at(addr: SocketAddr) -> CoordinatorClient<Channel> {
