@@ -261,6 +261,41 @@ async fn senders_are_checked_sent_with_each_message_and_kept() {
     .await;
     assert!(e.message().starts_with("sender:"), "{}", e.message());
 
+    // An upload's sender is checked as its header arrives.
+    let upload = |sender: &str| {
+        use pb::submit_batch_stream_request::Part;
+        let parts = vec![
+            Part::Header(pb::UploadHeader {
+                body: "alert".into(),
+                sender: sender.into(),
+                ..Default::default()
+            }),
+            Part::Recipients(pb::RecipientChunk {
+                to: vec!["+447700900300".into()],
+                ..Default::default()
+            }),
+            Part::Commit(pb::UploadCommit::default()),
+        ];
+        let mut client = client.clone();
+        async move {
+            let parts = parts
+                .into_iter()
+                .map(|p| pb::SubmitBatchStreamRequest { part: Some(p) });
+            client
+                .submit_batch_stream(tokio_stream::iter(parts))
+                .await
+                .map(|r| r.into_inner().batch_id)
+        }
+    };
+    let e = upload("12").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("header.sender:"), "{}", e.message());
+    let list = upload("Civil Prot").await.unwrap();
+    assert_eq!(
+        message_status(&mut client, &list, 0).await.sender,
+        "Civil Prot"
+    );
+
     // The batch's sender for messages that name none; a message's own wins.
     let (url, _stats) = smsc(SmscConfig::default()).await;
     let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
@@ -298,6 +333,11 @@ async fn senders_are_checked_sent_with_each_message_and_kept() {
     mesh.stop().await.unwrap();
     let mesh = Mesh::start_on(addr, config).await.unwrap();
     let client = smsmesh_testkit::client_at(addr).await;
-    assert_eq!(senders(client).await, ["ACME", "+14155550999"]);
+    assert_eq!(senders(client.clone()).await, ["ACME", "+14155550999"]);
+    let mut client = client;
+    assert_eq!(
+        message_status(&mut client, &list, 0).await.sender,
+        "Civil Prot"
+    );
     mesh.stop().await.unwrap();
 }
