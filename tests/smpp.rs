@@ -341,3 +341,55 @@ async fn senders_are_checked_sent_with_each_message_and_kept() {
     );
     mesh.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_binds_and_lost_responses_lose_no_message() {
+    // Every 40th submit_sm closes its bind unanswered; every 15th is never answered
+    // (its receipt still comes: the SMSC took it).
+    let (url, smsc_stats) = smsc(SmscConfig {
+        disconnect_every: 40,
+        drop_response_every: 15,
+        receipt_any_bind: true,
+        ..SmscConfig::default()
+    })
+    .await;
+    let mesh = Mesh::start(CoordinatorConfig {
+        retry_base: Duration::from_millis(20),
+        ..CoordinatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("{url}?response_timeout=300ms");
+    let _a = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
+    let _b = mesh.node(NodeSpec::new("smpp-b").smpp(&url));
+    let mut client = mesh.client().await.unwrap();
+    let batch = client
+        .submit_batch(pb::SubmitBatchRequest {
+            messages: (0..200)
+                .map(|i| message(&format!("+44770091{i:04}"), "hello"))
+                .collect(),
+            max_attempts: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    // The test SMSC does not send a receipt again once its bind is gone, so
+    // some may never come: the books must still add up.
+    let s = smsmesh_testkit::wait_ended(&mut client, &batch, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!((s.sent, s.failed), (200, 0), "{s:?}");
+    assert_eq!(s.delivered + s.awaiting_receipt, 200, "{s:?}");
+    assert!(smsc_stats.disconnects.load(Ordering::Relaxed) >= 4);
+    let dropped = smsc_stats.dropped.load(Ordering::Relaxed);
+    assert!(dropped >= 10, "{dropped}");
+    // Each unanswered submit went again, counted: retried as an unknown outcome,
+    // or put back (requeued) when its bind closed before the response timeout.
+    assert!(
+        s.retried + s.requeued >= dropped,
+        "{s:?} after {dropped} lost responses"
+    );
+    mesh.stop().await.unwrap();
+}

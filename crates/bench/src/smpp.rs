@@ -92,7 +92,10 @@ async fn run(bin: &Path, nodes: usize, messages: u64, rate_limit: u32) -> anyhow
             Command::new(bin.join("smsnode"))
                 .args(["--coordinator", &m.url, "--name", &format!("smpp-{i}")])
                 .args(["--gateway", &gateway, "--concurrency", "256"])
-                .env("RUST_LOG", "error")
+                .env(
+                    "RUST_LOG",
+                    std::env::var("SMSMESH_BENCH_NODE_LOG").unwrap_or("error".into()),
+                )
                 .spawn()
                 .map(|child| Proc { child })
         })
@@ -133,8 +136,8 @@ pub(crate) async fn scenario(bin: &Path, n: u64) -> anyhow::Result<Scenario> {
             "smsmesh-smsc not found next to smsmesh-bench: build with `cargo build --release --workspace --bins`"
         );
     }
-    let one = run(bin, 1, n, 0).await?;
     let four = run(bin, 4, n, 0).await?;
+    let one = run(bin, 1, n, 0).await?;
     let limit = 2_000;
     let limited = run(bin, 1, u64::from(limit) * 30, limit).await?;
     let off = (limited.sent_per_sec - f64::from(limit)).abs() / f64::from(limit) * 100.0;

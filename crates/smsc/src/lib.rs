@@ -5,8 +5,8 @@
 //! receipt (a deliver_sm with the `id:… stat:… err:…` text) on a bind that
 //! can receive. Knobs give it what real SMSCs do: slow responses, late
 //! receipts, receipts before the response or on another bind, hex or
-//! decimal ids, ESME_RTHROTTLED above a rate, and outcomes chosen by the
-//! destination's last digit.
+//! decimal ids, ESME_RTHROTTLED above a rate, outcomes chosen by the
+//! destination's last digit, lost responses and binds closed mid-traffic.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -59,6 +59,13 @@ pub struct SmscConfig {
     /// message is accepted and delivered.
     #[arg(long)]
     pub by_last_digit: bool,
+    /// Never answer every Nth submit_sm (0: answer all); its receipt still
+    /// comes, as when an SMSC accepts a message and the response is lost.
+    #[arg(long, default_value_t = 0)]
+    pub drop_response_every: u64,
+    /// Close a bind, without answering, at every Nth submit_sm on it (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub disconnect_every: u64,
 }
 
 impl Default for SmscConfig {
@@ -71,6 +78,8 @@ impl Default for SmscConfig {
             ids: IdStyle::Decimal,
             throttle_above: 0,
             by_last_digit: false,
+            drop_response_every: 0,
+            disconnect_every: 0,
         }
     }
 }
@@ -88,6 +97,10 @@ pub struct SmscStats {
     pub throttled: AtomicU64,
     /// Receipts sent.
     pub receipts: AtomicU64,
+    /// submit_sm left unanswered (`--drop-response-every`).
+    pub dropped: AtomicU64,
+    /// Binds closed mid-traffic (`--disconnect-every`).
+    pub disconnects: AtomicU64,
 }
 
 /// The SMSC's shared state.
@@ -162,6 +175,7 @@ async fn connection(shared: Arc<Shared>, conn: u64, sock: tokio::net::TcpStream)
             }
         }
     });
+    let mut submits = 0u64;
     while let Some(Ok(cmd)) = stream.next().await {
         let seq = cmd.sequence_number();
         let ok = |pdu: Pdu| Command::new(CommandStatus::EsmeRok, seq, pdu);
@@ -194,6 +208,12 @@ async fn connection(shared: Arc<Shared>, conn: u64, sock: tokio::net::TcpStream)
                 break;
             }
             Some(Pdu::SubmitSm(s)) => {
+                submits += 1;
+                let every = shared.config.disconnect_every;
+                if every > 0 && submits.is_multiple_of(every) {
+                    shared.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
                 submit(&shared, &out, seq, s);
                 None
             }
@@ -251,6 +271,11 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
             .message_id(COctetString::from_string(id.clone()).expect("short id"))
             .build(),
     );
+    let every = c.drop_response_every;
+    let dropped = every > 0 && n.is_multiple_of(every);
+    if dropped {
+        shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+    }
     let wants_receipt = u8::from(s.registered_delivery) & 0x03 != 0;
     let receipt = (status == CommandStatus::EsmeRok && wants_receipt).then(|| {
         shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -271,7 +296,9 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
         {
             send_receipt(shared, out, r);
         }
-        let _ = out.tx.send(resp);
+        if !dropped {
+            let _ = out.tx.send(resp);
+        }
         if !c.receipt_first
             && let Some(r) = receipt
         {
@@ -288,7 +315,9 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
             send_receipt(&shared, &out, r);
         }
         tokio::time::sleep(c.response_delay).await;
-        let _ = out.tx.send(resp);
+        if !dropped {
+            let _ = out.tx.send(resp);
+        }
         if !c.receipt_first
             && let Some(r) = receipt
         {
