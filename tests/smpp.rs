@@ -60,6 +60,23 @@ async fn settled(client: &Client, batch: &str) -> pb::BatchStatus {
     .unwrap()
 }
 
+/// An in-memory coordinator with fast retries, two SMPP nodes sending to
+/// `url`, and a client.
+async fn two_nodes(url: &str) -> (Mesh, [smsmesh_testkit::Node; 2], Client) {
+    let mesh = Mesh::start(CoordinatorConfig {
+        retry_base: Duration::from_millis(20),
+        ..CoordinatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let nodes = [
+        mesh.node(NodeSpec::new("smpp-a").smpp(url)),
+        mesh.node(NodeSpec::new("smpp-b").smpp(url)),
+    ];
+    let client = mesh.client().await.unwrap();
+    (mesh, nodes, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_outcome_class_and_receipt_path_reaches_get_status() {
     let (url, smsc_stats) = smsc(SmscConfig {
@@ -70,16 +87,7 @@ async fn every_outcome_class_and_receipt_path_reaches_get_status() {
         ..SmscConfig::default()
     })
     .await;
-    let mesh = Mesh::start(CoordinatorConfig {
-        retry_base: Duration::from_millis(20),
-        ..CoordinatorConfig::default()
-    })
-    .await
-    .unwrap();
-    let url = format!("{url}?ids=hex&response_timeout=2s");
-    let _a = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
-    let _b = mesh.node(NodeSpec::new("smpp-b").smpp(&url));
-    let mut client = mesh.client().await.unwrap();
+    let (mesh, _nodes, mut client) = two_nodes(&format!("{url}?ids=hex&response_timeout=2s")).await;
     // Message i goes to a number ending in digit i; the last is a two-part message.
     let mut messages: Vec<_> = (0..10)
         .map(|d| message(&format!("+4477009001{d:02}"), &format!("code {d}")))
@@ -353,16 +361,7 @@ async fn lost_binds_and_lost_responses_lose_no_message() {
         ..SmscConfig::default()
     })
     .await;
-    let mesh = Mesh::start(CoordinatorConfig {
-        retry_base: Duration::from_millis(20),
-        ..CoordinatorConfig::default()
-    })
-    .await
-    .unwrap();
-    let url = format!("{url}?response_timeout=300ms");
-    let _a = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
-    let _b = mesh.node(NodeSpec::new("smpp-b").smpp(&url));
-    let mut client = mesh.client().await.unwrap();
+    let (mesh, _nodes, mut client) = two_nodes(&format!("{url}?response_timeout=300ms")).await;
     let batch = client
         .submit_batch(pb::SubmitBatchRequest {
             messages: (0..200)
