@@ -392,3 +392,22 @@ async fn lost_binds_and_lost_responses_lose_no_message() {
     );
     mesh.stop().await.unwrap();
 }
+
+/// One bind with its window full all the time, through the coordinator:
+/// enquire_link is an hour away, so a connection that stopped writing would
+/// not be woken by its timer in time. (rusmppc's stall, which this change
+/// removed, showed only in release builds under bench (j); in this debug
+/// build both connections pass.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bind_with_a_full_window_keeps_flowing() {
+    let (url, stats) = smsc(SmscConfig::default()).await;
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let _node =
+        mesh.node(NodeSpec::new("smpp-one").smpp(&format!("{url}?window=64&enquire_link=1h")));
+    let mut client = mesh.client().await.unwrap();
+    let n = 20_000;
+    let batch = smsmesh_testkit::submit(&mut client, smsmesh_testkit::synthetic(n, 7)).await;
+    let s = settled(&client, &batch).await;
+    assert_eq!((s.sent, s.delivered), (n, n), "{s:?}");
+    assert_eq!(stats.submits.load(Ordering::Relaxed), n);
+}

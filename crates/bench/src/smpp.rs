@@ -86,7 +86,8 @@ async fn run(bin: &Path, nodes: usize, messages: u64, rate_limit: u32) -> anyhow
     };
     let mut m = mesh::start(bin, &setup, &[], None).await?;
     let pid = m.coord.child.id();
-    let gateway = format!("smpp://bench:secret@{smsc_addr}?window=64&rate={rate_limit}");
+    let extra = std::env::var("SMSMESH_BENCH_SMPP_QUERY").unwrap_or_default();
+    let gateway = format!("smpp://bench:secret@{smsc_addr}?window=64&rate={rate_limit}{extra}");
     let _nodes: Vec<Proc> = (0..nodes)
         .map(|i| {
             Command::new(bin.join("smsnode"))

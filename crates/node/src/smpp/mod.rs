@@ -10,6 +10,7 @@ pub mod config;
 pub mod dlr;
 mod session;
 pub mod status;
+mod wire;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -54,7 +55,7 @@ pub struct SmppStats {
 struct Shared {
     config: SmppConfig,
     /// The bound client, while the bind is up.
-    client: watch::Sender<Option<rusmppc::Client>>,
+    client: watch::Sender<Option<wire::Session>>,
     /// Whether the bind is up (what the node's credit follows).
     ready: watch::Sender<bool>,
     /// One permit per submit_sm outstanding.
@@ -227,7 +228,7 @@ async fn submit(shared: &Shared, to: &str, body: &str, sender: &str) -> Outcome 
 /// window has room: the provider's message id, or the failure.
 async fn submit_one(
     shared: &Shared,
-    client: &rusmppc::Client,
+    session: &wire::Session,
     pdu: SubmitSm,
 ) -> Result<String, Failure> {
     let pause = *shared.paused_until.lock().expect("pause lock");
@@ -245,13 +246,21 @@ async fn submit_one(
     let stats = &shared.stats;
     stats.submits.fetch_add(1, Ordering::Relaxed);
     let timeout = shared.config.response_timeout;
-    match client.response_timeout(timeout).submit_sm(pdu).await {
-        Ok(resp) => {
-            stats.accepted.fetch_add(1, Ordering::Relaxed);
-            Ok(shared.config.ids.normalise(resp.message_id().as_str()))
-        }
-        Err(rusmppc::error::Error::UnexpectedResponse { response }) => {
-            let code = u32::from(response.status());
+    match session.request(pdu, timeout).await {
+        Ok(resp) => match resp.pdu() {
+            Some(rusmpp::Pdu::SubmitSmResp(r)) => {
+                stats.accepted.fetch_add(1, Ordering::Relaxed);
+                Ok(shared.config.ids.normalise(r.message_id().as_str()))
+            }
+            other => {
+                stats.unknown.fetch_add(1, Ordering::Relaxed);
+                Err(Failure::new(
+                    FailureClass::Unknown,
+                    format!("the SMSC answered a submit_sm with {other:?}"),
+                ))
+            }
+        },
+        Err(wire::WireError::Refused(code)) => {
             let class = status::class(code);
             if class == FailureClass::Throttled {
                 stats.throttled.fetch_add(1, Ordering::Relaxed);
@@ -268,21 +277,21 @@ async fn submit_one(
                 format!("submit_sm_resp {} (0x{code:08X})", status::name(code)),
             ))
         }
-        Err(rusmppc::error::Error::ConnectionClosed) => Err(Failure::new(
+        Err(wire::WireError::NotSent(why)) => Err(Failure::new(
             FailureClass::Throttled,
             format!(
-                "the SMPP bind to {} closed before the submit_sm",
+                "the SMPP bind to {} closed before the submit_sm ({why})",
                 shared.config.address
             ),
         )),
-        Err(e @ rusmppc::error::Error::ResponseTimeout { .. }) => {
+        Err(e @ wire::WireError::Timeout(_)) => {
             stats.unknown.fetch_add(1, Ordering::Relaxed);
             Err(Failure::new(
                 FailureClass::Unknown,
                 format!("no submit_sm_resp: {e}; the SMSC may have sent it"),
             ))
         }
-        Err(e) => {
+        Err(e @ wire::WireError::Lost(_)) => {
             stats.unknown.fetch_add(1, Ordering::Relaxed);
             Err(Failure::new(
                 FailureClass::Unknown,

@@ -1,38 +1,38 @@
-//! The connector: connects to the SMSC, binds, keeps the bind (rusmppc sends
-//! enquire_link and answers the SMSC's), answers deliver_sm, and when the
-//! bind is lost marks the gateway not ready and binds again with backoff.
+//! The connector: connects to the SMSC, binds, answers deliver_sm (handing
+//! receipts to the node), and when the bind is lost marks the gateway not
+//! ready and binds again with backoff.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt;
 use rusmpp::pdus::{BindReceiver, BindTransceiver, BindTransmitter, DeliverSmResp};
 use rusmpp::tlvs::TlvValue;
 use rusmpp::types::COctetString;
 use rusmpp::values::InterfaceVersion;
-use rusmpp::{CommandId, Pdu};
-use rusmppc::{ConnectionBuilder, Event};
+use rusmpp::{CommandStatus, Pdu};
 
 use super::Shared;
 use super::config::BindType;
 use super::dlr;
+use super::wire::{Event, Owner, Session, WireError};
 
 /// Binds and keeps binding until the gateway is dropped (the task is aborted then).
 pub(super) async fn run(shared: Arc<Shared>, reconnect_max: Duration) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match bind(&shared).await {
-            Ok((client, events)) => {
+            Ok((owner, events)) => {
                 backoff = Duration::from_millis(100);
                 shared.stats.binds.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(smsc = %shared.config.address, system_id = %shared.config.system_id, "SMPP bound");
-                shared.client.send_replace(Some(client.clone()));
+                let session = owner.session.clone();
+                shared.client.send_replace(Some(session.clone()));
                 shared.ready.send_replace(true);
-                let why = serve(&shared, &client, events).await;
+                let why = serve(&shared, &session, events).await;
                 shared.client.send_replace(None);
                 shared.ready.send_replace(false);
-                let _ = client.close().await;
+                drop(owner);
                 tracing::warn!(smsc = %shared.config.address, why, "SMPP bind lost; binding again");
             }
             Err(e) => {
@@ -45,40 +45,33 @@ pub(super) async fn run(shared: Arc<Shared>, reconnect_max: Duration) {
     }
 }
 
-type Events = Box<dyn futures::Stream<Item = Event> + Send + Unpin>;
+type Events = tokio::sync::mpsc::UnboundedReceiver<Event>;
 
-/// Connects and binds.
-async fn bind(shared: &Shared) -> Result<(rusmppc::Client, Events), String> {
+/// Connects (with Nagle's algorithm off: with it on, a submit_sm written
+/// while the last is unacknowledged waits for the peer's delayed ACK) and binds.
+async fn bind(shared: &Shared) -> Result<(Owner, Events), String> {
     let c = &shared.config;
-    let builder = ConnectionBuilder::new()
-        .enquire_link_interval(c.enquire_link)
-        .enquire_link_response_timeout(c.response_timeout)
-        .response_timeout(c.response_timeout)
-        .disable_interface_version_check();
-    let (client, events) = match c.address.strip_prefix("smpp://") {
-        // Plain TCP: connected here, with Nagle's algorithm off. With it on, a
-        // submit_sm written while the last is unacknowledged waits for the
-        // peer's delayed ACK (40 ms), which held a bind to ~3,000 submit_sm/s.
-        Some(host_port) => {
-            let tcp = tokio::time::timeout(
-                c.response_timeout,
-                tokio::net::TcpStream::connect(host_port),
-            )
+    let (tls, host_port) = match c.address.split_once("://") {
+        Some(("smpp", rest)) => (false, rest),
+        Some(("smpps", rest)) => (true, rest),
+        _ => return Err(format!("{}: not an smpp:// or smpps:// address", c.address)),
+    };
+    let tcp = tokio::time::timeout(
+        c.response_timeout,
+        tokio::net::TcpStream::connect(host_port),
+    )
+    .await
+    .map_err(|_| format!("connect to {host_port}: timed out"))?
+    .map_err(|e| format!("connect to {host_port}: {e}"))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    let (owner, events) = if tls {
+        let stream = tokio::time::timeout(c.response_timeout, tls_connect(host_port, tcp))
             .await
-            .map_err(|_| format!("connect to {host_port}: timed out"))?
-            .map_err(|e| format!("connect to {host_port}: {e}"))?;
-            tcp.set_nodelay(true)
-                .map_err(|e| format!("TCP_NODELAY: {e}"))?;
-            let (client, events) = builder.connected(tcp);
-            (client, Box::new(events) as Events)
-        }
-        None => {
-            let (client, events) = builder
-                .connect(&c.address)
-                .await
-                .map_err(|e| e.to_string())?;
-            (client, Box::new(events) as Events)
-        }
+            .map_err(|_| format!("TLS handshake with {host_port}: timed out"))??;
+        Session::open(stream, c.enquire_link, c.response_timeout)
+    } else {
+        Session::open(tcp, c.enquire_link, c.response_timeout)
     };
     let (id, password, system_type) = (
         text(&c.system_id, "system_id")?,
@@ -86,52 +79,63 @@ async fn bind(shared: &Shared) -> Result<(rusmppc::Client, Events), String> {
         text(&c.system_type, "system_type")?,
     );
     let v34 = InterfaceVersion::Smpp3_4;
-    let bound = match c.bind {
-        BindType::Transceiver => client
-            .bind_transceiver(
-                BindTransceiver::builder()
-                    .system_id(id)
-                    .password(password)
-                    .system_type(system_type)
-                    .interface_version(v34)
-                    .build(),
-            )
-            .await
-            .map(drop),
-        BindType::Transmitter => client
-            .bind_transmitter(
-                BindTransmitter::builder()
-                    .system_id(id)
-                    .password(password)
-                    .system_type(system_type)
-                    .interface_version(v34)
-                    .build(),
-            )
-            .await
-            .map(drop),
-        BindType::Receiver => client
-            .bind_receiver(
-                BindReceiver::builder()
-                    .system_id(id)
-                    .password(password)
-                    .system_type(system_type)
-                    .interface_version(v34)
-                    .build(),
-            )
-            .await
-            .map(drop),
+    let pdu: Pdu = match c.bind {
+        BindType::Transceiver => BindTransceiver::builder()
+            .system_id(id)
+            .password(password)
+            .system_type(system_type)
+            .interface_version(v34)
+            .build()
+            .into(),
+        BindType::Transmitter => BindTransmitter::builder()
+            .system_id(id)
+            .password(password)
+            .system_type(system_type)
+            .interface_version(v34)
+            .build()
+            .into(),
+        BindType::Receiver => BindReceiver::builder()
+            .system_id(id)
+            .password(password)
+            .system_type(system_type)
+            .interface_version(v34)
+            .build()
+            .into(),
     };
-    if let Err(e) = bound {
-        let _ = client.close().await;
-        return Err(match e {
-            rusmppc::error::Error::UnexpectedResponse { response } => format!(
-                "bind refused: {}",
-                super::status::name(u32::from(response.status()))
-            ),
-            e => format!("bind: {e}"),
-        });
+    match owner.session.request(pdu, c.response_timeout).await {
+        Ok(_) => Ok((owner, events)),
+        Err(WireError::Refused(code)) => {
+            Err(format!("bind refused: {}", super::status::name(code)))
+        }
+        Err(e) => Err(format!("bind: {e}")),
     }
-    Ok((client, events))
+}
+
+/// TLS over `tcp`, the server checked against the public web roots.
+async fn tls_connect(
+    host_port: &str,
+    tcp: tokio::net::TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let host = host_port
+        .rsplit_once(':')
+        .map_or(host_port, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("TLS name {host:?}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {host_port}: {e}"))
 }
 
 /// `s` as a C string of a PDU field.
@@ -143,32 +147,29 @@ fn text<const MIN: usize, const MAX: usize>(
 }
 
 /// Serves one bind until it ends; why it ended.
-async fn serve(shared: &Shared, client: &rusmppc::Client, mut events: Events) -> String {
-    while let Some(event) = events.next().await {
-        match event {
-            Event::Incoming(cmd) => match cmd.id() {
-                CommandId::DeliverSm => {
-                    if let Some(Pdu::DeliverSm(d)) = cmd.pdu()
-                        && let Some(r) = on_deliver_sm(shared, d)
-                        && shared.receipts.send(r).await.is_err()
-                    {
-                        return "the node stopped".into();
-                    }
-                    let _ = client
-                        .deliver_sm_resp(cmd.sequence_number(), DeliverSmResp::default())
-                        .await;
+async fn serve(shared: &Shared, session: &Session, mut events: Events) -> String {
+    while let Some(event) = events.recv().await {
+        let cmd = match event {
+            Event::Incoming(cmd) => cmd,
+            Event::Closed(why) => return why,
+        };
+        let seq = cmd.sequence_number();
+        match cmd.pdu() {
+            Some(Pdu::DeliverSm(d)) => {
+                if let Some(r) = on_deliver_sm(shared, d)
+                    && shared.receipts.send(r).await.is_err()
+                {
+                    return "the node stopped".into();
                 }
-                CommandId::Unbind => {
-                    let _ = client.unbind_resp(cmd.sequence_number()).await;
-                    return "the SMSC unbound".into();
-                }
-                _ => {}
-            },
-            Event::Error(e) => {
-                if client.is_closed() {
-                    return e.to_string();
-                }
-                tracing::warn!(smsc = %shared.config.address, error = %e, "SMPP connection error");
+                session.respond(seq, CommandStatus::EsmeRok, DeliverSmResp::default());
+            }
+            Some(Pdu::Unbind) => {
+                session.respond(seq, CommandStatus::EsmeRok, Pdu::UnbindResp);
+                return "the SMSC unbound".into();
+            }
+            _ => {
+                tracing::debug!(id = ?cmd.id(), "SMPP request not supported; generic_nack");
+                session.respond(seq, CommandStatus::EsmeRinvcmdid, Pdu::GenericNack);
             }
         }
     }

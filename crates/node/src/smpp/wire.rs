@@ -1,0 +1,288 @@
+//! One SMPP connection as an ESME: requests pipelined by sequence number over
+//! rusmpp's PDU codec. A request is registered before it is written, so no
+//! response can arrive unmatched; writes are gathered and flushed together;
+//! enquire_link is sent every interval and answered when the SMSC sends it.
+//!
+//! Written here rather than taken from rusmppc 0.4, whose connection task
+//! under a full window could sit idle until its enquire_link timer woke it:
+//! in bench (j) one node sent 761 submit_sm/s with enquire_link at 30 s and
+//! 23,517/s at 100 ms. Its write loop stops after five PDUs per wake-up
+//! without waking itself again, which fits. It also flushed every PDU alone.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use rusmpp::tokio_codec::CommandCodec;
+use rusmpp::{Command, CommandId, CommandStatus, Pdu};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+/// PDUs written before one flush, at most.
+const WRITE_BATCH: usize = 256;
+
+/// Why a request got no answer it could use.
+#[derive(Debug)]
+pub(super) enum WireError {
+    /// The connection was already closed: the request was never written.
+    NotSent(String),
+    /// The SMSC answered with this non-zero command_status.
+    Refused(u32),
+    /// No response within this time; the SMSC may have acted on it.
+    Timeout(Duration),
+    /// The connection closed after the request was queued; it may have been sent.
+    Lost(String),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::NotSent(why) => write!(f, "not sent: {why}"),
+            WireError::Refused(code) => write!(f, "{} (0x{code:08X})", super::status::name(*code)),
+            WireError::Timeout(t) => write!(f, "no response within {t:?}"),
+            WireError::Lost(why) => write!(f, "connection lost awaiting the response: {why}"),
+        }
+    }
+}
+
+/// What the SMSC sent that is not a response to us, or the end of the connection.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// A request from the SMSC (deliver_sm, unbind, ...) to be answered.
+    Incoming(Box<Command>),
+    /// The connection ended, and why.
+    Closed(String),
+}
+
+/// How long a closing writer may take to write what was queued before it.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+struct Inner {
+    /// To the writer: a PDU, or `None`: write what came before, then close.
+    out: mpsc::UnboundedSender<Option<Command>>,
+    /// Requests awaiting their response, by sequence number; `None` once closed.
+    pending: Mutex<Option<HashMap<u32, oneshot::Sender<Command>>>>,
+    /// Why the connection closed, once it has.
+    closed: Mutex<Option<String>>,
+    events: mpsc::UnboundedSender<Event>,
+    seq: AtomicU32,
+    /// The reader and the enquire_link task, stopped at once when closing.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The writer, stopped after [`CLOSE_GRACE`] if it has not ended by then.
+    writer: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Inner {
+    /// Ends the connection once: every waiting request fails, the tasks stop
+    /// and the owner is told why.
+    fn shut(&self, why: String) {
+        let mut closed = self.closed.lock().expect("closed lock");
+        if closed.is_some() {
+            return;
+        }
+        *closed = Some(why.clone());
+        drop(closed);
+        self.pending.lock().expect("pending lock").take();
+        let _ = self.events.send(Event::Closed(why));
+        for t in self.tasks.lock().expect("tasks lock").drain(..) {
+            t.abort();
+        }
+        let _ = self.out.send(None);
+        if let Some(w) = self.writer.lock().expect("writer lock").take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(async move {
+                    tokio::time::sleep(CLOSE_GRACE).await;
+                    w.abort();
+                })),
+                Err(_) => w.abort(),
+            }
+        }
+    }
+
+    fn why_closed(&self) -> String {
+        self.closed
+            .lock()
+            .expect("closed lock")
+            .clone()
+            .unwrap_or_else(|| "the connection closed".into())
+    }
+}
+
+/// A handle to send requests on one connection; cheap to clone.
+#[derive(Clone)]
+pub(super) struct Session {
+    inner: Arc<Inner>,
+}
+
+/// The session's owner: dropping it closes the connection.
+pub(super) struct Owner {
+    pub(super) session: Session,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.session.inner.shut("closed by the node".into());
+    }
+}
+
+impl Session {
+    /// Starts serving `stream`: a reader, a writer and (with a non-zero
+    /// interval) an enquire_link task. Must run inside a runtime.
+    pub(super) fn open<S>(
+        stream: S,
+        enquire_link: Duration,
+        response_timeout: Duration,
+    ) -> (Owner, mpsc::UnboundedReceiver<Event>)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut sink, mut source) = Framed::new(stream, CommandCodec::new()).split();
+        let (out, mut queue) = mpsc::unbounded_channel::<Option<Command>>();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            out,
+            pending: Mutex::new(Some(HashMap::new())),
+            closed: Mutex::new(None),
+            events,
+            seq: AtomicU32::new(1),
+            tasks: Mutex::new(Vec::new()),
+            writer: Mutex::new(None),
+        });
+        let writer = {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(WRITE_BATCH);
+                while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+                    let mut end = false;
+                    for out in batch.drain(..) {
+                        match out {
+                            Some(c) if !end => {
+                                if let Err(e) = sink.feed(c).await {
+                                    return inner.shut(format!("write: {e}"));
+                                }
+                            }
+                            _ => end = true,
+                        }
+                    }
+                    if let Err(e) = sink.flush().await {
+                        return inner.shut(format!("write: {e}"));
+                    }
+                    if end {
+                        let _ = sink.close().await;
+                        return;
+                    }
+                }
+            })
+        };
+        let reader = {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                while let Some(next) = source.next().await {
+                    let cmd = match next {
+                        Ok(cmd) => cmd,
+                        Err(e) => return inner.shut(format!("unreadable PDU from the SMSC: {e}")),
+                    };
+                    let seq = cmd.sequence_number();
+                    if cmd.id().is_response() {
+                        let waiter = inner
+                            .pending
+                            .lock()
+                            .expect("pending lock")
+                            .as_mut()
+                            .and_then(|p| p.remove(&seq));
+                        match waiter {
+                            Some(w) => drop(w.send(cmd)),
+                            None => {
+                                tracing::debug!(seq, id = ?cmd.id(), "response to no waiting request (it timed out)")
+                            }
+                        }
+                    } else if cmd.id() == CommandId::EnquireLink {
+                        let resp = Command::new(CommandStatus::EsmeRok, seq, Pdu::EnquireLinkResp);
+                        let _ = inner.out.send(Some(resp));
+                    } else {
+                        let _ = inner.events.send(Event::Incoming(Box::new(cmd)));
+                    }
+                }
+                inner.shut("the SMSC closed the connection".into());
+            })
+        };
+        let session = Session { inner };
+        *session.inner.writer.lock().expect("writer lock") = Some(writer.abort_handle());
+        let mut tasks = vec![reader.abort_handle()];
+        if !enquire_link.is_zero() {
+            let s = session.clone();
+            let keepalive = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(enquire_link).await;
+                    match s.request(Pdu::EnquireLink, response_timeout).await {
+                        Ok(_) | Err(WireError::Refused(_)) => {}
+                        Err(e) => return s.inner.shut(format!("enquire_link: {e}")),
+                    }
+                }
+            });
+            tasks.push(keepalive.abort_handle());
+        }
+        session
+            .inner
+            .tasks
+            .lock()
+            .expect("tasks lock")
+            .extend(tasks);
+        // A task that ended before its handle was stored has shut already.
+        if session.inner.closed.lock().expect("closed lock").is_some() {
+            for t in session.inner.tasks.lock().expect("tasks lock").drain(..) {
+                t.abort();
+            }
+            if let Some(w) = session.inner.writer.lock().expect("writer lock").take() {
+                w.abort();
+            }
+        }
+        (Owner { session }, events_rx)
+    }
+
+    /// The next sequence number (1 to 0x7FFFFFFF, then round again).
+    fn next_seq(&self) -> u32 {
+        self.inner.seq.fetch_add(1, Ordering::Relaxed) % 0x7FFF_FFFF + 1
+    }
+
+    /// Sends a request and waits up to `timeout` for its response, which is
+    /// returned only if its command_status is ESME_ROK.
+    pub(super) async fn request(
+        &self,
+        pdu: impl Into<Pdu>,
+        timeout: Duration,
+    ) -> Result<Command, WireError> {
+        let seq = self.next_seq();
+        let (tx, rx) = oneshot::channel();
+        match self.inner.pending.lock().expect("pending lock").as_mut() {
+            Some(p) => p.insert(seq, tx),
+            None => return Err(WireError::NotSent(self.inner.why_closed())),
+        };
+        let cmd = Command::new(CommandStatus::EsmeRok, seq, pdu.into());
+        if self.inner.out.send(Some(cmd)).is_err() {
+            return Err(WireError::NotSent(self.inner.why_closed()));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(resp)) if resp.status() == CommandStatus::EsmeRok => Ok(resp),
+            Ok(Ok(resp)) => Err(WireError::Refused(u32::from(resp.status()))),
+            Ok(Err(_)) => Err(WireError::Lost(self.inner.why_closed())),
+            Err(_) => {
+                if let Some(p) = self.inner.pending.lock().expect("pending lock").as_mut() {
+                    p.remove(&seq);
+                }
+                Err(WireError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Answers the SMSC's request `seq`.
+    pub(super) fn respond(&self, seq: u32, status: CommandStatus, pdu: impl Into<Pdu>) {
+        let _ = self
+            .inner
+            .out
+            .send(Some(Command::new(status, seq, pdu.into())));
+    }
+}
