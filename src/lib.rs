@@ -21,6 +21,7 @@ pub mod encode;
 pub mod error;
 pub mod ids;
 pub mod metrics;
+pub mod priority;
 pub mod sms;
 pub mod synth;
 pub mod telemetry;

@@ -47,6 +47,8 @@ pub struct JobRef<'a> {
     pub traceparent: &'a str,
     /// `Job.sender` (empty: the gateway's default).
     pub sender: &'a str,
+    /// `Job.priority` (0: not given).
+    pub priority: u32,
 }
 
 impl Jobs {
@@ -93,7 +95,12 @@ impl Jobs {
             + s(4, job.to)
             + s(5, job.body)
             + s(6, job.traceparent)
-            + s(7, job.sender);
+            + s(7, job.sender)
+            + if job.priority == 0 {
+                0
+            } else {
+                1 + encoding::encoded_len_varint(u64::from(job.priority))
+            };
         let buf = &mut self.encoded;
         encoding::encode_key(1, WireType::LengthDelimited, buf);
         encoding::encode_varint(len as u64, buf);
@@ -118,6 +125,10 @@ impl Jobs {
                 encoding::encode_varint(v.len() as u64, buf);
                 buf.put_slice(v.as_bytes());
             }
+        }
+        if job.priority != 0 {
+            encoding::encode_key(8, WireType::Varint, buf);
+            encoding::encode_varint(u64::from(job.priority), buf);
         }
         self.encoded_count += 1;
     }
@@ -256,6 +267,7 @@ mod tests {
             } else {
                 String::new()
             },
+            priority: i % 5,
         }
     }
 
@@ -273,6 +285,7 @@ mod tests {
                 body: &j.body,
                 traceparent: &j.traceparent,
                 sender: &j.sender,
+                priority: j.priority,
             });
         }
         assert_eq!(ours.len(), 5);

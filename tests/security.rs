@@ -31,7 +31,7 @@ fn jwt_config() -> CoordinatorConfig {
 }
 
 fn token(tenant: &str) -> String {
-    mint_hs256(SECRET, AUD, None, tenant, Duration::from_secs(600)).unwrap()
+    mint_hs256(SECRET, AUD, None, tenant, "", Duration::from_secs(600)).unwrap()
 }
 
 /// A token with these claims, signed with `key` (HS256).

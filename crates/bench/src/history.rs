@@ -195,5 +195,6 @@ pub(crate) async fn scenario(bin: &Path, total: u64) -> anyhow::Result<Scenario>
         uploads: Vec::new(),
         history: Some(h),
         smpp: Vec::new(),
+        priority: None,
     })
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 use smsmesh::pb::{self, BatchState};
 mod history;
 mod mesh;
+mod priority;
 mod report;
 mod small;
 mod smpp;
@@ -20,11 +21,11 @@ mod upload;
 
 use report::{fmt_shares, markdown, report};
 
-/// Runs the benchmark scenarios (a) to (j) and writes the results.
+/// Runs the benchmark scenarios (a) to (k) and writes the results.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run (a to j).
+    /// Scenarios to run (a to k).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
     scenarios: Vec<String>,
     /// Scale every batch size by this factor (e.g. 0.1 for a quick run).
@@ -106,6 +107,9 @@ pub(crate) struct Scenario {
     /// The runs of the SMPP scenario.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     smpp: Vec<smpp::SmppRun>,
+    /// What the classes-of-traffic scenario measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<priority::Priority>,
 }
 
 #[tokio::main]
@@ -180,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
                         uploads: Vec::new(),
                         history: None,
                         smpp: Vec::new(),
+                        priority: None,
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -215,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
                         uploads: Vec::new(),
                         history: None,
                         smpp: Vec::new(),
+                        priority: None,
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -247,6 +253,7 @@ async fn main() -> anyhow::Result<()> {
                     uploads: Vec::new(),
                     history: None,
                     smpp: Vec::new(),
+                    priority: None,
                 }
             }
             "d" => {
@@ -283,6 +290,7 @@ async fn main() -> anyhow::Result<()> {
                     uploads: Vec::new(),
                     history: None,
                     smpp: Vec::new(),
+                    priority: None,
                 }
             }
             "e" => {
@@ -333,6 +341,7 @@ async fn main() -> anyhow::Result<()> {
                     uploads: Vec::new(),
                     history: None,
                     smpp: Vec::new(),
+                    priority: None,
                 }
             }
             "f" => {
@@ -378,6 +387,7 @@ async fn main() -> anyhow::Result<()> {
                     uploads: Vec::new(),
                     history: None,
                     smpp: Vec::new(),
+                    priority: None,
                 }
             }
             "g" => {
@@ -401,6 +411,7 @@ async fn main() -> anyhow::Result<()> {
                     uploads: Vec::new(),
                     history: None,
                     smpp: Vec::new(),
+                    priority: None,
                 }
             }
             "h" => {
@@ -409,7 +420,10 @@ async fn main() -> anyhow::Result<()> {
             }
             "i" => history::scenario(&bin, scale(1_000_000)).await?,
             "j" => smpp::scenario(&bin, scale(1_000_000)).await?,
-            other => bail!("unknown scenario {other:?} (a to j)"),
+            "k" => {
+                priority::scenario(&bin, scale(1_000_000), scale(10_000_000), args.repeat).await?
+            }
+            other => bail!("unknown scenario {other:?} (a to k)"),
         };
         report(&scenario);
         results.push(scenario);

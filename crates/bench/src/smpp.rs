@@ -168,5 +168,6 @@ pub(crate) async fn scenario(bin: &Path, n: u64) -> anyhow::Result<Scenario> {
         uploads: Vec::new(),
         history: None,
         smpp: vec![one, four, limited],
+        priority: None,
     })
 }

@@ -155,5 +155,6 @@ pub(crate) async fn scenario(bin: &Path, n: u64, repeat: u32) -> anyhow::Result<
         uploads,
         history: None,
         smpp: Vec::new(),
+        priority: None,
     })
 }

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smsmesh::pb::{self, BatchState, get_status_request, get_status_response};
+use smsmesh::priority::Class;
 use smsmesh::{BatchId, Error, MessageId};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::Config;
-use crate::auth::{Tenant, TokenBucket};
+use crate::auth::{EMERGENCY_SCOPE, Grants, OPERATOR_SCOPE, Tenant, TokenBucket};
 use crate::batch::Content;
 use crate::core::{
     BatchQuery, ListQuery, NewBatch, StateSet, key_reused, parse_batches_token, parse_page_token,
@@ -126,11 +127,12 @@ impl CoordinatorApi {
         &self,
         req: pb::SubmitBatchRequest,
         tenant: Tenant,
+        grants: Grants,
     ) -> Result<pb::SubmitBatchResponse, Status> {
         let fingerprint = fingerprint(&req);
         let mut new = validate_submit(req, &self.config)?;
         new.fingerprint = fingerprint;
-        self.admit_and_accept(new, tenant).await
+        self.admit_and_accept(new, tenant, grants).await
     }
 
     /// Admits a checked batch of `tenant` against its limits, then accepts it.
@@ -138,7 +140,13 @@ impl CoordinatorApi {
         &self,
         mut new: NewBatch,
         tenant: Tenant,
+        grants: Grants,
     ) -> Result<pb::SubmitBatchResponse, Status> {
+        if new.class == Class::Emergency && !grants.emergency {
+            return Err(Status::permission_denied(format!(
+                "priority EMERGENCY: tenant {tenant}'s token lacks the `{EMERGENCY_SCOPE}` scope; submit at HIGH or lower, or ask for a token with that scope"
+            )));
+        }
         let fingerprint = new.fingerprint;
         new.idempotency_key = new.idempotency_key.map(|k| scoped_key(&tenant, k));
         new.tenant = tenant.clone();
@@ -299,6 +307,10 @@ fn stored_batch(new: &NewBatch) -> StoredBatch {
         fingerprint: new.fingerprint,
         list_body,
         list_sender,
+        priority: match new.class {
+            Class::Normal => 0, // as stored before classes
+            c => c.to_proto() as u32,
+        },
     }
 }
 
@@ -368,8 +380,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
         let span = rpc_span("smsmesh.v1.Coordinator/SubmitBatch", request.metadata());
         let tenant = Tenant::of(&request);
+        let grants = Grants::of(&request);
         let response = self
-            .inner_submit(request.into_inner(), tenant)
+            .inner_submit(request.into_inner(), tenant, grants)
             .instrument(span.clone())
             .await;
         if let Err(e) = &response {
@@ -388,9 +401,10 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
             request.metadata(),
         );
         let tenant = Tenant::of(&request);
+        let grants = Grants::of(&request);
         let response = async {
             let new = crate::upload::receive(request.into_inner(), &self.config).await?;
-            self.admit_and_accept(new, tenant).await
+            self.admit_and_accept(new, tenant, grants).await
         }
         .instrument(span.clone())
         .await;
@@ -473,6 +487,37 @@ impl pb::coordinator_server::Coordinator for CoordinatorApi {
         let batch = self.core.cancel(id, &tenant).instrument(span).await?;
         Ok(Response::new(pb::CancelBatchResponse {
             batch: Some(batch),
+        }))
+    }
+
+    async fn set_class_paused(
+        &self,
+        request: Request<pb::SetClassPausedRequest>,
+    ) -> Result<Response<pb::SetClassPausedResponse>, Status> {
+        let span = rpc_span("smsmesh.v1.Coordinator/SetClassPaused", request.metadata());
+        let (tenant, grants) = (Tenant::of(&request), Grants::of(&request));
+        if !grants.operator {
+            return Err(Status::permission_denied(format!(
+                "SetClassPaused is an operator call: tenant {tenant}'s token lacks the `{OPERATOR_SCOPE}` scope"
+            )));
+        }
+        let req = request.into_inner();
+        let class = match req.priority {
+            0 => Err("priority: name the class to pause or resume (BULK, NORMAL or HIGH)".into()),
+            p => Class::from_proto(p, "priority"),
+        }
+        .map_err(Error::invalid)?;
+        if class == Class::Emergency {
+            return Err(Error::invalid("priority: EMERGENCY traffic is never paused").into());
+        }
+        let paused = self
+            .core
+            .set_paused(class, req.paused)
+            .instrument(span)
+            .await?;
+        tracing::warn!(%class, paused = req.paused, by = %tenant, "class dispatch {}", if req.paused { "paused" } else { "resumed" });
+        Ok(Response::new(pb::SetClassPausedResponse {
+            paused: paused.iter().map(|c| c.to_proto() as i32).collect(),
         }))
     }
 

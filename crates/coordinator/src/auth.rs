@@ -40,6 +40,57 @@ impl Tenant {
     }
 }
 
+/// What a caller may do beyond submitting and following its own tenant's
+/// batches: from the token's `scope` claim (space-separated, as OAuth 2
+/// writes it, or an array of strings). Everything, without authentication.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// `smsmesh:emergency`: may submit EMERGENCY batches.
+    pub emergency: bool,
+    /// `smsmesh:operator`: may pause and resume classes of traffic.
+    pub operator: bool,
+}
+
+/// The scope that allows EMERGENCY batches.
+pub const EMERGENCY_SCOPE: &str = "smsmesh:emergency";
+/// The scope that allows operator calls (SetClassPaused).
+pub const OPERATOR_SCOPE: &str = "smsmesh:operator";
+
+impl Grants {
+    /// What a caller without authentication may do: everything.
+    pub const ALL: Grants = Grants {
+        emergency: true,
+        operator: true,
+    };
+
+    /// The grants of a request (none if none were attached).
+    pub fn of<T>(request: &tonic::Request<T>) -> Grants {
+        request
+            .extensions()
+            .get::<Grants>()
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The grants a `scope` claim's value gives.
+    fn from_scope(scope: Option<&serde_json::Value>) -> Grants {
+        let mut g = Grants::default();
+        let mut grant = |s: &str| match s {
+            EMERGENCY_SCOPE => g.emergency = true,
+            OPERATOR_SCOPE => g.operator = true,
+            _ => {}
+        };
+        match scope {
+            Some(serde_json::Value::String(s)) => s.split_whitespace().for_each(&mut grant),
+            Some(serde_json::Value::Array(a)) => {
+                a.iter().filter_map(|v| v.as_str()).for_each(&mut grant);
+            }
+            _ => {}
+        }
+        g
+    }
+}
+
 impl std::fmt::Display for Tenant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.0.is_empty() {
@@ -65,8 +116,8 @@ impl ClientAuth {
     /// Checks a request's `authorization` metadata and attaches its [`Tenant`].
     #[allow(clippy::result_large_err)] // tonic's interceptor signature
     pub fn check(&self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        let tenant = match self {
-            ClientAuth::Insecure => Tenant::default(),
+        let (tenant, grants) = match self {
+            ClientAuth::Insecure => (Tenant::default(), Grants::ALL),
             ClientAuth::Jwt(v) => {
                 let header = request
                     .metadata()
@@ -82,10 +133,11 @@ impl ClientAuth {
                     .ok_or_else(|| {
                         Status::unauthenticated("authorization metadata must be `Bearer <token>`")
                     })?;
-                v.verify(token.trim())?
+                v.verify_caller(token.trim())?
             }
         };
         request.extensions_mut().insert(tenant);
+        request.extensions_mut().insert(grants);
         Ok(request)
     }
 }
@@ -171,6 +223,12 @@ impl JwtVerifier {
     /// The tenant a valid token names; UNAUTHENTICATED saying why otherwise.
     #[allow(clippy::result_large_err)]
     pub fn verify(&self, token: &str) -> Result<Tenant, Status> {
+        self.verify_caller(token).map(|(tenant, _)| tenant)
+    }
+
+    /// The tenant a valid token names and what its scopes grant.
+    #[allow(clippy::result_large_err)]
+    pub fn verify_caller(&self, token: &str) -> Result<(Tenant, Grants), Status> {
         use jsonwebtoken::errors::ErrorKind;
         // A critical header extension must be understood, and this verifier knows none.
         if let Ok(h) = jsonwebtoken::decode_header(token)
@@ -223,16 +281,19 @@ impl JwtVerifier {
                 self.tenant_claim
             )));
         }
-        Ok(Tenant::new(tenant))
+        let grants = Grants::from_scope(data.claims.get("scope"));
+        Ok((Tenant::new(tenant), grants))
     }
 }
 
-/// Mints an HS256 token for `tenant`, valid for `ttl` (development and tests).
+/// Mints an HS256 token for `tenant`, valid for `ttl`, with `scope` (space
+/// separated; empty: none) (development and tests).
 pub fn mint_hs256(
     secret: &[u8],
     audience: &str,
     issuer: Option<&str>,
     tenant: &str,
+    scope: &str,
     ttl: Duration,
 ) -> Result<String, String> {
     let now = std::time::SystemTime::now()
@@ -248,6 +309,9 @@ pub fn mint_hs256(
     });
     if let Some(iss) = issuer {
         claims["iss"] = iss.into();
+    }
+    if !scope.trim().is_empty() {
+        claims["scope"] = scope.trim().into();
     }
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -334,8 +398,30 @@ mod tests {
     #[test]
     fn a_minted_token_names_its_tenant() {
         let v = JwtVerifier::hs256(SECRET, "smsmesh").unwrap();
-        let t = mint_hs256(SECRET, "smsmesh", None, "acme", Duration::from_secs(60)).unwrap();
+        let t = mint_hs256(SECRET, "smsmesh", None, "acme", "", Duration::from_secs(60)).unwrap();
         assert_eq!(v.verify(&t).unwrap(), Tenant::new("acme"));
+        assert_eq!(v.verify_caller(&t).unwrap().1, Grants::default());
+    }
+
+    #[test]
+    fn scopes_grant_emergency_and_operator_calls() {
+        let v = JwtVerifier::hs256(SECRET, "smsmesh").unwrap();
+        let minted = |scope: &str| {
+            let t = mint_hs256(SECRET, "smsmesh", None, "a", scope, Duration::from_secs(60));
+            v.verify_caller(&t.unwrap()).unwrap().1
+        };
+        assert_eq!(
+            minted("openid smsmesh:emergency"),
+            Grants {
+                emergency: true,
+                operator: false
+            }
+        );
+        assert_eq!(minted("smsmesh:operator smsmesh:emergency"), Grants::ALL);
+        assert_eq!(minted("smsmesh:emergencyx"), Grants::default());
+        // As an array of strings, as some identity providers write `scope`.
+        let g = Grants::from_scope(Some(&serde_json::json!(["smsmesh:operator", 7])));
+        assert!(g.operator && !g.emergency);
     }
 
     #[test]
@@ -346,15 +432,36 @@ mod tests {
         let other = b"another secret of thirty-two bytes!";
         let cases = [
             (
-                mint_hs256(other, "smsmesh", Some("idp"), "a", Duration::from_secs(60)),
+                mint_hs256(
+                    other,
+                    "smsmesh",
+                    Some("idp"),
+                    "a",
+                    "",
+                    Duration::from_secs(60),
+                ),
                 "signature",
             ),
             (
-                mint_hs256(SECRET, "other", Some("idp"), "a", Duration::from_secs(60)),
+                mint_hs256(
+                    SECRET,
+                    "other",
+                    Some("idp"),
+                    "a",
+                    "",
+                    Duration::from_secs(60),
+                ),
                 "audience",
             ),
             (
-                mint_hs256(SECRET, "smsmesh", Some("x"), "a", Duration::from_secs(60)),
+                mint_hs256(
+                    SECRET,
+                    "smsmesh",
+                    Some("x"),
+                    "a",
+                    "",
+                    Duration::from_secs(60),
+                ),
                 "issuer",
             ),
             (Ok("not.a.jwt".to_string()), "not valid"),

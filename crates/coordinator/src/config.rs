@@ -78,6 +78,9 @@ pub struct Config {
     pub require_node_cert: bool,
     /// Per-tenant admission limits. Default: none.
     pub tenant_limits: TenantLimits,
+    /// Each tenant's share of dispatch within a class, against the others
+    /// running in that class (a tenant not named has weight 1).
+    pub tenant_weights: std::collections::HashMap<String, u32>,
     /// Most frames per second a node may send, sustained (twice that in a burst);
     /// a node over it is disconnected. Default: 50,000.
     pub node_max_frames_per_sec: u32,
@@ -139,6 +142,7 @@ impl Default for Config {
             node_token: None,
             require_node_cert: false,
             tenant_limits: TenantLimits::default(),
+            tenant_weights: std::collections::HashMap::new(),
             node_max_frames_per_sec: 50_000,
             max_messages_per_request: 1_000_000,
             tls: None,

@@ -128,6 +128,10 @@ struct Args {
     /// Lifetime of --mint-token tokens.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     token_ttl: Duration,
+    /// The `scope` claim of --mint-token tokens, e.g. "smsmesh:emergency
+    /// smsmesh:operator" (EMERGENCY batches; pausing classes).
+    #[arg(long, default_value = "")]
+    token_scope: String,
     /// Nodes must present the secret in this file to join (smsnode --join-token-file).
     #[arg(long, env = "SMSMESH_NODE_TOKEN_FILE")]
     node_token_file: Option<std::path::PathBuf>,
@@ -155,6 +159,11 @@ struct Args {
     /// Most messages of a tenant not finished yet. Default: no cap.
     #[arg(long, env = "SMSMESH_TENANT_MAX_PENDING")]
     tenant_max_pending: Option<u64>,
+    /// A tenant's weight within each class, as TENANT=WEIGHT (repeat it, or
+    /// commas in the variable): two running tenants of weights 3 and 1 get
+    /// 3/4 and 1/4 of what the class is given. A tenant not named has 1.
+    #[arg(long, env = "SMSMESH_TENANT_WEIGHTS", value_delimiter = ',', value_parser = tenant_weight)]
+    tenant_weight: Vec<(String, u32)>,
     /// Most frames a second a node may send (twice that in a burst); over it, it is dropped.
     #[arg(
         long,
@@ -298,6 +307,7 @@ impl Args {
             client_auth,
             node_token,
             require_node_cert: self.require_node_cert,
+            tenant_weights: self.tenant_weight.iter().cloned().collect(),
             tenant_limits: TenantLimits {
                 rate: self.tenant_rate,
                 burst: self
@@ -310,6 +320,19 @@ impl Args {
             tls,
             ..Config::default()
         })
+    }
+}
+
+/// One `--tenant-weight TENANT=WEIGHT`.
+fn tenant_weight(s: &str) -> Result<(String, u32), String> {
+    let (tenant, weight) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?}: give TENANT=WEIGHT, e.g. acme=3"))?;
+    match weight.trim().parse::<u32>() {
+        Ok(w @ 1..=1000) if !tenant.trim().is_empty() => Ok((tenant.trim().to_string(), w)),
+        _ => Err(format!(
+            "{s:?}: give TENANT=WEIGHT with a weight from 1 to 1000, e.g. acme=3"
+        )),
     }
 }
 
@@ -407,6 +430,7 @@ fn mint(args: &Args, tenant: &str) -> ExitCode {
             &args.jwt_audience,
             args.jwt_issuer.as_deref(),
             tenant,
+            &args.token_scope,
             args.token_ttl,
         )
     });

@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use smsmesh::metrics::{Buckets, counter, family, gauge};
+use smsmesh::priority::Class;
 use tokio::sync::watch;
 
 use crate::core::Snapshot;
@@ -69,6 +70,50 @@ impl Collector for CoordinatorCollector {
                 ([("outcome", "failed")], ConstCounter::new(c.failed)),
                 ([("outcome", "cancelled")], ConstCounter::new(c.cancelled)),
             ],
+        )?;
+        family(
+            e,
+            "smsmesh_class_messages",
+            "Messages that reached a final outcome, by class (emergency, high, normal, bulk) and outcome.",
+            MetricType::Counter,
+            Class::ALL.into_iter().flat_map(|class| {
+                let c = &m.by_class[class.index()];
+                [
+                    ("sent", c.sent),
+                    ("failed", c.failed),
+                    ("cancelled", c.cancelled),
+                ]
+                .map(|(o, v)| {
+                    (
+                        [("class", class.name()), ("outcome", o)],
+                        ConstCounter::new(v),
+                    )
+                })
+            }),
+        )?;
+        family(
+            e,
+            "smsmesh_class_pending_messages",
+            "Messages waiting for dispatch, by class.",
+            MetricType::Gauge,
+            Class::ALL.into_iter().map(|class| {
+                (
+                    [("class", class.name())],
+                    i(m.by_class[class.index()].pending()),
+                )
+            }),
+        )?;
+        family(
+            e,
+            "smsmesh_class_paused",
+            "1 while an operator has paused the class (SetClassPaused), else 0.",
+            MetricType::Gauge,
+            Class::ALL.into_iter().map(|class| {
+                (
+                    [("class", class.name())],
+                    i(u64::from(m.paused[class.index()])),
+                )
+            }),
         )?;
         gauge(
             e,

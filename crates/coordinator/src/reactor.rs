@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smsmesh::pb;
+use smsmesh::priority::Class;
 use smsmesh::{BatchId, Error, MessageId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -42,6 +43,8 @@ pub enum Event {
     Cancel(BatchId, Tenant, Reply<pb::BatchStatus>),
     /// Messages of a tenant not finished yet.
     TenantUnfinished(Tenant, Reply<u64>),
+    /// SetClassPaused: pause (true) or resume a class; the classes paused then.
+    SetPaused(Class, bool, Reply<Vec<Class>>),
     /// The batch an idempotency key already made, for a request of this fingerprint.
     Idempotent(String, u64, Reply<Option<pb::SubmitBatchResponse>>),
     /// Drop a node's stream, telling it why (it broke a limit).
@@ -177,6 +180,11 @@ impl Handle {
             FromCore::Here(page) => Ok(page),
             FromCore::InStore(r) => crate::history::list(&self.stored()?, r, query).await,
         }
+    }
+
+    /// Pauses or resumes the dispatch of a class: the classes paused then.
+    pub async fn set_paused(&self, class: Class, paused: bool) -> Result<Vec<Class>, Error> {
+        self.ask(|r| Event::SetPaused(class, paused, r)).await
     }
 
     /// Cancels a batch of `tenant`.
@@ -408,6 +416,9 @@ impl Reactor {
             }
             Event::TenantUnfinished(tenant, reply) => {
                 let _ = reply.send(Ok(core.tenant_unfinished(&tenant)));
+            }
+            Event::SetPaused(class, paused, reply) => {
+                let _ = reply.send(Ok(core.set_paused(class, paused)));
             }
             Event::NodeRefused(sid, why) => core.on_node_refused(sid, why, now, outbox),
             Event::NodeJoin(hello, tx, reply) => {

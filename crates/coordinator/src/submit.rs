@@ -3,6 +3,7 @@
 //! fingerprint that tells a replay of a request from a different one.
 
 use smsmesh::pb;
+use smsmesh::priority::Class;
 use smsmesh::{BatchId, Error, sms};
 
 use crate::Config;
@@ -62,6 +63,11 @@ pub fn fingerprint(req: &pb::SubmitBatchRequest) -> u64 {
         h.eat(b"\0batch sender");
         h.eat(req.sender.as_bytes());
     }
+    // Only when given, so requests without one keep their fingerprints.
+    if req.priority != 0 {
+        h.eat(b"\0priority");
+        h.eat(&req.priority.to_le_bytes());
+    }
     if let Some(s) = &req.synthetic {
         h.eat(&s.count.to_le_bytes());
         h.eat(&s.seed.map_or(u64::MAX, |x| x).to_le_bytes());
@@ -106,12 +112,14 @@ pub fn new_batch(content: Content, total: u32, max_attempts: u8, key: Option<Str
         trace: None,
         tenant: Tenant::default(),
         accepted_unix_ms: unix_ms(),
+        class: Class::Normal,
     }
 }
 
 /// Checks a SubmitBatch request and turns it into a batch to accept.
 pub fn validate_submit(req: pb::SubmitBatchRequest, config: &Config) -> Result<NewBatch, Error> {
     let max_attempts = max_attempts(req.max_attempts, config)?;
+    let class = Class::from_proto(req.priority, "priority").map_err(Error::invalid)?;
     let max = config.max_batch_size.min(u64::from(u32::MAX));
     let (content, total) = match (req.messages.is_empty(), req.synthetic) {
         (true, None) => {
@@ -174,5 +182,7 @@ pub fn validate_submit(req: pb::SubmitBatchRequest, config: &Config) -> Result<N
         }
     };
     let key = idempotency_key(req.idempotency_key)?;
-    Ok(new_batch(content, total, max_attempts, key))
+    let mut new = new_batch(content, total, max_attempts, key);
+    new.class = class;
+    Ok(new)
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use smsmesh::pb::{self, submit_batch_stream_request::Part};
+use smsmesh::priority::Class;
 use smsmesh::{Error, sms};
 use tonic::{Status, Streaming};
 
@@ -20,6 +21,7 @@ use crate::submit::{Fingerprint, idempotency_key, max_attempts, new_batch};
 pub struct Upload {
     body: String,
     sender: String,
+    class: Class,
     max_attempts: u8,
     key: Option<String>,
     recipients: Recipients,
@@ -37,6 +39,8 @@ impl Upload {
         sms::validate_body("header.body", &header.body)?;
         let attempts = max_attempts(header.max_attempts, config)?;
         let key = idempotency_key(header.idempotency_key)?;
+        let class =
+            Class::from_proto(header.priority, "header.priority").map_err(Error::invalid)?;
         if !header.sender.is_empty() {
             sms::sender_form("header.sender", &header.sender)?;
         }
@@ -55,7 +59,12 @@ impl Upload {
             fingerprint.eat(b"\0sender");
             fingerprint.eat(header.sender.as_bytes());
         }
+        if header.priority != 0 {
+            fingerprint.eat(b"\0priority");
+            fingerprint.eat(&header.priority.to_le_bytes());
+        }
         Ok(Upload {
+            class,
             body: header.body,
             sender: header.sender,
             max_attempts: attempts,
@@ -135,6 +144,7 @@ impl Upload {
         };
         let mut new = new_batch(content, n as u32, self.max_attempts, self.key);
         new.fingerprint = self.fingerprint.value();
+        new.class = self.class;
         Ok(new)
     }
 }

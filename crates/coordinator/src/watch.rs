@@ -118,6 +118,11 @@ impl Watcher {
         Some(pb::ProgressUpdate {
             batches,
             nodes_connected: snap.nodes_connected,
+            paused: smsmesh::priority::Class::ALL
+                .into_iter()
+                .filter(|c| snap.metrics.paused[c.index()])
+                .map(|c| c.to_proto() as i32)
+                .collect(),
         })
     }
 

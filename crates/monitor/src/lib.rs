@@ -217,6 +217,16 @@ fn summary(b: &pb::BatchStatus) -> String {
         human(b.rate_per_sec),
         lat.mean_ms,
     );
+    // The class, unless it is the default one; and whether it is paused.
+    match smsmesh::priority::Class::from_proto(b.priority, "priority") {
+        Ok(smsmesh::priority::Class::Normal) | Err(_) => {}
+        Ok(class) => {
+            let _ = write!(s, " | {class}");
+        }
+    }
+    if b.class_paused {
+        s.push_str(" | PAUSED");
+    }
     if b.cancelled > 0 {
         let _ = write!(s, " | cancelled {}", b.cancelled);
     }

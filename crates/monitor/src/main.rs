@@ -91,9 +91,27 @@ enum Command {
         /// short code or an E.164 number (default: each node's --smpp-sender).
         #[arg(long, default_value = "")]
         sender: String,
+        /// The batch's class: emergency (needs a token with the
+        /// smsmesh:emergency scope), high, normal or bulk.
+        #[arg(long, default_value = "normal", value_parser = smsmesh::priority::Class::parse)]
+        priority: smsmesh::priority::Class,
         /// Then show the batch's progress until it ends.
         #[arg(long)]
         watch: bool,
+    },
+    /// Pauses the dispatch of a class (bulk, normal or high) for every
+    /// tenant; jobs already at nodes finish. An operator command: the token
+    /// needs the smsmesh:operator scope.
+    Pause {
+        /// The class.
+        #[arg(value_parser = smsmesh::priority::Class::parse)]
+        class: smsmesh::priority::Class,
+    },
+    /// Resumes the dispatch of a paused class.
+    Resume {
+        /// The class.
+        #[arg(value_parser = smsmesh::priority::Class::parse)]
+        class: smsmesh::priority::Class,
     },
 }
 
@@ -138,6 +156,7 @@ async fn main() -> ExitCode {
             idempotency_key,
             chunk_size,
             sender,
+            priority,
             watch: then_watch,
         }) => {
             let upload = smsmesh_monitor::submit::Upload {
@@ -146,6 +165,7 @@ async fn main() -> ExitCode {
                 idempotency_key: idempotency_key.clone(),
                 chunk: *chunk_size,
                 sender: sender.clone(),
+                class: *priority,
             };
             match submit(&target, &upload, to_file).await {
                 Ok(id) if *then_watch => watch(&target, Some(&id), args.interval, &mut display)
@@ -155,6 +175,8 @@ async fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Some(Command::Pause { class }) => set_paused(&target, *class, true).await,
+        Some(Command::Resume { class }) => set_paused(&target, *class, false).await,
     };
     telemetry.shutdown().await;
     match result {
@@ -191,6 +213,45 @@ async fn submit(
     );
     println!("{}", r.batch_id);
     Ok(r.batch_id)
+}
+
+/// `smsmon pause` / `smsmon resume`: says which classes are paused after.
+async fn set_paused(
+    target: &smsmesh_monitor::Target,
+    class: smsmesh::priority::Class,
+    paused: bool,
+) -> anyhow::Result<()> {
+    let mut client = target.connect().await?;
+    let r = client
+        .set_class_paused(smsmesh::pb::SetClassPausedRequest {
+            priority: class.to_proto() as i32,
+            paused,
+        })
+        .await
+        .map_err(|s| {
+            anyhow::anyhow!(
+                "SetClassPaused: {}: {}",
+                s.code(),
+                smsmesh::client::describe(&s)
+            )
+        })?
+        .into_inner();
+    let now: Vec<&str> = r
+        .paused
+        .iter()
+        .filter_map(|&p| smsmesh::priority::Class::from_proto(p, "paused").ok())
+        .map(|c| c.name())
+        .collect();
+    eprintln!(
+        "smsmon: {class} {}; paused now: {}",
+        if paused { "paused" } else { "resumed" },
+        if now.is_empty() {
+            "none".to_string()
+        } else {
+            now.join(", ")
+        }
+    );
+    Ok(())
 }
 
 /// `smsmon export`: to a file (written whole, or not left behind) or to stdout.

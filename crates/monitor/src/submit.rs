@@ -24,6 +24,8 @@ pub struct Upload {
     pub chunk: usize,
     /// The sender of every message ("" for the nodes' default).
     pub sender: String,
+    /// The batch's class.
+    pub class: smsmesh::priority::Class,
 }
 
 /// One recipient read from the file, or why the file cannot be used.
@@ -91,6 +93,7 @@ pub async fn submit(
             max_attempts: upload.max_attempts,
             idempotency_key: upload.idempotency_key.clone(),
             sender: upload.sender.clone(),
+            priority: upload.class.to_proto() as i32,
         })),
     };
     let chunk_size = upload.chunk.max(1);

@@ -96,18 +96,18 @@ pub(crate) async fn execute(
 ) {
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
     let mut timed: BinaryHeap<Reverse<Timed>> = BinaryHeap::new();
-    let mut waiting: VecDeque<(u64, pb::Job)> = VecDeque::new();
+    let mut waiting = Waiting::default();
     let mut bunch: Vec<Done> = Vec::new();
     let mut seq = 0u64;
     // Starts waiting jobs while a send slot is free. A send whose outcome is known at
     // once never takes a slot: its result goes straight into the bunch.
     let mut refill = |running: &mut FuturesUnordered<Running>,
                       timed: &mut BinaryHeap<Reverse<Timed>>,
-                      waiting: &mut VecDeque<(u64, pb::Job)>,
+                      waiting: &mut Waiting,
                       bunch: &mut Vec<Done>| {
         let mut now = None;
         while running.len() + timed.len() < limit && bunch.len() < MAX_BUNCH {
-            let Some((epoch, job)) = waiting.pop_front() else {
+            let Some((epoch, job)) = waiting.pop() else {
                 break;
             };
             let now = *now.get_or_insert_with(Instant::now);
@@ -123,13 +123,18 @@ pub(crate) async fn execute(
             .fetch_max((running.len() + timed.len()) as u64, Ordering::Relaxed);
     };
     loop {
+        // Jobs that arrived go into their class's queue before a slot is
+        // filled, so an urgent one starts ahead of those already waiting.
+        waiting.take_arrived(&mut jobs);
         refill(&mut running, &mut timed, &mut waiting, &mut bunch);
         if bunch.is_empty() {
             let next_due = timed.peek().map(|t| t.0.due);
             tokio::select! {
                 got = jobs.recv() => {
                     let Some((epoch, batch)) = got else { break };
-                    waiting.extend(batch.into_iter().map(|j| (epoch, j)));
+                    for j in batch {
+                        waiting.push(epoch, j);
+                    }
                     continue;
                 }
                 Some(first) = running.next(), if !running.is_empty() => bunch.push(first),
@@ -140,6 +145,7 @@ pub(crate) async fn execute(
         }
         // Refill freed slots at once, then collect what else is done.
         while bunch.len() < MAX_BUNCH {
+            waiting.take_arrived(&mut jobs);
             refill(&mut running, &mut timed, &mut waiting, &mut bunch);
             let before = bunch.len();
             take_due(&mut timed, &mut bunch, Instant::now());
@@ -165,6 +171,32 @@ pub(crate) async fn execute(
         if results.send(std::mem::take(&mut bunch)).is_err() {
             break;
         }
+    }
+}
+
+/// Jobs waiting for a send slot: one queue per class, each in arrival order;
+/// the most urgent class's first job starts first.
+#[derive(Default)]
+struct Waiting([VecDeque<(u64, pb::Job)>; smsmesh::priority::CLASSES]);
+
+impl Waiting {
+    fn push(&mut self, epoch: u64, job: pb::Job) {
+        let class = smsmesh::priority::Class::from_proto(job.priority as i32, "priority")
+            .unwrap_or_default();
+        self.0[class.index()].push_back((epoch, job));
+    }
+
+    /// Queues the jobs that have arrived (without waiting for more).
+    fn take_arrived(&mut self, jobs: &mut mpsc::UnboundedReceiver<(u64, Vec<pb::Job>)>) {
+        while let Ok((epoch, batch)) = jobs.try_recv() {
+            for j in batch {
+                self.push(epoch, j);
+            }
+        }
+    }
+
+    fn pop(&mut self) -> Option<(u64, pb::Job)> {
+        self.0.iter_mut().find_map(VecDeque::pop_front)
     }
 }
 

@@ -2,7 +2,7 @@
 //! of pipelined submit_sm keeps flowing, each with its own message id and
 //! receipt, and the SMSC's own requests are answered: enquire_link, requests
 //! the node does not serve (generic_nack), and unbind (after which the node
-//! binds again).
+//! binds again); and each class of traffic goes with its priority_flag.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -195,4 +195,48 @@ async fn the_smscs_requests_are_answered_and_an_unbind_leads_to_a_new_bind() {
         .await
         .expect("bound again within 20 s")
         .unwrap();
+}
+
+#[tokio::test]
+async fn priority_flag_follows_the_jobs_class() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = format!("smpp://esme:pw@127.0.0.1:{port}");
+    let g = Arc::new(Smpp::start(
+        SmppConfig::parse(&url, &args()).unwrap(),
+        Duration::from_millis(200),
+    ));
+    let mut framed = accept_bind(&listener).await;
+    // (Job.priority, the priority_flag expected): emergency, high, normal, none given, bulk.
+    for (priority, flag) in [(1, 3), (2, 2), (3, 0), (0, 0), (4, 0)] {
+        let job = pb::Job {
+            priority,
+            ..job(priority)
+        };
+        let g = g.clone();
+        let send = tokio::spawn(async move {
+            match g.send(&job) {
+                Sending::Pending(f) => f.await,
+                _ => panic!("an SMPP send is always in progress"),
+            }
+        });
+        let cmd = next_of(&mut framed, CommandId::SubmitSm).await;
+        let Some(Pdu::SubmitSm(s)) = cmd.pdu() else {
+            panic!("not a submit_sm: {cmd:?}");
+        };
+        assert_eq!(u8::from(s.priority_flag), flag, "Job.priority {priority}");
+        let resp = rusmpp::pdus::SubmitSmResp::builder()
+            .message_id(COctetString::from_string(format!("M{priority}")).unwrap())
+            .build();
+        framed
+            .send(Command::new(
+                CommandStatus::EsmeRok,
+                cmd.sequence_number(),
+                resp,
+            ))
+            .await
+            .unwrap();
+        let accepted = send.await.unwrap().expect("accepted");
+        assert_eq!(accepted.provider_ids, vec![format!("M{priority}")]);
+    }
 }

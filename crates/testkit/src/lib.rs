@@ -338,16 +338,25 @@ pub struct Attempt {
     pub to: String,
     /// Its text.
     pub body: String,
+    /// Where its send started among every send this recorder saw start
+    /// (0 first): attempts are logged as they finish, which with a random
+    /// latency is another order.
+    pub started: u64,
 }
 
 /// A shared log of attempts, filled by nodes started with [`NodeSpec::record`].
 #[derive(Clone, Debug, Default)]
-pub struct Recorder(Arc<std::sync::Mutex<Vec<Attempt>>>);
+pub struct Recorder(Arc<(std::sync::Mutex<Vec<Attempt>>, std::sync::atomic::AtomicU64)>);
 
 impl Recorder {
     /// Every attempt recorded so far.
     pub fn attempts(&self) -> Vec<Attempt> {
-        self.0.lock().expect("recorder lock").clone()
+        self.0.0.lock().expect("recorder lock").clone()
+    }
+
+    /// How many sends have started so far.
+    pub fn started(&self) -> u64 {
+        self.0.1.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -373,10 +382,15 @@ impl Gateway for Recording {
             sent: false,
             to: job.to.clone(),
             body: job.body.clone(),
+            started: self
+                .log
+                .0
+                .1
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst),
         };
         self.inner.send(job).map(move |r| {
             a.sent = r.is_ok();
-            log.0.lock().expect("recorder lock").push(a);
+            log.0.0.lock().expect("recorder lock").push(a);
             r
         })
     }

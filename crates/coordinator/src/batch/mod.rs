@@ -149,6 +149,8 @@ pub struct Batch {
     pub trace: Option<Box<Trace>>,
     /// The tenant that owns it.
     pub tenant: crate::auth::Tenant,
+    /// Its class of traffic.
+    pub class: smsmesh::priority::Class,
     /// Fingerprint of the request that made it (0: unknown).
     pub fingerprint: u64,
     /// Messages sent or failed, and the time, at the last rate sample.
@@ -201,6 +203,7 @@ impl Batch {
             rate_sample: (0, now),
             trace: None,
             tenant: crate::auth::Tenant::default(),
+            class: smsmesh::priority::Class::Normal,
             fingerprint: 0,
             key: None,
             retired: false,

@@ -29,6 +29,7 @@ pub(super) struct Summary {
     pub(super) state: smsmesh::pb::BatchState,
     pub(super) counts: Counts,
     pub(super) accepted_unix_ms: u64,
+    pub(super) class: smsmesh::priority::Class,
 }
 
 impl Entry {
@@ -60,12 +61,14 @@ impl Entry {
                 state: b.state,
                 counts: b.counts,
                 accepted_unix_ms: b.accepted_unix_ms,
+                class: b.class,
             },
             Entry::Folded(f) => Summary {
                 id,
                 state: f.state(),
                 counts: f.counts,
                 accepted_unix_ms: f.accepted_unix_ms,
+                class: f.class,
             },
         }
     }
@@ -85,6 +88,8 @@ pub(super) const MAX_SNAPSHOT: usize = 1000;
 pub(super) struct Retired {
     /// Their message counters, summed.
     pub(super) counts: Counts,
+    /// The same, per class.
+    pub(super) by_class: [Counts; smsmesh::priority::CLASSES],
     /// How many completed.
     pub(super) completed: u64,
     /// How many were cancelled.
@@ -258,6 +263,7 @@ impl Batches {
         self.seq += 1;
         self.loaded_order.push(((f.accepted_unix_ms, self.seq), id));
         self.retired.counts += f.counts;
+        self.retired.by_class[f.class.index()] += f.counts;
         self.retired.completed += 1;
         self.map.insert(id, Entry::Folded(Box::new(f)));
     }
@@ -308,6 +314,7 @@ impl Batches {
             self.to_fold.push(id);
         }
         self.retired.counts += b.counts;
+        self.retired.by_class[b.class.index()] += b.counts;
         match b.state {
             smsmesh::pb::BatchState::Completed => self.retired.completed += 1,
             smsmesh::pb::BatchState::Cancelled => self.retired.cancelled += 1,
@@ -426,12 +433,13 @@ impl Batches {
             self.retire(id);
         }
         for (id, before) in std::mem::take(&mut self.touched_retired) {
-            let after = match self.map.get(&id) {
-                Some(Entry::Full(b)) => b.counts,
-                Some(Entry::Folded(f)) => f.counts,
+            let (after, class) = match self.map.get(&id) {
+                Some(Entry::Full(b)) => (b.counts, b.class),
+                Some(Entry::Folded(f)) => (f.counts, f.class),
                 None => continue,
             };
             self.retired.counts.add_change(before, after);
+            self.retired.by_class[class.index()].add_change(before, after);
         }
         let mut ids: Vec<u64> = self
             .running

@@ -31,6 +31,8 @@ pub(super) struct Folded {
     pub(super) tenant: Tenant,
     /// Attempts per message.
     pub(super) max_attempts: u8,
+    /// Its class.
+    pub(super) class: smsmesh::priority::Class,
     /// From acceptance to completion, milliseconds (saturating).
     pub(super) elapsed_ms: u32,
     /// Its counters (a late duplicate still adds to them).
@@ -67,6 +69,7 @@ impl Folded {
         Folded {
             tenant: b.tenant.clone(),
             max_attempts: b.max_attempts,
+            class: b.class,
             elapsed_ms: end
                 .saturating_duration_since(b.accepted_at)
                 .as_millis()

@@ -103,6 +103,8 @@ pub struct NewBatch {
     pub tenant: Tenant,
     /// When it was accepted: Unix time, milliseconds.
     pub accepted_unix_ms: u64,
+    /// Its class of traffic.
+    pub class: smsmesh::priority::Class,
 }
 
 /// The frame that acks a node's Results frames up to `seq`.
@@ -125,6 +127,8 @@ pub struct Core {
     durability: Durability,
     receipts: Receipts,
     dispatcher: Dispatcher,
+    /// Classes an operator paused (SetClassPaused), most urgent first.
+    paused: [bool; smsmesh::priority::CLASSES],
     progress: watch::Sender<Arc<Snapshot>>,
     /// When `on_tick` last ran: a long gap means this process stalled.
     last_tick: Option<Instant>,
@@ -150,6 +154,7 @@ impl Core {
             sessions: Sessions::default(),
             durability: Durability::new(durable),
             dispatcher: Dispatcher::default(),
+            paused: [false; smsmesh::priority::CLASSES],
             progress: watch::Sender::new(Arc::new(Snapshot::default())),
             last_tick: None,
             next_lease_check: None,
@@ -159,6 +164,21 @@ impl Core {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Pauses (or resumes) the dispatch of `class`; the classes paused then.
+    /// Jobs already at nodes are not taken back.
+    pub fn set_paused(
+        &mut self,
+        class: smsmesh::priority::Class,
+        paused: bool,
+    ) -> Vec<smsmesh::priority::Class> {
+        self.paused[class.index()] = paused;
+        self.batches.changed = true; // the next snapshot shows it
+        smsmesh::priority::Class::ALL
+            .into_iter()
+            .filter(|c| self.paused[c.index()])
+            .collect()
     }
 
     /// A receiver of progress snapshots.

@@ -63,6 +63,10 @@ pub struct MeshMetrics {
     pub receipts: super::ReceiptStats,
     /// Sent messages waiting for a final receipt now.
     pub awaiting_receipt: u64,
+    /// Message counters per class (most urgent first), over every batch.
+    pub by_class: [batch::Counts; smsmesh::priority::CLASSES],
+    /// Which classes are paused now.
+    pub paused: [bool; smsmesh::priority::CLASSES],
 }
 
 impl Default for MeshMetrics {
@@ -85,6 +89,8 @@ impl Default for MeshMetrics {
             attempts_throttled: 0,
             receipts: super::ReceiptStats::default(),
             awaiting_receipt: 0,
+            by_class: Default::default(),
+            paused: [false; smsmesh::priority::CLASSES],
         }
     }
 }
@@ -140,7 +146,8 @@ impl Core {
             let status = match &b.status_cache {
                 Some(cached) if cached.0 == b.counts && cached.1 == delivery => cached.2.clone(),
                 _ => {
-                    let status = batch_status(b, &self.sessions, now);
+                    let mut status = batch_status(b, &self.sessions, now);
+                    status.class_paused = self.paused[b.class.index()] && !b.is_ended();
                     let status = Arc::new(with_delivery(status, delivery));
                     if b.is_ended() {
                         b.status_cache = Some(Box::new((b.counts, delivery, status.clone())));
@@ -153,6 +160,7 @@ impl Core {
         let mut metrics = mesh_metrics(&self.batches, &self.sessions);
         metrics.receipts = self.receipts.stats;
         metrics.awaiting_receipt = self.receipts.awaiting() as u64;
+        metrics.paused = self.paused;
         if !self.config.metrics_per_batch {
             metrics.pending_by_batch.clear();
         }
@@ -181,10 +189,12 @@ fn mesh_metrics(batches: &Batches, sessions: &Sessions) -> MeshMetrics {
     };
     // Retired batches as summed when they retired; the live ones as they are.
     m.messages = batches.retired.counts;
+    m.by_class = batches.retired.by_class;
     m.batches_completed = batches.retired.completed;
     m.batches_cancelled = batches.retired.cancelled;
     for b in batches.live().filter(|b| !b.retired) {
         m.messages += b.counts;
+        m.by_class[b.class.index()] += b.counts;
         match b.state {
             pb::BatchState::Completed => m.batches_completed += 1,
             pb::BatchState::Cancelled => m.batches_cancelled += 1,
@@ -268,6 +278,7 @@ pub(super) fn batch_status(b: &Batch, sessions: &Sessions, now: Instant) -> pb::
         resent: c.resent,
         duplicates: c.duplicates,
         tenant: b.tenant.as_str().to_string(),
+        priority: b.class.to_proto() as i32,
         retry_wait: b.retries.len() as u64,
         accepted_unix_ms: b.accepted_unix_ms,
         synthetic_seed: match b.content {

@@ -55,6 +55,7 @@ impl Core {
         batch.key = new.idempotency_key.clone();
         batch.trace = new.trace.map(Box::new);
         batch.tenant = new.tenant;
+        batch.class = new.class;
         batch.fingerprint = new.fingerprint;
         batch.accepted_unix_ms = new.accepted_unix_ms;
         if self.durability.is_durable() {
@@ -81,7 +82,11 @@ impl Core {
         now: Instant,
     ) -> Result<pb::BatchStatus, Error> {
         let status = match self.batches.found(id, tenant)? {
-            Found::Full(batch) => progress::batch_status(batch, &self.sessions, now),
+            Found::Full(batch) => {
+                let mut s = progress::batch_status(batch, &self.sessions, now);
+                s.class_paused = self.paused[batch.class.index()];
+                s
+            }
             Found::Folded(f) => progress::folded_status(id, f, &self.sessions),
         };
         Ok(progress::with_delivery(status, self.receipts.counts(id.0)))
@@ -190,6 +195,7 @@ impl Core {
                     failed: b.counts.failed,
                     cancelled: b.counts.cancelled,
                     accepted_unix_ms: b.accepted_unix_ms,
+                    priority: b.class.to_proto() as i32,
                 })
                 .collect(),
             next_page_token: next.map_or_else(String::new, |(ms, seq)| format!("{ms}:{seq}")),

@@ -62,6 +62,9 @@ impl Core {
                 accepted,
             );
             b.tenant = Tenant::new(&sb.tenant);
+            // A value no version wrote is refused when the store is read (store/load.rs).
+            b.class = smsmesh::priority::Class::from_proto(sb.priority as i32, "priority")
+                .unwrap_or_default();
             b.fingerprint = sb.fingerprint;
             b.accepted_unix_ms = sb.accepted_unix_ms;
             let errors: FxHashMap<u32, &str> =
@@ -143,6 +146,8 @@ fn folded_at_load(lb: &LoadedBatch) -> Option<Folded> {
     Some(Folded {
         tenant: Tenant::new(&sb.tenant),
         max_attempts: sb.max_attempts as u8,
+        class: smsmesh::priority::Class::from_proto(sb.priority as i32, "priority")
+            .unwrap_or_default(),
         elapsed_ms: 0,
         counts: Counts {
             total: u64::from(sb.total),

@@ -50,6 +50,10 @@ pub struct StoredBatch {
     /// The sender of every message of a list batch ("" for the node's default).
     #[prost(string, tag = "13")]
     pub list_sender: String,
+    /// Its class, as `smsmesh.v1.Priority` numbers it (0: normal, as every
+    /// batch stored before classes is).
+    #[prost(uint32, tag = "14")]
+    pub priority: u32,
 }
 
 /// The small, changing part of a stored batch.

@@ -119,6 +119,12 @@ impl Store {
             if b.id != id {
                 return Err(self.corrupt(format!("batch {:016x} is stored under {id:016x}", b.id)));
             }
+            if smsmesh::priority::Class::from_proto(b.priority as i32, "priority").is_err() {
+                return Err(self.corrupt(format!(
+                    "batch {id:016x} has priority {}, which no version writes",
+                    b.priority
+                )));
+            }
             let chunks = outcomes.take(id)?;
             for (chunk, row) in &chunks {
                 format::check_row(id, *chunk, row).map_err(|what| self.corrupt(what))?;

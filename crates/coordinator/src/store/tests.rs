@@ -73,6 +73,15 @@ fn stored_formats_are_pinned() {
             0x20, 0x01, 0x28, 0x02, 0x30, 0x03, // 4-6: counters
         ]
     );
+    // A batch's class is tag 14, as smsmesh.v1.Priority numbers it; a normal
+    // batch writes none, as every batch stored before classes.
+    let bulk = StoredBatch {
+        priority: smsmesh::pb::Priority::Bulk as u32,
+        ..StoredBatch::default()
+    };
+    assert_eq!(bulk.encode_to_vec(), [0x70, 0x04]);
+    assert!(StoredBatch::default().encode_to_vec().is_empty());
+    assert_eq!(StoredBatch::decode(&[][..]).unwrap().priority, 0);
 }
 
 #[test]

@@ -284,10 +284,39 @@ impl World {
             trace: None,
             tenant: Tenant::default(),
             accepted_unix_ms: 1_700_000_000_000,
+            class: Default::default(),
         };
         self.core
             .on_submit(b, self.now)
             .map(|r| r.batch_id.parse().unwrap())
+    }
+
+    /// Submits a synthetic batch of `class` for `tenant` (in memory only).
+    pub fn submit_as(
+        &mut self,
+        total: u32,
+        class: smsmesh::priority::Class,
+        tenant: &str,
+    ) -> BatchId {
+        let b = NewBatch {
+            id: BatchId::random(),
+            content: Content::Synthetic {
+                seed: 1,
+                body: None,
+            },
+            total,
+            max_attempts: 3,
+            idempotency_key: None,
+            fingerprint: 0,
+            trace: None,
+            tenant: Tenant::new(tenant),
+            accepted_unix_ms: 1_700_000_000_000,
+            class,
+        };
+        self.core
+            .on_submit(b, self.now)
+            .map(|r| r.batch_id.parse().unwrap())
+            .unwrap()
     }
 
     /// Time passes with the reactor ticking as it does (every 250 ms).

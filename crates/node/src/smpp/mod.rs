@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use rusmpp::pdus::SubmitSm;
 use rusmpp::types::{COctetString, OctetString};
-use rusmpp::values::{DataCoding, EsmClass, Npi, RegisteredDelivery, Ton};
+use rusmpp::values::{DataCoding, EsmClass, Npi, PriorityFlag, RegisteredDelivery, Ton};
 use smsmesh::pb;
 use tokio::sync::{Semaphore, watch};
 
@@ -128,7 +128,9 @@ impl Gateway for Smpp {
         let to = job.to.clone();
         let body = job.body.clone();
         let sender = job.sender.clone();
-        Sending::Pending(async move { submit(&shared, &to, &body, &sender).await }.boxed())
+        let class = smsmesh::priority::Class::from_proto(job.priority as i32, "priority")
+            .unwrap_or_default();
+        Sending::Pending(async move { submit(&shared, &to, &body, &sender, class).await }.boxed())
     }
 
     fn ready(&self) -> Option<watch::Receiver<bool>> {
@@ -151,8 +153,14 @@ impl Gateway for Smpp {
 const RECEIPT_QUEUE: usize = 100_000;
 
 /// Sends one message from `sender` (the default one if empty): each of its
-/// segments as a submit_sm, in order.
-async fn submit(shared: &Shared, to: &str, body: &str, sender: &str) -> Outcome {
+/// segments as a submit_sm, in order, with the `priority_flag` of its class.
+async fn submit(
+    shared: &Shared,
+    to: &str,
+    body: &str,
+    sender: &str,
+    class: smsmesh::priority::Class,
+) -> Outcome {
     let c = &shared.config;
     let client = {
         // A send that comes while the bind is down waits a little for it, then goes back.
@@ -206,6 +214,7 @@ async fn submit(shared: &Shared, to: &str, body: &str, sender: &str) -> Outcome 
             .dest_addr_npi(Npi::Isdn)
             .destination_addr(destination.clone())
             .esm_class(esm)
+            .priority_flag(PriorityFlag::from(class.smpp_priority_flag()))
             .registered_delivery(if c.receipts {
                 RegisteredDelivery::request_all()
             } else {
