@@ -52,7 +52,6 @@ impl Default for Dispatcher {
 }
 
 /// A tenant's running batches with work in one class.
-#[derive(Clone)]
 struct TenantWork {
     tenant: Tenant,
     /// Its weight (at least 1).
@@ -114,7 +113,7 @@ impl Core {
 
     /// Hands pending messages to nodes with free credit.
     pub fn dispatch(&mut self, now: Instant, outbox: &mut impl Outbox) {
-        let Some(plan) = self.plan(now) else {
+        let Some(mut plan) = self.plan(now) else {
             // No Jobs frame will carry the acks that wait for one.
             self.flush_acks(now, outbox);
             return;
@@ -133,25 +132,40 @@ impl Core {
             let Some(session) = self.sessions.get_mut(sid) else {
                 continue;
             };
-            // This node's view: a batch with nothing more for it leaves it.
-            let mut plan = plan.clone();
+            // Batches (by position) with work but none for this node: retries
+            // that avoid it, or fresh work past a reservation not stored yet.
+            let mut skip: Vec<usize> = Vec::new();
+            let open = |tw: &TenantWork, skip: &[usize]| {
+                skip.is_empty() || tw.batches.iter().any(|b| !skip.contains(b))
+            };
             while session.credit > 0 {
                 let want = (session.credit as usize).min(max_jobs);
                 let mut jobs = smsmesh::wire::Jobs::with_capacity(want);
                 while jobs.len() < want {
-                    let Some(c) = plan.iter().position(|p| !p.is_empty()) else {
+                    // The most urgent class with work for this node, and in it
+                    // the tenant with the lowest pass.
+                    let Some((c, ti)) = plan.iter().enumerate().find_map(|(c, tenants)| {
+                        let pass = &d.pass[c];
+                        (0..tenants.len())
+                            .filter(|&i| open(&tenants[i], &skip))
+                            .min_by_key(|&i| pass.get(&tenants[i].tenant).copied().unwrap_or(0))
+                            .map(|ti| (c, ti))
+                    }) else {
                         break;
                     };
-                    let pass = &mut d.pass[c];
-                    let ti = (0..plan[c].len())
-                        .min_by_key(|&i| pass.get(&plan[c][i].tenant).copied().unwrap_or(0))
-                        .expect("a class in the plan has a tenant");
                     let tw = &mut plan[c][ti];
                     let chunk = (want - jobs.len()).min(CHUNK);
                     let mut taken = 0;
-                    while taken < chunk && !tw.batches.is_empty() {
-                        let bi = tw.next % tw.batches.len();
-                        let batch = self.batches.running_mut(tw.batches[bi]);
+                    while taken < chunk {
+                        let n = tw.batches.len();
+                        let Some(bi) = (0..n)
+                            .map(|k| (tw.next + k) % n)
+                            .find(|&i| !skip.contains(&tw.batches[i]))
+                        else {
+                            break;
+                        };
+                        let pos = tw.batches[bi];
+                        let batch = self.batches.running_mut(pos);
                         let (bid, class) = (batch.id.0, batch.class);
                         while taken < chunk {
                             let Some(index) = batch.take_next(session.node, others_available)
@@ -175,13 +189,15 @@ impl Core {
                             });
                             taken += 1;
                         }
-                        if taken < chunk {
-                            tw.batches.swap_remove(bi); // nothing more for this node
-                        } else {
+                        if taken == chunk {
                             tw.next = bi + 1;
+                        } else if batch.has_ready_work() {
+                            skip.push(pos); // only this node has nothing of it
+                        } else {
+                            tw.batches.swap_remove(bi);
                         }
                     }
-                    if let Some(p) = pass.get_mut(&tw.tenant) {
+                    if let Some(p) = d.pass[c].get_mut(&tw.tenant) {
                         d.vtime[c] = d.vtime[c].max(*p);
                         *p += taken as u64 * STRIDE / tw.weight;
                     }
