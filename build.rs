@@ -15,7 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("smsmesh_descriptor.bin"), fds.encode_to_vec())?;
     // `Jobs` has a hand-written encoding (src/wire.rs): the coordinator's hot path.
+    // Malformed requests are INVALID_ARGUMENT, not INTERNAL (src/codec.rs).
     tonic_prost_build::configure()
+        .codec_path("crate::codec::Codec")
         .extern_path(".smsmesh.v1.Jobs", "crate::wire::Jobs")
         .compile_fds(fds)?;
     Ok(())

@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod encode;
 pub mod error;
 pub mod ids;

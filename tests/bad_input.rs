@@ -460,6 +460,46 @@ async fn reflection_lists_the_services_and_health_says_serving() {
     );
 }
 
+/// Field 1 as a number, where SubmitBatchRequest has a list of messages.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotASubmit {
+    #[prost(uint64, tag = "1")]
+    number: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_protobuf_is_invalid_argument_and_accepts_nothing() {
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(mesh.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/smsmesh.v1.Coordinator/SubmitBatch");
+    let codec = smsmesh::codec::Codec::<NotASubmit, pb::SubmitBatchResponse>::default();
+    let err = grpc
+        .unary(tonic::Request::new(NotASubmit { number: 5 }), path, codec)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().starts_with("malformed protobuf: ")
+            && err.message().contains("SubmitBatchRequest"),
+        "{}",
+        err.message()
+    );
+    let mut client = mesh.client().await.unwrap();
+    let listed = client
+        .list_batches(pb::ListBatchesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.batches.is_empty(), "nothing was accepted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_identifiers_are_refused_without_being_echoed_back() {
     let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
