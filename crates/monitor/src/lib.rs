@@ -122,6 +122,8 @@ pub struct Display {
     plain: bool,
     multi: MultiProgress,
     bars: HashMap<String, (ProgressBar, ProgressBar)>,
+    /// The classes line, once there was one to show.
+    classes: Option<ProgressBar>,
 }
 
 impl Display {
@@ -137,11 +139,25 @@ impl Display {
             plain,
             multi: MultiProgress::with_draw_target(target),
             bars: HashMap::new(),
+            classes: None,
         }
     }
 
     /// Shows one update.
     pub fn show(&mut self, update: &pb::ProgressUpdate) {
+        if let Some(classes) = classes_line(update) {
+            if self.plain {
+                println!("{classes}");
+            } else {
+                let multi = &self.multi;
+                let bar = self.classes.get_or_insert_with(|| {
+                    let bar = multi.insert(0, ProgressBar::new(0));
+                    bar.set_style(ProgressStyle::with_template("{msg}").expect("valid template"));
+                    bar
+                });
+                bar.set_message(classes);
+            }
+        }
         for b in &update.batches {
             if self.plain {
                 println!("{}", line(b));
@@ -175,6 +191,40 @@ impl Display {
             nodes.finish();
         }
     }
+}
+
+/// Rates by class of the running batches, and the paused classes: only when
+/// more than one class runs or one is paused (else every line says it all).
+pub fn classes_line(update: &pb::ProgressUpdate) -> Option<String> {
+    use smsmesh::priority::{CLASSES, Class};
+    let mut rate = [None::<f64>; CLASSES];
+    for b in &update.batches {
+        if b.state == BatchState::Running as i32
+            && let Ok(c) = Class::from_proto(b.priority, "priority")
+        {
+            *rate[c.index()].get_or_insert(0.0) += b.rate_per_sec;
+        }
+    }
+    let paused: Vec<&str> = update
+        .paused
+        .iter()
+        .filter_map(|&p| Class::from_proto(p, "paused").ok())
+        .map(Class::name)
+        .collect();
+    let running = rate.iter().filter(|r| r.is_some()).count();
+    if running < 2 && paused.is_empty() {
+        return None;
+    }
+    let mut s = String::from("classes:");
+    for c in Class::ALL {
+        if let Some(r) = rate[c.index()] {
+            let _ = write!(s, " {c} {}/s", human(r));
+        }
+    }
+    if !paused.is_empty() {
+        let _ = write!(s, " | PAUSED: {}", paused.join(", "));
+    }
+    Some(s)
 }
 
 /// Whether nothing more will change: the batch ended and waits for no receipt.
@@ -310,6 +360,32 @@ pub fn nodes_line(b: &pb::BatchStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_classes_line_shows_rates_by_class_and_what_is_paused() {
+        let running = |priority: pb::Priority, rate: f64| pb::BatchStatus {
+            state: BatchState::Running as i32,
+            priority: priority as i32,
+            rate_per_sec: rate,
+            ..Default::default()
+        };
+        let mut u = pb::ProgressUpdate {
+            batches: vec![running(pb::Priority::Bulk, 40_000.0)],
+            ..Default::default()
+        };
+        assert_eq!(classes_line(&u), None, "one class: the batch lines say it");
+        u.batches.push(running(pb::Priority::Emergency, 12_000.0));
+        u.batches.push(running(pb::Priority::Bulk, 2_000.0));
+        u.paused = vec![pb::Priority::Normal as i32];
+        assert_eq!(
+            classes_line(&u).unwrap(),
+            format!(
+                "classes: emergency {}/s bulk {}/s | PAUSED: normal",
+                human(12_000.0),
+                human(42_000.0)
+            )
+        );
+    }
 
     fn status(sent: u64, cancelled: u64, total: u64, state: BatchState) -> pb::BatchStatus {
         pb::BatchStatus {
