@@ -411,3 +411,34 @@ async fn one_bind_with_a_full_window_keeps_flowing() {
     assert_eq!((s.sent, s.delivered), (n, n), "{s:?}");
     assert_eq!(stats.submits.load(Ordering::Relaxed), n);
 }
+
+/// Split binds: a transmitter and a receiver reach one SMSC by different
+/// addresses; named as one provider, the receipts that come on the receiver
+/// match what the transmitter sent. The receiver's node takes no jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transmitter_and_a_receiver_named_as_one_provider_match_receipts() {
+    let (url, stats) = smsc(SmscConfig::default()).await;
+    let other = url.replace("127.0.0.1", "localhost");
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let _tx = mesh.node(NodeSpec::new("tx").smpp(&format!("{url}?bind=tx&provider=acme-smsc")));
+    let _rx = mesh.node(NodeSpec::new("rx").smpp(&format!("{other}?bind=rx&provider=acme-smsc")));
+    let mut client = mesh.client().await.unwrap();
+    let batch = client
+        .submit_batch(pb::SubmitBatchRequest {
+            messages: (0..20)
+                .map(|i| message(&format!("+44770090{i:04}"), "split binds"))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    let s = settled(&client, &batch).await;
+    assert_eq!((s.sent, s.delivered), (20, 20), "{s:?}");
+    assert_eq!(stats.receipts.load(Ordering::Relaxed), 20);
+    for i in 0..20 {
+        let m = message_status(&mut client, &batch, i).await;
+        assert_eq!(m.node, "tx", "the receiver's node took no job: {m:?}");
+    }
+}

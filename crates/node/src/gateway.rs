@@ -128,6 +128,12 @@ pub trait Gateway: Send + Sync + 'static {
     fn ready(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         None
     }
+    /// Whether it sends at all: a gateway that only receives (an SMPP
+    /// receiver bind) takes no jobs; its node grants no credit and hands in
+    /// the receipts it gets.
+    fn takes_jobs(&self) -> bool {
+        true
+    }
     /// Who delivers the sends, as Hello names it: provider ids are unique
     /// within it. Empty for a gateway that gives no ids.
     fn provider(&self) -> String {

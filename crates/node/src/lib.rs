@@ -197,13 +197,17 @@ pub async fn run(
         stats.clone(),
     ));
     let _abort = AbortOnDrop(executor);
-    let state = NodeState::new(
+    let mut state = NodeState::new(
         config.concurrency,
         (config.prefetch, config.prefetch_max),
         config.max_results_per_frame,
         stats.clone(),
         Instant::now(),
     );
+    if !config.gateway.takes_jobs() {
+        tracing::info!(node = %config.name, "the gateway only receives: this node takes no jobs and hands in receipts");
+        state.set_receive_only();
+    }
     let ready = config.gateway.ready();
     let mut node = Node {
         receipts_rx: config.gateway.receipts(),

@@ -49,6 +49,8 @@ pub struct NodeState {
     unused_credit: u64,
     /// The gateway cannot send now: grant nothing.
     gateway_down: bool,
+    /// The gateway only receives: no credit, ever.
+    receive_only: bool,
     /// The coordinator confirmed on this stream that no more jobs will come.
     drained: bool,
 }
@@ -77,6 +79,7 @@ impl NodeState {
             pipeline: Pipeline::new(prefetch, prefetch_max, now),
             unused_credit: 0,
             gateway_down: false,
+            receive_only: false,
             drained: false,
         }
     }
@@ -214,6 +217,11 @@ impl NodeState {
         self.gateway_down = !up;
     }
 
+    /// The gateway only receives (receipts): the node never grants credit.
+    pub fn set_receive_only(&mut self) {
+        self.receive_only = true;
+    }
+
     /// A shutdown is asked for: the node grants no more credit and says GoingAway.
     /// Returns the frame to send, the first time only.
     pub fn leave(&mut self) -> Option<pb::NodeToCoordinator> {
@@ -223,7 +231,7 @@ impl NodeState {
     /// The frames to send now: finished results (those of earlier streams
     /// handed in), and the credit that is free, riding on the last frame.
     pub fn flush(&mut self, now: Instant) -> Vec<pb::NodeToCoordinator> {
-        let free = if self.leaving || self.gateway_down {
+        let free = if self.leaving || self.gateway_down || self.receive_only {
             0
         } else {
             u64::from(self.credit_target()).saturating_sub(self.held + self.unused_credit)

@@ -66,6 +66,12 @@ pub struct SmppArgs {
     /// receipt matches the one in submit_sm_resp [ids]: hex, decimal or exact.
     #[arg(long = "smpp-ids", env = "SMSMESH_SMPP_IDS", default_value = "exact")]
     pub ids: String,
+    /// SMPP: the name receipts are matched under, the same for every bind to
+    /// one SMSC (message ids are unique per SMSC) [provider]; default: the
+    /// SMSC's address. Give it when binds reach one SMSC by different
+    /// addresses, e.g. a transmitter on one host and a receiver on another.
+    #[arg(long = "smpp-provider", env = "SMSMESH_SMPP_PROVIDER")]
+    pub provider: Option<String>,
 }
 
 /// Which bind the connector asks for.
@@ -141,6 +147,8 @@ pub struct SmppConfig {
     pub receipts: bool,
     /// The provider's id form.
     pub ids: IdForm,
+    /// The name receipts are matched under.
+    pub provider: String,
 }
 
 /// A sender id, with the TON/NPI it is sent with.
@@ -219,6 +227,7 @@ impl SmppConfig {
                 "sender" => a.sender = v.to_string(),
                 "receipts" => a.receipts = v.parse().map_err(|_| bad("true or false".into()))?,
                 "ids" => a.ids = v.to_string(),
+                "provider" => a.provider = Some(v.to_string()),
                 _ => {
                     return Err(format!(
                         "--gateway: unknown option {k:?} in the URL's query"
@@ -248,8 +257,20 @@ impl SmppConfig {
             "decimal" => IdForm::Decimal,
             f => return Err(format!("SMPP ids {f:?}: exact, hex or decimal")),
         };
+        let address = format!("{}://{host}:{port}", u.scheme());
+        let provider = match a.provider.as_deref().map(str::trim) {
+            None => address.clone(),
+            Some("") => {
+                return Err(
+                    "SMPP provider: give a name, or leave it out for the SMSC's address".into(),
+                );
+            }
+            Some(p) if p.len() > 200 => return Err("SMPP provider: at most 200 characters".into()),
+            Some(p) => p.to_string(),
+        };
         Ok(SmppConfig {
-            address: format!("{}://{host}:{port}", u.scheme()),
+            provider,
+            address,
             system_id,
             password,
             system_type: a.system_type,

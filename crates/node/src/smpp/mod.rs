@@ -133,14 +133,19 @@ impl Gateway for Smpp {
         Sending::Pending(async move { submit(&shared, &to, &body, &sender, class).await }.boxed())
     }
 
+    /// A receiver bind cannot submit: its node takes no jobs.
+    fn takes_jobs(&self) -> bool {
+        self.shared.config.bind != config::BindType::Receiver
+    }
+
     fn ready(&self) -> Option<watch::Receiver<bool>> {
         Some(self.shared.ready.subscribe())
     }
 
-    /// The SMSC's address: its message ids are unique there, whichever
-    /// node's bind a receipt comes on.
+    /// The SMSC's name (`--smpp-provider`, by default its address): its
+    /// message ids are unique there, whichever node's bind a receipt comes on.
     fn provider(&self) -> String {
-        self.shared.config.address.clone()
+        self.shared.config.provider.clone()
     }
 
     fn receipts(&self) -> Option<tokio::sync::mpsc::Receiver<pb::Receipt>> {
