@@ -442,3 +442,48 @@ async fn a_transmitter_and_a_receiver_named_as_one_provider_match_receipts() {
         assert_eq!(m.node, "tx", "the receiver's node took no job: {m:?}");
     }
 }
+
+/// Receipts that come due while no bind can take them are kept by the SMSC
+/// and come on the next bind, as an operator's SMSC does: the node that sent
+/// the messages is gone, another binds, and every message is decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_due_while_no_bind_can_take_them_come_on_the_next_bind() {
+    let (url, stats) = smsc(SmscConfig {
+        receipt_delay: Duration::from_millis(1500),
+        ..SmscConfig::default()
+    })
+    .await;
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
+    let mut client = mesh.client().await.unwrap();
+    let batch = client
+        .submit_batch(pb::SubmitBatchRequest {
+            messages: (0..30)
+                .map(|i| message(&format!("+44770090{i:04}"), "held"))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    smsmesh_testkit::wait_sent(&client, &batch, 29).await;
+    node.kill(); // its bind closes before any receipt is due
+    wait_until(
+        Duration::from_secs(30),
+        "the SMSC to keep 30 receipts",
+        || {
+            let held = stats.held.load(Ordering::Relaxed);
+            async move { (held == 30).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    let _again = mesh.node(NodeSpec::new("smpp-b").smpp(&url));
+    let s = settled(&client, &batch).await;
+    assert_eq!((s.sent, s.delivered), (30, 30), "{s:?}");
+    assert_eq!(stats.held.load(Ordering::Relaxed), 0);
+    assert!(stats.redelivered.load(Ordering::Relaxed) >= 30);
+    let m = message_status(&mut client, &batch, 0).await;
+    assert_eq!(m.receipt_state, "DELIVRD", "{m:?}");
+}

@@ -7,7 +7,11 @@
 //! receipts, receipts before the response or on another bind, hex or
 //! decimal ids, ESME_RTHROTTLED above a rate, outcomes chosen by the
 //! destination's last digit, lost responses and binds closed mid-traffic.
+//! As an SMSC does, it keeps a receipt that no bind can take (or that a bind
+//! took but closed before its deliver_sm_resp) and sends it again when an
+//! ESME binds to receive.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -101,7 +105,15 @@ pub struct SmscStats {
     pub dropped: AtomicU64,
     /// Binds closed mid-traffic (`--disconnect-every`).
     pub disconnects: AtomicU64,
+    /// Receipts sent again: kept while no bind could receive, or sent on a
+    /// bind that closed before their deliver_sm_resp.
+    pub redelivered: AtomicU64,
+    /// Receipts kept now until a bind can receive them.
+    pub held: AtomicU64,
 }
+
+/// Receipts kept for a receiver at most; more are dropped.
+const MAX_HELD: usize = 1_000_000;
 
 /// The SMSC's shared state.
 struct Shared {
@@ -113,21 +125,32 @@ struct Shared {
     turn: AtomicU64,
     /// (second, submits in it) for the throttle.
     window: std::sync::Mutex<(u64, u32)>,
+    /// Receipts waiting for a bind that can receive them.
+    held: std::sync::Mutex<VecDeque<DeliverSm>>,
 }
 
-/// Commands to one connection, with its next sequence number for deliver_sm.
+/// Commands to one connection, with its next sequence number for deliver_sm
+/// and the receipts it was sent and has not answered.
 #[derive(Clone)]
 struct Outbound {
     tx: mpsc::UnboundedSender<Command>,
     seq: Arc<AtomicU32>,
+    unacked: Arc<std::sync::Mutex<HashMap<u32, DeliverSm>>>,
 }
 
 impl Outbound {
     fn deliver(&self, pdu: DeliverSm) -> bool {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.tx
+        let mut unacked = self.unacked.lock().expect("unacked lock");
+        unacked.insert(seq, pdu.clone());
+        let sent = self
+            .tx
             .send(Command::new(CommandStatus::EsmeRok, seq, pdu))
-            .is_ok()
+            .is_ok();
+        if !sent {
+            unacked.remove(&seq);
+        }
+        sent
     }
 }
 
@@ -140,6 +163,7 @@ pub async fn serve(listener: tokio::net::TcpListener, config: SmscConfig, stats:
         receivers: std::sync::Mutex::new(Vec::new()),
         turn: AtomicU64::new(0),
         window: std::sync::Mutex::new((0, 0)),
+        held: std::sync::Mutex::new(VecDeque::new()),
     });
     let mut conn = 0u64;
     while let Ok((sock, _)) = listener.accept().await {
@@ -155,6 +179,7 @@ async fn connection(shared: Arc<Shared>, conn: u64, sock: tokio::net::TcpStream)
     let out = Outbound {
         tx,
         seq: Arc::new(AtomicU32::new(1)),
+        unacked: Arc::default(),
     };
     let writer = tokio::spawn(async move {
         while let Some(cmd) = rx.recv().await {
@@ -203,6 +228,10 @@ async fn connection(shared: Arc<Shared>, conn: u64, sock: tokio::net::TcpStream)
                     .into()))
             }
             Some(Pdu::EnquireLink) => Some(ok(Pdu::EnquireLinkResp)),
+            Some(Pdu::DeliverSmResp(_)) => {
+                out.unacked.lock().expect("unacked lock").remove(&seq);
+                None
+            }
             Some(Pdu::Unbind) => {
                 let _ = out.tx.send(ok(Pdu::UnbindResp));
                 break;
@@ -230,10 +259,19 @@ async fn connection(shared: Arc<Shared>, conn: u64, sock: tokio::net::TcpStream)
         .lock()
         .expect("receivers lock")
         .retain(|(c, _)| *c != conn);
+    // Receipts this bind did not answer go again, in the order they were sent.
+    let mut unanswered: Vec<(u32, DeliverSm)> =
+        out.unacked.lock().expect("unacked lock").drain().collect();
+    unanswered.sort_unstable_by_key(|(seq, _)| *seq);
     drop(out);
+    for (_, r) in unanswered {
+        shared.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+        send_receipt(&shared, None, r);
+    }
     let _ = writer.await;
 }
 
+/// A bind that can receive: it takes the receipts kept for one.
 fn receiver(shared: &Shared, conn: u64, out: &Outbound) {
     shared.stats.binds.fetch_add(1, Ordering::Relaxed);
     shared
@@ -241,6 +279,17 @@ fn receiver(shared: &Shared, conn: u64, out: &Outbound) {
         .lock()
         .expect("receivers lock")
         .push((conn, out.clone()));
+    let held: Vec<DeliverSm> = shared.held.lock().expect("held lock").drain(..).collect();
+    shared
+        .stats
+        .held
+        .fetch_sub(held.len() as u64, Ordering::Relaxed);
+    for r in held {
+        shared.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+        if out.deliver(r) {
+            shared.stats.receipts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What the SMSC makes of one submit_sm.
@@ -294,7 +343,7 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
         if c.receipt_first
             && let Some(r) = receipt.clone()
         {
-            send_receipt(shared, out, r);
+            send_receipt(shared, Some(out), r);
         }
         if !dropped {
             let _ = out.tx.send(resp);
@@ -302,7 +351,7 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
         if !c.receipt_first
             && let Some(r) = receipt
         {
-            send_receipt(shared, out, r);
+            send_receipt(shared, Some(out), r);
         }
         return;
     }
@@ -312,7 +361,7 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
         if c.receipt_first
             && let Some(r) = receipt.clone()
         {
-            send_receipt(&shared, &out, r);
+            send_receipt(&shared, Some(&out), r);
         }
         tokio::time::sleep(c.response_delay).await;
         if !dropped {
@@ -322,7 +371,7 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
             && let Some(r) = receipt
         {
             tokio::time::sleep(c.receipt_delay).await;
-            send_receipt(&shared, &out, r);
+            send_receipt(&shared, Some(&out), r);
         }
     });
 }
@@ -360,23 +409,30 @@ fn receipt_pdu(id: &str, to: &str, stat: &str, err: &str) -> DeliverSm {
         .build()
 }
 
-/// Sends a receipt on the submitting bind, or on the next bind that can
-/// receive (with `--receipt-any-bind`, or when the submitter cannot).
-fn send_receipt(shared: &Shared, out: &Outbound, r: DeliverSm) {
+/// Sends a receipt on the submitting bind (`out`), or on the next bind that
+/// can receive (with `--receipt-any-bind`, or when the submitter cannot), or
+/// keeps it until a bind can.
+fn send_receipt(shared: &Shared, out: Option<&Outbound>, r: DeliverSm) {
     let receivers = shared.receivers.lock().expect("receivers lock");
-    let own = receivers.iter().any(|(_, o)| o.tx.same_channel(&out.tx));
-    let target = if own && !shared.config.receipt_any_bind {
-        Some(out.clone())
+    let own = out.is_some_and(|out| receivers.iter().any(|(_, o)| o.tx.same_channel(&out.tx)));
+    let target = if let (true, false, Some(out)) = (own, shared.config.receipt_any_bind, out) {
+        out.clone()
     } else if receivers.is_empty() {
-        None
+        // Kept while the receivers are locked, so a bind that comes now takes it.
+        let mut held = shared.held.lock().expect("held lock");
+        if held.len() < MAX_HELD {
+            held.push_back(r);
+            shared.stats.held.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
     } else {
         let i = shared.turn.fetch_add(1, Ordering::Relaxed) as usize % receivers.len();
-        Some(receivers[i].1.clone())
+        receivers[i].1.clone()
     };
     drop(receivers);
-    if let Some(t) = target
-        && t.deliver(r)
-    {
+    if target.deliver(r.clone()) {
         shared.stats.receipts.fetch_add(1, Ordering::Relaxed);
+    } else {
+        send_receipt(shared, None, r); // that bind has just closed
     }
 }
