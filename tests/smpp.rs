@@ -487,3 +487,67 @@ async fn receipts_due_while_no_bind_can_take_them_come_on_the_next_bind() {
     let m = message_status(&mut client, &batch, 0).await;
     assert_eq!(m.receipt_state, "DELIVRD", "{m:?}");
 }
+
+/// A deliver_sm is answered only once the coordinator has stored its
+/// receipt: receipts that reach a node while the coordinator is down, and
+/// that the node then loses (killed), are sent again by the SMSC to the next
+/// bind, and every message is still decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_a_node_lost_before_they_were_stored_come_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stats) = smsc(SmscConfig {
+        receipt_delay: Duration::from_millis(2000),
+        ..SmscConfig::default()
+    })
+    .await;
+    let config = CoordinatorConfig {
+        data_dir: Some(dir.path().into()),
+        ..CoordinatorConfig::default()
+    };
+    let mesh = Mesh::start(config.clone()).await.unwrap();
+    let addr = mesh.addr;
+    let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
+    let mut client = mesh.client().await.unwrap();
+    let batch = client
+        .submit_batch(pb::SubmitBatchRequest {
+            messages: (0..20)
+                .map(|i| message(&format!("+44770090{i:04}"), "stored first"))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    smsmesh_testkit::wait_sent(&client, &batch, 19).await;
+    assert_eq!(
+        stats.receipts.load(Ordering::Relaxed),
+        0,
+        "before the receipts"
+    );
+    mesh.stop().await.unwrap();
+    // The receipts reach the node, which cannot hand them in.
+    wait_until(Duration::from_secs(30), "20 receipts at the node", || {
+        let n = stats.receipts.load(Ordering::Relaxed);
+        async move { (n >= 20).then_some(()) }
+    })
+    .await
+    .unwrap();
+    node.kill();
+    wait_until(
+        Duration::from_secs(30),
+        "the SMSC to keep the 20 unanswered",
+        || {
+            let held = stats.held.load(Ordering::Relaxed);
+            async move { (held == 20).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    let mesh = Mesh::start_on(addr, config).await.unwrap();
+    let _again = mesh.node(NodeSpec::new("smpp-b").smpp(&url));
+    let client = smsmesh_testkit::client_at(addr).await;
+    let s = settled(&client, &batch).await;
+    assert_eq!((s.sent, s.delivered), (20, 20), "{s:?}");
+    mesh.stop().await.unwrap();
+}

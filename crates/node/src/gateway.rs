@@ -141,10 +141,15 @@ pub trait Gateway: Send + Sync + 'static {
     }
     /// The delivery receipts the provider sends, for the node to hand to the
     /// coordinator; the first call takes them, later calls get `None`.
-    fn receipts(&self) -> Option<mpsc::Receiver<pb::Receipt>> {
+    fn receipts(&self) -> Option<mpsc::Receiver<IncomingReceipt>> {
         None
     }
 }
+
+/// A receipt from the provider, and whom to tell once the coordinator has
+/// stored it (the SMPP gateway answers deliver_sm only then, so a receipt
+/// the node loses, say in a crash, is sent again by the SMSC).
+pub type IncomingReceipt = (pb::Receipt, Option<tokio::sync::oneshot::Sender<()>>);
 
 /// A gateway that only waits and sometimes fails: latency drawn from an
 /// exponential distribution around `mean_latency`, failures at `failure_rate`.

@@ -40,7 +40,9 @@ use tonic::Code;
 use group::{Inbound, Outbound};
 use state::{Done, NodeState};
 
-pub use gateway::{Accepted, Failure, FailureClass, Gateway, Outcome, Sending, Simulated};
+pub use gateway::{
+    Accepted, Failure, FailureClass, Gateway, IncomingReceipt, Outcome, Sending, Simulated,
+};
 
 /// What a node needs to run.
 #[derive(Clone)]
@@ -240,7 +242,7 @@ struct Node {
     jobs_tx: mpsc::UnboundedSender<(u64, Vec<pb::Job>)>,
     results_rx: mpsc::UnboundedReceiver<Vec<Done>>,
     /// Delivery receipts from the gateway, when it has any.
-    receipts_rx: Option<mpsc::Receiver<pb::Receipt>>,
+    receipts_rx: Option<mpsc::Receiver<IncomingReceipt>>,
     state: NodeState,
 }
 
@@ -487,7 +489,7 @@ impl Node {
 }
 
 /// The next receipt (never, for a gateway that has none).
-async fn next_receipt(rx: &mut Option<mpsc::Receiver<pb::Receipt>>) -> Option<pb::Receipt> {
+async fn next_receipt(rx: &mut Option<mpsc::Receiver<IncomingReceipt>>) -> Option<IncomingReceipt> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -38,6 +38,10 @@ pub struct NodeState {
     done: Vec<Done>,
     /// Delivery receipts from the gateway, not yet in a frame.
     receipts: Vec<pb::Receipt>,
+    /// Who waits for those receipts to be stored.
+    receipt_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Who waits for the receipts of the frames up to a seq to be acked.
+    stored_waiters: BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<()>>>,
     /// Frames sent and not acked, by seq: their results and receipts.
     unacked: BTreeMap<u64, (Vec<pb::JobResult>, Vec<pb::Receipt>)>,
     next_seq: u64,
@@ -73,6 +77,8 @@ impl NodeState {
             held: 0,
             done: Vec::new(),
             receipts: Vec::new(),
+            receipt_waiters: Vec::new(),
+            stored_waiters: BTreeMap::new(),
             unacked: BTreeMap::new(),
             next_seq: 1,
             leaving: false,
@@ -190,6 +196,13 @@ impl NodeState {
     /// The coordinator stored every Results frame up to `seq`: they are forgotten.
     pub fn on_ack(&mut self, seq: u64) {
         self.unacked = self.unacked.split_off(&(seq + 1));
+        let later = self.stored_waiters.split_off(&(seq + 1));
+        for w in std::mem::replace(&mut self.stored_waiters, later)
+            .into_values()
+            .flatten()
+        {
+            let _ = w.send(());
+        }
     }
 
     /// The coordinator will send no more jobs on this stream.
@@ -207,8 +220,13 @@ impl NodeState {
 
     /// Delivery receipts came from the gateway: they go to the coordinator
     /// with the next frames, and are kept until acked like results.
-    pub fn on_receipts(&mut self, receipts: impl IntoIterator<Item = pb::Receipt>) {
-        self.receipts.extend(receipts);
+    /// Each waiter is told once the coordinator has acked the frame that
+    /// carried its receipt.
+    pub fn on_receipts(&mut self, receipts: impl IntoIterator<Item = crate::IncomingReceipt>) {
+        for (r, waiter) in receipts {
+            self.receipts.push(r);
+            self.receipt_waiters.extend(waiter);
+        }
     }
 
     /// Whether the gateway can send: while it cannot, no credit is granted
@@ -272,6 +290,14 @@ impl NodeState {
                 receipts: chunk.to_vec(),
                 ..Default::default()
             });
+        }
+        if !receipts.is_empty() {
+            // Acks are cumulative: the last receipt frame's ack covers them all.
+            let waiters = std::mem::take(&mut self.receipt_waiters);
+            self.stored_waiters
+                .entry(self.next_seq - 1)
+                .or_default()
+                .extend(waiters);
         }
         // The grant counts capacity freed by every result above, so it rides on the last
         // frame (the coordinator applies results before the grant), or goes alone.

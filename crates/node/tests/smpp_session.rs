@@ -79,11 +79,17 @@ async fn a_full_window_keeps_flowing_with_receipts_coming_back() {
         }
         let mut matched = 0;
         while matched < N {
-            let r = receipts.recv().await.expect("receipts keep coming");
+            let (r, stored) = receipts.recv().await.expect("receipts keep coming");
             assert!(
                 ids.contains(&r.provider_id),
                 "a receipt for {r:?} names a sent id"
             );
+            // As the node does once the coordinator has stored it: the
+            // deliver_sm is answered then.
+            stored
+                .expect("an SMPP receipt waits to be stored")
+                .send(())
+                .unwrap();
             matched += 1;
         }
         ids.len()

@@ -66,15 +66,16 @@ struct Shared {
     /// The next concatenation reference.
     reference: AtomicU8,
     stats: Arc<SmppStats>,
-    /// Receipts to the node (a deliver_sm is answered once its receipt is queued here).
-    receipts: tokio::sync::mpsc::Sender<pb::Receipt>,
+    /// Receipts to the node (a deliver_sm is answered once the coordinator
+    /// has stored its receipt).
+    receipts: tokio::sync::mpsc::Sender<crate::IncomingReceipt>,
 }
 
 /// The SMPP gateway of one node.
 pub struct Smpp {
     shared: Arc<Shared>,
     connector: tokio::task::JoinHandle<()>,
-    receipts: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<pb::Receipt>>>,
+    receipts: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::IncomingReceipt>>>,
 }
 
 impl Drop for Smpp {
@@ -148,7 +149,7 @@ impl Gateway for Smpp {
         self.shared.config.provider.clone()
     }
 
-    fn receipts(&self) -> Option<tokio::sync::mpsc::Receiver<pb::Receipt>> {
+    fn receipts(&self) -> Option<tokio::sync::mpsc::Receiver<crate::IncomingReceipt>> {
         self.receipts.lock().expect("receipts lock").take()
     }
 }

@@ -155,14 +155,23 @@ async fn serve(shared: &Shared, session: &Session, mut events: Events) -> String
         };
         let seq = cmd.sequence_number();
         match cmd.pdu() {
-            Some(Pdu::DeliverSm(d)) => {
-                if let Some(r) = on_deliver_sm(shared, d)
-                    && shared.receipts.send(r).await.is_err()
-                {
-                    return "the node stopped".into();
+            Some(Pdu::DeliverSm(d)) => match on_deliver_sm(shared, d) {
+                // Answered once the coordinator has stored it: a receipt lost
+                // before that (the node stops, the bind breaks) the SMSC sends again.
+                Some(r) => {
+                    let (stored, told) = tokio::sync::oneshot::channel();
+                    if shared.receipts.send((r, Some(stored))).await.is_err() {
+                        return "the node stopped".into();
+                    }
+                    let session = session.clone();
+                    tokio::spawn(async move {
+                        if told.await.is_ok() {
+                            session.respond(seq, CommandStatus::EsmeRok, DeliverSmResp::default());
+                        }
+                    });
                 }
-                session.respond(seq, CommandStatus::EsmeRok, DeliverSmResp::default());
-            }
+                None => session.respond(seq, CommandStatus::EsmeRok, DeliverSmResp::default()),
+            },
             Some(Pdu::Unbind) => {
                 session.respond(seq, CommandStatus::EsmeRok, Pdu::UnbindResp);
                 return "the SMSC unbound".into();

@@ -150,7 +150,8 @@ fn receipts_go_in_frames_of_their_own_and_are_handed_in_again_until_acked() {
         message_state: 2,
         ..Default::default()
     };
-    s.on_receipts([r("a"), r("b")]);
+    let (stored, mut told) = tokio::sync::oneshot::channel();
+    s.on_receipts([(r("a"), None), (r("b"), Some(stored))]);
     assert!(!s.is_empty(), "receipts are owed to the coordinator");
     let frames = s.flush(now);
     let sent: Vec<_> = frames
@@ -168,6 +169,14 @@ fn receipts_go_in_frames_of_their_own_and_are_handed_in_again_until_acked() {
         panic!("{again:?}")
     };
     assert_eq!((r.seq, r.handoff, r.receipts.len()), (1, true, 2));
+    assert!(
+        told.try_recv().is_err(),
+        "not stored yet: the SMSC is not answered"
+    );
     s.on_ack(1);
     assert!(s.is_empty(), "acked: nothing owed");
+    assert!(
+        told.try_recv().is_ok(),
+        "stored: the receipt may be answered"
+    );
 }
