@@ -23,18 +23,24 @@ pub struct Encoded {
     pub parts: Vec<Vec<u8>>,
 }
 
-/// The GSM 03.38 bytes of `c`: its code, or an escape and its extension code.
-fn gsm_bytes(c: char) -> Option<([u8; 2], usize)> {
-    if c == '\u{1b}' {
-        return None;
-    }
-    if let Some(i) = GSM7_BASIC.chars().position(|b| b == c) {
-        return Some(([i as u8, 0], 1));
-    }
-    GSM7_EXTENSION
-        .chars()
-        .position(|e| e == c)
-        .map(|i| ([ESCAPE, EXTENSION_CODES[i]], 2))
+/// The GSM 03.38 code of every character: (code, whether it is in the
+/// extension table, sent after an escape). A character of both tables is
+/// sent as its basic code.
+fn gsm_table() -> &'static std::collections::HashMap<char, (u8, bool)> {
+    static TABLE: std::sync::OnceLock<std::collections::HashMap<char, (u8, bool)>> =
+        std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = std::collections::HashMap::new();
+        for (i, c) in GSM7_BASIC.chars().enumerate() {
+            if c != '\u{1b}' {
+                t.insert(c, (i as u8, false));
+            }
+        }
+        for (c, code) in GSM7_EXTENSION.chars().zip(EXTENSION_CODES) {
+            t.entry(c).or_insert((code, true));
+        }
+        t
+    })
 }
 
 /// Encodes `body` in the encoding [`segments`] chose for it and splits it
@@ -46,38 +52,40 @@ pub fn encode(body: &str) -> Encoded {
         Encoding::Gsm7 => (160, 153),
         Encoding::Ucs2 => (140, 134), // bytes: 70 or 67 code units of 2
     };
-    let units: Vec<Vec<u8>> = match size.encoding {
-        Encoding::Gsm7 => body
-            .chars()
-            .map(|c| {
-                let (b, n) = gsm_bytes(c).expect("segments() chose GSM-7 for this body");
-                b[..n].to_vec()
-            })
-            .collect(),
+    // Each character's bytes, which a split never separates.
+    let units: Vec<([u8; 4], usize)> = match size.encoding {
+        Encoding::Gsm7 => {
+            let table = gsm_table();
+            body.chars()
+                .map(|c| match table.get(&c) {
+                    Some(&(code, false)) => ([code, 0, 0, 0], 1),
+                    Some(&(code, true)) => ([ESCAPE, code, 0, 0], 2),
+                    None => unreachable!("segments() chose GSM-7 for this body"),
+                })
+                .collect()
+        }
         Encoding::Ucs2 => body
             .chars()
             .map(|c| {
                 let mut buf = [0u16; 2];
-                c.encode_utf16(&mut buf)
-                    .iter()
-                    .flat_map(|u| u.to_be_bytes())
-                    .collect()
+                let mut bytes = [0u8; 4];
+                let n = c.encode_utf16(&mut buf).len();
+                for (i, u) in buf[..n].iter().enumerate() {
+                    bytes[2 * i..2 * i + 2].copy_from_slice(&u.to_be_bytes());
+                }
+                (bytes, 2 * n)
             })
             .collect(),
     };
-    let total: usize = units.iter().map(Vec::len).sum();
-    let parts = if total <= single {
-        vec![units.concat()]
-    } else {
-        let mut parts = vec![Vec::with_capacity(multi)];
-        for u in units {
-            if parts.last().expect("one part").len() + u.len() > multi {
-                parts.push(Vec::with_capacity(multi));
-            }
-            parts.last_mut().expect("one part").extend_from_slice(&u);
+    let total: usize = units.iter().map(|u| u.1).sum();
+    let limit = if total <= single { single } else { multi };
+    let mut parts = vec![Vec::with_capacity(total.min(limit))];
+    for (bytes, n) in &units {
+        if parts.last().expect("one part").len() + n > limit {
+            parts.push(Vec::with_capacity(multi));
         }
-        parts
-    };
+        parts.last_mut().expect("one part").extend_from_slice(&bytes[..*n]);
+    }
     Encoded {
         encoding: size.encoding,
         data_coding: match size.encoding {
