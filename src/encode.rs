@@ -84,7 +84,10 @@ pub fn encode(body: &str) -> Encoded {
         if parts.last().expect("one part").len() + n > limit {
             parts.push(Vec::with_capacity(multi));
         }
-        parts.last_mut().expect("one part").extend_from_slice(&bytes[..*n]);
+        parts
+            .last_mut()
+            .expect("one part")
+            .extend_from_slice(&bytes[..*n]);
     }
     Encoded {
         encoding: size.encoding,

@@ -8,12 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use smsmesh::client::{bearer, endpoint};
 use smsmesh::pb::{self, coordinator_client::CoordinatorClient};
 use smsmesh_coordinator::auth::{ClientAuth, JwtVerifier, mint_hs256};
 use smsmesh_testkit::{
-    CoordinatorConfig, Mesh, Node, NodeSpec, Proc, Recorder, batch_status, client_at, synthetic,
-    wait_ended, wait_sent, wait_until,
+    Caller, CoordinatorConfig, Mesh, Node, NodeSpec, Proc, Recorder, batch_status, client_at,
+    synthetic, wait_ended, wait_sent, wait_until,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -172,60 +171,10 @@ fn jwt_config(weights: &[(&str, u32)]) -> CoordinatorConfig {
     }
 }
 
-/// A client acting for one tenant, with a token of some scope.
-#[derive(Clone)]
-struct Caller {
-    client: Client,
-    token: String,
-}
-
-impl Caller {
-    /// A client of `mesh` acting for `tenant` with `scope`.
-    async fn new(mesh: &Mesh, tenant: &str, scope: &str) -> Caller {
-        let token = mint_hs256(SECRET, AUD, None, tenant, scope, Duration::from_secs(600)).unwrap();
-        let channel = endpoint(&mesh.url(), None)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Caller {
-            client: CoordinatorClient::new(channel),
-            token,
-        }
-    }
-
-    fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        bearer(&mut r, &self.token).unwrap();
-        r
-    }
-
-    async fn submit(&mut self, req: pb::SubmitBatchRequest) -> Result<String, tonic::Status> {
-        let r = self.req(req);
-        Ok(self.client.submit_batch(r).await?.into_inner().batch_id)
-    }
-
-    async fn status(&mut self, id: &str) -> pb::BatchStatus {
-        let r = self.req(pb::GetStatusRequest {
-            target: Some(pb::get_status_request::Target::BatchId(id.into())),
-        });
-        match self.client.get_status(r).await.unwrap().into_inner().status {
-            Some(pb::get_status_response::Status::Batch(b)) => b,
-            other => panic!("not a batch status: {other:?}"),
-        }
-    }
-
-    async fn set_paused(
-        &mut self,
-        class: pb::Priority,
-        paused: bool,
-    ) -> Result<pb::SetClassPausedResponse, tonic::Status> {
-        let r = self.req(pb::SetClassPausedRequest {
-            priority: class as i32,
-            paused,
-        });
-        Ok(self.client.set_class_paused(r).await?.into_inner())
-    }
+/// A client of `mesh` acting for `tenant`, with a token of `scope`.
+async fn caller(mesh: &Mesh, tenant: &str, scope: &str) -> Caller {
+    let token = mint_hs256(SECRET, AUD, None, tenant, scope, Duration::from_secs(600)).unwrap();
+    Caller::new(&mesh.url(), None, Some(token)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,8 +182,8 @@ async fn tenants_share_a_class_by_weight_not_by_their_number_of_batches() {
     for (weights, share_of_big) in [(vec![], 0.5), (vec![("small", 3)], 0.25)] {
         let mesh = Mesh::start(jwt_config(&weights)).await.unwrap();
         let recorder = Recorder::default();
-        let mut big = Caller::new(&mesh, "big", "").await;
-        let mut small = Caller::new(&mesh, "small", "").await;
+        let mut big = caller(&mesh, "big", "").await;
+        let mut small = caller(&mesh, "small", "").await;
         // Accepted before any node is there, so both start together.
         for seed in 0..4 {
             big.submit(synthetic(3_000, seed)).await.unwrap();
@@ -251,7 +200,7 @@ async fn tenants_share_a_class_by_weight_not_by_their_number_of_batches() {
         let done = wait_until(LONG, "the small tenant's batch", || {
             let (mut small, little) = (small.clone(), little.clone());
             async move {
-                let s = small.status(&little).await;
+                let s = small.status(&little).await.ok()?;
                 (s.state == pb::BatchState::Completed as i32).then_some(s)
             }
         })
@@ -280,7 +229,7 @@ async fn tenants_share_a_class_by_weight_not_by_their_number_of_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emergency_and_pausing_need_their_scopes() {
     let mesh = Mesh::start(jwt_config(&[])).await.unwrap();
-    let mut plain = Caller::new(&mesh, "acme", "").await;
+    let mut plain = caller(&mesh, "acme", "").await;
     let e = plain
         .submit(at(pb::Priority::Emergency, synthetic(5, 1)))
         .await
@@ -308,14 +257,14 @@ async fn emergency_and_pausing_need_their_scopes() {
         e.message()
     );
 
-    let mut alerts = Caller::new(&mesh, "civil-defence", "openid smsmesh:emergency").await;
+    let mut alerts = caller(&mesh, "civil-defence", "openid smsmesh:emergency").await;
     let id = alerts
         .submit(at(pb::Priority::Emergency, synthetic(5, 1)))
         .await
         .unwrap();
-    let s = alerts.status(&id).await;
+    let s = alerts.status(&id).await.unwrap();
     assert_eq!(s.priority, pb::Priority::Emergency as i32);
-    let mut ops = Caller::new(&mesh, "ops", "smsmesh:operator").await;
+    let mut ops = caller(&mesh, "ops", "smsmesh:operator").await;
     let e = ops
         .set_paused(pb::Priority::Emergency, true)
         .await

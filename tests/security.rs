@@ -6,13 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use smsmesh::client::{ClientTls, bearer, endpoint};
+use smsmesh::client::{ClientTls, endpoint};
 use smsmesh::pb::{self, coordinator_client::CoordinatorClient, node_to_coordinator};
 use smsmesh_coordinator::Tls;
 use smsmesh_coordinator::auth::{ClientAuth, JwtVerifier, TenantLimits, mint_hs256};
-use smsmesh_testkit::{CoordinatorConfig, Mesh, NodeSpec, synthetic, wait_until};
+use smsmesh_testkit::{Caller, CoordinatorConfig, Mesh, NodeSpec, synthetic};
 use tonic::Code;
-use tonic::transport::Channel;
 
 const LONG: Duration = Duration::from_secs(30);
 const SECRET: &[u8] = b"test-secret-of-at-least-32-bytes-0123456789";
@@ -49,106 +48,6 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// A client whose every call carries `token` (if any).
-#[derive(Clone)]
-struct Caller {
-    client: CoordinatorClient<Channel>,
-    token: Option<String>,
-}
-
-impl Caller {
-    async fn new(url: &str, tls: Option<&ClientTls>, token: Option<String>) -> Caller {
-        let ep = endpoint(url, tls).unwrap();
-        // A coordinator that has just (re)started may still reset the first connection.
-        let channel = wait_until(LONG, "a connection to the coordinator", || {
-            let ep = ep.clone();
-            async move { ep.connect().await.ok() }
-        })
-        .await
-        .unwrap();
-        Caller {
-            client: CoordinatorClient::new(channel),
-            token,
-        }
-    }
-
-    fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        if let Some(t) = &self.token {
-            bearer(&mut r, t).unwrap();
-        }
-        r
-    }
-
-    async fn submit(&mut self, req: pb::SubmitBatchRequest) -> Result<String, tonic::Status> {
-        let r = self.req(req);
-        Ok(self.client.submit_batch(r).await?.into_inner().batch_id)
-    }
-
-    async fn get_status(
-        &mut self,
-        target: pb::get_status_request::Target,
-    ) -> Result<Option<pb::get_status_response::Status>, tonic::Status> {
-        let r = self.req(pb::GetStatusRequest {
-            target: Some(target),
-        });
-        Ok(self.client.get_status(r).await?.into_inner().status)
-    }
-
-    async fn status(&mut self, id: &str) -> Result<pb::BatchStatus, tonic::Status> {
-        use pb::get_status_request::Target;
-        match self.get_status(Target::BatchId(id.into())).await? {
-            Some(pb::get_status_response::Status::Batch(b)) => Ok(b),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    async fn message(&mut self, id: &str) -> Result<pb::MessageStatus, tonic::Status> {
-        use pb::get_status_request::Target;
-        match self.get_status(Target::MessageId(id.into())).await? {
-            Some(pb::get_status_response::Status::Message(m)) => Ok(m),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    async fn cancel(&mut self, id: &str) -> Result<pb::BatchStatus, tonic::Status> {
-        let r = self.req(pb::CancelBatchRequest {
-            batch_id: id.into(),
-        });
-        Ok(self
-            .client
-            .cancel_batch(r)
-            .await?
-            .into_inner()
-            .batch
-            .unwrap())
-    }
-
-    /// The first update of WatchProgress (all batches when `id` is empty).
-    async fn watch_first(&mut self, id: &str) -> Result<pb::ProgressUpdate, tonic::Status> {
-        let r = self.req(pb::WatchProgressRequest {
-            batch_id: id.into(),
-            interval_ms: 100,
-        });
-        let mut stream = self.client.watch_progress(r).await?.into_inner();
-        Ok(stream.message().await?.expect("an update"))
-    }
-
-    async fn wait_ended(&mut self, id: &str) -> pb::BatchStatus {
-        wait_until(LONG, "the batch to end", || {
-            let mut me = self.clone();
-            async move {
-                let b = me.status(id).await.ok()?;
-                (b.state == pb::BatchState::Completed as i32
-                    || b.state == pb::BatchState::Cancelled as i32)
-                    .then_some(b)
-            }
-        })
-        .await
-        .unwrap()
-    }
 }
 
 fn assert_status(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, says: &str) -> String {

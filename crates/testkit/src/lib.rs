@@ -21,7 +21,9 @@ use tonic::transport::Channel;
 
 pub use smsmesh_coordinator::Config as CoordinatorConfig;
 
+mod caller;
 mod process;
+pub use caller::Caller;
 pub use process::{Proc, Proxy, bin, listening_addr, stdout_addrs};
 
 /// A running in-process coordinator.
