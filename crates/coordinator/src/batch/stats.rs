@@ -25,6 +25,11 @@ impl NodeShares {
         self.map.entry(node).or_default()
     }
 
+    /// Whether `node` has a share (a job of the batch went to it).
+    pub fn contains(&self, node: u16) -> bool {
+        self.map.contains_key(&node) || self.frozen.iter().any(|(n, _)| *n == node)
+    }
+
     /// Every node's share, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u16, &NodeShare)> {
         self.map

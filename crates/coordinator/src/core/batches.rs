@@ -210,7 +210,7 @@ impl Batches {
         &mut self,
         cutoff_unix_ms: u64,
         scan: usize,
-    ) -> Vec<(u64, Option<String>)> {
+    ) -> Vec<(u64, Option<String>, Vec<u16>)> {
         let old: Vec<((u64, u64), u64)> = self
             .order
             .range(..(cutoff_unix_ms, 0))
@@ -226,15 +226,18 @@ impl Batches {
             if e.full().is_some_and(|b| !b.retired) {
                 continue; // running, or ended too lately to be out of the snapshot
             }
-            let key = match self.map.remove(&id).expect("looked up above") {
-                Entry::Full(b) => b.key,
-                Entry::Folded(f) => f.key.map(String::from),
+            let (key, nodes) = match self.map.remove(&id).expect("looked up above") {
+                Entry::Full(b) => (b.key, b.nodes.iter().map(|(n, _)| n).collect()),
+                Entry::Folded(f) => (
+                    f.key.map(String::from),
+                    f.nodes.iter().map(|s| s.node).collect(),
+                ),
             };
             self.order.remove(&at);
             if let Some(k) = &key {
                 self.idempotency.remove(k);
             }
-            gone.push((id, key));
+            gone.push((id, key, nodes));
         }
         gone
     }

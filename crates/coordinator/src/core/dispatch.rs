@@ -127,6 +127,7 @@ impl Core {
         let others_available = ready.len() > 1;
         let max_jobs = self.config.max_jobs_per_frame;
         let mut broken = Vec::new();
+        let mut named = Vec::new();
         'nodes: for k in 0..ready.len() {
             let sid = ready[(d.node_cursor + k) % ready.len()];
             let Some(session) = self.sessions.get_mut(sid) else {
@@ -167,6 +168,7 @@ impl Core {
                         let pos = tw.batches[bi];
                         let batch = self.batches.running_mut(pos);
                         let (bid, class) = (batch.id.0, batch.class);
+                        let had_share = batch.nodes.contains(session.node);
                         while taken < chunk {
                             let Some(index) = batch.take_next(session.node, others_available)
                             else {
@@ -189,6 +191,9 @@ impl Core {
                             });
                             taken += 1;
                         }
+                        if !had_share && batch.nodes.contains(session.node) {
+                            named.push(session.node); // the batch names this node now
+                        }
                         if taken == chunk {
                             tw.next = bi + 1;
                         } else if batch.has_ready_work() {
@@ -209,7 +214,6 @@ impl Core {
                     continue 'nodes; // nothing left for this node
                 }
                 session.credit -= jobs.len() as u32;
-                session.worked = true;
                 // The ack that waits for a Jobs frame goes just before it.
                 let ack = self.durability.acks.take_ready(sid).map(ack_frame);
                 let frame = pb::CoordinatorToNode {
@@ -225,6 +229,9 @@ impl Core {
                     continue 'nodes;
                 }
             }
+        }
+        for n in named {
+            self.sessions.names.named(n);
         }
         for sid in broken {
             self.drop_session(sid, Some(queue_full()), now, outbox);

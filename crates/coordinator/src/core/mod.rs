@@ -370,9 +370,18 @@ impl Core {
             .batches
             .expire(unix_now_ms.saturating_sub(retention), 1000);
         let n = gone.len();
-        for (id, key) in gone {
+        for (id, key, nodes) in gone {
             self.receipts.on_batch_deleted(id);
             self.durability.deleted(id, key);
+            for node in nodes {
+                if self.sessions.names.unnamed(node)
+                    && !self.sessions.iter().any(|s| s.node == node)
+                    && self.sessions.names.release(node)
+                    && let Some(a) = self.sessions.stats.attempts.get_mut(node as usize)
+                {
+                    *a = (0, 0); // the index goes to another name
+                }
+            }
         }
         if n > 0 {
             tracing::debug!(batches = n, "removed batches past their retention");
@@ -446,9 +455,6 @@ impl Core {
         let Some(session) = self.sessions.remove(sid) else {
             return;
         };
-        if session.worked {
-            self.sessions.names.used(session.node);
-        }
         if self.sessions.names.release(session.node)
             && let Some(a) = self.sessions.stats.attempts.get_mut(session.node as usize)
         {

@@ -32,6 +32,9 @@ impl Core {
         for mut lb in loaded.batches {
             // A completed batch is folded straight from its stored outcomes.
             if let Some(f) = folded_at_load(&lb) {
+                for s in f.nodes.iter() {
+                    core.sessions.names.named(s.node);
+                }
                 core.batches.insert_folded(lb.batch.id, f);
                 continue;
             }
@@ -90,7 +93,14 @@ impl Core {
             b.dispatched_before_restart = state.dispatched;
             b.check_end(now);
             core.durability.restored(lb.state);
+            for (n, _) in b.nodes.iter() {
+                core.sessions.names.named(n);
+            }
             core.batches.insert(b);
+        }
+        // A stored name no batch names any more (retention removed them) is free.
+        for n in core.sessions.names.indexes() {
+            core.sessions.names.release(n);
         }
         for (key, id) in loaded.idempotency {
             core.batches.key(key, BatchId(id));
@@ -98,7 +108,8 @@ impl Core {
         core.receipts
             .restore(loaded.receipt_waits, loaded.deliveries);
         core.batches.sort_running();
-        core.batches.changed = false;
+        // The first snapshot (and /metrics) shows what was loaded.
+        core.batches.changed = true;
         core
     }
 }

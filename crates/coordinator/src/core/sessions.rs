@@ -30,7 +30,6 @@ pub(super) struct Session {
     /// for one of them still counts.
     pub(super) expired: FxHashSet<(u64, u32)>,
     /// Whether a job went to it.
-    pub(super) worked: bool,
     /// The node said GoingAway: it gets no more jobs, and its credit is void.
     pub(super) going_away: bool,
     /// When the node last said anything.
@@ -48,7 +47,6 @@ impl Session {
             provider: hello.provider.as_str().into(),
             concurrency: hello.concurrency,
             credit: 0,
-            worked: false,
             held: Held::new(now),
             expired: FxHashSet::default(),
             going_away: false,
@@ -141,16 +139,17 @@ impl NodeStats {
     }
 }
 
-/// The name of every node that sent something, by index: outcomes name their
-/// node by it. A name whose nodes never got a job is released when its
-/// session ends, and its index is used again.
+/// The name of every node by index: outcomes name their node by it. An index
+/// is kept while a batch in memory names it (a job of the batch went to it)
+/// or a node of that name is connected; then the name is forgotten and the
+/// index used again. Batches leave memory only by retention, and their
+/// outcomes leave the store with them.
 #[derive(Default)]
 pub(super) struct NodeNames {
     names: Vec<String>,
     index: FxHashMap<String, u16>,
-    /// Per index: whether a job ever went to a node of that name (then
-    /// messages may name it, and it is kept).
-    used: Vec<bool>,
+    /// Per index: how many batches in memory name it.
+    refs: Vec<u32>,
     /// Indexes released, to use again.
     free: Vec<u16>,
 }
@@ -162,12 +161,11 @@ impl NodeNames {
         if self.names.len() <= at {
             self.names.resize(at + 1, String::new());
         }
-        if self.used.len() <= at {
-            self.used.resize(at + 1, false);
+        if self.refs.len() <= at {
+            self.refs.resize(at + 1, 0);
         }
         self.index.insert(name.clone(), n);
         self.names[at] = name;
-        self.used[at] = true; // stored outcomes may name it
     }
 
     /// The index of `name`, and whether it is new (then it must be stored).
@@ -187,7 +185,7 @@ impl NodeNames {
                     )
                 })?;
                 self.names.push(name.to_string());
-                self.used.push(false);
+                self.refs.push(0);
                 n
             }
         };
@@ -195,19 +193,30 @@ impl NodeNames {
         Ok((n, true))
     }
 
-    /// A job went to a node named by index `n`.
-    pub(super) fn used(&mut self, n: u16) {
-        if let Some(u) = self.used.get_mut(n as usize) {
-            *u = true;
+    /// One more batch names index `n`.
+    pub(super) fn named(&mut self, n: u16) {
+        if let Some(r) = self.refs.get_mut(n as usize) {
+            *r += 1;
         }
     }
 
-    /// The session of index `n` ended: if no job ever went to that name, the
-    /// name is forgotten and its index used again.
-    /// Returns whether it was released.
+    /// A batch that named index `n` left memory. Returns whether no batch
+    /// names it any more.
+    pub(super) fn unnamed(&mut self, n: u16) -> bool {
+        match self.refs.get_mut(n as usize) {
+            Some(r) => {
+                *r = r.saturating_sub(1);
+                *r == 0
+            }
+            None => false,
+        }
+    }
+
+    /// Index `n` is not connected: if no batch names it, the name is
+    /// forgotten and its index used again. Returns whether it was released.
     pub(super) fn release(&mut self, n: u16) -> bool {
         let at = n as usize;
-        if self.used.get(at) != Some(&false) {
+        if self.refs.get(at) != Some(&0) || self.names[at].is_empty() {
             return false;
         }
         let name = std::mem::take(&mut self.names[at]);
@@ -222,9 +231,18 @@ impl NodeNames {
         self.names.get(n as usize).map_or("", String::as_str)
     }
 
-    /// Every name a job went to, with its index.
+    /// Every name a batch in memory names, with its index.
     pub(super) fn all(&self) -> impl Iterator<Item = (usize, &String)> {
-        self.names.iter().enumerate().filter(|(n, _)| self.used[*n])
+        self.names
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| self.refs[*n] > 0)
+    }
+
+    /// Every index known, named or not (after a restart: to release those
+    /// no batch names).
+    pub(super) fn indexes(&self) -> std::ops::Range<u16> {
+        0..self.names.len() as u16
     }
 }
 
