@@ -275,6 +275,13 @@ impl Batch {
             && (!self.ready.is_empty() || (self.next_fresh as u64) < self.counts.total)
     }
 
+    /// Whether a message can go out now: one to send again, or a fresh one
+    /// below the reservation stored (a durable coordinator's new batch waits
+    /// for its first one).
+    pub fn can_take_now(&self) -> bool {
+        self.is_running() && (!self.ready.is_empty() || self.next_fresh < self.fresh_limit())
+    }
+
     /// Takes the next message to dispatch, avoiding `avoid_node` for retries
     /// when `others_available` (another node could take it).
     pub fn take_next(&mut self, avoid_node: u16, others_available: bool) -> Option<u32> {

@@ -80,7 +80,7 @@ impl Core {
         for k in 0..self.batches.running_ids().len() {
             let batch = self.batches.running_mut(k);
             batch.promote_due_retries(now);
-            if !batch.has_ready_work() || self.paused[batch.class.index()] {
+            if !batch.can_take_now() || self.paused[batch.class.index()] {
                 continue;
             }
             let c = batch.class.index();
@@ -134,7 +134,7 @@ impl Core {
                 continue;
             };
             // Batches (by position) with work but none for this node: retries
-            // that avoid it, or fresh work past a reservation not stored yet.
+            // that avoid it.
             let mut skip: Vec<usize> = Vec::new();
             let open = |tw: &TenantWork, skip: &[usize]| {
                 skip.is_empty() || tw.batches.iter().any(|b| !skip.contains(b))
@@ -196,7 +196,7 @@ impl Core {
                         }
                         if taken == chunk {
                             tw.next = bi + 1;
-                        } else if batch.has_ready_work() {
+                        } else if batch.can_take_now() {
                             skip.push(pos); // only this node has nothing of it
                         } else {
                             tw.batches.swap_remove(bi);
