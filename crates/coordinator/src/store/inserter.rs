@@ -26,13 +26,32 @@ pub(super) struct Insert {
 pub struct Inserter {
     tx: mpsc::Sender<Insert>,
     wake: Arc<dyn Fn() + Send + Sync>,
+    /// The store's path and its first failed write, if any.
+    failure: (std::path::PathBuf, Arc<std::sync::OnceLock<String>>),
 }
 
 impl Inserter {
-    pub(super) fn new(tx: mpsc::Sender<Insert>, wake: impl Fn() + Send + Sync + 'static) -> Self {
+    pub(super) fn new(
+        tx: mpsc::Sender<Insert>,
+        wake: impl Fn() + Send + Sync + 'static,
+        failure: (std::path::PathBuf, Arc<std::sync::OnceLock<String>>),
+    ) -> Self {
         Inserter {
             tx,
             wake: Arc::new(wake),
+            failure,
+        }
+    }
+
+    /// Why the writer is gone: the write that failed (a full disk, say),
+    /// else a shutdown.
+    fn stopped(&self) -> StoreError {
+        match self.failure.1.get() {
+            Some(earlier) => StoreError::Failed {
+                path: self.failure.0.clone(),
+                earlier: earlier.clone(),
+            },
+            None => StoreError::Stopped,
         }
     }
 
@@ -52,9 +71,9 @@ impl Inserter {
                 list,
                 reply,
             })
-            .map_err(|_| StoreError::Stopped)?;
+            .map_err(|_| self.stopped())?;
         (self.wake)();
-        answer.await.map_err(|_| StoreError::Stopped)?
+        answer.await.map_err(|_| self.stopped())?
     }
 }
 

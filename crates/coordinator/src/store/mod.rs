@@ -268,7 +268,9 @@ struct Engine {
     /// Always `Some` but while dropping.
     db: Option<Database>,
     /// The first write that failed, if any: after it the engine is not trusted.
-    failure: std::sync::OnceLock<String>,
+    /// Shared with the [`Inserter`], whose submits still hear it once the
+    /// writer thread has stopped.
+    failure: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Drop for Engine {
@@ -370,7 +372,7 @@ impl Store {
         let store = Store {
             engine: Arc::new(Engine {
                 db: Some(db),
-                failure: std::sync::OnceLock::new(),
+                failure: Arc::default(),
             }),
             path,
         };
@@ -414,6 +416,11 @@ impl Store {
             .db
             .as_ref()
             .expect("the database is open while a Store exists")
+    }
+
+    /// Its path and the record of its first failed write.
+    pub(super) fn failure_record(&self) -> (PathBuf, Arc<std::sync::OnceLock<String>>) {
+        (self.path.clone(), self.engine.failure.clone())
     }
 
     /// Runs a write, unless an earlier one failed; a failure is remembered.

@@ -52,9 +52,13 @@ impl Writer {
         let (tx, rx) = mpsc::channel::<Job<T>>();
         let (new_tx, new_rx) = mpsc::channel::<Insert>();
         let wake = tx.clone();
-        let inserter = Inserter::new(new_tx, move || {
-            let _ = wake.send(Job::Wake);
-        });
+        let inserter = Inserter::new(
+            new_tx,
+            move || {
+                let _ = wake.send(Job::Wake);
+            },
+            store.failure_record(),
+        );
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
