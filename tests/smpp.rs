@@ -36,6 +36,16 @@ fn message(to: &str, body: &str) -> pb::SmsMessage {
     }
 }
 
+/// `n` messages of `body`, to +447700900000 and on.
+fn numbered(n: u32, body: &str) -> pb::SubmitBatchRequest {
+    pb::SubmitBatchRequest {
+        messages: (0..n)
+            .map(|i| message(&format!("+44770090{i:04}"), body))
+            .collect(),
+        ..Default::default()
+    }
+}
+
 async fn message_status(client: &mut Client, batch: &str, index: u32) -> pb::MessageStatus {
     smsmesh_testkit::message_status(client, &format!("{batch}.{index}"))
         .await
@@ -171,17 +181,7 @@ async fn receipts_pending_across_a_coordinator_restart_are_all_matched() {
     let addr = mesh.addr;
     let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
     let mut client = mesh.client().await.unwrap();
-    let batch = client
-        .submit_batch(pb::SubmitBatchRequest {
-            messages: (0..50)
-                .map(|i| message(&format!("+44770090{i:04}"), "hello"))
-                .collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .batch_id;
+    let batch = smsmesh_testkit::submit(&mut client, numbered(50, "hello")).await;
     wait_until(Duration::from_secs(30), "every message sent", || {
         let mut client = client.clone();
         let batch = batch.clone();
@@ -362,18 +362,14 @@ async fn lost_binds_and_lost_responses_lose_no_message() {
     })
     .await;
     let (mesh, _nodes, mut client) = two_nodes(&format!("{url}?response_timeout=300ms")).await;
-    let batch = client
-        .submit_batch(pb::SubmitBatchRequest {
-            messages: (0..200)
-                .map(|i| message(&format!("+44770091{i:04}"), "hello"))
-                .collect(),
+    let batch = smsmesh_testkit::submit(
+        &mut client,
+        pb::SubmitBatchRequest {
             max_attempts: Some(10),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .batch_id;
+            ..numbered(200, "hello")
+        },
+    )
+    .await;
     // The test SMSC does not send a receipt again once its bind is gone, so
     // some may never come: the books must still add up.
     let s = smsmesh_testkit::wait_ended(&mut client, &batch, Duration::from_secs(60))
@@ -423,17 +419,7 @@ async fn a_transmitter_and_a_receiver_named_as_one_provider_match_receipts() {
     let _tx = mesh.node(NodeSpec::new("tx").smpp(&format!("{url}?bind=tx&provider=acme-smsc")));
     let _rx = mesh.node(NodeSpec::new("rx").smpp(&format!("{other}?bind=rx&provider=acme-smsc")));
     let mut client = mesh.client().await.unwrap();
-    let batch = client
-        .submit_batch(pb::SubmitBatchRequest {
-            messages: (0..20)
-                .map(|i| message(&format!("+44770090{i:04}"), "split binds"))
-                .collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .batch_id;
+    let batch = smsmesh_testkit::submit(&mut client, numbered(20, "split binds")).await;
     let s = settled(&client, &batch).await;
     assert_eq!((s.sent, s.delivered), (20, 20), "{s:?}");
     assert_eq!(stats.receipts.load(Ordering::Relaxed), 20);
@@ -456,17 +442,7 @@ async fn receipts_due_while_no_bind_can_take_them_come_on_the_next_bind() {
     let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
     let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
     let mut client = mesh.client().await.unwrap();
-    let batch = client
-        .submit_batch(pb::SubmitBatchRequest {
-            messages: (0..30)
-                .map(|i| message(&format!("+44770090{i:04}"), "held"))
-                .collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .batch_id;
+    let batch = smsmesh_testkit::submit(&mut client, numbered(30, "held")).await;
     smsmesh_testkit::wait_sent(&client, &batch, 29).await;
     node.kill(); // its bind closes before any receipt is due
     wait_until(
@@ -508,17 +484,7 @@ async fn receipts_a_node_lost_before_they_were_stored_come_again() {
     let addr = mesh.addr;
     let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
     let mut client = mesh.client().await.unwrap();
-    let batch = client
-        .submit_batch(pb::SubmitBatchRequest {
-            messages: (0..20)
-                .map(|i| message(&format!("+44770090{i:04}"), "stored first"))
-                .collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .batch_id;
+    let batch = smsmesh_testkit::submit(&mut client, numbered(20, "stored first")).await;
     smsmesh_testkit::wait_sent(&client, &batch, 19).await;
     assert_eq!(
         stats.receipts.load(Ordering::Relaxed),

@@ -93,12 +93,7 @@ async fn smsc() -> (u16, Received, Sources) {
 }
 
 fn args() -> SmppArgs {
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        smpp: SmppArgs,
-    }
-    <Cli as clap::Parser>::parse_from(["x"]).smpp
+    SmppArgs::defaults()
 }
 
 async fn send(g: &Smpp, to: &str, body: &str) -> smsmesh_node::Outcome {

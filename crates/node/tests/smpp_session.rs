@@ -19,12 +19,7 @@ use smsmesh_node::{Gateway, Sending};
 use tokio_util::codec::Framed;
 
 fn args() -> SmppArgs {
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        smpp: SmppArgs,
-    }
-    <Cli as clap::Parser>::parse_from(["x"]).smpp
+    SmppArgs::defaults()
 }
 
 fn job(i: u32) -> pb::Job {

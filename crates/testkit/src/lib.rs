@@ -243,12 +243,7 @@ impl Node {
         };
         let gateway: Arc<dyn Gateway> = match (&spec.smpp, &spec.recorder) {
             (Some(url), _) => {
-                #[derive(clap::Parser)]
-                struct Defaults {
-                    #[command(flatten)]
-                    smpp: smsmesh_node::smpp::SmppArgs,
-                }
-                let args = <Defaults as clap::Parser>::parse_from(["node"]).smpp;
+                let args = smsmesh_node::smpp::SmppArgs::defaults();
                 let config =
                     smsmesh_node::smpp::SmppConfig::parse(url, &args).expect("a valid smpp:// URL");
                 Arc::new(smsmesh_node::smpp::Smpp::start(

@@ -182,6 +182,19 @@ impl Sender {
     }
 }
 
+impl SmppArgs {
+    /// The flags as their defaults and `SMSMESH_SMPP_*` variables give them,
+    /// with no command line: for a gateway built in code (tests, the testkit).
+    pub fn defaults() -> SmppArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            smpp: SmppArgs,
+        }
+        <Cli as clap::Parser>::parse_from(["smsnode"]).smpp
+    }
+}
+
 impl SmppConfig {
     /// Reads `url` (`smpp://SYSTEM_ID:PASSWORD@HOST:PORT?option=value`) over `args`.
     pub fn parse(url: &str, args: &SmppArgs) -> Result<SmppConfig, String> {
@@ -304,18 +317,10 @@ fn percent(s: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        smpp: SmppArgs,
-    }
-
     fn args() -> SmppArgs {
-        Cli::parse_from(["x"]).smpp
+        SmppArgs::defaults()
     }
 
     #[test]
