@@ -78,29 +78,23 @@ async fn bind(shared: &Shared) -> Result<(Owner, Events), String> {
         text(&c.password, "password")?,
         text(&c.system_type, "system_type")?,
     );
-    let v34 = InterfaceVersion::Smpp3_4;
-    let pdu: Pdu = match c.bind {
-        BindType::Transceiver => BindTransceiver::builder()
-            .system_id(id)
-            .password(password)
-            .system_type(system_type)
-            .interface_version(v34)
-            .build()
-            .into(),
-        BindType::Transmitter => BindTransmitter::builder()
-            .system_id(id)
-            .password(password)
-            .system_type(system_type)
-            .interface_version(v34)
-            .build()
-            .into(),
-        BindType::Receiver => BindReceiver::builder()
-            .system_id(id)
-            .password(password)
-            .system_type(system_type)
-            .interface_version(v34)
-            .build()
-            .into(),
+    // The three bind PDUs are types of their own with the same fields.
+    macro_rules! bind {
+        ($pdu:ident) => {
+            Pdu::from(
+                $pdu::builder()
+                    .system_id(id)
+                    .password(password)
+                    .system_type(system_type)
+                    .interface_version(InterfaceVersion::Smpp3_4)
+                    .build(),
+            )
+        };
+    }
+    let pdu = match c.bind {
+        BindType::Transceiver => bind!(BindTransceiver),
+        BindType::Transmitter => bind!(BindTransmitter),
+        BindType::Receiver => bind!(BindReceiver),
     };
     match owner.session.request(pdu, c.response_timeout).await {
         Ok(_) => Ok((owner, events)),
