@@ -70,6 +70,41 @@ async fn settled(client: &Client, batch: &str) -> pb::BatchStatus {
     .unwrap()
 }
 
+/// A durable coordinator that can be stopped and started again on its store
+/// and address (where its nodes look for it).
+struct Restartable {
+    _dir: tempfile::TempDir,
+    config: CoordinatorConfig,
+    addr: std::net::SocketAddr,
+}
+
+impl Restartable {
+    async fn start() -> (Restartable, Mesh) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig {
+            data_dir: Some(dir.path().into()),
+            ..CoordinatorConfig::default()
+        };
+        let mesh = Mesh::start(config.clone()).await.unwrap();
+        let addr = mesh.addr;
+        (
+            Restartable {
+                _dir: dir,
+                config,
+                addr,
+            },
+            mesh,
+        )
+    }
+
+    /// Starts it again (after `Mesh::stop`).
+    async fn restart(&self) -> Mesh {
+        Mesh::start_on(self.addr, self.config.clone())
+            .await
+            .unwrap()
+    }
+}
+
 /// An in-memory coordinator with fast retries, two SMPP nodes sending to
 /// `url`, and a client.
 async fn two_nodes(url: &str) -> (Mesh, [smsmesh_testkit::Node; 2], Client) {
@@ -166,19 +201,13 @@ async fn every_outcome_class_and_receipt_path_reaches_get_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_pending_across_a_coordinator_restart_are_all_matched() {
-    let dir = tempfile::tempdir().unwrap();
     // Receipts come 1.5 s after the submit: the coordinator is restarted meanwhile.
     let (url, smsc_stats) = smsc(SmscConfig {
         receipt_delay: Duration::from_millis(1500),
         ..SmscConfig::default()
     })
     .await;
-    let config = CoordinatorConfig {
-        data_dir: Some(dir.path().into()),
-        ..CoordinatorConfig::default()
-    };
-    let mesh = Mesh::start(config.clone()).await.unwrap();
-    let addr = mesh.addr;
+    let (store, mesh) = Restartable::start().await;
     let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
     let mut client = mesh.client().await.unwrap();
     let batch = smsmesh_testkit::submit(&mut client, numbered(50, "hello")).await;
@@ -194,8 +223,8 @@ async fn receipts_pending_across_a_coordinator_restart_are_all_matched() {
         "the restart must come before the receipts"
     );
     mesh.stop().await.unwrap();
-    let mesh = Mesh::start_on(addr, config).await.unwrap();
-    let client = smsmesh_testkit::client_at(addr).await;
+    let mesh = store.restart().await;
+    let client = smsmesh_testkit::client_at(store.addr).await;
     // smsmon follows the batch until no receipt is awaited, and says so.
     let mon = tokio::process::Command::new(smsmesh_testkit::bin("smsmon"))
         .args(["--coordinator", &mesh.url(), "--plain", "--batch", &batch])
@@ -226,13 +255,7 @@ async fn receipts_pending_across_a_coordinator_restart_are_all_matched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn senders_are_checked_sent_with_each_message_and_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = CoordinatorConfig {
-        data_dir: Some(dir.path().into()),
-        ..CoordinatorConfig::default()
-    };
-    let mesh = Mesh::start(config.clone()).await.unwrap();
-    let addr = mesh.addr;
+    let (store, mesh) = Restartable::start().await;
     let mut client = mesh.client().await.unwrap();
     let bad = |req: pb::SubmitBatchRequest| {
         let mut client = client.clone();
@@ -339,8 +362,8 @@ async fn senders_are_checked_sent_with_each_message_and_kept() {
     drop(node);
     // After a restart the completed batch is read from the store: the same senders.
     mesh.stop().await.unwrap();
-    let mesh = Mesh::start_on(addr, config).await.unwrap();
-    let client = smsmesh_testkit::client_at(addr).await;
+    let mesh = store.restart().await;
+    let client = smsmesh_testkit::client_at(store.addr).await;
     assert_eq!(senders(client.clone()).await, ["ACME", "+14155550999"]);
     let mut client = client;
     assert_eq!(
@@ -470,18 +493,12 @@ async fn receipts_due_while_no_bind_can_take_them_come_on_the_next_bind() {
 /// bind, and every message is still decided.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_a_node_lost_before_they_were_stored_come_again() {
-    let dir = tempfile::tempdir().unwrap();
     let (url, stats) = smsc(SmscConfig {
         receipt_delay: Duration::from_millis(2000),
         ..SmscConfig::default()
     })
     .await;
-    let config = CoordinatorConfig {
-        data_dir: Some(dir.path().into()),
-        ..CoordinatorConfig::default()
-    };
-    let mesh = Mesh::start(config.clone()).await.unwrap();
-    let addr = mesh.addr;
+    let (store, mesh) = Restartable::start().await;
     let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
     let mut client = mesh.client().await.unwrap();
     let batch = smsmesh_testkit::submit(&mut client, numbered(20, "stored first")).await;
@@ -510,9 +527,9 @@ async fn receipts_a_node_lost_before_they_were_stored_come_again() {
     )
     .await
     .unwrap();
-    let mesh = Mesh::start_on(addr, config).await.unwrap();
+    let mesh = store.restart().await;
     let _again = mesh.node(NodeSpec::new("smpp-b").smpp(&url));
-    let client = smsmesh_testkit::client_at(addr).await;
+    let client = smsmesh_testkit::client_at(store.addr).await;
     let s = settled(&client, &batch).await;
     assert_eq!((s.sent, s.delivered), (20, 20), "{s:?}");
     mesh.stop().await.unwrap();
