@@ -78,6 +78,17 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// The coordinator addresses in `urls`: one, or several separated by commas
+/// (a leader and its standbys; callers try them in turn).
+pub fn addresses(urls: &str) -> Vec<&str> {
+    let list: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if list.is_empty() { vec![urls] } else { list }
+}
+
 /// The endpoint of `url`: TLS when it is `https://` (checked against the CA
 /// of `tls`), plaintext for `http://`. A bare `host:port`, as grpcurl takes
 /// it, is `https://` when `tls` is given and `http://` otherwise.

@@ -12,6 +12,14 @@ pub struct Config {
     /// Directory of the embedded store; `None` keeps state in memory only. Default: `None`
     /// (the `smscoord` binary defaults to `./smsmesh-data`).
     pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL database to keep state in instead of the data dir
+    /// (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`). Coordinators sharing it
+    /// take the lead in turn; the others stand by. Default: `None`.
+    pub database_url: Option<String>,
+    /// With a database: how long the lead lasts unrenewed. A standby takes
+    /// over about this long after the leader dies; the leader steps down
+    /// once it has not renewed for 80% of it. Default: 5 s.
+    pub lease_ttl: Duration,
     /// Start a new store even where one was expected (an empty store file, or
     /// a data dir with other files but no store). Default: false.
     pub create_store: bool,
@@ -116,6 +124,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: None,
+            database_url: None,
+            lease_ttl: Duration::from_secs(5),
             create_store: false,
             store_cache_mib: 64,
             metrics_per_batch: false,

@@ -25,6 +25,15 @@ struct Args {
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "SMSMESH_DATA_DIR", default_value = "smsmesh-data")]
     data_dir: std::path::PathBuf,
+    /// Keep state in PostgreSQL instead of --data-dir (postgres://USER[:PASSWORD]@HOST[:PORT]/DB).
+    /// Every coordinator given the same database is one of a group: one leads,
+    /// the others stand by (health NOT_SERVING) and take over when it stops.
+    #[arg(long, env = "SMSMESH_DATABASE_URL", conflicts_with = "in_memory")]
+    database_url: Option<String>,
+    /// With --database-url: how long the lead lasts unrenewed. A standby takes
+    /// over about this long after the leader dies.
+    #[arg(long, env = "SMSMESH_LEASE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
     /// Start a new store even where one was expected: an empty store file, or a data
     /// dir with other files but no store. Without it smscoord refuses, so a lost file
     /// never silently becomes an empty store.
@@ -257,6 +266,15 @@ impl Args {
     }
 
     fn config(&self) -> Result<Config, String> {
+        if let Some(url) = &self.database_url {
+            smsmesh_coordinator::store::pg::config(url)?;
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(format!(
+                "--lease-ttl {:?} is too short: give at least 1s",
+                self.lease_ttl
+            ));
+        }
         let client_auth = self.client_auth()?;
         let node_token = self
             .node_token_file
@@ -286,7 +304,10 @@ impl Args {
             return Err("--node-timeout must be longer than --heartbeat-interval".into());
         }
         Ok(Config {
-            data_dir: (!self.in_memory).then(|| self.data_dir.clone()),
+            data_dir: (!self.in_memory && self.database_url.is_none())
+                .then(|| self.data_dir.clone()),
+            database_url: self.database_url.clone(),
+            lease_ttl: self.lease_ttl,
             create_store: self.create_store,
             store_cache_mib: self.store_cache_mib,
             metrics_per_batch: self.metrics_per_batch,

@@ -16,7 +16,9 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::api::CoordinatorApi;
 use crate::core::Core;
+use crate::leader::{Held, Lease};
 use crate::link::NodeLinkService;
+use crate::standby::Standby;
 use crate::store::Store;
 use crate::{Config, reactor};
 
@@ -33,13 +35,21 @@ pub async fn run(
 }
 
 /// Opens the store the configuration names, if any, and the core: recovered
-/// from the store, or empty.
-fn open(config: Config) -> anyhow::Result<(Option<Store>, Core)> {
-    let Some(dir) = &config.data_dir else {
-        tracing::warn!("no data dir: batches are kept in memory only and lost on restart");
-        return Ok((None, Core::new(config)));
+/// from the store, or empty. A PostgreSQL store is written under `epoch`,
+/// the lead this coordinator holds.
+fn open(config: Config, epoch: Option<i64>) -> anyhow::Result<(Option<Store>, Core)> {
+    let store = match (&config.database_url, epoch, &config.data_dir) {
+        (Some(url), Some(epoch), _) => {
+            Store::postgres(crate::store::pg::Pg::connect(url, epoch, config.lease_ttl)?)
+        }
+        (_, _, Some(dir)) => {
+            Store::open_with_cache(dir, config.create_store, config.store_cache_mib)?
+        }
+        _ => {
+            tracing::warn!("no data dir: batches are kept in memory only and lost on restart");
+            return Ok((None, Core::new(config)));
+        }
     };
-    let store = Store::open_with_cache(dir, config.create_store, config.store_cache_mib)?;
     let loaded = store.load()?;
     let n = loaded.batches.len();
     let core = Core::recover(config, loaded, std::time::Instant::now());
@@ -55,11 +65,33 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
+    let mut shutdown = Box::pin(shutdown);
+    // With a database, this coordinator stands by until it holds the lead.
+    let lease = config.database_url.as_ref().map(|url| Lease {
+        url: url.clone(),
+        holder: holder(addr),
+        ttl: config.lease_ttl,
+    });
+    let (listener, held) = match &lease {
+        Some(lease) => match stand_by(lease, listener, &config, &mut shutdown).await? {
+            Some(led) => led,
+            None => return Ok(()),
+        },
+        None => (listener, None),
+    };
     // Opening and loading a store can take seconds: not on the runtime's workers.
     let (store, core) = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || open(config)).await??
+        let epoch = held.map(|h| h.epoch);
+        tokio::task::spawn_blocking(move || open(config, epoch)).await??
     };
+    // The leader keeps its lease; losing it ends this coordinator at once.
+    let mut lost = std::pin::pin!(async {
+        match (&lease, held) {
+            (Some(lease), Some(held)) => lease.keep(held).await,
+            _ => std::future::pending().await,
+        }
+    });
     let (core, mut reactor_task) = reactor::spawn(core, store.clone());
     // What /healthz says: serving until shutdown begins.
     let serving = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -120,7 +152,103 @@ pub async fn run_with_metrics(
             core.shutdown().await;
         }
     };
-    let mut builder = Server::builder();
+    let serve = builder(&config)?
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api)
+        .add_service(link)
+        .serve_with_incoming_shutdown(incoming(listener, &config), stop);
+    let mut serve = std::pin::pin!(serve);
+    let reactor_result = tokio::select! {
+        r = &mut serve => {
+            r?;
+            reactor_task.await
+        }
+        why = &mut lost => {
+            // Another coordinator may lead now: write nothing more, serve nothing more.
+            tracing::error!(reason = %why, "COORDINATOR STEPPING DOWN: it no longer holds the lead");
+            return Err(anyhow::anyhow!("stepped down: {why}"));
+        }
+        r = &mut reactor_task => {
+            // The reactor stops on its own only when the store fails or it panicked: stop
+            // serving too, so the process exits and a supervisor restarts it (never a
+            // process that looks alive and does nothing).
+            let why = match &r {
+                Ok(Ok(())) => "the reactor stopped".to_string(),
+                Ok(Err(e)) => e.clone(),
+                Err(e) => format!("the reactor task failed: {e}"),
+            };
+            let _ = failed_tx.send(why);
+            serve.await?;
+            r
+        }
+    };
+    drop(core);
+    if let (Some(lease), Some(held)) = (&lease, held) {
+        lease.release(held.epoch).await;
+    }
+    match reactor_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::anyhow!("the store failed: {e}")),
+        Err(e) => Err(anyhow::anyhow!("reactor task failed: {e}")),
+    }
+}
+
+/// Stands by until this coordinator holds the lead (`None` if `shutdown`
+/// came first), answering as a standby on a duplicate of `listener` meanwhile.
+async fn stand_by(
+    lease: &Lease,
+    listener: TcpListener,
+    config: &Config,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<Option<(TcpListener, Option<Held>)>> {
+    {
+        let url = lease.url.clone();
+        tokio::task::spawn_blocking(move || crate::store::pg::migrate(&url)).await??;
+    }
+    let listener = listener.into_std()?;
+    let standby_listener = TcpListener::from_std(listener.try_clone()?)?;
+    let listener = TcpListener::from_std(listener)?;
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(String::new());
+    let standby = Standby::start(standby_listener, config, leader_rx).await?;
+    tracing::info!(holder = %lease.holder, "standing by for the lead");
+    let held = tokio::select! {
+        held = lease.acquire(&leader_tx) => held,
+        () = shutdown => {
+            standby.stop().await;
+            return Ok(None);
+        }
+    };
+    standby.stop().await;
+    Ok(Some((listener, Some(held))))
+}
+
+/// This coordinator as the lease names it: host, process and address.
+fn holder(addr: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{host}/{}/{addr}", std::process::id())
+}
+
+/// Accepted connections, with Nagle off and a deadline for their opening bytes.
+pub(crate) fn incoming(
+    listener: TcpListener,
+    config: &Config,
+) -> impl futures::Stream<Item = Result<crate::incoming::Timely, std::io::Error>> + use<> {
+    let timeout = config.handshake_timeout;
+    futures::StreamExt::map(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        move |accepted| accepted.map(|s| crate::incoming::Timely::new(s, timeout)),
+    )
+}
+
+/// The gRPC server's settings: keepalives and TLS, as configured.
+pub(crate) fn builder(config: &Config) -> anyhow::Result<Server> {
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     match &config.tls {
         Some(tls) => {
             let mut t =
@@ -142,44 +270,5 @@ pub async fn run_with_metrics(
             "serving gRPC in plaintext (--plaintext): traffic and tokens can be read on the network"
         ),
     }
-    let timeout = config.handshake_timeout;
-    let incoming = futures::StreamExt::map(
-        TcpIncoming::from(listener).with_nodelay(Some(true)),
-        move |accepted| accepted.map(|s| crate::incoming::Timely::new(s, timeout)),
-    );
-    let serve = builder
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(api)
-        .add_service(link)
-        .serve_with_incoming_shutdown(incoming, stop);
-    let mut serve = std::pin::pin!(serve);
-    let reactor_result = tokio::select! {
-        r = &mut serve => {
-            r?;
-            reactor_task.await
-        }
-        r = &mut reactor_task => {
-            // The reactor stops on its own only when the store fails or it panicked: stop
-            // serving too, so the process exits and a supervisor restarts it (never a
-            // process that looks alive and does nothing).
-            let why = match &r {
-                Ok(Ok(())) => "the reactor stopped".to_string(),
-                Ok(Err(e)) => e.clone(),
-                Err(e) => format!("the reactor task failed: {e}"),
-            };
-            let _ = failed_tx.send(why);
-            serve.await?;
-            r
-        }
-    };
-    drop(core);
-    match reactor_result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(anyhow::anyhow!("the store failed: {e}")),
-        Err(e) => Err(anyhow::anyhow!("reactor task failed: {e}")),
-    }
+    Ok(builder)
 }

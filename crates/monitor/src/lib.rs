@@ -87,19 +87,33 @@ impl Target {
     }
 
     /// A client connected to the coordinator, or an error that says why not.
+    /// Of several addresses (a leader and its standbys, comma-separated), the
+    /// one whose health says it serves: the leader.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        let coordinator = &self.url;
-        let channel = smsmesh::client::endpoint(coordinator, self.tls.as_ref())
-            .map_err(|e| anyhow::anyhow!(e))?
-            .connect()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot connect to {coordinator}: {}",
-                    smsmesh::client::describe(&e)
-                )
-            })?;
-        Ok(pb::coordinator_client::CoordinatorClient::new(channel))
+        let addresses = smsmesh::client::addresses(&self.url);
+        let mut why = Vec::new();
+        for coordinator in &addresses {
+            let channel = match smsmesh::client::endpoint(coordinator, self.tls.as_ref())
+                .map_err(|e| anyhow::anyhow!(e))?
+                .connect()
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    why.push(format!(
+                        "cannot connect to {coordinator}: {}",
+                        smsmesh::client::describe(&e)
+                    ));
+                    continue;
+                }
+            };
+            if addresses.len() > 1 && !leads(channel.clone()).await {
+                why.push(format!("{coordinator} is a standby"));
+                continue;
+            }
+            return Ok(pb::coordinator_client::CoordinatorClient::new(channel));
+        }
+        anyhow::bail!("{}", why.join("; "))
     }
 
     /// A request carrying the token, if any, and the caller's trace.
@@ -355,6 +369,20 @@ pub fn nodes_line(b: &pb::BatchStatus) -> String {
         );
     }
     s
+}
+
+/// Whether the coordinator on `channel` says it serves the API (a standby
+/// says it does not).
+async fn leads(channel: tonic::transport::Channel) -> bool {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = HealthCheckRequest {
+        service: "smsmesh.v1.Coordinator".into(),
+    };
+    matches!(
+        health.check(request).await.map(|r| r.into_inner().status),
+        Ok(s) if s == ServingStatus::Serving as i32
+    )
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ use tracing::Instrument;
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Coordinator URL (a bare host:port is http://).
+    /// Coordinator URL (a bare host:port is http://); several, comma-separated, for a
+    /// leader and its standbys (the one that serves is used).
     #[arg(
         long,
         global = true,

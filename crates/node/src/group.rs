@@ -34,7 +34,10 @@ struct Live {
 
 /// A group stream shared by the nodes of a process (see the module doc).
 pub struct Group {
-    channel: tonic::transport::Channel,
+    /// One channel per coordinator address; streams open on the current one.
+    channels: Vec<tonic::transport::Channel>,
+    /// The address tried next: moves on when a stream cannot be opened.
+    current: std::sync::atomic::AtomicUsize,
     join_token: Option<tonic::metadata::AsciiMetadataValue>,
     live: tokio::sync::Mutex<Option<Live>>,
     /// Member numbers only grow, across streams too.
@@ -50,16 +53,23 @@ impl std::fmt::Debug for Group {
 }
 
 impl Group {
-    /// A group over `channel` (which may connect lazily), presenting `join_token`.
+    /// A group over `channels` (which may connect lazily), one per
+    /// coordinator address, presenting `join_token`. A stream that cannot be
+    /// opened (a standby refuses, a dead coordinator does not answer) is tried
+    /// next on the following address.
     pub fn new(
-        channel: tonic::transport::Channel,
+        channels: Vec<tonic::transport::Channel>,
         join_token: Option<&str>,
     ) -> Result<Arc<Self>, String> {
         let join_token = join_token
             .map(smsmesh::client::join_token_value)
             .transpose()?;
+        if channels.is_empty() {
+            return Err("no coordinator address".into());
+        }
         Ok(Arc::new(Group {
-            channel,
+            channels,
+            current: std::sync::atomic::AtomicUsize::new(0),
             join_token,
             live: tokio::sync::Mutex::new(None),
             next_member: AtomicU32::new(0),
@@ -75,7 +85,15 @@ impl Group {
             .as_ref()
             .is_some_and(|l| !l.up.is_closed() && l.routes.lock().map(|r| r.open).unwrap_or(false));
         if !usable {
-            *live = Some(self.open().await?);
+            *live = None;
+            let at = self.current.load(Ordering::Relaxed);
+            match self.open(&self.channels[at % self.channels.len()]).await {
+                Ok(l) => *live = Some(l),
+                Err(s) => {
+                    self.current.store(at.wrapping_add(1), Ordering::Relaxed);
+                    return Err(s);
+                }
+            }
         }
         let live = live.as_ref().expect("opened above");
         let member = self.next_member.fetch_add(1, Ordering::Relaxed);
@@ -93,7 +111,7 @@ impl Group {
         Ok((Outbound::Member(slot), Inbound::Member(rx)))
     }
 
-    async fn open(&self) -> Result<Live, Status> {
+    async fn open(&self, channel: &tonic::transport::Channel) -> Result<Live, Status> {
         let (up, up_rx) = mpsc::unbounded_channel();
         let frames = smsmesh::wire::packed(up_rx, |frames| pb::GroupUp { frames });
         let mut request = tonic::Request::new(frames);
@@ -102,7 +120,7 @@ impl Group {
                 .metadata_mut()
                 .insert(smsmesh::client::JOIN_TOKEN_METADATA, token.clone());
         }
-        let mut client = pb::node_link_client::NodeLinkClient::new(self.channel.clone())
+        let mut client = pb::node_link_client::NodeLinkClient::new(channel.clone())
             .max_decoding_message_size(64 << 20);
         let inbound = client.join_group(request).await?.into_inner();
         let routes = Arc::new(Mutex::new(Routes {

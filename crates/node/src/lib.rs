@@ -47,7 +47,8 @@ pub use gateway::{
 /// What a node needs to run.
 #[derive(Clone)]
 pub struct Config {
-    /// Coordinator URL, e.g. `http://127.0.0.1:50051`.
+    /// Coordinator URL, e.g. `http://127.0.0.1:50051`; several, comma-separated,
+    /// for a leader and its standbys.
     pub coordinator: String,
     /// Node name, unique in the mesh.
     pub name: String,
@@ -220,6 +221,7 @@ pub async fn run(
         jobs_tx,
         results_rx,
         state,
+        turn: 0,
     };
     node.run(shutdown).await
 }
@@ -244,6 +246,8 @@ struct Node {
     /// Delivery receipts from the gateway, when it has any.
     receipts_rx: Option<mpsc::Receiver<IncomingReceipt>>,
     state: NodeState,
+    /// Which of the coordinator addresses to try next (moves on after a failure).
+    turn: usize,
 }
 
 /// How a stream ended.
@@ -319,19 +323,25 @@ impl Node {
                     let _ = out.send(hello).await;
                     Ok(Ok((out, inbound)))
                 }
-                Err(s) => self.join_failed(s).await.map(Err),
+                Err(s) => {
+                    let address =
+                        smsmesh::client::addresses(&self.config.coordinator)[0].to_string();
+                    self.join_failed(s, &address).await.map(Err)
+                }
             };
         }
-        let endpoint =
-            smsmesh::client::endpoint(&self.config.coordinator, self.config.tls.as_ref())
-                .map_err(NodeError::Config)?;
+        let addresses = smsmesh::client::addresses(&self.config.coordinator);
+        let address = addresses[self.turn % addresses.len()].to_string();
+        // The next attempt goes to the next address, unless this one works.
+        self.turn = self.turn.wrapping_add(1);
+        let endpoint = smsmesh::client::endpoint(&address, self.config.tls.as_ref())
+            .map_err(NodeError::Config)?;
         let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => {
-                self.tls_refused().await?;
+                self.tls_refused(&address).await?;
                 let why = format!(
-                    "cannot connect to {}: {}",
-                    self.config.coordinator,
+                    "cannot connect to {address}: {}",
                     smsmesh::client::describe(&e)
                 );
                 return Ok(Err(SessionEnd::Broken(why)));
@@ -346,33 +356,36 @@ impl Node {
             smsmesh::client::join_token(&mut join, token).map_err(NodeError::Config)?;
         }
         match client.join(join).await {
-            Ok(r) => Ok(Ok((
-                Outbound::Own(out),
-                Inbound::Own(Box::new(r.into_inner())),
-            ))),
-            Err(s) => self.join_failed(s).await.map(Err),
+            Ok(r) => {
+                self.turn = self.turn.wrapping_sub(1);
+                Ok(Ok((
+                    Outbound::Own(out),
+                    Inbound::Own(Box::new(r.into_inner())),
+                )))
+            }
+            Err(s) => self.join_failed(s, &address).await.map(Err),
         }
     }
 
     /// What a failed join means: a refusal (also when TLS refuses this node,
     /// which tonic reports only as a transport failure), or a broken stream.
-    async fn join_failed(&self, s: tonic::Status) -> Result<SessionEnd, NodeError> {
+    async fn join_failed(&self, s: tonic::Status, address: &str) -> Result<SessionEnd, NodeError> {
         if matches!(
             s.code(),
             Code::Unknown | Code::Cancelled | Code::Unavailable
         ) {
-            self.tls_refused().await?;
+            self.tls_refused(address).await?;
         }
         join_failed(s)
     }
 
     /// After a connection failed: the cause, as a refusal, when TLS refuses
     /// this node's settings (retrying cannot fix those).
-    async fn tls_refused(&self) -> Result<(), NodeError> {
+    async fn tls_refused(&self, address: &str) -> Result<(), NodeError> {
         let Some(tls) = &self.config.tls else {
             return Ok(());
         };
-        match smsmesh::tls_probe::tls_refusal(&self.config.coordinator, tls).await {
+        match smsmesh::tls_probe::tls_refusal(address, tls).await {
             Some(why) => Err(NodeError::Refused(why)),
             None => Ok(()),
         }

@@ -13,7 +13,8 @@ use smsmesh_node::{Config, Simulated, Stats};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Coordinator URL.
+    /// Coordinator URL; several, comma-separated, for a leader and its standbys
+    /// (tried in turn until one takes the node).
     #[arg(
         long,
         env = "SMSMESH_COORDINATOR",
@@ -109,10 +110,13 @@ async fn run_instances(
     served: Vec<Served>,
 ) -> Result<(), smsmesh_node::NodeError> {
     // One connection and one group stream for all: their frames are packed together.
-    let endpoint = smsmesh::client::endpoint(&config.coordinator, config.tls.as_ref())
+    let channels = smsmesh::client::addresses(&config.coordinator)
+        .into_iter()
+        .map(|url| Ok(smsmesh::client::endpoint(url, config.tls.as_ref())?.connect_lazy()))
+        .collect::<Result<Vec<_>, String>>()
         .map_err(smsmesh_node::NodeError::Config)?;
     config.group = Some(
-        smsmesh_node::group::Group::new(endpoint.connect_lazy(), config.join_token.as_deref())
+        smsmesh_node::group::Group::new(channels, config.join_token.as_deref())
             .map_err(smsmesh_node::NodeError::Config)?,
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

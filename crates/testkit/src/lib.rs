@@ -22,8 +22,10 @@ use tonic::transport::Channel;
 pub use smsmesh_coordinator::Config as CoordinatorConfig;
 
 mod caller;
+mod postgres;
 mod process;
 pub use caller::Caller;
+pub use postgres::{database, postgres_url};
 pub use process::{Proc, Proxy, bin, listening_addr, stdout_addrs};
 
 /// A running in-process coordinator.
@@ -132,10 +134,14 @@ pub struct NodeSpec {
 }
 
 /// A group stream for nodes of this process to share, to the coordinator at
-/// `url` (plaintext), presenting `join_token`; it connects on first use.
+/// `url` (plaintext; several separated by commas), presenting `join_token`; it connects on first use.
 pub fn group(url: &str, join_token: Option<&str>) -> anyhow::Result<Arc<Group>> {
-    let endpoint = smsmesh::client::endpoint(url, None).map_err(anyhow::Error::msg)?;
-    Group::new(endpoint.connect_lazy(), join_token).map_err(anyhow::Error::msg)
+    let channels = smsmesh::client::addresses(url)
+        .into_iter()
+        .map(|u| Ok(smsmesh::client::endpoint(u, None)?.connect_lazy()))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(anyhow::Error::msg)?;
+    Group::new(channels, join_token).map_err(anyhow::Error::msg)
 }
 
 impl NodeSpec {

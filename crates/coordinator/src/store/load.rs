@@ -6,7 +6,7 @@
 use std::iter::Peekable;
 
 use prost::Message;
-use redb::{ReadableTable, ReadableTableMetadata, TableError};
+use redb::{ReadableTable, TableError};
 
 use super::format::{self, StoredBatch, StoredBatchState};
 use super::{
@@ -44,29 +44,40 @@ where
     }
 }
 
-impl Store {
-    /// The rows of a table of byte rows keyed by (batch, row), to merge.
-    #[allow(clippy::type_complexity)]
-    fn bytes_rows<'t>(
-        &self,
-        t: &'t redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
-    ) -> Result<
-        Merge<impl Iterator<Item = Result<((u64, u32), Vec<u8>), StoreError>> + 't>,
-        StoreError,
-    > {
-        let path = self.path.clone();
-        Ok(Merge {
-            rows: t
-                .iter()
-                .map_err(|e| self.err(e))?
-                .map(move |r| {
-                    r.map(|(k, v)| (k.value(), v.value().to_vec()))
-                        .map_err(|e| StoreError::new(path.clone(), e.into()))
-                })
-                .peekable(),
-        })
-    }
+/// A table's rows in key order, as a backend reads them.
+pub(super) type Ordered<'a, K, V> = Box<dyn Iterator<Item = Result<(K, V), StoreError>> + 'a>;
 
+/// A table of byte rows of the embedded store, in key order.
+fn ordered<'t>(
+    t: &'t redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
+    path: std::path::PathBuf,
+) -> Result<Ordered<'t, (u64, u32), Vec<u8>>, StoreError> {
+    let fail = move |e: redb::StorageError| StoreError::new(path.clone(), e.into());
+    let rows = t.iter().map_err(&fail)?;
+    Ok(Box::new(rows.map(move |r| {
+        r.map(|(k, v)| (k.value(), v.value().to_vec()))
+            .map_err(&fail)
+    })))
+}
+
+/// Every table, as a backend reads it at start, for [`Store::assemble`].
+/// Rows keyed by batch come in key order (batch id as unsigned).
+pub(super) struct Tables<'a> {
+    pub(super) batches: Ordered<'a, u64, Vec<u8>>,
+    /// Keyed (batch id, 0).
+    pub(super) states: Ordered<'a, (u64, u32), Vec<u8>>,
+    pub(super) outcomes: Ordered<'a, (u64, u32), Vec<u8>>,
+    pub(super) errors: Ordered<'a, (u64, u32), String>,
+    pub(super) numbers: Ordered<'a, (u64, u32), Vec<u8>>,
+    pub(super) refs: Ordered<'a, (u64, u32), Vec<u8>>,
+    pub(super) idempotency: Vec<(String, u64)>,
+    /// In index order.
+    pub(super) nodes: Vec<(u16, String)>,
+    pub(super) waits: Vec<((u64, u32), Vec<u8>)>,
+    pub(super) deliveries: Vec<((u64, u32), Vec<u8>)>,
+}
+
+impl Store {
     fn corrupt(&self, what: String) -> StoreError {
         StoreError::Corrupt {
             path: self.path.clone(),
@@ -76,7 +87,15 @@ impl Store {
 
     /// Loads everything.
     pub fn load(&self) -> Result<Loaded, StoreError> {
-        let txn = self.db().begin_read().map_err(|e| self.err(e))?;
+        match self.backend() {
+            super::Backend::Redb(db) => self.load_redb(db),
+            super::Backend::Postgres(pg) => pg.load(self),
+        }
+    }
+
+    /// The embedded store's tables, each read once in key order.
+    fn load_redb(&self, db: &redb::Database) -> Result<Loaded, StoreError> {
+        let txn = db.begin_read().map_err(|e| self.err(e))?;
         let open = |e: TableError| self.err(e);
         let batches_t = txn.open_table(BATCHES).map_err(open)?;
         let outcomes_t = txn.open_table(OUTCOMES).map_err(open)?;
@@ -84,37 +103,79 @@ impl Store {
         let state_t = txn.open_table(BATCH_STATE).map_err(open)?;
         let numbers_t = txn.open_table(RECIPIENTS).map_err(open)?;
         let refs_t = txn.open_table(CLIENT_REFS).map_err(open)?;
-        let mut outcomes = self.bytes_rows(&outcomes_t)?;
-        let mut numbers = self.bytes_rows(&numbers_t)?;
-        let mut refs = self.bytes_rows(&refs_t)?;
+        let path = self.path.clone();
+        let fail = move |e: redb::StorageError| StoreError::new(path.clone(), e.into());
+        let bytes = |t| ordered(t, self.path.clone());
+        let (f1, f2, f3) = (fail.clone(), fail.clone(), fail.clone());
+        let mut idempotency = Vec::new();
+        for row in txn
+            .open_table(IDEMPOTENCY)
+            .map_err(open)?
+            .iter()
+            .map_err(|e| self.err(e))?
+        {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            idempotency.push((k.value().to_string(), v.value()));
+        }
+        let mut nodes = Vec::new();
+        for row in txn
+            .open_table(NODES)
+            .map_err(open)?
+            .iter()
+            .map_err(|e| self.err(e))?
+        {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            nodes.push((k.value(), v.value().to_string()));
+        }
+        let (waits, deliveries) = self.receipt_rows(&txn)?;
+        let tables = Tables {
+            batches: Box::new(
+                batches_t
+                    .iter()
+                    .map_err(|e| self.err(e))?
+                    .map(move |r| r.map(|(k, v)| (k.value(), v.value().to_vec())).map_err(&f1)),
+            ),
+            states: Box::new(state_t.iter().map_err(|e| self.err(e))?.map(move |r| {
+                r.map(|(k, v)| ((k.value(), 0), v.value().to_vec()))
+                    .map_err(&f2)
+            })),
+            outcomes: bytes(&outcomes_t)?,
+            errors: Box::new(errors_t.iter().map_err(|e| self.err(e))?.map(move |r| {
+                r.map(|(k, v)| (k.value(), v.value().to_string()))
+                    .map_err(&f3)
+            })),
+            numbers: bytes(&numbers_t)?,
+            refs: bytes(&refs_t)?,
+            idempotency,
+            nodes,
+            waits,
+            deliveries,
+        };
+        self.assemble(tables)
+    }
+
+    /// Builds what was loaded from every table's rows, merging the tables
+    /// keyed by batch beside the batches table, and checks it.
+    pub(super) fn assemble(&self, t: Tables<'_>) -> Result<Loaded, StoreError> {
+        let mut outcomes = Merge {
+            rows: t.outcomes.peekable(),
+        };
+        let mut numbers = Merge {
+            rows: t.numbers.peekable(),
+        };
+        let mut refs = Merge {
+            rows: t.refs.peekable(),
+        };
         let mut errors = Merge {
-            rows: errors_t
-                .iter()
-                .map_err(|e| self.err(e))?
-                .map(|r| {
-                    r.map(|(k, v)| (k.value(), v.value().to_string()))
-                        .map_err(|e| self.err(e))
-                })
-                .peekable(),
+            rows: t.errors.peekable(),
         };
         let mut states = Merge {
-            rows: state_t
-                .iter()
-                .map_err(|e| self.err(e))?
-                .map(|r| {
-                    r.map(|(k, v)| ((k.value(), 0), v.value().to_vec()))
-                        .map_err(|e| self.err(e))
-                })
-                .peekable(),
+            rows: t.states.peekable(),
         };
         let mut loaded = Loaded::default();
-        loaded
-            .batches
-            .reserve(batches_t.len().map_err(|e| self.err(e))? as usize);
-        for row in batches_t.iter().map_err(|e| self.err(e))? {
-            let (k, v) = row.map_err(|e| self.err(e))?;
-            let id = k.value();
-            let b = StoredBatch::decode(v.value())
+        for row in t.batches {
+            let (id, v) = row?;
+            let b = StoredBatch::decode(v.as_slice())
                 .map_err(|e| self.corrupt(format!("batch {id:016x}: {e}")))?;
             if b.id != id {
                 return Err(self.corrupt(format!("batch {:016x} is stored under {id:016x}", b.id)));
@@ -153,25 +214,10 @@ impl Store {
                 list,
             });
         }
-        for row in txn
-            .open_table(IDEMPOTENCY)
-            .map_err(open)?
-            .iter()
-            .map_err(|e| self.err(e))?
-        {
-            let (k, v) = row.map_err(|e| self.err(e))?;
-            loaded.idempotency.push((k.value().to_string(), v.value()));
-        }
-        for row in txn
-            .open_table(NODES)
-            .map_err(open)?
-            .iter()
-            .map_err(|e| self.err(e))?
-        {
-            let (k, v) = row.map_err(|e| self.err(e))?;
-            loaded.nodes.push((k.value(), v.value().to_string()));
-        }
-        (loaded.receipt_waits, loaded.deliveries) = self.load_receipts(&txn)?;
+        loaded.idempotency = t.idempotency;
+        loaded.nodes = t.nodes;
+        loaded.receipt_waits = self.decode_rows(t.waits, "receipt wait")?;
+        loaded.deliveries = self.decode_rows(t.deliveries, "delivery")?;
         format::check(&loaded).map_err(|what| self.corrupt(what))?;
         Ok(loaded)
     }

@@ -1,4 +1,5 @@
-//! The coordinator's durable state, in an embedded [redb] database.
+//! The coordinator's durable state: in an embedded [redb] database (the
+//! default), or in PostgreSQL ([`pg`]) for a coordinator with standbys.
 //!
 //! redb is a pure-Rust, ACID, copy-on-write B-tree store with checksummed
 //! pages: a commit is atomic, and a crash at any moment leaves the last
@@ -30,6 +31,7 @@
 mod format;
 mod inserter;
 mod load;
+pub mod pg;
 mod reads;
 mod receipts;
 mod writer;
@@ -114,6 +116,18 @@ pub enum StoreError {
         path: PathBuf,
         /// What was wrong.
         what: String,
+    },
+    /// Another coordinator took the lead: this one may write no more.
+    #[error(
+        "this coordinator lost the lead: it wrote under epoch {epoch}, the database is now at epoch {now} (held by {holder:?})"
+    )]
+    Deposed {
+        /// The epoch this coordinator led under.
+        epoch: i64,
+        /// The database's epoch.
+        now: i64,
+        /// Who holds it.
+        holder: String,
     },
     /// The store's thread has stopped (the coordinator is shutting down).
     #[error("the store is closed: the coordinator is shutting down")]
@@ -263,10 +277,18 @@ impl StoreReader {
     }
 }
 
+/// Where the store's rows live.
+pub(super) enum Backend {
+    /// The embedded store, in one file of the data dir.
+    Redb(Database),
+    /// A PostgreSQL database, written only by its current leader (see [`pg`]).
+    Postgres(Box<pg::Pg>),
+}
+
 /// The database, and whether a write to it failed.
 struct Engine {
     /// Always `Some` but while dropping.
-    db: Option<Database>,
+    db: Option<Backend>,
     /// The first write that failed, if any: after it the engine is not trusted.
     /// Shared with the [`Inserter`], whose submits still hear it once the
     /// writer thread has stopped.
@@ -277,8 +299,10 @@ impl Drop for Engine {
     fn drop(&mut self) {
         // After a failed write the engine's own state may be poisoned, and closing it
         // would panic: leave it to the OS (its last commit is on disk either way).
-        if self.failure.get().is_some() {
-            std::mem::forget(self.db.take());
+        if self.failure.get().is_some()
+            && let Some(Backend::Redb(db)) = self.db.take()
+        {
+            std::mem::forget(db);
         }
     }
 }
@@ -371,7 +395,7 @@ impl Store {
     fn init(db: Database, path: PathBuf) -> Result<Store, StoreError> {
         let store = Store {
             engine: Arc::new(Engine {
-                db: Some(db),
+                db: Some(Backend::Redb(db)),
                 failure: Arc::default(),
             }),
             path,
@@ -411,11 +435,32 @@ impl Store {
         &self.path
     }
 
-    fn db(&self) -> &Database {
+    fn backend(&self) -> &Backend {
         self.engine
             .db
             .as_ref()
             .expect("the database is open while a Store exists")
+    }
+
+    /// The embedded database (only the embedded store's own code asks).
+    fn db(&self) -> &Database {
+        match self.backend() {
+            Backend::Redb(db) => db,
+            Backend::Postgres(_) => unreachable!("an embedded-store call on a PostgreSQL store"),
+        }
+    }
+
+    /// A store on PostgreSQL: `pg` is the connected database, written under
+    /// the leadership it holds.
+    pub fn postgres(pg: pg::Pg) -> Store {
+        let path = PathBuf::from(pg.describe());
+        Store {
+            engine: Arc::new(Engine {
+                db: Some(Backend::Postgres(Box::new(pg))),
+                failure: Arc::default(),
+            }),
+            path,
+        }
     }
 
     /// Its path and the record of its first failed write.

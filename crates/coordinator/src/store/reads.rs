@@ -35,6 +35,99 @@ pub struct StoredMessage {
     pub provider_ids: Vec<String>,
 }
 
+/// Two optional stored rows: (numbers, references) of a list row, or
+/// (decided delivery, receipt wait) of a message.
+pub(super) type RowPair = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// What reading messages back needs of a backend: rows by key, each as stored.
+pub(super) trait Lookup {
+    /// The batch record.
+    fn batch(&mut self, id: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// An outcome row (empty if none was written).
+    fn outcome_row(&mut self, id: u64, chunk: u32) -> Result<Vec<u8>, StoreError>;
+    /// A list batch's row of numbers and of client references.
+    fn list_row(&mut self, id: u64, row: u32) -> Result<RowPair, StoreError>;
+    /// A node's name by index.
+    fn node(&mut self, n: u16) -> Result<Option<String>, StoreError>;
+    /// A message's last error.
+    fn error(&mut self, id: u64, index: u32) -> Result<Option<String>, StoreError>;
+    /// A message's decided delivery and its receipt wait, as stored.
+    fn receipt(&mut self, id: u64, index: u32) -> Result<RowPair, StoreError>;
+}
+
+/// The embedded store's tables in one read transaction.
+struct RedbLookup {
+    batches: redb::ReadOnlyTable<u64, &'static [u8]>,
+    outcomes: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
+    errors: redb::ReadOnlyTable<(u64, u32), &'static str>,
+    nodes: redb::ReadOnlyTable<u16, &'static str>,
+    numbers: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
+    refs: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
+    waits: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
+    finals: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
+    path: std::path::PathBuf,
+}
+
+impl RedbLookup {
+    fn err(&self, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+        StoreError::new(self.path.clone(), e.into())
+    }
+
+    fn bytes(
+        &self,
+        t: &redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
+        key: (u64, u32),
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(t.get(key)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value().to_vec()))
+    }
+}
+
+impl Lookup for RedbLookup {
+    fn batch(&mut self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .batches
+            .get(id)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn outcome_row(&mut self, id: u64, chunk: u32) -> Result<Vec<u8>, StoreError> {
+        Ok(self.bytes(&self.outcomes, (id, chunk))?.unwrap_or_default())
+    }
+
+    fn list_row(&mut self, id: u64, row: u32) -> Result<RowPair, StoreError> {
+        Ok((
+            self.bytes(&self.numbers, (id, row))?,
+            self.bytes(&self.refs, (id, row))?,
+        ))
+    }
+
+    fn node(&mut self, n: u16) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .nodes
+            .get(n)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value().to_string()))
+    }
+
+    fn error(&mut self, id: u64, index: u32) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .errors
+            .get((id, index))
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value().to_string()))
+    }
+
+    fn receipt(&mut self, id: u64, index: u32) -> Result<RowPair, StoreError> {
+        Ok((
+            self.bytes(&self.finals, (id, index))?,
+            self.bytes(&self.waits, (id, index))?,
+        ))
+    }
+}
+
 impl Store {
     /// Messages `from..to` of batch `id` for which `keep` holds of their
     /// outcome and delivery, at most `limit`; with the index after the last one looked at.
@@ -47,33 +140,51 @@ impl Store {
         limit: usize,
         keep: impl Fn(Option<&StoredOutcome>, Option<&super::StoredDelivery>) -> bool,
     ) -> Result<Option<(Vec<StoredMessage>, u32)>, StoreError> {
-        let txn = self.db().begin_read().map_err(|e| self.err(e))?;
+        match self.backend() {
+            super::Backend::Redb(db) => {
+                let txn = db.begin_read().map_err(|e| self.err(e))?;
+                let open = |e: redb::TableError| self.err(e);
+                let mut lookup = RedbLookup {
+                    batches: txn.open_table(BATCHES).map_err(open)?,
+                    outcomes: txn.open_table(OUTCOMES).map_err(open)?,
+                    errors: txn.open_table(ERRORS).map_err(open)?,
+                    nodes: txn.open_table(NODES).map_err(open)?,
+                    numbers: txn.open_table(RECIPIENTS).map_err(open)?,
+                    refs: txn.open_table(CLIENT_REFS).map_err(open)?,
+                    waits: txn
+                        .open_table(super::receipts::RECEIPT_WAITS)
+                        .map_err(open)?,
+                    finals: txn.open_table(super::receipts::DELIVERIES).map_err(open)?,
+                    path: self.path.clone(),
+                };
+                self.messages(&mut lookup, id, from, to, limit, keep)
+            }
+            super::Backend::Postgres(pg) => pg.read(self, |lookup| {
+                self.messages(lookup, id, from, to, limit, keep)
+            }),
+        }
+    }
+
+    /// [`Store::read_messages`] over a backend's rows.
+    fn messages(
+        &self,
+        rows: &mut dyn Lookup,
+        id: u64,
+        from: u32,
+        to: u32,
+        limit: usize,
+        keep: impl Fn(Option<&StoredOutcome>, Option<&super::StoredDelivery>) -> bool,
+    ) -> Result<Option<(Vec<StoredMessage>, u32)>, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt {
             path: self.path.clone(),
             what,
         };
-        let Some(record) = txn
-            .open_table(BATCHES)
-            .map_err(|e| self.err(e))?
-            .get(id)
-            .map_err(|e| self.err(e))?
-        else {
+        let Some(record) = rows.batch(id)? else {
             return Ok(None);
         };
-        let batch = StoredBatch::decode(record.value())
+        let batch = StoredBatch::decode(record.as_slice())
             .map_err(|e| corrupt(format!("batch {id:016x}: {e}")))?;
         let to = to.min(batch.total);
-        let outcomes_t = txn.open_table(OUTCOMES).map_err(|e| self.err(e))?;
-        let errors_t = txn.open_table(ERRORS).map_err(|e| self.err(e))?;
-        let nodes_t = txn.open_table(NODES).map_err(|e| self.err(e))?;
-        let numbers_t = txn.open_table(RECIPIENTS).map_err(|e| self.err(e))?;
-        let refs_t = txn.open_table(CLIENT_REFS).map_err(|e| self.err(e))?;
-        let waits_t = txn
-            .open_table(super::receipts::RECEIPT_WAITS)
-            .map_err(|e| self.err(e))?;
-        let finals_t = txn
-            .open_table(super::receipts::DELIVERIES)
-            .map_err(|e| self.err(e))?;
         let mut found = Vec::new();
         let mut index = from;
         let mut row: Option<(u32, Vec<u8>)> = None;
@@ -81,17 +192,14 @@ impl Store {
         while index < to && found.len() < limit {
             let chunk = format::row_of(index);
             if row.as_ref().is_none_or(|(c, _)| *c != chunk) {
-                let bytes = outcomes_t
-                    .get((id, chunk))
-                    .map_err(|e| self.err(e))?
-                    .map(|v| v.value().to_vec())
-                    .unwrap_or_default();
-                row = Some((chunk, bytes));
+                row = Some((chunk, rows.outcome_row(id, chunk)?));
             }
             let outcome = row
                 .as_ref()
                 .and_then(|(_, bytes)| format::read_slot(bytes, index));
-            let (delivery, provider_ids) = self.read_receipt(&waits_t, &finals_t, id, index)?;
+            let (final_row, wait_row) = rows.receipt(id, index)?;
+            let (delivery, provider_ids) =
+                self.decode_receipt(id, index, final_row.as_deref(), wait_row.as_deref())?;
             if !keep(outcome.as_ref(), delivery.as_ref()) {
                 index += 1;
                 continue;
@@ -109,16 +217,10 @@ impl Store {
             } else if let Some(text) = &batch.list_body {
                 let list_row = index / LIST_ROW as u32;
                 if list.as_ref().is_none_or(|(r, _)| *r != list_row) {
-                    let numbers = numbers_t
-                        .get((id, list_row))
-                        .map_err(|e| self.err(e))?
-                        .map(|v| vec![(0, v.value().to_vec())])
-                        .unwrap_or_default();
-                    let refs = refs_t
-                        .get((id, list_row))
-                        .map_err(|e| self.err(e))?
-                        .map(|v| vec![(0, v.value().to_vec())])
-                        .unwrap_or_default();
+                    let (numbers, refs) = rows.list_row(id, list_row)?;
+                    let numbers: Vec<(u32, Vec<u8>)> =
+                        numbers.map(|v| (0, v)).into_iter().collect();
+                    let refs: Vec<(u32, Vec<u8>)> = refs.map(|v| (0, v)).into_iter().collect();
                     let first = list_row as usize * LIST_ROW;
                     let n = LIST_ROW.min(batch.total as usize - first) as u32;
                     let part = format::read_list(id, n, &numbers, &refs).map_err(corrupt)?;
@@ -137,17 +239,10 @@ impl Store {
                 sender.clone_from(&m.sender);
             }
             let node = match outcome.as_ref().and_then(|o| o.node.checked_sub(1)) {
-                Some(n) => nodes_t
-                    .get(n)
-                    .map_err(|e| self.err(e))?
-                    .map(|v| v.value().to_string())
-                    .unwrap_or_default(),
+                Some(n) => rows.node(n)?.unwrap_or_default(),
                 None => String::new(),
             };
-            let error = errors_t
-                .get((id, index))
-                .map_err(|e| self.err(e))?
-                .map(|v| v.value().to_string());
+            let error = rows.error(id, index)?;
             found.push(StoredMessage {
                 index,
                 to: number,

@@ -157,57 +157,62 @@ impl Store {
         Ok(())
     }
 
-    /// Every stored wait and decided delivery (at start).
-    pub(super) fn load_receipts(
+    /// Every stored wait and decided delivery of the embedded store, as stored (at start).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn receipt_rows(
         &self,
         txn: &redb::ReadTransaction,
-    ) -> Result<(Rows<StoredWait>, Rows<StoredDelivery>), StoreError> {
-        let waits = self.rows(txn, RECEIPT_WAITS, "receipt wait")?;
-        let finals = self.rows(txn, DELIVERIES, "delivery")?;
-        Ok((waits, finals))
+    ) -> Result<(Vec<((u64, u32), Vec<u8>)>, Vec<((u64, u32), Vec<u8>)>), StoreError> {
+        let read = |table: TableDefinition<'_, (u64, u32), &[u8]>| -> Result<Vec<((u64, u32), Vec<u8>)>, StoreError> {
+            let t = txn.open_table(table).map_err(|e| self.err(e))?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(|e| self.err(e))? {
+                let (k, v) = row.map_err(|e| self.err(e))?;
+                out.push((k.value(), v.value().to_vec()));
+            }
+            Ok(out)
+        };
+        Ok((read(RECEIPT_WAITS)?, read(DELIVERIES)?))
     }
 
-    fn rows<T: Message + Default>(
+    /// Stored receipt rows, decoded.
+    pub(super) fn decode_rows<T: Message + Default>(
         &self,
-        txn: &redb::ReadTransaction,
-        table: TableDefinition<'_, (u64, u32), &[u8]>,
+        rows: Vec<((u64, u32), Vec<u8>)>,
         what: &str,
     ) -> Result<Rows<T>, StoreError> {
-        let t = txn.open_table(table).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(|e| self.err(e))? {
-            let (k, v) = row.map_err(|e| self.err(e))?;
-            let (batch, index) = k.value();
-            let record = T::decode(v.value()).map_err(|e| StoreError::Corrupt {
-                path: self.path.clone(),
-                what: format!("{what} of message {batch:016x}.{index}: {e}"),
-            })?;
-            out.push(((batch, index), record));
-        }
-        Ok(out)
+        rows.into_iter()
+            .map(|((batch, index), v)| {
+                let record = T::decode(v.as_slice()).map_err(|e| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("{what} of message {batch:016x}.{index}: {e}"),
+                })?;
+                Ok(((batch, index), record))
+            })
+            .collect()
     }
 
-    /// The receipt state of message `index` of `batch` in an open read:
+    /// The receipt state of message `index` of `batch` from its stored rows:
     /// (its decided delivery, else the ids it waits with).
-    pub(super) fn read_receipt(
+    pub(super) fn decode_receipt(
         &self,
-        waits: &redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
-        finals: &redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
         batch: u64,
         index: u32,
+        delivery: Option<&[u8]>,
+        wait: Option<&[u8]>,
     ) -> Result<(Option<StoredDelivery>, Vec<String>), StoreError> {
         let corrupt = |e: prost::DecodeError| StoreError::Corrupt {
             path: self.path.clone(),
             what: format!("receipt of message {batch:016x}.{index}: {e}"),
         };
-        if let Some(v) = finals.get((batch, index)).map_err(|e| self.err(e))? {
+        if let Some(v) = delivery {
             return Ok((
-                Some(StoredDelivery::decode(v.value()).map_err(corrupt)?),
+                Some(StoredDelivery::decode(v).map_err(corrupt)?),
                 Vec::new(),
             ));
         }
-        let ids = match waits.get((batch, index)).map_err(|e| self.err(e))? {
-            Some(v) => StoredWait::decode(v.value()).map_err(corrupt)?.ids,
+        let ids = match wait {
+            Some(v) => StoredWait::decode(v).map_err(corrupt)?.ids,
             None => Vec::new(),
         };
         Ok((None, ids))

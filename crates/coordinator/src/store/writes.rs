@@ -44,7 +44,11 @@ impl Store {
         new: &[NewRecord<'_>],
     ) -> Result<Vec<Result<(), Existing>>, StoreError> {
         self.write(|| {
-            let txn = self.db().begin_write().map_err(|e| self.err(e))?;
+            let db = match self.backend() {
+                super::Backend::Redb(db) => db,
+                super::Backend::Postgres(pg) => return pg.commit(self, sets, new),
+            };
+            let txn = db.begin_write().map_err(|e| self.err(e))?;
             let results = self.put_batches(&txn, new)?;
             for set in sets {
                 self.put_set(&txn, set)?;

@@ -1,0 +1,278 @@
+//! Reading the PostgreSQL store: everything at start (each table in one
+//! query, put in the embedded store's key order), and a folded batch's
+//! messages on request, in one read-only snapshot, a chunk of rows at a time.
+
+use std::collections::HashMap;
+
+use postgres::{IsolationLevel, Transaction};
+
+use super::{Pg, db_err, id, unid};
+use crate::store::format::CHUNK;
+use crate::store::load::Tables;
+use crate::store::reads::{Lookup, RowPair};
+use crate::store::{Loaded, Store, StoreError};
+
+/// Every row of a table keyed (batch, sub), in key order (batch id unsigned).
+/// Rows keyed (batch, sub).
+type Keyed<V> = Vec<((u64, u32), V)>;
+
+fn keyed<V: for<'a> postgres::types::FromSql<'a>>(
+    txn: &mut Transaction<'_>,
+    sql: &str,
+) -> Result<Keyed<V>, postgres::Error> {
+    let mut rows: Keyed<V> = txn
+        .query(sql, &[])?
+        .into_iter()
+        .map(|r| {
+            let sub: i32 = r.get(1);
+            ((unid(r.get(0)), sub as u32), r.get(2))
+        })
+        .collect();
+    rows.sort_unstable_by_key(|(k, _)| *k);
+    Ok(rows)
+}
+
+impl Pg {
+    /// Loads everything, in one consistent snapshot.
+    pub(in crate::store) fn load(&self, store: &Store) -> Result<Loaded, StoreError> {
+        let mut client = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let e = |e: postgres::Error| db_err(store, e);
+        let mut txn = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(e)?;
+        let records =
+            |txn: &mut Transaction<'_>, sql: &str| -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+                let mut rows: Vec<(u64, Vec<u8>)> = txn
+                    .query(sql, &[])
+                    .map_err(e)?
+                    .into_iter()
+                    .map(|r| (unid(r.get(0)), r.get(1)))
+                    .collect();
+                rows.sort_unstable_by_key(|(k, _)| *k);
+                Ok(rows)
+            };
+        let batches = records(&mut txn, "SELECT id, record FROM smsmesh_batches")?;
+        let states = records(&mut txn, "SELECT id, record FROM smsmesh_batch_state")?;
+        let outcomes =
+            keyed::<Vec<u8>>(&mut txn, "SELECT batch, chunk, slots FROM smsmesh_outcomes")
+                .map_err(e)?;
+        let errors =
+            keyed::<String>(&mut txn, "SELECT batch, idx, error FROM smsmesh_errors").map_err(e)?;
+        let numbers = keyed::<Vec<u8>>(
+            &mut txn,
+            "SELECT batch, row_no, bytes FROM smsmesh_recipients",
+        )
+        .map_err(e)?;
+        let refs = keyed::<Vec<u8>>(
+            &mut txn,
+            "SELECT batch, row_no, bytes FROM smsmesh_client_refs",
+        )
+        .map_err(e)?;
+        let waits = keyed::<Vec<u8>>(
+            &mut txn,
+            "SELECT batch, idx, record FROM smsmesh_receipt_waits",
+        )
+        .map_err(e)?;
+        let deliveries = keyed::<Vec<u8>>(
+            &mut txn,
+            "SELECT batch, idx, record FROM smsmesh_deliveries",
+        )
+        .map_err(e)?;
+        let idempotency = txn
+            .query("SELECT key, batch FROM smsmesh_idempotency", &[])
+            .map_err(e)?
+            .into_iter()
+            .map(|r| (r.get(0), unid(r.get(1))))
+            .collect();
+        let mut nodes = Vec::new();
+        for r in txn
+            .query("SELECT idx, name FROM smsmesh_nodes ORDER BY idx", &[])
+            .map_err(e)?
+        {
+            let idx: i32 = r.get(0);
+            let idx = u16::try_from(idx).map_err(|_| StoreError::Corrupt {
+                path: store.path.clone(),
+                what: format!("node index {idx}"),
+            })?;
+            nodes.push((idx, r.get(1)));
+        }
+        txn.commit().map_err(e)?;
+        store.assemble(Tables {
+            batches: Box::new(batches.into_iter().map(Ok)),
+            states: Box::new(states.into_iter().map(|(k, v)| Ok(((k, 0), v)))),
+            outcomes: Box::new(outcomes.into_iter().map(Ok)),
+            errors: Box::new(errors.into_iter().map(Ok)),
+            numbers: Box::new(numbers.into_iter().map(Ok)),
+            refs: Box::new(refs.into_iter().map(Ok)),
+            idempotency,
+            nodes,
+            waits,
+            deliveries,
+        })
+    }
+
+    /// Runs `f` over a read-only snapshot of the database.
+    pub(in crate::store) fn read<T>(
+        &self,
+        store: &Store,
+        f: impl FnOnce(&mut dyn Lookup) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut client = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let txn = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(|e| db_err(store, e))?;
+        let mut lookup = PgLookup {
+            txn,
+            store,
+            nodes: None,
+            errors: None,
+            receipts: None,
+        };
+        let r = f(&mut lookup)?;
+        lookup.txn.commit().map_err(|e| db_err(store, e))?;
+        Ok(r)
+    }
+}
+
+/// Rows of one chunk of a batch's messages, by index.
+type ChunkRows<V> = ((u64, u32), HashMap<u32, V>);
+
+/// A folded batch's rows in a snapshot; errors and receipts are read a
+/// chunk (4,096 messages) at a time.
+struct PgLookup<'t, 's> {
+    txn: Transaction<'t>,
+    store: &'s Store,
+    nodes: Option<HashMap<u16, String>>,
+    errors: Option<ChunkRows<String>>,
+    receipts: Option<ChunkRows<RowPair>>,
+}
+
+impl PgLookup<'_, '_> {
+    fn one(&mut self, sql: &str, a: u64, b: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.txn
+            .query_opt(sql, &[&id(a), &(b as i32)])
+            .map(|r| r.map(|r| r.get(0)))
+            .map_err(|e| db_err(self.store, e))
+    }
+
+    /// The range of indexes of `index`'s chunk.
+    fn chunk(index: u32) -> (u32, i32, i32) {
+        let c = index / CHUNK;
+        let first = c * CHUNK;
+        (c, first as i32, first.saturating_add(CHUNK) as i32)
+    }
+}
+
+impl Lookup for PgLookup<'_, '_> {
+    fn batch(&mut self, batch: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.txn
+            .query_opt(
+                "SELECT record FROM smsmesh_batches WHERE id = $1",
+                &[&id(batch)],
+            )
+            .map(|r| r.map(|r| r.get(0)))
+            .map_err(|e| db_err(self.store, e))
+    }
+
+    fn outcome_row(&mut self, batch: u64, chunk: u32) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .one(
+                "SELECT slots FROM smsmesh_outcomes WHERE batch = $1 AND chunk = $2",
+                batch,
+                chunk,
+            )?
+            .unwrap_or_default())
+    }
+
+    fn list_row(&mut self, batch: u64, row: u32) -> Result<RowPair, StoreError> {
+        Ok((
+            self.one(
+                "SELECT bytes FROM smsmesh_recipients WHERE batch = $1 AND row_no = $2",
+                batch,
+                row,
+            )?,
+            self.one(
+                "SELECT bytes FROM smsmesh_client_refs WHERE batch = $1 AND row_no = $2",
+                batch,
+                row,
+            )?,
+        ))
+    }
+
+    fn node(&mut self, n: u16) -> Result<Option<String>, StoreError> {
+        if self.nodes.is_none() {
+            let mut nodes = HashMap::new();
+            for r in self
+                .txn
+                .query("SELECT idx, name FROM smsmesh_nodes", &[])
+                .map_err(|e| db_err(self.store, e))?
+            {
+                let idx: i32 = r.get(0);
+                nodes.insert(idx as u16, r.get(1));
+            }
+            self.nodes = Some(nodes);
+        }
+        Ok(self.nodes.as_ref().and_then(|m| m.get(&n).cloned()))
+    }
+
+    fn error(&mut self, batch: u64, index: u32) -> Result<Option<String>, StoreError> {
+        let (c, from, to) = Self::chunk(index);
+        if self.errors.as_ref().is_none_or(|(k, _)| *k != (batch, c)) {
+            let rows = self
+                .txn
+                .query(
+                    "SELECT idx, error FROM smsmesh_errors WHERE batch = $1 AND idx >= $2 AND idx < $3",
+                    &[&id(batch), &from, &to],
+                )
+                .map_err(|e| db_err(self.store, e))?;
+            let map = rows
+                .into_iter()
+                .map(|r| (r.get::<_, i32>(0) as u32, r.get(1)))
+                .collect();
+            self.errors = Some(((batch, c), map));
+        }
+        Ok(self
+            .errors
+            .as_ref()
+            .and_then(|(_, m)| m.get(&index).cloned()))
+    }
+
+    fn receipt(&mut self, batch: u64, index: u32) -> Result<RowPair, StoreError> {
+        let (c, from, to) = Self::chunk(index);
+        if self.receipts.as_ref().is_none_or(|(k, _)| *k != (batch, c)) {
+            let mut map: HashMap<u32, RowPair> = HashMap::new();
+            for (table, delivery) in [
+                ("smsmesh_deliveries", true),
+                ("smsmesh_receipt_waits", false),
+            ] {
+                let rows = self
+                    .txn
+                    .query(
+                        &format!("SELECT idx, record FROM {table} WHERE batch = $1 AND idx >= $2 AND idx < $3"),
+                        &[&id(batch), &from, &to],
+                    )
+                    .map_err(|e| db_err(self.store, e))?;
+                for r in rows {
+                    let entry = map.entry(r.get::<_, i32>(0) as u32).or_default();
+                    if delivery {
+                        entry.0 = Some(r.get(1));
+                    } else {
+                        entry.1 = Some(r.get(1));
+                    }
+                }
+            }
+            self.receipts = Some(((batch, c), map));
+        }
+        Ok(self
+            .receipts
+            .as_ref()
+            .and_then(|(_, m)| m.get(&index).cloned())
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,325 @@
+//! The PostgreSQL store against a real server: the same writes give the
+//! same loaded state and the same messages read back as the embedded store,
+//! and a writer whose epoch was superseded commits nothing.
+
+use smsmesh_coordinator::batch::Recipients;
+use smsmesh_coordinator::batch::recipients::pack;
+use smsmesh_coordinator::store::pg::{self, Pg};
+use smsmesh_coordinator::store::{
+    FinalState, NewRecord, Outcome, ReceiptWrite, Store, StoreError, StoredBatch, StoredBatchState,
+    StoredDelivery, StoredWait, WriteSet,
+};
+
+/// A fresh database on the test server (None: skipped).
+fn database(name: &str) -> Option<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = rt.block_on(smsmesh_testkit::database(name))?;
+    pg::migrate(&url).unwrap();
+    Some(url)
+}
+
+fn batch(id: u64, total: u32) -> StoredBatch {
+    StoredBatch {
+        id,
+        total,
+        max_attempts: 3,
+        synthetic_seed: Some(7),
+        accepted_unix_ms: 1,
+        tenant: "t".into(),
+        fingerprint: id ^ 0x55,
+        ..Default::default()
+    }
+}
+
+fn outcome(batch: u64, index: u32, state: FinalState, node: u16) -> Outcome {
+    Outcome {
+        batch,
+        index,
+        state,
+        attempts: 2,
+        node,
+        error: (state == FinalState::Failed).then(|| format!("no route {index}")),
+    }
+}
+
+/// Ids on both sides of 2^63: the database stores them as signed bigint,
+/// and the load must still merge its tables in the embedded store's order.
+const HIGH: u64 = 0x8000_0000_0000_0005;
+const LOW: u64 = 0x0000_0000_0000_0009;
+const LIST: u64 = 0xffff_0000_0000_0001;
+const GONE: u64 = 0x4000_0000_0000_0002;
+
+fn list() -> Recipients {
+    let mut list = Recipients::new();
+    for i in 0..70_000u32 {
+        let r = if i % 5 == 0 {
+            format!("ref-{i}")
+        } else {
+            String::new()
+        };
+        list.push(pack(&format!("+4477{i:08}")), &r).unwrap();
+    }
+    list
+}
+
+/// The same history, applied to any store: batches (one by a reused key),
+/// groups of outcomes over several rows, receipts, node names, states, and
+/// a batch removed by retention.
+fn history(store: &Store) {
+    let list = list();
+    let list_batch = StoredBatch {
+        synthetic_seed: None,
+        list_body: Some("evacuate now".into()),
+        list_sender: "ALERT".into(),
+        ..batch(LIST, 70_000)
+    };
+    let (high, low, gone) = (batch(HIGH, 9000), batch(LOW, 10), batch(GONE, 3));
+    let new = [
+        NewRecord {
+            batch: &high,
+            key: Some("k-high"),
+            list: None,
+        },
+        NewRecord {
+            batch: &low,
+            key: Some("k-high"),
+            list: None,
+        },
+        NewRecord {
+            batch: &list_batch,
+            key: None,
+            list: Some(&list),
+        },
+        NewRecord {
+            batch: &gone,
+            key: Some("k-gone"),
+            list: None,
+        },
+    ];
+    let r = store.commit_group(&[], &new).unwrap();
+    assert!(r[0].is_ok() && r[2].is_ok() && r[3].is_ok());
+    let existing = r[1].unwrap_err();
+    assert_eq!(
+        (existing.id, existing.fingerprint),
+        (HIGH, HIGH ^ 0x55),
+        "the key made HIGH"
+    );
+    store
+        .commit_group(
+            &[],
+            &[NewRecord {
+                batch: &low,
+                key: None,
+                list: None,
+            }],
+        )
+        .unwrap()[0]
+        .unwrap();
+
+    let mut first = WriteSet::default();
+    first.nodes.push((0, "node-a".into()));
+    first.nodes.push((1, "node-b".into()));
+    for i in (0..9000).step_by(7) {
+        let state = if i % 3 == 0 {
+            FinalState::Failed
+        } else {
+            FinalState::Sent
+        };
+        first
+            .outcomes
+            .push(outcome(HIGH, i, state, 1 + (i % 2) as u16));
+    }
+    first.batches.push(StoredBatchState {
+        id: HIGH,
+        dispatched: 9000,
+        resent: 4,
+        ..Default::default()
+    });
+    first.receipts.push(ReceiptWrite::Wait {
+        batch: HIGH,
+        index: 1,
+        wait: StoredWait {
+            sent_unix_ms: 5,
+            delivered: 0,
+            provider: "smsc".into(),
+            ids: vec!["A1".into(), "A2".into()],
+        },
+    });
+    first.receipts.push(ReceiptWrite::Wait {
+        batch: HIGH,
+        index: 2,
+        wait: StoredWait {
+            sent_unix_ms: 6,
+            delivered: 0,
+            provider: "smsc".into(),
+            ids: vec!["B1".into()],
+        },
+    });
+    // A second group in the same transaction rewrites rows the first wrote.
+    let mut second = WriteSet::default();
+    second.outcomes.push(outcome(HIGH, 8, FinalState::Sent, 2));
+    second
+        .outcomes
+        .push(outcome(LIST, 69_999, FinalState::Failed, 2));
+    second.outcomes.push(outcome(LOW, 3, FinalState::Sent, 1));
+    second.batches.push(StoredBatchState {
+        id: HIGH,
+        dispatched: 9000,
+        resent: 5,
+        ..Default::default()
+    });
+    second.batches.push(StoredBatchState {
+        id: LOW,
+        cancelled: true,
+        dispatched: 4,
+        ..Default::default()
+    });
+    second.receipts.push(ReceiptWrite::Final {
+        batch: HIGH,
+        index: 2,
+        delivery: StoredDelivery {
+            state: 1,
+            message_state: 2,
+            error: "000".into(),
+            unix_ms: 9,
+            ids: vec!["B1".into()],
+        },
+    });
+    store.commit_group(&[&first, &second], &[]).unwrap();
+
+    let mut retention = WriteSet::default();
+    retention.deleted.push((GONE, Some("k-gone".into())));
+    store.commit(&retention).unwrap();
+}
+
+/// What a store holds, as the coordinator sees it: everything loaded, and
+/// messages read back from each batch.
+fn seen(store: &Store) -> String {
+    let loaded = store.load().unwrap();
+    let mut out = format!("{loaded:?}\n");
+    for (id, from, to) in [
+        (HIGH, 0, 30),
+        (HIGH, 4090, 4100),
+        (LIST, 65_530, 70_000),
+        (LOW, 0, 10),
+        (GONE, 0, 3),
+    ] {
+        let read = store.read_messages(id, from, to, 50, |_, _| true).unwrap();
+        out.push_str(&format!("{id:x} {from}..{to}: {read:?}\n"));
+    }
+    let failed = store
+        .read_messages(HIGH, 0, 9000, 5, |o, _| {
+            o.is_some_and(|o| o.state == FinalState::Failed)
+        })
+        .unwrap();
+    out.push_str(&format!("failed: {failed:?}\n"));
+    out
+}
+
+#[test]
+fn postgres_holds_what_the_embedded_store_holds() {
+    let Some(url) = database("parity") else {
+        return;
+    };
+    let embedded = Store::in_memory().unwrap();
+    let postgres =
+        Store::postgres(Pg::connect(&url, 0, std::time::Duration::from_secs(5)).unwrap());
+    history(&embedded);
+    history(&postgres);
+    let (want, got) = (seen(&embedded), seen(&postgres));
+    assert!(
+        want.contains("evacuate now") && want.contains("no route 6") && want.contains("B1"),
+        "{want}"
+    );
+    assert!(
+        !want.contains("k-gone"),
+        "retention removed the key: {want}"
+    );
+    assert_eq!(
+        got, want,
+        "the PostgreSQL store reads back what the embedded store does"
+    );
+
+    // A second coordinator loading the same database sees the same (a takeover).
+    let again = Store::postgres(Pg::connect(&url, 0, std::time::Duration::from_secs(5)).unwrap());
+    assert_eq!(seen(&again), want);
+}
+
+#[test]
+fn a_deposed_writer_commits_nothing() {
+    let Some(url) = database("fence") else { return };
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin
+        .execute("UPDATE smsmesh_leader SET epoch = 7, holder = 'a'", &[])
+        .unwrap();
+    let old = Store::postgres(Pg::connect(&url, 7, std::time::Duration::from_secs(5)).unwrap());
+    old.insert_batch(&batch(1, 10), None).unwrap().unwrap();
+
+    // Another coordinator takes the lead: the old one's next write fails, whole.
+    admin
+        .execute("UPDATE smsmesh_leader SET epoch = 8, holder = 'b'", &[])
+        .unwrap();
+    let mut set = WriteSet::default();
+    set.outcomes.push(outcome(1, 0, FinalState::Sent, 1));
+    set.nodes.push((0, "node-a".into()));
+    let err = old.commit(&set).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Deposed {
+                epoch: 7,
+                now: 8,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("lost the lead"), "{err}");
+    let err = old.insert_batch(&batch(2, 10), None).unwrap_err();
+    assert!(err.to_string().contains("lost the lead"), "{err}");
+
+    let new = Store::postgres(Pg::connect(&url, 8, std::time::Duration::from_secs(5)).unwrap());
+    let loaded = new.load().unwrap();
+    assert_eq!(
+        loaded.batches.len(),
+        1,
+        "only the batch stored under epoch 7"
+    );
+    assert_eq!(
+        loaded.batches[0].outcomes().count(),
+        0,
+        "nothing of the deposed write"
+    );
+    assert!(loaded.nodes.is_empty());
+}
+
+#[test]
+fn migrations_run_once_whoever_starts_first() {
+    let Some(url) = database("migrate") else {
+        return;
+    };
+    // Several coordinators starting at once all find the schema in place.
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || pg::migrate(&url))
+        })
+        .collect();
+    for r in runs {
+        r.join().unwrap().unwrap();
+    }
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let n: i64 = admin
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "one migration, applied once");
+    let rows: i64 = admin
+        .query_one("SELECT count(*) FROM smsmesh_leader", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+}
