@@ -196,5 +196,6 @@ pub(crate) async fn scenario(bin: &Path, total: u64) -> anyhow::Result<Scenario>
         history: Some(h),
         smpp: Vec::new(),
         priority: None,
+        failover: None,
     })
 }

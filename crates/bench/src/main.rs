@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use serde::Serialize;
 use smsmesh::pb::{self, BatchState};
+mod failover;
 mod history;
 mod mesh;
 mod priority;
@@ -21,11 +22,11 @@ mod upload;
 
 use report::{fmt_shares, markdown, report};
 
-/// Runs the benchmark scenarios (a) to (k) and writes the results.
+/// Runs the benchmark scenarios (a) to (l) and writes the results.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run (a to k).
+    /// Scenarios to run (a to l; (l) needs SMSMESH_TEST_POSTGRES, a PostgreSQL server).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
     scenarios: Vec<String>,
     /// Scale every batch size by this factor (e.g. 0.1 for a quick run).
@@ -87,6 +88,9 @@ pub(crate) struct Run {
     node_latency_ms: Vec<f64>,
     /// Messages per second between 10% and 90% of the batch (no ramp-up, no tail).
     steady_msgs_per_sec: f64,
+    /// The store of a durable run, when not the embedded one ("postgres").
+    #[serde(skip_serializing_if = "String::is_empty")]
+    store: String,
 }
 
 /// One scenario's result, with its verdict against the target.
@@ -110,6 +114,9 @@ pub(crate) struct Scenario {
     /// What the classes-of-traffic scenario measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     priority: Option<priority::Priority>,
+    /// What the standby-coordinator scenario measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failover: Option<failover::Failover>,
 }
 
 #[tokio::main]
@@ -185,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
                         history: None,
                         smpp: Vec::new(),
                         priority: None,
+                        failover: None,
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -221,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
                         history: None,
                         smpp: Vec::new(),
                         priority: None,
+                        failover: None,
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -254,6 +263,7 @@ async fn main() -> anyhow::Result<()> {
                     history: None,
                     smpp: Vec::new(),
                     priority: None,
+                    failover: None,
                 }
             }
             "d" => {
@@ -291,6 +301,7 @@ async fn main() -> anyhow::Result<()> {
                     history: None,
                     smpp: Vec::new(),
                     priority: None,
+                    failover: None,
                 }
             }
             "e" => {
@@ -342,6 +353,7 @@ async fn main() -> anyhow::Result<()> {
                     history: None,
                     smpp: Vec::new(),
                     priority: None,
+                    failover: None,
                 }
             }
             "f" => {
@@ -388,6 +400,7 @@ async fn main() -> anyhow::Result<()> {
                     history: None,
                     smpp: Vec::new(),
                     priority: None,
+                    failover: None,
                 }
             }
             "g" => {
@@ -412,6 +425,7 @@ async fn main() -> anyhow::Result<()> {
                     history: None,
                     smpp: Vec::new(),
                     priority: None,
+                    failover: None,
                 }
             }
             "h" => {
@@ -423,7 +437,8 @@ async fn main() -> anyhow::Result<()> {
             "k" => {
                 priority::scenario(&bin, scale(1_000_000), scale(10_000_000), args.repeat).await?
             }
-            other => bail!("unknown scenario {other:?} (a to k)"),
+            "l" => failover::scenario(&bin, scale(1_000_000), args.repeat).await?,
+            other => bail!("unknown scenario {other:?} (a to l)"),
         };
         report(&scenario);
         results.push(scenario);
@@ -468,12 +483,17 @@ pub(crate) fn usage(pid: u32) -> (f64, f64) {
 }
 
 async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
+    run_on(bin, setup, &[]).await
+}
+
+/// [`run`], with `coord_args` for the coordinator (`--database-url URL`: its store).
+pub(crate) async fn run_on(bin: &Path, setup: &Setup, coord_args: &[&str]) -> anyhow::Result<Run> {
     let mesh::Started {
         coord,
         nodes,
         mut client,
         ..
-    } = mesh::start(bin, setup, &[], None).await?;
+    } = mesh::start(bin, setup, coord_args, None).await?;
     let cpu_before = usage(coord.child.id()).0;
     let started = Instant::now();
     let req = pb::SubmitBatchRequest {
@@ -553,5 +573,10 @@ async fn run(bin: &Path, setup: &Setup) -> anyhow::Result<Run> {
         shares: per_node.iter().map(|(_, s, _)| *s).collect(),
         node_latency_ms: per_node.iter().map(|(_, _, l)| *l).collect(),
         steady_msgs_per_sec: steady,
+        store: if coord_args.contains(&"--database-url") {
+            "postgres".into()
+        } else {
+            String::new()
+        },
     })
 }

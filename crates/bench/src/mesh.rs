@@ -100,11 +100,11 @@ pub(crate) async fn start(
     // Wait until every node has joined.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let mut s = client
+        // A coordinator on a database answers once it holds the lead.
+        if let Ok(s) = client
             .watch_progress(request(pb::WatchProgressRequest::default(), token)?)
-            .await?
-            .into_inner();
-        if let Some(u) = s.message().await?
+            .await
+            && let Some(u) = s.into_inner().message().await?
             && u.nodes_connected as usize == setup.nodes.len()
         {
             break;

@@ -288,5 +288,6 @@ pub(crate) async fn scenario(
         history: None,
         smpp: Vec::new(),
         priority: Some(k),
+        failover: None,
     })
 }

@@ -169,5 +169,6 @@ pub(crate) async fn scenario(bin: &Path, n: u64) -> anyhow::Result<Scenario> {
         history: None,
         smpp: vec![one, four, limited],
         priority: None,
+        failover: None,
     })
 }

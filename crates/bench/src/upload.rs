@@ -156,5 +156,6 @@ pub(crate) async fn scenario(bin: &Path, n: u64, repeat: u32) -> anyhow::Result<
         history: None,
         smpp: Vec::new(),
         priority: None,
+        failover: None,
     })
 }

@@ -1,0 +1,251 @@
+//! Scenario (l): the coordinator on PostgreSQL. Its durable throughput
+//! against the embedded store's, run by run and interleaved; then a
+//! 1,000,000-message batch whose leader is killed with SIGKILL a third of the
+//! way through: how soon the standby serves, and whether the batch completes
+//! with nothing lost. Needs a PostgreSQL server (`SMSMESH_TEST_POSTGRES`;
+//! `.ci/postgres DIR PORT` starts one): each run gets a fresh database.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use smsmesh::pb::{self, BatchState};
+use smsmesh_testkit::{Proc, database, postgres_url, stdout_addrs};
+
+use crate::{Run, Scenario, Setup, median, run_on};
+
+/// What the failover run measured.
+#[derive(Debug, Serialize)]
+pub(crate) struct Failover {
+    messages: u64,
+    /// Messages sent when the leader was killed.
+    sent_at_kill: u64,
+    /// From the kill to the standby's health saying SERVING.
+    serving_after_s: f64,
+    /// From the kill to the batch's count moving on the new leader.
+    sending_again_after_s: f64,
+    /// From the submit to the batch's end, kill included.
+    seconds: f64,
+    sent: u64,
+    failed: u64,
+    /// Accepted messages without a final outcome at the end (must be 0).
+    lost: u64,
+    /// Messages dispatched again after the takeover (they may have gone out before).
+    resent: u64,
+    /// Results for messages that already had a final outcome (not counted twice).
+    duplicates: u64,
+}
+
+pub(crate) async fn scenario(bin: &Path, messages: u64, repeat: u32) -> anyhow::Result<Scenario> {
+    if postgres_url().is_none() {
+        bail!(
+            "scenario (l) needs a PostgreSQL server: SMSMESH_TEST_POSTGRES=postgres://USER@HOST:PORT/DB (.ci/postgres DIR PORT starts one)"
+        );
+    }
+    let setup = Setup {
+        messages,
+        durable: true,
+        nodes: vec![(1000, Duration::ZERO); 4],
+        node_threads: 0,
+        per_process: 1,
+    };
+    let mut runs: Vec<Run> = Vec::new();
+    let mut ratios = Vec::new();
+    for _ in 0..repeat {
+        let embedded = run_on(bin, &setup, &[]).await?;
+        let url = database("bench").await.context("no PostgreSQL")?;
+        let pg = run_on(bin, &setup, &["--database-url", &url]).await?;
+        ratios.push(pg.msgs_per_sec / embedded.msgs_per_sec);
+        runs.push(embedded);
+        runs.push(pg);
+    }
+    let rates = |store: &str| {
+        runs.iter()
+            .filter(|r| r.store == store)
+            .map(|r| format!("{:.0}", r.msgs_per_sec))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let f = failover(bin, messages).await?;
+    let ratio = median(&ratios);
+    let met = ratio >= 0.30 && f.serving_after_s <= 10.0 && f.lost == 0;
+    Ok(Scenario {
+        id: "l".into(),
+        title: format!("{messages} messages, 4 nodes, on PostgreSQL: throughput, and a standby taking over"),
+        target: "PostgreSQL ≥ 30% of the embedded store's msg/s (median of interleaved pairs); after SIGKILL of the leader mid-batch the standby serves within 10 s and the batch completes, lost 0".into(),
+        result: format!(
+            "PostgreSQL at median {:.0}% of embedded ({}) — embedded msg/s {}, PostgreSQL msg/s {}; failover: standby serving {:.1} s after the kill, sending again after {:.1} s, batch done in {:.1} s, sent {} failed {} lost {} resent {} duplicates {}",
+            100.0 * ratio,
+            ratios.iter().map(|r| format!("{:.0}%", 100.0 * r)).collect::<Vec<_>>().join(", "),
+            rates(""),
+            rates("postgres"),
+            f.serving_after_s,
+            f.sending_again_after_s,
+            f.seconds,
+            f.sent,
+            f.failed,
+            f.lost,
+            f.resent,
+            f.duplicates
+        ),
+        met,
+        runs,
+        uploads: Vec::new(),
+        history: None,
+        smpp: Vec::new(),
+        priority: None,
+        failover: Some(f),
+    })
+}
+
+/// A coordinator process on `url`, with its address.
+fn coordinator(bin: &Path, url: &str) -> anyhow::Result<(Proc, SocketAddr)> {
+    let mut proc = Proc {
+        child: Command::new(bin.join("smscoord"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--plaintext",
+                "--insecure-no-auth",
+            ])
+            .args(["--database-url", url])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()?,
+    };
+    let addr = stdout_addrs(&mut proc.child, &["smscoord listening on "])?[0];
+    Ok((proc, addr))
+}
+
+/// Whether the coordinator at `addr` serves (leads).
+async fn serving(addr: SocketAddr) -> bool {
+    let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("an address")
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: "smsmesh.v1.Coordinator".into(),
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), health.check(request)).await,
+        Ok(Ok(r)) if r.get_ref().status
+            == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    )
+}
+
+async fn status(addr: SocketAddr, id: &str) -> Option<pb::BatchStatus> {
+    let mut c = pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
+        .await
+        .ok()?;
+    let r = c
+        .get_status(pb::GetStatusRequest {
+            target: Some(pb::get_status_request::Target::BatchId(id.to_string())),
+        })
+        .await
+        .ok()?
+        .into_inner();
+    match r.status? {
+        pb::get_status_response::Status::Batch(b) => Some(b),
+        _ => None,
+    }
+}
+
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    within: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            bail!("{what}: not within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn failover(bin: &Path, messages: u64) -> anyhow::Result<Failover> {
+    let url = database("failover").await.context("no PostgreSQL")?;
+    let (mut a, a_addr) = coordinator(bin, &url)?;
+    until(
+        Duration::from_secs(60),
+        "the first coordinator leads",
+        || async { serving(a_addr).await.then_some(()) },
+    )
+    .await?;
+    let (_b, b_addr) = coordinator(bin, &url)?;
+    let urls = format!("http://{a_addr},http://{b_addr}");
+    let _nodes: Vec<Proc> = (0..4)
+        .map(|i| {
+            Command::new(bin.join("smsnode"))
+                .args(["--coordinator", &urls, "--name", &format!("node-{i}")])
+                .args(["--concurrency", "1000", "--mean-latency", "1ms"])
+                .env("RUST_LOG", "error")
+                .spawn()
+                .map(|child| Proc { child })
+        })
+        .collect::<Result<_, _>>()?;
+    let mut client =
+        pb::coordinator_client::CoordinatorClient::connect(format!("http://{a_addr}")).await?;
+    let started = Instant::now();
+    let id = client
+        .submit_batch(pb::SubmitBatchRequest {
+            synthetic: Some(pb::SyntheticBatch {
+                count: messages,
+                body: None,
+                seed: Some(3),
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .batch_id;
+    let third = messages / 3;
+    let at_kill = until(Duration::from_secs(300), "a third sent", || async {
+        status(a_addr, &id).await.filter(|b| b.sent >= third)
+    })
+    .await?;
+    a.kill9();
+    let killed = Instant::now();
+    until(Duration::from_secs(60), "the standby serves", || async {
+        serving(b_addr).await.then_some(())
+    })
+    .await?;
+    let serving_after = killed.elapsed();
+    until(Duration::from_secs(60), "sending again", || async {
+        status(b_addr, &id)
+            .await
+            .filter(|b| b.sent + b.failed > at_kill.sent + at_kill.failed)
+    })
+    .await?;
+    let sending_again = killed.elapsed();
+    let end = until(Duration::from_secs(600), "the batch ends", || async {
+        status(b_addr, &id).await.filter(|b| {
+            b.state != BatchState::Running as i32
+        })
+    })
+    .await?;
+    Ok(Failover {
+        messages,
+        sent_at_kill: at_kill.sent,
+        serving_after_s: serving_after.as_secs_f64(),
+        sending_again_after_s: sending_again.as_secs_f64(),
+        seconds: started.elapsed().as_secs_f64(),
+        sent: end.sent,
+        failed: end.failed,
+        lost: messages.saturating_sub(end.sent + end.failed),
+        resent: end.resent,
+        duplicates: end.duplicates,
+    })
+}
