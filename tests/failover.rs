@@ -114,6 +114,14 @@ fn check_books(rec: &Recorder, b: &pb::BatchStatus, total: u64) -> u64 {
     twice
 }
 
+/// Whether `smscoord --health-check` / `--ready-check` on `addr` exits 0.
+fn check(addr: SocketAddr, flag: &str) -> bool {
+    std::process::Command::new(smsmesh_testkit::bin("smscoord"))
+        .args([flag, "--plaintext", "--listen", &addr.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// A standby refuses the API with UNAVAILABLE, naming the leader.
 async fn refuses_as_standby(addr: SocketAddr) {
     let err = client(addr)
@@ -152,6 +160,9 @@ async fn the_standby_takes_over_from_a_killed_leader_mid_batch() {
     .unwrap();
     assert!(!serving(b_addr).await, "the standby says NOT_SERVING");
     refuses_as_standby(b_addr).await;
+    // Liveness passes on both, readiness only on the leader.
+    assert!(check(b_addr, "--health-check") && !check(b_addr, "--ready-check"));
+    assert!(check(a_addr, "--health-check") && check(a_addr, "--ready-check"));
 
     let rec = Recorder::default();
     let _nodes = nodes(&format!("http://{a_addr},http://{b_addr}"), &rec, 4);

@@ -231,9 +231,9 @@ async fn failover(bin: &Path, messages: u64) -> anyhow::Result<Failover> {
     .await?;
     let sending_again = killed.elapsed();
     let end = until(Duration::from_secs(600), "the batch ends", || async {
-        status(b_addr, &id).await.filter(|b| {
-            b.state != BatchState::Running as i32
-        })
+        status(b_addr, &id)
+            .await
+            .filter(|b| b.state != BatchState::Running as i32)
     })
     .await?;
     Ok(Failover {

@@ -188,9 +188,14 @@ struct Args {
     )]
     max_messages_per_request: u64,
     /// Check the health of the coordinator listening on --listen and exit: 0 if its
-    /// gRPC health service says SERVING, 1 if not. For container health checks.
+    /// gRPC health service says SERVING (the process works: a leader or a standby),
+    /// 1 if not. For container liveness checks.
     #[arg(long)]
     health_check: bool,
+    /// Like --health-check, but 0 only if the coordinator serves the API (it leads,
+    /// or has no standbys): for readiness checks, so traffic goes to the leader.
+    #[arg(long)]
+    ready_check: bool,
     /// With --health-check on a TLS coordinator: the CA (PEM) its certificate chains to.
     #[arg(long, env = "SMSMESH_TLS_CA")]
     tls_ca: Option<std::path::PathBuf>,
@@ -414,8 +419,16 @@ async fn health_check(args: &Args) -> ExitCode {
             .await
             .map_err(|e| e.to_string())?;
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        // Readiness asks for the API itself, which only a leader serves.
+        let service = if args.ready_check {
+            "smsmesh.v1.Coordinator"
+        } else {
+            ""
+        };
         let r = client
-            .check(HealthCheckRequest::default())
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .map_err(|s| s.message().to_string())?;
         Ok::<_, String>(r.into_inner().status)
@@ -470,7 +483,7 @@ fn mint(args: &Args, tenant: &str) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    if args.health_check {
+    if args.health_check || args.ready_check {
         return health_check(&args).await;
     }
     if args.check_store {

@@ -1,5 +1,7 @@
-//! What a standby coordinator serves while another leads: health (NOT_SERVING,
-//! so Kubernetes routes to the leader) and, for the client API and the node
+//! What a standby coordinator serves while another leads: health (the API,
+//! `smsmesh.v1.Coordinator`, NOT_SERVING, so readiness checks route traffic
+//! to the leader; the process itself, `""`, SERVING, so liveness checks leave
+//! it running) and, for the client API and the node
 //! link, UNAVAILABLE with a message naming the leader, so callers and nodes
 //! given several coordinator addresses move on to the next.
 
@@ -84,9 +86,7 @@ impl Standby {
         health
             .set_not_serving::<CoordinatorServer<CoordinatorApi>>()
             .await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        // The process itself ("", what liveness checks ask) stays SERVING.
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serve = crate::server::builder(config)?
             .add_service(health_service)
