@@ -323,3 +323,79 @@ fn migrations_run_once_whoever_starts_first() {
         .get(0);
     assert_eq!(rows, 1);
 }
+
+#[test]
+fn racing_takeovers_never_let_a_superseded_epoch_commit() {
+    let Some(url) = database("race") else { return };
+    // Four contenders take the lead from each other as fast as they can, each
+    // committing as hard as it can under the epoch it took, and each reading
+    // what is stored right after taking the lead (as a new leader loads).
+    // Safety: every commit that succeeded under an epoch is seen by every
+    // later epoch's load; a deposed leader's commit never lands after it.
+    type Seen = Vec<(i64, std::collections::HashSet<i64>)>;
+    type Committed = Vec<(i64, i64)>;
+    let contenders: Vec<std::thread::JoinHandle<(Seen, Committed)>> = (0..4i64)
+        .map(|who| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                let (mut seen, mut committed) = (Vec::new(), Vec::new());
+                for round in 0..15i64 {
+                    let epoch: i64 = admin
+                        .query_one(
+                            "UPDATE smsmesh_leader SET epoch = epoch + 1, holder = $1 WHERE id = 1 RETURNING epoch",
+                            &[&format!("contender-{who}")],
+                        )
+                        .unwrap()
+                        .get(0);
+                    let ids = admin
+                        .query("SELECT id FROM smsmesh_batch_state", &[])
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.get::<_, i64>(0))
+                        .collect();
+                    seen.push((epoch, ids));
+                    let store = Store::postgres(
+                        Pg::connect(&url, epoch, std::time::Duration::from_secs(5)).unwrap(),
+                    );
+                    for n in 0..10i64 {
+                        let id = who << 32 | round << 8 | n;
+                        let mut set = WriteSet::default();
+                        set.batches.push(StoredBatchState {
+                            id: id as u64,
+                            dispatched: epoch as u32,
+                            ..Default::default()
+                        });
+                        match store.commit(&set) {
+                            Ok(()) => committed.push((epoch, id)),
+                            Err(StoreError::Deposed { .. }) => break,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+                (seen, committed)
+            })
+        })
+        .collect();
+    let (mut seen, mut committed): (Seen, Committed) = (Vec::new(), Vec::new());
+    for c in contenders {
+        let (s, k) = c.join().unwrap();
+        seen.extend(s);
+        committed.extend(k);
+    }
+    assert_eq!(seen.len(), 60);
+    // They raced: commits succeeded, and others were refused as superseded.
+    let refused = 60 * 10 - committed.len();
+    assert!(
+        !committed.is_empty() && refused > 0,
+        "{} commits, {refused} refused or not tried",
+        committed.len()
+    );
+    for (epoch, id) in &committed {
+        if let Some((later, _)) = seen.iter().find(|(e, ids)| e > epoch && !ids.contains(id)) {
+            panic!(
+                "a commit under epoch {epoch} landed after epoch {later} took the lead and loaded"
+            );
+        }
+    }
+}
