@@ -116,7 +116,7 @@ pub(crate) struct Scenario {
     priority: Option<priority::Priority>,
     /// What the standby-coordinator scenario measured.
     #[serde(skip_serializing_if = "Option::is_none")]
-    failover: Option<failover::Failover>,
+    failover: Option<Vec<failover::Failover>>,
 }
 
 #[tokio::main]

@@ -51,8 +51,9 @@ struct Args {
     /// whoever can reach the endpoint).
     #[arg(long, env = "SMSMESH_METRICS_PER_BATCH")]
     metrics_per_batch: bool,
-    /// Check the store in --data-dir offline (page checksums and every record) and
-    /// exit: 0 if it is sound, 65 if it is damaged (saying what), 69 if it cannot be read.
+    /// Check the store in --data-dir (or --database-url) offline (page checksums and
+    /// every record) and exit: 0 if it is sound, 65 if it is damaged (saying what),
+    /// 69 if it cannot be read.
     #[arg(long)]
     check_store: bool,
     /// Keep state in memory only: every batch is lost when the coordinator stops.
@@ -364,20 +365,33 @@ fn tenant_weight(s: &str) -> Result<(String, u32), String> {
 
 /// `--health-check`: asks the running coordinator's gRPC health service.
 /// `--check-store`: opens the store without creating one, checks it, says what it holds.
-fn check_store(dir: &std::path::Path) -> ExitCode {
-    use smsmesh_coordinator::store::{Store, StoreError};
-    if !dir.join("smsmesh.redb").exists() {
-        eprintln!("smscoord: no store in {}", dir.display());
-        return ExitCode::from(69);
-    }
-    let loaded = Store::open(dir, false).and_then(|store| store.load());
+fn check_store(dir: &std::path::Path, database: Option<&str>) -> ExitCode {
+    use smsmesh_coordinator::store::{Store, StoreError, pg};
+    let (what, loaded) = match database {
+        // Reads only: no migration, no lead taken.
+        Some(url) => (
+            pg::shown(url),
+            pg::Pg::connect(url, 0, Duration::from_secs(60))
+                .map(Store::postgres)
+                .and_then(|store| store.load()),
+        ),
+        None => {
+            if !dir.join("smsmesh.redb").exists() {
+                eprintln!("smscoord: no store in {}", dir.display());
+                return ExitCode::from(69);
+            }
+            (
+                dir.join("smsmesh.redb").display().to_string(),
+                Store::open(dir, false).and_then(|store| store.load()),
+            )
+        }
+    };
     match loaded {
         Ok(l) => {
             let messages: u64 = l.batches.iter().map(|b| u64::from(b.batch.total)).sum();
             let outcomes: usize = l.batches.iter().map(|b| b.outcomes().count()).sum();
             println!(
-                "store {} is sound: {} batches, {messages} messages, {outcomes} stored outcomes, {} node names, {} idempotency keys",
-                dir.join("smsmesh.redb").display(),
+                "store {what} is sound: {} batches, {messages} messages, {outcomes} stored outcomes, {} node names, {} idempotency keys",
                 l.batches.len(),
                 l.nodes.len(),
                 l.idempotency.len()
@@ -487,7 +501,11 @@ async fn main() -> ExitCode {
         return health_check(&args).await;
     }
     if args.check_store {
-        return check_store(&args.data_dir);
+        let (dir, database) = (args.data_dir.clone(), args.database_url.clone());
+        // The PostgreSQL client blocks: off the runtime's workers.
+        return tokio::task::spawn_blocking(move || check_store(&dir, database.as_deref()))
+            .await
+            .unwrap_or(ExitCode::FAILURE);
     }
     if let Some(tenant) = &args.mint_token {
         return mint(&args, tenant);
@@ -535,7 +553,8 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("smscoord: {e:#}");
+            // Each cause once (a store error's text already holds its source).
+            eprintln!("smscoord: {}", smsmesh::client::describe(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -39,9 +39,11 @@ pub async fn run(
 /// the lead this coordinator holds.
 fn open(config: Config, epoch: Option<i64>) -> anyhow::Result<(Option<Store>, Core)> {
     let store = match (&config.database_url, epoch, &config.data_dir) {
-        (Some(url), Some(epoch), _) => {
-            Store::postgres(crate::store::pg::Pg::connect(url, epoch, config.lease_ttl)?)
-        }
+        (Some(url), Some(epoch), _) => Store::postgres(crate::store::pg::Pg::connect(
+            url,
+            epoch,
+            config.lease_ttl / 2,
+        )?),
         (_, _, Some(dir)) => {
             Store::open_with_cache(dir, config.create_store, config.store_cache_mib)?
         }

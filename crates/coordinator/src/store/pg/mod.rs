@@ -75,7 +75,7 @@ pub fn config(url: &str) -> Result<postgres::Config, String> {
 pub fn connect(url: &str, idle: std::time::Duration) -> Result<Client, StoreError> {
     let err = |e: postgres::Error| StoreError::Db {
         path: shown(url).into(),
-        source: Box::new(e),
+        source: describe(&e).into(),
     };
     let mut config = config(url).map_err(|e| StoreError::Db {
         path: shown(url).into(),
@@ -105,7 +105,7 @@ pub fn migrate(url: &str) -> Result<(), StoreError> {
     };
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .map_err(|e| err(e.into()))?;
+        .map_err(|e| err(describe(&e).into()))?;
     let report = embedded::migrations::runner().run(&mut client);
     let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
     let report = report.map_err(|e| err(e.into()))?;
@@ -139,7 +139,15 @@ impl Pg {
 
 /// The error of a failed database call, for the store at `store`'s path.
 fn db_err(store: &Store, e: postgres::Error) -> StoreError {
-    store.err(e)
+    store.err(describe(&e))
+}
+
+/// What the database said (postgres::Error alone says only "db error").
+pub fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => smsmesh::client::describe(e),
+    }
 }
 
 /// Batch ids are stored as bigint with the same bits.
