@@ -441,6 +441,12 @@ impl Reactor {
                 self.committing = false;
                 self.stored(stored, now);
             }
+            Event::Committed(Err(e)) if e.contains("lost the lead") => {
+                // Fenced: another coordinator leads and resumes every batch from the database.
+                tracing::error!(error = %e, "THIS COORDINATOR LOST THE LEAD: stopping; nodes keep their unacked results and hand them to the new leader");
+                core.on_shutdown(now, outbox);
+                return Flow::Break(Err(e));
+            }
             Event::Committed(Err(e)) => {
                 tracing::error!(error = %e, "THE STORE FAILED: stopping; nodes keep their unacked results, and every accepted batch resumes after a restart");
                 core.on_shutdown(now, outbox);
