@@ -78,6 +78,16 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// How a standby coordinator's UNAVAILABLE answers begin: another
+/// coordinator leads (or soon will), so a caller tries its next address soon
+/// rather than backing off as from a coordinator that is down.
+pub const STANDBY: &str = "this coordinator is a standby";
+
+/// Whether `status` is a standby coordinator's refusal.
+pub fn is_standby(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.message().starts_with(STANDBY)
+}
+
 /// The coordinator addresses in `urls`: one, or several separated by commas
 /// (a leader and its standbys; callers try them in turn).
 pub fn addresses(urls: &str) -> Vec<&str> {

@@ -55,7 +55,8 @@ impl<S, B> tower::Service<tonic::codegen::http::Request<B>> for Refuse<S> {
             format!("the leader is {leader}")
         };
         std::future::ready(Ok(tonic::Status::unavailable(format!(
-            "this coordinator is a standby ({who}); try another coordinator address"
+            "{} ({who}); try another coordinator address",
+            smsmesh::client::STANDBY
         ))
         .into_http()))
     }

@@ -226,6 +226,10 @@ pub async fn run(
     node.run(shutdown).await
 }
 
+/// How soon a node tries again after a standby refused it (a takeover
+/// completes within a lease term; polling a standby is cheap).
+const STANDBY_RETRY: Duration = Duration::from_millis(200);
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -256,6 +260,8 @@ enum SessionEnd {
     Done,
     /// The stream broke or could not be opened.
     Broken(String),
+    /// A standby refused the join: another coordinator leads, or soon will.
+    Standby(String),
 }
 
 impl Node {
@@ -271,6 +277,13 @@ impl Node {
                 SessionEnd::Broken(why) => {
                     self.state.on_stream_broken();
                     tracing::warn!(node = %self.config.name, %why, retry_in = ?delay, "not connected to the coordinator");
+                }
+                SessionEnd::Standby(why) => {
+                    // A takeover is under way or done elsewhere: look again soon, not
+                    // after a backoff grown while the old leader was unreachable.
+                    self.state.on_stream_broken();
+                    delay = STANDBY_RETRY.min(self.config.reconnect_max);
+                    tracing::info!(node = %self.config.name, %why, retry_in = ?delay, "a standby coordinator: trying the next address");
                 }
             }
             if self.state.is_leaving() {
@@ -534,6 +547,9 @@ async fn send_all(
 /// not take) ends the session: retrying cannot fix a bad name or settings, or
 /// a wrong or missing token; anything else is retried.
 fn join_failed(s: tonic::Status) -> Result<SessionEnd, NodeError> {
+    if smsmesh::client::is_standby(&s) {
+        return Ok(SessionEnd::Standby(s.message().to_string()));
+    }
     if matches!(
         s.code(),
         Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
