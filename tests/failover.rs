@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 
 use smsmesh::pb::{self, BatchState};
 use smsmesh_testkit::{
-    Node, NodeSpec, Proc, Proxy, Recorder, batch_status, client_at as client, database, synthetic,
-    wait_ended, wait_until,
+    Node, NodeSpec, Proc, Proxy, Recorder, batch_status, client_at as client, database, leads,
+    synthetic, wait_ended, wait_until,
 };
-use tonic_health::pb::health_check_response::ServingStatus;
 
 const LONG: Duration = Duration::from_secs(120);
 /// The lease term the coordinators here run with.
@@ -32,50 +31,19 @@ fn coordinator(url: &str) -> (Proc, SocketAddr, tempfile::TempDir) {
     (proc, addr, dir)
 }
 
-/// Whether the coordinator at `addr` says it serves the API (it leads).
-async fn serving(addr: SocketAddr) -> bool {
-    let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(1))
-        .connect()
-        .await
-    else {
-        return false;
-    };
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let request = tonic_health::pb::HealthCheckRequest {
-        service: "smsmesh.v1.Coordinator".into(),
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), health.check(request)).await,
-        Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
-    )
-}
-
 async fn wait_serving(addr: SocketAddr, within: Duration) -> Duration {
     let start = Instant::now();
     wait_until(within, &format!("{addr} serving"), || async move {
-        serving(addr).await.then_some(())
+        leads(addr).await.then_some(())
     })
     .await
     .unwrap();
     start.elapsed()
 }
 
+/// Waits until at least `at_least` messages of the batch are sent.
 async fn wait_sent(addr: SocketAddr, id: &str, at_least: u64) {
-    let c = client(addr).await;
-    wait_until(LONG, &format!("{at_least} messages sent"), || {
-        let mut c = c.clone();
-        async move {
-            batch_status(&mut c, id)
-                .await
-                .ok()
-                .filter(|b| b.sent >= at_least)
-                .map(drop)
-        }
-    })
-    .await
-    .unwrap();
+    smsmesh_testkit::wait_sent(&client(addr).await, id, at_least.saturating_sub(1)).await;
 }
 
 fn nodes(urls: &str, rec: &Recorder, n: usize) -> Vec<Node> {
@@ -158,7 +126,7 @@ async fn the_standby_takes_over_from_a_killed_leader_mid_batch() {
     })
     .await
     .unwrap();
-    assert!(!serving(b_addr).await, "the standby says NOT_SERVING");
+    assert!(!leads(b_addr).await, "the standby says NOT_SERVING");
     refuses_as_standby(b_addr).await;
     // Liveness passes on both, readiness only on the leader.
     assert!(check(b_addr, "--health-check") && !check(b_addr, "--ready-check"));
@@ -257,7 +225,7 @@ async fn coordinators_started_together_have_one_leader() {
             let addrs = addrs.clone();
             async move {
                 for a in addrs {
-                    if serving(a).await {
+                    if leads(a).await {
                         return Some(());
                     }
                 }
@@ -271,7 +239,7 @@ async fn coordinators_started_together_have_one_leader() {
         while Instant::now() < until {
             let mut leading = 0;
             for a in &addrs {
-                leading += usize::from(serving(*a).await);
+                leading += usize::from(leads(*a).await);
             }
             assert_eq!(leading, 1, "round {round}: {leading} coordinators serve");
         }

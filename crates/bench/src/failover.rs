@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use smsmesh::pb::{self, BatchState};
-use smsmesh_testkit::{Proc, database, postgres_url, stdout_addrs};
+use smsmesh_testkit::{Proc, database, leads, postgres_url, stdout_addrs};
 
 use crate::{Run, Scenario, Setup, median, run_on};
 
@@ -147,27 +147,6 @@ fn coordinator(bin: &Path, url: &str) -> anyhow::Result<(Proc, SocketAddr)> {
     Ok((proc, addr))
 }
 
-/// Whether the coordinator at `addr` serves (leads).
-async fn serving(addr: SocketAddr) -> bool {
-    let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("an address")
-        .connect_timeout(Duration::from_millis(500))
-        .connect()
-        .await
-    else {
-        return false;
-    };
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let request = tonic_health::pb::HealthCheckRequest {
-        service: "smsmesh.v1.Coordinator".into(),
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), health.check(request)).await,
-        Ok(Ok(r)) if r.get_ref().status
-            == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    )
-}
-
 async fn status(addr: SocketAddr, id: &str) -> Option<pb::BatchStatus> {
     let mut c = pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
         .await
@@ -219,7 +198,7 @@ async fn failover(bin: &Path, messages: u64, cut: bool) -> anyhow::Result<Failov
     until(
         Duration::from_secs(60),
         "the first coordinator leads",
-        || async { serving(a_addr).await.then_some(()) },
+        || async { leads(a_addr).await.then_some(()) },
     )
     .await?;
     let (_b, b_addr) = coordinator(bin, &url)?;
@@ -264,7 +243,7 @@ async fn failover(bin: &Path, messages: u64, cut: bool) -> anyhow::Result<Failov
         a.kill9();
     }
     until(Duration::from_secs(60), "the standby serves", || async {
-        serving(b_addr).await.then_some(())
+        leads(b_addr).await.then_some(())
     })
     .await?;
     let serving_after = killed.elapsed();

@@ -472,6 +472,30 @@ pub async fn client_at(addr: SocketAddr) -> CoordinatorClient<Channel> {
     .expect("connect to the coordinator")
 }
 
+/// Whether the coordinator at `addr` (plaintext) serves the API: its gRPC
+/// health for `smsmesh.v1.Coordinator` says SERVING (a standby's does not).
+pub async fn leads(addr: SocketAddr) -> bool {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        return false;
+    };
+    let Ok(channel) = endpoint
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = HealthCheckRequest {
+        service: "smsmesh.v1.Coordinator".into(),
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), health.check(request)).await,
+        Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+    )
+}
+
 /// Waits until more than `sent` messages of the batch are sent.
 pub async fn wait_sent(client: &CoordinatorClient<Channel>, batch_id: &str, sent: u64) {
     wait_until(Duration::from_secs(60), "the batch to be under way", || {
