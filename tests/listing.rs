@@ -234,6 +234,13 @@ async fn messages_waiting_for_a_retry_are_told_apart_from_fresh_ones() {
         (m.attempts, m.accepted_unix_ms),
         (1, fresh.accepted_unix_ms)
     );
+    // Its attempt came back failed: when, and no final time yet.
+    let now = smsmesh_coordinator::core::unix_ms();
+    assert!(
+        (m.accepted_unix_ms + 1..=now).contains(&m.last_attempt_unix_ms),
+        "{m:?}"
+    );
+    assert_eq!(m.final_unix_ms, 0);
     let none = client
         .list_messages(list(&id, &[MessageState::Pending], 1000, ""))
         .await
@@ -395,6 +402,11 @@ async fn explicit_messages_list_with_their_body_and_segments() {
     assert_eq!(rows[0]["body"], long);
     assert_eq!(rows[0]["segments"], "2");
     assert_eq!(rows[0]["node"], "n");
+    for r in &rows {
+        let ms = |c: &str| r[c].parse::<u64>().unwrap();
+        assert!(ms("final_unix_ms") >= ms("accepted_unix_ms"), "{r:?}");
+        assert_eq!(ms("final_unix_ms"), ms("last_attempt_unix_ms"), "{r:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,11 @@ fn state(outcome: Option<&StoredOutcome>, delivery: Option<&StoredDelivery>) -> 
 }
 
 fn status(r: &StoredRef, m: StoredMessage) -> pb::MessageStatus {
+    // A folded batch completed: each message's last attempt decided it.
+    let ended = match (m.outcome.map_or(0, |o| o.final_ms), r.accepted_unix_ms) {
+        (0, _) | (_, 0) => 0,
+        (ms, accepted) => accepted + u64::from(ms),
+    };
     let mut status = pb::MessageStatus {
         message_id: MessageId {
             batch: r.batch,
@@ -41,6 +46,8 @@ fn status(r: &StoredRef, m: StoredMessage) -> pb::MessageStatus {
         segments: smsmesh::sms::segments(&m.body).count,
         body: m.body,
         accepted_unix_ms: r.accepted_unix_ms,
+        last_attempt_unix_ms: ended,
+        final_unix_ms: ended,
         provider_ids: m.provider_ids,
         sender: m.sender,
         ..Default::default()

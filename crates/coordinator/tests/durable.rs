@@ -189,6 +189,7 @@ fn a_cancel_is_stored_and_holds_after_a_restart() {
     w.commit();
     w.dispatch();
     let jobs = w.out.take_jobs(a).concat();
+    w.now += std::time::Duration::from_millis(120);
     let s = w.core.on_cancel(id, &Tenant::default(), w.now).unwrap();
     assert_eq!(
         (s.state, s.cancelled, s.in_flight),
@@ -197,6 +198,13 @@ fn a_cancel_is_stored_and_holds_after_a_restart() {
     assert!(w.core.commit_urgent(), "a cancel is stored at once");
     w.commit();
     w.crash();
+    // A message the cancel caught waiting ended with it, also after the restart.
+    let waiting = w.message(id, 19);
+    assert_eq!(waiting.state, smsmesh::pb::MessageState::Cancelled as i32);
+    assert_eq!(
+        (waiting.final_unix_ms, waiting.last_attempt_unix_ms),
+        (s.accepted_unix_ms + 120, 0)
+    );
     let s = w.status(id);
     assert_eq!(s.pending, 0, "nothing of a cancelled batch runs again");
     assert!(matches!(

@@ -26,6 +26,7 @@ fn a_completed_batch_reads_the_same_once_folded_and_after_a_restart() {
     w.dispatch();
     let jobs = w.out.take_jobs(a).concat();
     assert_eq!(jobs.len(), 5);
+    w.now += Duration::from_millis(250);
     w.results(a, &jobs[..4], true, 0);
     w.results(a, &jobs[4..], false, 0);
     w.commit();
@@ -36,6 +37,11 @@ fn a_completed_batch_reads_the_same_once_folded_and_after_a_restart() {
     assert_eq!(messages[4].state, MessageState::Failed as i32);
     assert_eq!(messages[4].last_error, "boom");
     assert_eq!(messages[0].node, "node-a");
+    for m in &messages {
+        // Results came 250 ms after the acceptance (the dispatch, at once).
+        assert_eq!(m.final_unix_ms, m.accepted_unix_ms + 250, "{m:?}");
+        assert_eq!(m.last_attempt_unix_ms, m.final_unix_ms);
+    }
 
     // Out of the snapshot (keep 0), then a commit: folded.
     w.now += Duration::from_millis(1);

@@ -41,6 +41,7 @@ fn outcome(batch: u64, index: u32, state: FinalState, node: u16) -> Outcome {
         state,
         attempts: 2,
         node,
+        final_ms: 1000 + index,
         error: (state == FinalState::Failed).then(|| format!("no route {index}")),
     }
 }

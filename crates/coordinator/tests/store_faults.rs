@@ -38,6 +38,7 @@ fn write_store(dir: &Path) {
             },
             attempts: 1,
             node: 1,
+            final_ms: 7,
             error: (index % 97 == 0).then(|| "no route".to_string()),
         });
     }
@@ -100,9 +101,9 @@ fn flipped_bytes_are_refused_or_change_nothing() {
     assert!(refused + same == 40);
 
     // Where the outcomes are: messages 1 to 16 of the row (all sent by node 1 on the
-    // first attempt) become "no outcome yet". Every record still decodes; only the
+    // first attempt, final 7 ms after acceptance) become "no outcome yet". Every record still decodes; only the
     // pages' checksums can tell. Each copy of those bytes in the file is changed.
-    let sent: Vec<u8> = [3u8, 1, 1, 0].repeat(16);
+    let sent: Vec<u8> = [3u8, 1, 1, 0, 7, 0, 0, 0].repeat(16);
     let mut damaged = bytes.clone();
     let mut copies = 0;
     let mut at = 0;
@@ -111,7 +112,7 @@ fn flipped_bytes_are_refused_or_change_nothing() {
         .position(|w| w == sent.as_slice())
     {
         let start = at + i;
-        for slot in damaged[start..start + sent.len()].chunks_mut(4) {
+        for slot in damaged[start..start + sent.len()].chunks_mut(8) {
             slot[0] = 0;
         }
         copies += 1;

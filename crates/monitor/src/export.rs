@@ -9,7 +9,7 @@ use smsmesh::pb::{self, MessageState};
 use crate::Target;
 
 /// The CSV header; every row has these columns in this order.
-pub const COLUMNS: [&str; 10] = [
+pub const COLUMNS: [&str; 17] = [
     "message_id",
     "state",
     "attempts",
@@ -19,6 +19,13 @@ pub const COLUMNS: [&str; 10] = [
     "segments",
     "last_error",
     "accepted_unix_ms",
+    "last_attempt_unix_ms",
+    "final_unix_ms",
+    "sender",
+    "provider_ids",
+    "receipt_state",
+    "receipt_error",
+    "receipt_unix_ms",
     "body",
 ];
 
@@ -70,7 +77,7 @@ pub async fn export(
 }
 
 /// One message as a CSV row, in the order of [`COLUMNS`].
-fn row(m: &pb::MessageStatus) -> [String; 10] {
+fn row(m: &pb::MessageStatus) -> [String; COLUMNS.len()] {
     [
         m.message_id.clone(),
         state_name(m.state).to_string(),
@@ -81,6 +88,13 @@ fn row(m: &pb::MessageStatus) -> [String; 10] {
         m.segments.to_string(),
         m.last_error.clone(),
         m.accepted_unix_ms.to_string(),
+        m.last_attempt_unix_ms.to_string(),
+        m.final_unix_ms.to_string(),
+        m.sender.clone(),
+        m.provider_ids.join(" "),
+        m.receipt_state.clone(),
+        m.receipt_error.clone(),
+        m.receipt_unix_ms.to_string(),
         m.body.clone(),
     ]
 }
@@ -94,6 +108,11 @@ pub fn state_name(state: i32) -> &'static str {
         Ok(MessageState::Sent) => "sent",
         Ok(MessageState::Failed) => "failed",
         Ok(MessageState::Cancelled) => "cancelled",
+        Ok(MessageState::Delivered) => "delivered",
+        Ok(MessageState::Undelivered) => "undelivered",
+        Ok(MessageState::Expired) => "expired",
+        Ok(MessageState::Rejected) => "rejected",
+        Ok(MessageState::DeliveryUnknown) => "delivery-unknown",
         _ => "unknown",
     }
 }
@@ -107,12 +126,17 @@ pub fn parse_state(name: &str) -> Result<MessageState, String> {
         MessageState::Sent,
         MessageState::Failed,
         MessageState::Cancelled,
+        MessageState::Delivered,
+        MessageState::Undelivered,
+        MessageState::Expired,
+        MessageState::Rejected,
+        MessageState::DeliveryUnknown,
     ]
     .into_iter()
     .find(|s| state_name(*s as i32) == name)
     .ok_or_else(|| {
         format!(
-            "{name:?} is not a message state: use pending, in-flight, retry-wait, sent, failed or cancelled"
+            "{name:?} is not a message state: use pending, in-flight, retry-wait, sent, failed, cancelled, delivered, undelivered, expired, rejected or delivery-unknown"
         )
     })
 }
@@ -123,7 +147,7 @@ mod tests {
 
     #[test]
     fn every_state_name_parses_back() {
-        for s in 1..=6 {
+        for s in 1..=11 {
             let name = state_name(s);
             assert_eq!(parse_state(name).map(|s| s as i32), Ok(s));
         }
@@ -151,6 +175,6 @@ mod tests {
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].len(), COLUMNS.len());
         assert_eq!(&back[0][7], "rejected, \"bad\" number");
-        assert_eq!(&back[0][9], "line one\nline two");
+        assert_eq!(&back[0][16], "line one\nline two");
     }
 }

@@ -54,13 +54,16 @@ struct Args {
 enum Command {
     /// Writes the messages of a batch as CSV (a header row, then one row per
     /// message in index order): message_id, state, attempts, node, to,
-    /// client_ref, segments, last_error, accepted_unix_ms, body.
+    /// client_ref, segments, last_error, accepted_unix_ms,
+    /// last_attempt_unix_ms, final_unix_ms, sender, provider_ids,
+    /// receipt_state, receipt_error, receipt_unix_ms, body.
     Export {
         /// The batch.
         #[arg(long)]
         batch: String,
         /// Only messages in this state (pending, in-flight, retry-wait,
-        /// sent, failed, cancelled); repeat or separate with commas.
+        /// sent, failed, cancelled, delivered, undelivered, expired,
+        /// rejected, delivery-unknown); repeat or separate with commas.
         #[arg(long, value_delimiter = ',', value_parser = smsmesh_monitor::export::parse_state)]
         state: Vec<smsmesh::pb::MessageState>,
         /// Write here instead of standard output.

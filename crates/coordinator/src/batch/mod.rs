@@ -1,7 +1,7 @@
 //! One batch's state: what each message is doing, what waits to be sent, and
 //! the counters and latency statistics that `GetStatus` reports.
 //!
-//! Per message the batch keeps only a 6-byte [`Slot`]. Messages never
+//! Per message the batch keeps only a 10-byte [`Slot`]. Messages never
 //! dispatched are a range (`next_fresh..total`), not a queue; messages to
 //! send again (their node was lost, or their backoff is over) wait in
 //! `ready`; failed attempts wait in a heap ordered by when they may retry.
@@ -11,11 +11,13 @@
 mod content;
 mod latency;
 pub mod recipients;
+mod slot;
 mod stats;
 
 pub use content::{Content, Trace};
 pub use latency::Latency;
 pub use recipients::Recipients;
+pub use slot::*;
 pub use stats::{Counts, NodeShare, NodeShares};
 
 use std::cmp::Reverse;
@@ -27,74 +29,6 @@ use smsmesh::BatchId;
 use smsmesh::pb::{BatchState, MessageState};
 
 use crate::store::FinalState;
-
-/// State of one message, packed.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Slot {
-    /// One of the `ST_*` constants.
-    pub state: u8,
-    /// Dispatches so far; the attempt number of the last job.
-    pub attempts: u8,
-    /// Failed attempts so far.
-    pub failures: u8,
-    /// Node (index in the coordinator's node-name table) of the last attempt, +1; 0 = none.
-    pub node: u16,
-}
-
-/// What a node's result says of one attempt (see `Outcome` in node.proto).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Accepted by the provider.
-    Sent,
-    /// A temporary failure (or no answer): retried while attempts are left.
-    Failed,
-    /// A permanent failure: final at once.
-    Rejected,
-    /// The provider asked to slow down: sent again without using an attempt.
-    Throttled,
-}
-
-/// Waiting for dispatch.
-pub const ST_PENDING: u8 = 0;
-/// On a node.
-pub const ST_IN_FLIGHT: u8 = 1;
-/// Failed; waiting for its backoff.
-pub const ST_RETRY_WAIT: u8 = 2;
-/// Final: sent.
-pub const ST_SENT: u8 = 3;
-/// Final: failed after all attempts.
-pub const ST_FAILED: u8 = 4;
-/// Final: not sent because the batch was cancelled.
-pub const ST_CANCELLED: u8 = 5;
-/// Waiting for dispatch after a coordinator restart; it may have been sent before the crash.
-pub const ST_RESUMED: u8 = 6;
-
-/// Whether a slot state is final.
-pub fn is_final(state: u8) -> bool {
-    matches!(state, ST_SENT | ST_FAILED | ST_CANCELLED)
-}
-
-/// The stored form of a slot state that is stored (sent or failed).
-pub fn to_stored(state: u8) -> Option<FinalState> {
-    match state {
-        ST_SENT => Some(FinalState::Sent),
-        ST_FAILED => Some(FinalState::Failed),
-        _ => None,
-    }
-}
-
-/// The slot state of a stored final state.
-fn from_stored(state: FinalState) -> u8 {
-    match state {
-        FinalState::Sent => ST_SENT,
-        FinalState::Failed => ST_FAILED,
-    }
-}
-
-/// Whether a message in this state waits for dispatch.
-fn is_dispatchable(state: u8) -> bool {
-    matches!(state, ST_PENDING | ST_RESUMED)
-}
 
 /// A batch and all its messages' state.
 #[derive(Debug)]
@@ -143,6 +77,9 @@ pub struct Batch {
     pub accepted_unix_ms: u64,
     /// When the batch reached a final state.
     pub ended_at: Option<Instant>,
+    /// When it was cancelled: milliseconds after `accepted_at`, at least 1
+    /// (0: not cancelled, or when is not known).
+    pub cancelled_ms: u32,
     /// Smoothed finish rate, messages per second.
     pub rate: f64,
     /// The batch's dispatch span and which messages carry it to nodes.
@@ -199,6 +136,7 @@ impl Batch {
             accepted_at: now,
             accepted_unix_ms: 0,
             ended_at: None,
+            cancelled_ms: 0,
             rate: 0.0,
             rate_sample: (0, now),
             trace: None,
@@ -329,9 +267,41 @@ impl Batch {
         self.reserved.min(self.counts.total as u32)
     }
 
-    /// Marks `index` as dispatched to `node` and returns its attempt number.
-    pub fn mark_dispatched(&mut self, index: u32, node: u16) -> u32 {
+    /// Milliseconds from the batch's acceptance to `now` (at least 1, at
+    /// most `u32::MAX`, about 49 days): the unit of a [`Slot::stamp`].
+    pub fn ms_since_accepted(&self, now: Instant) -> u32 {
+        let ms = now.saturating_duration_since(self.accepted_at).as_millis();
+        ms.clamp(1, u128::from(u32::MAX)) as u32
+    }
+
+    /// Unix ms of a stamp in milliseconds after acceptance; 0 for none, or
+    /// when the acceptance time is unknown.
+    pub fn unix_ms_of(&self, ms: u32) -> u64 {
+        if ms == 0 || self.accepted_unix_ms == 0 {
+            0
+        } else {
+            self.accepted_unix_ms + u64::from(ms)
+        }
+    }
+
+    /// When message `index` became final, in milliseconds after acceptance
+    /// (0: not final, or not known). A message the cancel caught waiting
+    /// became final with the cancel; one it caught in flight, when its
+    /// attempt came back.
+    pub fn final_ms(&self, index: u32) -> u32 {
+        let slot = self.slots[index as usize];
+        match slot.state {
+            ST_SENT | ST_FAILED => slot.stamp(),
+            ST_CANCELLED => slot.stamp().max(self.cancelled_ms),
+            _ => 0,
+        }
+    }
+
+    /// Marks `index` as dispatched to `node` at `now` and returns its attempt number.
+    pub fn mark_dispatched(&mut self, index: u32, node: u16, now: Instant) -> u32 {
+        let stamp = self.ms_since_accepted(now);
         let slot = &mut self.slots[index as usize];
+        slot.set_stamp(stamp);
         if slot.state == ST_RESUMED {
             self.counts.resent += 1;
         }
@@ -410,7 +380,9 @@ impl Batch {
             // confirmed send outranks the cancel, so the counts say what happened.
             self.counts.cancelled -= 1;
             self.counts.sent += 1;
+            let stamp = self.ms_since_accepted(now);
             let slot = &mut self.slots[index as usize];
+            slot.set_stamp(stamp);
             slot.state = ST_SENT;
             slot.attempts = attempt.clamp(1, 255) as u8;
             slot.node = node + 1;
@@ -434,7 +406,9 @@ impl Batch {
             self.counts.in_flight -= 1;
         }
         // A message in `ready` or in the retry heap that ends here is skipped when popped.
+        let stamp = self.ms_since_accepted(now);
         let slot = &mut self.slots[index as usize];
+        slot.set_stamp(stamp);
         if sent {
             // The outcome names the attempt that succeeded (and its node), so a repeated
             // report of it is told from another attempt that also went out.
@@ -483,16 +457,19 @@ impl Batch {
             .map(|&e| self.error_texts[e as usize].as_str())
     }
 
-    /// Restores a message's final outcome from the store.
+    /// Restores a message's final outcome from the store (`final_ms`: when,
+    /// after acceptance; 0 if not stored).
     pub fn restore(
         &mut self,
         index: u32,
         state: FinalState,
         attempts: u8,
         node: u16,
+        final_ms: u32,
         error: Option<&str>,
     ) {
         let slot = &mut self.slots[index as usize];
+        slot.set_stamp(final_ms);
         slot.state = from_stored(state);
         slot.attempts = attempts;
         slot.node = node;
@@ -556,6 +533,7 @@ impl Batch {
         if self.state != BatchState::Running {
             return false;
         }
+        self.cancelled_ms = self.ms_since_accepted(now);
         let mut cancelled = 0;
         for slot in &mut self.slots {
             if matches!(slot.state, ST_PENDING | ST_RETRY_WAIT | ST_RESUMED) {

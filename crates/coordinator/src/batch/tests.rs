@@ -21,7 +21,8 @@ const BACKOFF: Duration = Duration::from_millis(100);
 /// Dispatches the next message to `node`: (index, attempt).
 fn next(b: &mut Batch, node: u16) -> Option<(u32, u32)> {
     let index = b.take_next(node, false)?;
-    Some((index, b.mark_dispatched(index, node)))
+    let now = b.accepted_at;
+    Some((index, b.mark_dispatched(index, node, now)))
 }
 
 #[test]
@@ -171,8 +172,8 @@ fn cancel_stops_what_is_pending_and_ends_when_nothing_is_out() {
 fn a_resumed_batch_sends_again_only_after_the_grace_and_counts_it() {
     let now = Instant::now();
     let mut b = batch(6, 3, now);
-    b.restore(1, FinalState::Sent, 1, 1, None);
-    b.restore(2, FinalState::Failed, 3, 1, Some("no route"));
+    b.restore(1, FinalState::Sent, 1, 1, 70, None);
+    b.restore(2, FinalState::Failed, 3, 1, 0, Some("no route"));
     let until = now + Duration::from_secs(2);
     assert_eq!(b.resume(4, until), 2, "0 and 3 may have been sent");
     b.reserved = 4;
@@ -183,6 +184,71 @@ fn a_resumed_batch_sends_again_only_after_the_grace_and_counts_it() {
     assert_eq!(b.counts.resent, 2);
     assert_eq!((b.counts.sent, b.counts.failed), (1, 1));
     assert_eq!(b.last_error(2), Some("no route"));
+}
+
+#[test]
+fn each_message_keeps_when_its_attempt_last_changed_and_when_it_ended() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let mut b = batch(3, 3, t0);
+    b.accepted_unix_ms = 1_700_000_000_000;
+    assert_eq!(
+        (b.slots[0].stamp(), b.final_ms(0), b.unix_ms_of(0)),
+        (0, 0, 0)
+    );
+    let (i, a) = (b.take_next(0, false).unwrap(), 1);
+    b.mark_dispatched(i, 0, at(5));
+    assert_eq!(
+        (b.slots[0].stamp(), b.final_ms(0)),
+        (5, 0),
+        "out since 5 ms"
+    );
+    b.on_result(
+        i,
+        a,
+        0,
+        true,
+        Verdict::Failed,
+        "busy",
+        1,
+        |_| BACKOFF,
+        at(9),
+    );
+    assert_eq!((b.slots[0].stamp(), b.final_ms(0)), (9, 0), "back at 9 ms");
+    b.promote_due_retries(at(500));
+    assert_eq!(b.take_next(1, false), Some(0));
+    let a = b.mark_dispatched(0, 1, at(600));
+    let reached = b.on_result(0, a, 1, true, Verdict::Sent, "", 1, |_| BACKOFF, at(603));
+    assert_eq!(reached, Some(ST_SENT));
+    assert_eq!((b.slots[0].stamp(), b.final_ms(0)), (603, 603));
+    assert_eq!(b.unix_ms_of(b.final_ms(0)), 1_700_000_000_603);
+    // The cancel ends a waiting message at once and one in flight when it comes back.
+    let one = b.take_next(0, false).unwrap();
+    let a = b.mark_dispatched(one, 0, at(700));
+    b.cancel(at(800));
+    assert_eq!(b.final_ms(2), 800, "never dispatched: ended by the cancel");
+    assert_eq!(b.final_ms(one), 0, "still out");
+    b.on_result(
+        one,
+        a,
+        0,
+        true,
+        Verdict::Failed,
+        "x",
+        1,
+        |_| BACKOFF,
+        at(900),
+    );
+    assert_eq!(
+        (b.message_state(one), b.final_ms(one)),
+        (MessageState::Cancelled, 900)
+    );
+    // Restored from the store: its final time, and none for an older outcome.
+    let mut r = batch(2, 3, t0);
+    r.restore(0, FinalState::Sent, 1, 1, 603, None);
+    r.restore(1, FinalState::Failed, 3, 1, 0, Some("no route"));
+    assert_eq!((r.final_ms(0), r.final_ms(1)), (603, 0));
+    assert_eq!(r.unix_ms_of(r.final_ms(1)), 0, "not known stays 0");
 }
 
 #[test]

@@ -174,7 +174,7 @@ impl Core {
                             else {
                                 break;
                             };
-                            let attempt = batch.mark_dispatched(index, session.node);
+                            let attempt = batch.mark_dispatched(index, session.node, now);
                             // Made in reused scratch strings, encoded straight into the frame.
                             let (to, body) = &mut d.scratch;
                             batch.content(index, to, body);

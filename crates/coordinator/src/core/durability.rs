@@ -169,6 +169,7 @@ impl Durability {
             resent: b.counts.resent,
             requeued: b.counts.requeued,
             duplicates: b.counts.duplicates,
+            cancelled_ms: b.cancelled_ms,
         }
     }
 

@@ -228,6 +228,8 @@ impl Core {
             segments: smsmesh::sms::segments(&body).count,
             body,
             accepted_unix_ms: batch.accepted_unix_ms,
+            last_attempt_unix_ms: batch.unix_ms_of(slot.stamp()),
+            final_unix_ms: batch.unix_ms_of(batch.final_ms(index)),
             sender: batch.sender(index).to_string(),
             ..Default::default()
         };

@@ -74,7 +74,7 @@ impl Core {
                 lb.errors.iter().map(|(i, e)| (*i, e.as_str())).collect();
             for o in lb.outcomes() {
                 let error = errors.get(&o.index).copied();
-                b.restore(o.index, o.state, o.attempts, o.node, error);
+                b.restore(o.index, o.state, o.attempts, o.node, o.final_ms, error);
             }
             let state = &lb.state;
             b.counts.resent = state.resent;
@@ -82,6 +82,7 @@ impl Core {
             b.counts.duplicates = state.duplicates;
             if state.cancelled {
                 b.cancel(now);
+                b.cancelled_ms = state.cancelled_ms;
             } else {
                 let until = now + core.config.resume_grace;
                 let resumed = b.resume(state.dispatched, until);

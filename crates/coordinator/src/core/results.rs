@@ -164,6 +164,7 @@ fn apply(
                 state,
                 attempts: slot.attempts,
                 node: node + 1,
+                final_ms: slot.stamp(),
                 error: (state == crate::store::FinalState::Failed).then(|| res.error.clone()),
             });
         }

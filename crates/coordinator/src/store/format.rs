@@ -10,8 +10,63 @@ use crate::batch::recipients::is_packed_number;
 
 /// Messages per outcome row.
 pub(super) const CHUNK: u32 = 4096;
-/// Bytes per message in an outcome row.
-const SLOT_BYTES: usize = 4;
+
+/// How the slots of an outcome row are laid out. Rows written before final
+/// times were stored hold 4-byte slots and nothing else (their first byte is
+/// a slot's state byte: 0, 3 or 4). Rows written since start with the byte
+/// [`ROW_TIMED`] and hold 8-byte slots: state, attempts, node (2 bytes LE),
+/// then when the message became final (4 bytes LE, ms after its batch's
+/// acceptance; 0 for not known). A row of the old layout that gets a new
+/// outcome is rewritten in the new one, its old slots with no time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    /// Bytes before the first slot.
+    head: usize,
+    /// Bytes per slot.
+    width: usize,
+}
+
+/// The first byte of a row of timed slots (no state byte is this).
+const ROW_TIMED: u8 = 0x80;
+const UNTIMED: Layout = Layout { head: 0, width: 4 };
+const TIMED: Layout = Layout { head: 1, width: 8 };
+
+impl Layout {
+    fn of(row: &[u8]) -> Layout {
+        if row.first() == Some(&ROW_TIMED) {
+            TIMED
+        } else {
+            UNTIMED
+        }
+    }
+
+    /// The slots of `row` (of this layout).
+    fn slots(self, row: &[u8]) -> std::slice::ChunksExact<'_, u8> {
+        row.get(self.head..)
+            .unwrap_or_default()
+            .chunks_exact(self.width)
+    }
+
+    /// The slot at `i`, if `row` holds one.
+    fn slot(self, row: &[u8], i: usize) -> Option<&[u8]> {
+        let at = self.head + i * self.width;
+        row.get(at..at + self.width)
+    }
+}
+
+/// Decodes one slot (checked at load or write) of message `index`.
+fn decode_slot(index: u32, slot: &[u8]) -> Option<StoredOutcome> {
+    let state = FinalState::from_byte(slot[0]).ok()??;
+    Some(StoredOutcome {
+        index,
+        state,
+        attempts: slot[1],
+        node: u16::from_le_bytes([slot[2], slot[3]]),
+        final_ms: slot
+            .get(4..8)
+            .map_or(0, |t| u32::from_le_bytes(t.try_into().expect("4 bytes"))),
+    })
+}
 
 /// A batch as stored.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -77,6 +132,10 @@ pub struct StoredBatchState {
     /// Results for messages that already had a final outcome.
     #[prost(uint64, tag = "6")]
     pub duplicates: u64,
+    /// When it was cancelled: ms after its acceptance (0: not cancelled, or
+    /// stored before cancel times were).
+    #[prost(uint32, tag = "7")]
+    pub cancelled_ms: u32,
 }
 
 /// A message's final state, as stored in its outcome slot. The values are the
@@ -118,6 +177,8 @@ pub struct StoredOutcome {
     pub attempts: u8,
     /// Node index + 1, or 0.
     pub node: u16,
+    /// When it became final: ms after its batch's acceptance (0: not known).
+    pub final_ms: u32,
 }
 
 impl LoadedBatch {
@@ -126,19 +187,12 @@ impl LoadedBatch {
         let total = self.batch.total;
         self.chunks.iter().flat_map(move |(chunk, row)| {
             let base = u64::from(*chunk) * u64::from(CHUNK);
-            row.chunks_exact(SLOT_BYTES)
+            Layout::of(row)
+                .slots(row)
                 .enumerate()
                 .take_while(move |(i, _)| base + (*i as u64) < u64::from(total))
-                .filter_map(move |(i, slot)| {
-                    // Rows are checked at load: a state byte is a known one.
-                    let state = FinalState::from_byte(slot[0]).ok()??;
-                    Some(StoredOutcome {
-                        index: (base + i as u64) as u32,
-                        state,
-                        attempts: slot[1],
-                        node: u16::from_le_bytes([slot[2], slot[3]]),
-                    })
-                })
+                // Rows are checked at load: a state byte is a known one.
+                .filter_map(move |(i, slot)| decode_slot((base + i as u64) as u32, slot))
         })
     }
 }
@@ -146,28 +200,25 @@ impl LoadedBatch {
 /// The outcome of message `index` in its outcome row `row` (checked at
 /// write), if it has one.
 pub(super) fn read_slot(row: &[u8], index: u32) -> Option<StoredOutcome> {
-    let at = (index % CHUNK) as usize * SLOT_BYTES;
-    let slot = row.get(at..at + SLOT_BYTES)?;
-    let state = FinalState::from_byte(slot[0]).ok()??;
-    Some(StoredOutcome {
-        index,
-        state,
-        attempts: slot[1],
-        node: u16::from_le_bytes([slot[2], slot[3]]),
-    })
+    let slot = Layout::of(row).slot(row, (index % CHUNK) as usize)?;
+    decode_slot(index, slot)
 }
 
 /// Checks an outcome row of batch `id`: its length (whole slots, at most a
 /// chunk of them), and that every state byte is one we write.
 pub(super) fn check_row(id: u64, chunk: u32, row: &[u8]) -> Result<(), String> {
-    let full = CHUNK as usize * SLOT_BYTES;
-    if row.is_empty() || row.len() > full || !row.len().is_multiple_of(SLOT_BYTES) {
+    let layout = Layout::of(row);
+    let full = CHUNK as usize * layout.width;
+    let body = row.len().saturating_sub(layout.head);
+    if body == 0 || body > full || !body.is_multiple_of(layout.width) {
         return Err(format!(
-            "outcome row {chunk} of batch {id:016x} is {} bytes, not a whole number of {SLOT_BYTES}-byte slots up to {full}",
+            "outcome row {chunk} of batch {id:016x} is {} bytes, not a whole number of {}-byte slots up to {full} after {} bytes",
             row.len(),
+            layout.width,
+            layout.head,
         ));
     }
-    for (i, slot) in row.chunks_exact(SLOT_BYTES).enumerate() {
+    for (i, slot) in layout.slots(row).enumerate() {
         if let Err(b) = FinalState::from_byte(slot[0]) {
             return Err(format!(
                 "outcome of message {i} in row {chunk} of batch {id:016x} has state byte {b}, which no version writes"
@@ -178,9 +229,9 @@ pub(super) fn check_row(id: u64, chunk: u32, row: &[u8]) -> Result<(), String> {
 }
 
 /// An outcome row with no outcome in it yet. A row is only as long as its
-/// last outcome needs (a one-message batch stores 4 bytes, not a chunk's
-/// 16 KiB); missing slots at its end have no outcome. Stores written before
-/// this hold full rows, which read the same.
+/// last outcome needs (a one-message batch stores 9 bytes, not a chunk's
+/// 32 KiB); missing slots at its end have no outcome. Some stores written
+/// before hold full rows, which read the same.
 pub(super) fn empty_row() -> Vec<u8> {
     Vec::new()
 }
@@ -190,15 +241,25 @@ pub(super) fn row_of(index: u32) -> u32 {
     index / CHUNK
 }
 
-/// Writes outcome `o` into its slot of its row, growing the row to it.
+/// Writes outcome `o` into its slot of its row, growing the row to it
+/// (and rewriting a row of untimed slots as timed ones).
 pub(super) fn write_slot(row: &mut Vec<u8>, o: &Outcome) {
-    let at = (o.index % CHUNK) as usize * SLOT_BYTES;
-    if row.len() < at + SLOT_BYTES {
-        row.resize(at + SLOT_BYTES, NO_OUTCOME);
+    if Layout::of(row) != TIMED {
+        let old = std::mem::take(row);
+        row.push(ROW_TIMED);
+        for slot in UNTIMED.slots(&old) {
+            row.extend_from_slice(slot);
+            row.extend_from_slice(&[0; 4]);
+        }
+    }
+    let at = TIMED.head + (o.index % CHUNK) as usize * TIMED.width;
+    if row.len() < at + TIMED.width {
+        row.resize(at + TIMED.width, NO_OUTCOME);
     }
     row[at] = o.state as u8;
     row[at + 1] = o.attempts;
     row[at + 2..at + 4].copy_from_slice(&o.node.to_le_bytes());
+    row[at + 4..at + 8].copy_from_slice(&o.final_ms.to_le_bytes());
 }
 
 /// Recipients per recipient row (and per client-reference row). The

@@ -147,6 +147,8 @@ pub struct Outcome {
     pub attempts: u8,
     /// Node index + 1, or 0.
     pub node: u16,
+    /// When it became final: ms after its batch's acceptance (0: not known).
+    pub final_ms: u32,
     /// Last error, for final failures.
     pub error: Option<String>,
 }

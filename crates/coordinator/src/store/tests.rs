@@ -36,6 +36,7 @@ fn outcome(batch: u64, index: u32, state: FinalState) -> Outcome {
         state,
         attempts: 2,
         node: 1,
+        final_ms: 1234,
         error: (state == FinalState::Failed).then(|| "no route".to_string()),
     }
 }
@@ -53,9 +54,34 @@ fn stored_formats_are_pinned() {
     format::write_slot(&mut row, &far);
     assert_eq!(format::row_of(4097), 1);
     assert_eq!(format::row_of(4095), 0);
-    assert_eq!(row.len(), 8, "a row is as long as its last outcome needs");
-    assert_eq!(&row[..4], &[0; 4], "no outcome is 0");
-    assert_eq!(&row[4..8], &[3, 2, 0x02, 0x01], "state, attempts, node LE");
+    assert_eq!(row.len(), 17, "a row is as long as its last outcome needs");
+    assert_eq!(row[0], 0x80, "a row of timed slots");
+    assert_eq!(&row[1..9], &[0; 8], "no outcome is 0");
+    assert_eq!(
+        &row[9..17],
+        &[3, 2, 0x02, 0x01, 0xd2, 0x04, 0, 0],
+        "state, attempts, node LE, final ms LE"
+    );
+    // A row written before final times: 4-byte slots and no head. It reads
+    // with no time, and a new outcome rewrites it timed.
+    let mut old = vec![0, 0, 0, 0, 4, 3, 0x01, 0x00];
+    format::check_row(1, 0, &old).unwrap();
+    let failed = format::read_slot(&old, 1).unwrap();
+    assert_eq!(
+        (failed.state, failed.attempts, failed.node, failed.final_ms),
+        (FinalState::Failed, 3, 1, 0)
+    );
+    assert!(format::read_slot(&old, 0).is_none());
+    format::write_slot(&mut old, &outcome(1, 2, FinalState::Sent));
+    assert_eq!(
+        old,
+        [
+            0x80, 0, 0, 0, 0, 0, 0, 0, 0, 4, 3, 1, 0, 0, 0, 0, 0, 3, 2, 1, 0, 0xd2, 0x04, 0, 0
+        ]
+    );
+    format::check_row(1, 0, &old).unwrap();
+    assert_eq!(format::read_slot(&old, 1).unwrap().final_ms, 0);
+    assert_eq!(format::read_slot(&old, 2).unwrap().final_ms, 1234);
     let state = StoredBatchState {
         id: 0x0102_0304_0506_0708,
         cancelled: true,
@@ -63,6 +89,7 @@ fn stored_formats_are_pinned() {
         resent: 1,
         requeued: 2,
         duplicates: 3,
+        cancelled_ms: 300,
     };
     assert_eq!(
         state.encode_to_vec(),
@@ -71,6 +98,7 @@ fn stored_formats_are_pinned() {
             0x10, 0x01, // 2: cancelled
             0x18, 0xac, 0x02, // 3: dispatched
             0x20, 0x01, 0x28, 0x02, 0x30, 0x03, // 4-6: counters
+            0x38, 0xac, 0x02, // 7: cancelled_ms
         ]
     );
     // A batch's class is tag 14, as smsmesh.v1.Priority numbers it; a normal
@@ -112,13 +140,13 @@ fn what_is_committed_is_loaded_back_decoded() {
     assert_eq!((b.batch.id, b.state.dispatched), (5, 4096));
     let outcomes: Vec<_> = b
         .outcomes()
-        .map(|o| (o.index, o.state, o.attempts, o.node))
+        .map(|o| (o.index, o.state, o.attempts, o.node, o.final_ms))
         .collect();
     assert_eq!(
         outcomes,
         [
-            (0, FinalState::Sent, 2, 1),
-            (4999, FinalState::Failed, 2, 1)
+            (0, FinalState::Sent, 2, 1, 1234),
+            (4999, FinalState::Failed, 2, 1, 1234)
         ]
     );
     assert_eq!(b.errors, [(4999, "no route".to_string())]);
@@ -150,6 +178,18 @@ fn a_corrupt_outcome_row_is_refused_at_load() {
     write_raw(&store, 9, 0, &[3, 1, 0]);
     let err = store.load().unwrap_err();
     assert!(err.to_string().contains("is 3 bytes"), "{err}");
+
+    // Timed rows: a head byte, then whole 8-byte slots of known states.
+    write_raw(&store, 9, 0, &[0x80, 3, 1, 0, 0, 0]);
+    let err = store.load().unwrap_err();
+    assert!(err.to_string().contains("is 6 bytes"), "{err}");
+    write_raw(&store, 9, 0, &[0x80, 0x80, 1, 0, 0, 0, 0, 0, 0]);
+    let err = store.load().unwrap_err();
+    assert!(err.to_string().contains("state byte 128"), "{err}");
+    write_raw(&store, 9, 0, &[0x80, 3, 1, 0, 0, 7, 0, 0, 0]);
+    let loaded = store.load().unwrap();
+    let o: Vec<_> = loaded.batches[0].outcomes().collect();
+    assert_eq!((o.len(), o[0].final_ms), (1, 7));
 }
 
 /// A list batch of `n` recipients (references on every third) and its record.
