@@ -29,6 +29,7 @@ pub mod link;
 pub mod metrics;
 pub mod node_tx;
 pub mod reactor;
+pub mod rest;
 pub mod server;
 pub mod standby;
 pub mod store;
@@ -37,4 +38,4 @@ pub mod upload;
 mod watch;
 
 pub use config::{Config, Tls};
-pub use server::{run, run_with_metrics};
+pub use server::{Listeners, run, run_on, run_with_metrics};

@@ -22,6 +22,11 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9100). Off by default.
     #[arg(long, env = "SMSMESH_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve the API over HTTP and JSON on ADDR too (e.g. 0.0.0.0:8080): the
+    /// same calls, tokens and errors; HTTPS with --tls-cert. OpenAPI at
+    /// /openapi.json. Off by default.
+    #[arg(long, env = "SMSMESH_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "SMSMESH_DATA_DIR", default_value = "smsmesh-data")]
     data_dir: std::path::PathBuf,
@@ -197,6 +202,10 @@ struct Args {
     /// or has no standbys): for readiness checks, so traffic goes to the leader.
     #[arg(long)]
     ready_check: bool,
+    /// Print the OpenAPI 3.1 document of the HTTP API (--http-listen serves it
+    /// at /openapi.json too) and exit.
+    #[arg(long)]
+    openapi: bool,
     /// With --health-check on a TLS coordinator: the CA (PEM) its certificate chains to.
     #[arg(long, env = "SMSMESH_TLS_CA")]
     tls_ca: Option<std::path::PathBuf>,
@@ -497,6 +506,10 @@ fn mint(args: &Args, tenant: &str) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.openapi {
+        println!("{:#}", smsmesh_coordinator::rest::openapi::document());
+        return ExitCode::SUCCESS;
+    }
     if args.health_check || args.ready_check {
         return health_check(&args).await;
     }
@@ -535,6 +548,16 @@ async fn main() -> ExitCode {
             }
         },
     };
+    let http = match args.http_listen {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("smscoord: cannot serve HTTP on {addr}: {e}");
+                return ExitCode::from(69);
+            }
+        },
+    };
     // Scripts and tests read the addresses from here (useful with port 0).
     if let Ok(addr) = listener.local_addr() {
         println!("smscoord listening on {addr}");
@@ -542,13 +565,16 @@ async fn main() -> ExitCode {
     if let Some(addr) = metrics.as_ref().and_then(|l| l.local_addr().ok()) {
         println!("smscoord metrics on {addr}");
     }
-    let result = smsmesh_coordinator::run_with_metrics(
-        config,
-        listener,
+    if let Some(addr) = http.as_ref().and_then(|l| l.local_addr().ok()) {
+        println!("smscoord http on {addr}");
+    }
+    let listeners = smsmesh_coordinator::Listeners {
+        grpc: listener,
         metrics,
-        smsmesh::cli::shutdown_signal(),
-    )
-    .await;
+        http,
+    };
+    let result =
+        smsmesh_coordinator::run_on(config, listeners, smsmesh::cli::shutdown_signal()).await;
     telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,

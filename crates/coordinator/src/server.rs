@@ -66,8 +66,62 @@ pub async fn run_with_metrics(
     metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let listeners = Listeners {
+        grpc: listener,
+        metrics,
+        http: None,
+    };
+    run_on(config, listeners, shutdown).await
+}
+
+/// Where the coordinator serves.
+pub struct Listeners {
+    /// gRPC: the client API, the node link, health and reflection.
+    pub grpc: TcpListener,
+    /// Prometheus metrics at `/metrics`, and `/healthz`.
+    pub metrics: Option<TcpListener>,
+    /// The API over HTTP and JSON (see [`crate::rest`]).
+    pub http: Option<TcpListener>,
+}
+
+/// [`run`] on every listener of `listeners`.
+pub async fn run_on(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let Listeners {
+        grpc: listener,
+        metrics,
+        http,
+    } = listeners;
     let addr: SocketAddr = listener.local_addr()?;
     let mut shutdown = Box::pin(shutdown);
+    // The REST face: it stops when this function returns (the sender drops).
+    let rest = crate::rest::Rest::new();
+    let (_http_stop, http_stopped) = tokio::sync::watch::channel(());
+    let mut http = http;
+    let serve_http = |listener: Option<TcpListener>| {
+        let Some(listener) = listener else { return };
+        let router = crate::rest::router(rest.clone(), config.max_request_bytes);
+        let (tls, timeout) = (config.tls.clone(), config.handshake_timeout);
+        let mut stopped = http_stopped.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stopped.changed().await;
+            };
+            if let Err(e) =
+                crate::rest::serve(listener, router, tls.as_ref(), timeout, stopped).await
+            {
+                tracing::error!(error = %e, "the HTTP API stopped");
+            }
+        });
+    };
+    // A standby answers on it at once (UNAVAILABLE); a coordinator without a
+    // database serves it once its store is loaded (connections wait meanwhile).
+    if config.database_url.is_some() {
+        serve_http(http.take());
+    }
     // With a database, this coordinator stands by until it holds the lead.
     let lease = config.database_url.as_ref().map(|url| Lease {
         url: url.clone(),
@@ -125,9 +179,11 @@ pub async fn run_with_metrics(
             "AUTHENTICATION IS OFF (--insecure-no-auth): anyone who can reach this port can submit, read and cancel batches"
         );
     }
+    let api = std::sync::Arc::new(CoordinatorApi::new(core.clone(), config.clone()));
+    rest.lead(api.clone(), auth.clone());
+    serve_http(http.take());
     let api = InterceptedService::new(
-        CoordinatorServer::new(CoordinatorApi::new(core.clone(), config.clone()))
-            .max_decoding_message_size(config.max_request_bytes),
+        CoordinatorServer::from_arc(api).max_decoding_message_size(config.max_request_bytes),
         move |req| auth.check(req),
     );
     if config.node_token.is_none() {

@@ -34,6 +34,8 @@ pub struct Mesh {
     pub addr: SocketAddr,
     /// Where it serves Prometheus metrics (`/metrics`).
     pub metrics_addr: SocketAddr,
+    /// Where it serves the API over HTTP and JSON (HTTPS with TLS).
+    pub http_addr: SocketAddr,
     /// Whether it serves TLS (then its URL is `https://`).
     pub tls: bool,
     stop: Option<oneshot::Sender<()>>,
@@ -52,19 +54,22 @@ impl Mesh {
         let addr = listener.local_addr()?;
         let metrics = tokio::net::TcpListener::bind((listen.ip(), 0)).await?;
         let metrics_addr = metrics.local_addr()?;
+        let http = tokio::net::TcpListener::bind((listen.ip(), 0)).await?;
+        let http_addr = http.local_addr()?;
         let tls = config.tls.is_some();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(smsmesh_coordinator::run_with_metrics(
-            config,
-            listener,
-            Some(metrics),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let listeners = smsmesh_coordinator::Listeners {
+            grpc: listener,
+            metrics: Some(metrics),
+            http: Some(http),
+        };
+        let task = tokio::spawn(smsmesh_coordinator::run_on(config, listeners, async {
+            let _ = stopped.await;
+        }));
         Ok(Mesh {
             addr,
             metrics_addr,
+            http_addr,
             tls,
             stop: Some(stop),
             task,
