@@ -16,6 +16,7 @@ mod history;
 mod mesh;
 mod priority;
 mod report;
+mod rest;
 mod small;
 mod smpp;
 mod upload;
@@ -26,7 +27,7 @@ use report::{fmt_shares, markdown, report};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run (a to l; (l) needs SMSMESH_TEST_POSTGRES, a PostgreSQL server).
+    /// Scenarios to run (a to m; (l) needs SMSMESH_TEST_POSTGRES, a PostgreSQL server).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
     scenarios: Vec<String>,
     /// Scale every batch size by this factor (e.g. 0.1 for a quick run).
@@ -94,7 +95,7 @@ pub(crate) struct Run {
 }
 
 /// One scenario's result, with its verdict against the target.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Default)]
 pub(crate) struct Scenario {
     id: String,
     title: String,
@@ -438,7 +439,8 @@ async fn main() -> anyhow::Result<()> {
                 priority::scenario(&bin, scale(1_000_000), scale(10_000_000), args.repeat).await?
             }
             "l" => failover::scenario(&bin, scale(1_000_000), args.repeat).await?,
-            other => bail!("unknown scenario {other:?} (a to l)"),
+            "m" => rest::scenario(&bin, scale(100_000), args.repeat).await?,
+            other => bail!("unknown scenario {other:?} (a to m)"),
         };
         report(&scenario);
         results.push(scenario);

@@ -21,6 +21,8 @@ pub(crate) struct Started {
     pub(crate) url: String,
     /// The coordinator's `/metrics`, when `--metrics-listen` was among its arguments.
     pub(crate) metrics: Option<SocketAddr>,
+    /// The coordinator's HTTP API, when `--http-listen` was among its arguments.
+    pub(crate) http: Option<SocketAddr>,
     /// The coordinator's store, removed at the end.
     pub(crate) _data: tempfile::TempDir,
 }
@@ -62,6 +64,9 @@ pub(crate) async fn start(
     let mut prefixes = vec!["smscoord listening on "];
     if coord_args.contains(&"--metrics-listen") {
         prefixes.push("smscoord metrics on ");
+    }
+    if coord_args.contains(&"--http-listen") {
+        prefixes.push("smscoord http on ");
     }
     let addrs = stdout_addrs(&mut coord.child, &prefixes)?;
     let addr = addrs[0];
@@ -124,7 +129,10 @@ pub(crate) async fn start(
         nodes,
         client,
         url,
-        metrics: addrs.get(1).copied(),
+        metrics: coord_args.contains(&"--metrics-listen").then(|| addrs[1]),
+        http: coord_args
+            .contains(&"--http-listen")
+            .then(|| addrs[addrs.len() - 1]),
         _data: data,
     })
 }

@@ -22,6 +22,7 @@
 mod executor;
 pub mod gateway;
 pub mod group;
+pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod smpp;

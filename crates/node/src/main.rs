@@ -37,13 +37,17 @@ struct Args {
     /// Equal to --prefetch for a fixed prefetch.
     #[arg(long, env = "SMSMESH_PREFETCH_MAX")]
     prefetch_max: Option<u32>,
-    /// Gateway: "simulated", or an SMSC to bind to as an SMPP 3.4 client:
+    /// Gateway: "simulated"; an SMSC to bind to as an SMPP 3.4 client:
     /// smpp://SYSTEM_ID:PASSWORD@HOST:PORT (smpps:// for TLS), options in the
-    /// query or as the --smpp-* flags.
+    /// query or as the --smpp-* flags; or an HTTP SMS provider:
+    /// https://[USER:PASSWORD@]HOST/PATH, options in the query or as the
+    /// --http-* flags (e.g. https://SID:TOKEN@api.twilio.com?profile=twilio).
     #[arg(long, env = "SMSMESH_GATEWAY", default_value = "simulated")]
     gateway: String,
     #[command(flatten)]
     smpp: smsmesh_node::smpp::SmppArgs,
+    #[command(flatten)]
+    http: smsmesh_node::http::HttpArgs,
     /// Simulated gateway: mean send latency (exponentially distributed); 0ms for none.
     #[arg(long, env = "SMSMESH_MEAN_LATENCY", default_value = "50ms", value_parser = humantime::parse_duration)]
     mean_latency: Duration,
@@ -248,9 +252,19 @@ async fn node_main(args: Args) -> ExitCode {
         };
         smpp_stats = Some(smpp.stats());
         Arc::new(smpp)
+    } else if args.gateway.starts_with("http://") || args.gateway.starts_with("https://") {
+        match smsmesh_node::http::HttpConfig::parse(&args.gateway, &args.http)
+            .and_then(smsmesh_node::http::Http::new)
+        {
+            Ok(http) => Arc::new(http),
+            Err(e) => {
+                eprintln!("smsnode: {e}");
+                return ExitCode::from(64);
+            }
+        }
     } else {
         eprintln!(
-            "smsnode: unknown --gateway {:?} (\"simulated\", or smpp://SYSTEM_ID:PASSWORD@HOST:PORT)",
+            "smsnode: unknown --gateway {:?} (\"simulated\", smpp://SYSTEM_ID:PASSWORD@HOST:PORT, or an http(s):// provider URL)",
             args.gateway
         );
         return ExitCode::from(64);
