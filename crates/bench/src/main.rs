@@ -13,6 +13,7 @@ use serde::Serialize;
 use smsmesh::pb::{self, BatchState};
 mod failover;
 mod history;
+mod http_provider;
 mod mesh;
 mod priority;
 mod report;
@@ -27,7 +28,7 @@ use report::{fmt_shares, markdown, report};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run (a to m; (l) needs SMSMESH_TEST_POSTGRES, a PostgreSQL server).
+    /// Scenarios to run (a to n; (l) needs SMSMESH_TEST_POSTGRES, a PostgreSQL server).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
     scenarios: Vec<String>,
     /// Scale every batch size by this factor (e.g. 0.1 for a quick run).
@@ -440,7 +441,8 @@ async fn main() -> anyhow::Result<()> {
             }
             "l" => failover::scenario(&bin, scale(1_000_000), args.repeat).await?,
             "m" => rest::scenario(&bin, scale(100_000), args.repeat).await?,
-            other => bail!("unknown scenario {other:?} (a to m)"),
+            "n" => http_provider::scenario(&bin, scale(200_000), args.repeat).await?,
+            other => bail!("unknown scenario {other:?} (a to n)"),
         };
         report(&scenario);
         results.push(scenario);

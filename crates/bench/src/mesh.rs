@@ -145,3 +145,54 @@ pub(crate) fn request<T>(message: T, token: Option<&str>) -> anyhow::Result<toni
     }
     Ok(r)
 }
+
+/// A durable coordinator and `nodes` `smsnode` processes of `concurrency`
+/// sending through `gateway` (named `PREFIX-0`, …), all joined.
+pub(crate) async fn with_gateway(
+    bin: &Path,
+    gateway: &str,
+    prefix: &str,
+    nodes: usize,
+    concurrency: u32,
+) -> anyhow::Result<(Started, Vec<Proc>)> {
+    let setup = Setup {
+        messages: 0,
+        durable: true,
+        nodes: Vec::new(),
+        node_threads: 0,
+        per_process: 1,
+    };
+    let m = start(bin, &setup, &[], None).await?;
+    let procs: Vec<Proc> = (0..nodes)
+        .map(|i| {
+            Command::new(bin.join("smsnode"))
+                .args(["--coordinator", &m.url, "--name", &format!("{prefix}-{i}")])
+                .args([
+                    "--gateway",
+                    gateway,
+                    "--concurrency",
+                    &concurrency.to_string(),
+                ])
+                .env(
+                    "RUST_LOG",
+                    std::env::var("SMSMESH_BENCH_NODE_LOG").unwrap_or("error".into()),
+                )
+                .spawn()
+                .map(|child| Proc { child })
+        })
+        .collect::<Result<_, _>>()?;
+    smsmesh_testkit::wait_until(Duration::from_secs(30), "the gateway nodes to join", || {
+        let mut client = m.client.clone();
+        async move {
+            let mut s = client
+                .watch_progress(pb::WatchProgressRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            let u = s.message().await.ok()??;
+            (u.nodes_connected as usize == nodes).then_some(())
+        }
+    })
+    .await?;
+    Ok((m, procs))
+}

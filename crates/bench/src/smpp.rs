@@ -16,7 +16,7 @@ use anyhow::bail;
 use smsmesh::pb;
 use smsmesh_testkit::{Proc, stdout_addrs};
 
-use crate::{Scenario, Setup, mesh, usage};
+use crate::{Scenario, mesh, usage};
 
 /// What one SMPP run measured.
 #[derive(Debug, serde::Serialize)]
@@ -35,7 +35,7 @@ pub(crate) struct SmppRun {
 }
 
 /// Polls the batch until `done` holds, recording (time, sent, delivered).
-async fn follow(
+pub(crate) async fn follow(
     client: &mut pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
     batch: &str,
     deadline: Duration,
@@ -56,7 +56,11 @@ async fn follow(
 }
 
 /// The rate at which `f` of the samples grew between 10% and 90% of `total`.
-fn rate(seen: &[(Instant, u64, u64)], total: u64, f: fn(&(Instant, u64, u64)) -> u64) -> f64 {
+pub(crate) fn rate(
+    seen: &[(Instant, u64, u64)],
+    total: u64,
+    f: fn(&(Instant, u64, u64)) -> u64,
+) -> f64 {
     let at = |share: f64| {
         let want = (total as f64 * share) as u64;
         seen.iter().find(|s| f(s) >= want).copied()
@@ -77,43 +81,10 @@ async fn run(bin: &Path, nodes: usize, messages: u64, rate_limit: u32) -> anyhow
             .spawn()?,
     };
     let smsc_addr = stdout_addrs(&mut smsc.child, &["smsmesh-smsc listening on "])?[0];
-    let setup = Setup {
-        messages,
-        durable: true,
-        nodes: Vec::new(),
-        node_threads: 0,
-        per_process: 1,
-    };
-    let mut m = mesh::start(bin, &setup, &[], None).await?;
-    let pid = m.coord.child.id();
     let extra = std::env::var("SMSMESH_BENCH_SMPP_QUERY").unwrap_or_default();
     let gateway = format!("smpp://bench:secret@{smsc_addr}?window=64&rate={rate_limit}{extra}");
-    let _nodes: Vec<Proc> = (0..nodes)
-        .map(|i| {
-            Command::new(bin.join("smsnode"))
-                .args(["--coordinator", &m.url, "--name", &format!("smpp-{i}")])
-                .args(["--gateway", &gateway, "--concurrency", "256"])
-                .env(
-                    "RUST_LOG",
-                    std::env::var("SMSMESH_BENCH_NODE_LOG").unwrap_or("error".into()),
-                )
-                .spawn()
-                .map(|child| Proc { child })
-        })
-        .collect::<Result<_, _>>()?;
-    smsmesh_testkit::wait_until(Duration::from_secs(30), "the SMPP nodes to join", || {
-        let mut client = m.client.clone();
-        async move {
-            let mut s = client
-                .watch_progress(pb::WatchProgressRequest::default())
-                .await
-                .ok()?
-                .into_inner();
-            let u = s.message().await.ok()??;
-            (u.nodes_connected as usize == nodes).then_some(())
-        }
-    })
-    .await?;
+    let (mut m, _nodes) = mesh::with_gateway(bin, &gateway, "smpp", nodes, 256).await?;
+    let pid = m.coord.child.id();
     let started = Instant::now();
     let batch =
         smsmesh_testkit::submit(&mut m.client, smsmesh_testkit::synthetic(messages, 7)).await;
