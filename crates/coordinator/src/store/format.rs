@@ -12,51 +12,57 @@ use crate::batch::recipients::is_packed_number;
 pub(super) const CHUNK: u32 = 4096;
 
 /// How the slots of an outcome row are laid out. Rows written before final
-/// times were stored hold 4-byte slots and nothing else (their first byte is
-/// a slot's state byte: 0, 3 or 4). Rows written since start with the byte
-/// [`ROW_TIMED`] and hold 8-byte slots: state, attempts, node (2 bytes LE),
-/// then when the message became final (4 bytes LE, ms after its batch's
-/// acceptance; 0 for not known). A row of the old layout that gets a new
-/// outcome is rewritten in the new one, its old slots with no time.
+/// times were stored hold 4-byte slots: state, attempts, node (2 bytes LE);
+/// their state bytes are 0, 3 or 4. Rows written since hold 8-byte slots:
+/// the same with [`TIMED`] set in the state byte (so `0x80` is "no outcome
+/// yet"), then when the message became final (4 bytes LE, ms after its
+/// batch's acceptance; 0 for not known). A full row is then exactly 32 KiB,
+/// which the engine stores in 32 KiB. A row of the old layout that gets a
+/// new outcome is rewritten in the new one, its old slots with no time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Layout {
-    /// Bytes before the first slot.
-    head: usize,
     /// Bytes per slot.
     width: usize,
+    /// Whether slots carry a final time (and [`TIMED`] in their state byte).
+    timed: bool,
 }
 
-/// The first byte of a row of timed slots (no state byte is this).
-const ROW_TIMED: u8 = 0x80;
-const UNTIMED: Layout = Layout { head: 0, width: 4 };
-const TIMED: Layout = Layout { head: 1, width: 8 };
+/// The bit of a timed slot's state byte (no state has it).
+const TIMED: u8 = 0x80;
+const UNTIMED_SLOTS: Layout = Layout {
+    width: 4,
+    timed: false,
+};
+const TIMED_SLOTS: Layout = Layout {
+    width: 8,
+    timed: true,
+};
+/// A timed slot with no outcome.
+const EMPTY_TIMED: [u8; 8] = [TIMED, 0, 0, 0, 0, 0, 0, 0];
 
 impl Layout {
     fn of(row: &[u8]) -> Layout {
-        if row.first() == Some(&ROW_TIMED) {
-            TIMED
+        if row.first().is_some_and(|b| b & TIMED != 0) {
+            TIMED_SLOTS
         } else {
-            UNTIMED
+            UNTIMED_SLOTS
         }
     }
 
     /// The slots of `row` (of this layout).
     fn slots(self, row: &[u8]) -> std::slice::ChunksExact<'_, u8> {
-        row.get(self.head..)
-            .unwrap_or_default()
-            .chunks_exact(self.width)
+        row.chunks_exact(self.width)
     }
 
     /// The slot at `i`, if `row` holds one.
     fn slot(self, row: &[u8], i: usize) -> Option<&[u8]> {
-        let at = self.head + i * self.width;
-        row.get(at..at + self.width)
+        row.get(i * self.width..(i + 1) * self.width)
     }
 }
 
 /// Decodes one slot (checked at load or write) of message `index`.
 fn decode_slot(index: u32, slot: &[u8]) -> Option<StoredOutcome> {
-    let state = FinalState::from_byte(slot[0]).ok()??;
+    let state = FinalState::from_byte(slot[0] & !TIMED).ok()??;
     Some(StoredOutcome {
         index,
         state,
@@ -209,17 +215,21 @@ pub(super) fn read_slot(row: &[u8], index: u32) -> Option<StoredOutcome> {
 pub(super) fn check_row(id: u64, chunk: u32, row: &[u8]) -> Result<(), String> {
     let layout = Layout::of(row);
     let full = CHUNK as usize * layout.width;
-    let body = row.len().saturating_sub(layout.head);
-    if body == 0 || body > full || !body.is_multiple_of(layout.width) {
+    if row.is_empty() || row.len() > full || !row.len().is_multiple_of(layout.width) {
         return Err(format!(
-            "outcome row {chunk} of batch {id:016x} is {} bytes, not a whole number of {}-byte slots up to {full} after {} bytes",
+            "outcome row {chunk} of batch {id:016x} is {} bytes, not a whole number of {}-byte slots up to {full}",
             row.len(),
             layout.width,
-            layout.head,
         ));
     }
     for (i, slot) in layout.slots(row).enumerate() {
-        if let Err(b) = FinalState::from_byte(slot[0]) {
+        let b = slot[0];
+        let state = if (b & TIMED != 0) == layout.timed {
+            FinalState::from_byte(b & !TIMED)
+        } else {
+            Err(b)
+        };
+        if let Err(b) = state {
             return Err(format!(
                 "outcome of message {i} in row {chunk} of batch {id:016x} has state byte {b}, which no version writes"
             ));
@@ -229,7 +239,7 @@ pub(super) fn check_row(id: u64, chunk: u32, row: &[u8]) -> Result<(), String> {
 }
 
 /// An outcome row with no outcome in it yet. A row is only as long as its
-/// last outcome needs (a one-message batch stores 9 bytes, not a chunk's
+/// last outcome needs (a one-message batch stores 8 bytes, not a chunk's
 /// 32 KiB); missing slots at its end have no outcome. Some stores written
 /// before hold full rows, which read the same.
 pub(super) fn empty_row() -> Vec<u8> {
@@ -244,19 +254,17 @@ pub(super) fn row_of(index: u32) -> u32 {
 /// Writes outcome `o` into its slot of its row, growing the row to it
 /// (and rewriting a row of untimed slots as timed ones).
 pub(super) fn write_slot(row: &mut Vec<u8>, o: &Outcome) {
-    if Layout::of(row) != TIMED {
+    if !Layout::of(row).timed {
         let old = std::mem::take(row);
-        row.push(ROW_TIMED);
-        for slot in UNTIMED.slots(&old) {
-            row.extend_from_slice(slot);
-            row.extend_from_slice(&[0; 4]);
+        for slot in UNTIMED_SLOTS.slots(&old) {
+            row.extend_from_slice(&[slot[0] | TIMED, slot[1], slot[2], slot[3], 0, 0, 0, 0]);
         }
     }
-    let at = TIMED.head + (o.index % CHUNK) as usize * TIMED.width;
-    if row.len() < at + TIMED.width {
-        row.resize(at + TIMED.width, NO_OUTCOME);
+    let at = (o.index % CHUNK) as usize * TIMED_SLOTS.width;
+    while row.len() < at + TIMED_SLOTS.width {
+        row.extend_from_slice(&EMPTY_TIMED);
     }
-    row[at] = o.state as u8;
+    row[at] = o.state as u8 | TIMED;
     row[at + 1] = o.attempts;
     row[at + 2..at + 4].copy_from_slice(&o.node.to_le_bytes());
     row[at + 4..at + 8].copy_from_slice(&o.final_ms.to_le_bytes());

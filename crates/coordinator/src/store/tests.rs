@@ -54,16 +54,15 @@ fn stored_formats_are_pinned() {
     format::write_slot(&mut row, &far);
     assert_eq!(format::row_of(4097), 1);
     assert_eq!(format::row_of(4095), 0);
-    assert_eq!(row.len(), 17, "a row is as long as its last outcome needs");
-    assert_eq!(row[0], 0x80, "a row of timed slots");
-    assert_eq!(&row[1..9], &[0; 8], "no outcome is 0");
+    assert_eq!(row.len(), 16, "a row is as long as its last outcome needs");
+    assert_eq!(&row[..8], &[0x80, 0, 0, 0, 0, 0, 0, 0], "no outcome, timed");
     assert_eq!(
-        &row[9..17],
-        &[3, 2, 0x02, 0x01, 0xd2, 0x04, 0, 0],
-        "state, attempts, node LE, final ms LE"
+        &row[8..16],
+        &[0x83, 2, 0x02, 0x01, 0xd2, 0x04, 0, 0],
+        "state | 0x80, attempts, node LE, final ms LE"
     );
-    // A row written before final times: 4-byte slots and no head. It reads
-    // with no time, and a new outcome rewrites it timed.
+    // A row written before final times: 4-byte slots, state bytes without
+    // 0x80. It reads with no time, and a new outcome rewrites it timed.
     let mut old = vec![0, 0, 0, 0, 4, 3, 0x01, 0x00];
     format::check_row(1, 0, &old).unwrap();
     let failed = format::read_slot(&old, 1).unwrap();
@@ -76,7 +75,7 @@ fn stored_formats_are_pinned() {
     assert_eq!(
         old,
         [
-            0x80, 0, 0, 0, 0, 0, 0, 0, 0, 4, 3, 1, 0, 0, 0, 0, 0, 3, 2, 1, 0, 0xd2, 0x04, 0, 0
+            0x80, 0, 0, 0, 0, 0, 0, 0, 0x84, 3, 1, 0, 0, 0, 0, 0, 0x83, 2, 1, 0, 0xd2, 0x04, 0, 0
         ]
     );
     format::check_row(1, 0, &old).unwrap();
@@ -179,14 +178,19 @@ fn a_corrupt_outcome_row_is_refused_at_load() {
     let err = store.load().unwrap_err();
     assert!(err.to_string().contains("is 3 bytes"), "{err}");
 
-    // Timed rows: a head byte, then whole 8-byte slots of known states.
-    write_raw(&store, 9, 0, &[0x80, 3, 1, 0, 0, 0]);
+    // Timed rows: whole 8-byte slots, every state byte a known one with 0x80.
+    write_raw(&store, 9, 0, &[0x83, 1, 0, 0, 0, 0]);
     let err = store.load().unwrap_err();
     assert!(err.to_string().contains("is 6 bytes"), "{err}");
-    write_raw(&store, 9, 0, &[0x80, 0x80, 1, 0, 0, 0, 0, 0, 0]);
+    write_raw(
+        &store,
+        9,
+        0,
+        &[0x83, 1, 0, 0, 0, 0, 0, 0, 3, 1, 0, 0, 0, 0, 0, 0],
+    );
     let err = store.load().unwrap_err();
-    assert!(err.to_string().contains("state byte 128"), "{err}");
-    write_raw(&store, 9, 0, &[0x80, 3, 1, 0, 0, 7, 0, 0, 0]);
+    assert!(err.to_string().contains("state byte 3"), "{err}");
+    write_raw(&store, 9, 0, &[0x83, 1, 0, 0, 7, 0, 0, 0]);
     let loaded = store.load().unwrap();
     let o: Vec<_> = loaded.batches[0].outcomes().collect();
     assert_eq!((o.len(), o[0].final_ms), (1, 7));
