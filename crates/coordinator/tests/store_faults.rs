@@ -103,7 +103,7 @@ fn flipped_bytes_are_refused_or_change_nothing() {
     // Where the outcomes are: messages 1 to 16 of the row (all sent by node 1 on the
     // first attempt, final 7 ms after acceptance) become "no outcome yet". Every record still decodes; only the
     // pages' checksums can tell. Each copy of those bytes in the file is changed.
-    let sent: Vec<u8> = [0x83u8, 1, 1, 0, 7, 0, 0, 0].repeat(16);
+    let sent: Vec<u8> = [0x83u8, 1, 1, 0, 7, 0, 0].repeat(16);
     let mut damaged = bytes.clone();
     let mut copies = 0;
     let mut at = 0;
@@ -112,7 +112,7 @@ fn flipped_bytes_are_refused_or_change_nothing() {
         .position(|w| w == sent.as_slice())
     {
         let start = at + i;
-        for slot in damaged[start..start + sent.len()].chunks_mut(8) {
+        for slot in damaged[start..start + sent.len()].chunks_mut(7) {
             slot[0] = 0x80; // a timed slot with no outcome
         }
         copies += 1;

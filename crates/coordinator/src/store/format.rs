@@ -13,12 +13,14 @@ pub(super) const CHUNK: u32 = 4096;
 
 /// How the slots of an outcome row are laid out. Rows written before final
 /// times were stored hold 4-byte slots: state, attempts, node (2 bytes LE);
-/// their state bytes are 0, 3 or 4. Rows written since hold 8-byte slots:
+/// their state bytes are 0, 3 or 4. Rows written since hold 7-byte slots:
 /// the same with [`TIMED`] set in the state byte (so `0x80` is "no outcome
-/// yet"), then when the message became final (4 bytes LE, ms after its
-/// batch's acceptance; 0 for not known). A full row is then exactly 32 KiB,
-/// which the engine stores in 32 KiB. A row of the old layout that gets a
-/// new outcome is rewritten in the new one, its old slots with no time.
+/// yet"), then when the message became final, after its batch's
+/// acceptance, in 3 bytes LE (see [`encode_time`]). A full row is 28 KiB,
+/// which the engine keeps in a 32 KiB run of pages, as it kept the old
+/// 16 KiB rows (8-byte slots made 32 KiB rows, kept in 64 KiB: the store of
+/// a 14M list doubled). A row of the old layout that gets a new outcome is
+/// rewritten in the new one, its old slots with no time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Layout {
     /// Bytes per slot.
@@ -34,11 +36,37 @@ const UNTIMED_SLOTS: Layout = Layout {
     timed: false,
 };
 const TIMED_SLOTS: Layout = Layout {
-    width: 8,
+    width: 7,
     timed: true,
 };
 /// A timed slot with no outcome.
-const EMPTY_TIMED: [u8; 8] = [TIMED, 0, 0, 0, 0, 0, 0, 0];
+const EMPTY_TIMED: [u8; 7] = [TIMED, 0, 0, 0, 0, 0, 0];
+
+/// Flags a stored time in seconds (else milliseconds).
+const IN_SECONDS: u32 = 1 << 23;
+
+/// A final time (ms after acceptance; 0: not known) in 24 bits:
+/// milliseconds below 2^23 (2.3 hours), whole seconds with bit 23 set above
+/// that (up to the 49.7 days a `u32` of milliseconds holds).
+pub(super) fn encode_time(ms: u32) -> [u8; 3] {
+    let v = if ms < IN_SECONDS {
+        ms
+    } else {
+        IN_SECONDS | (ms / 1000).min(IN_SECONDS - 1)
+    };
+    let [a, b, c, _] = v.to_le_bytes();
+    [a, b, c]
+}
+
+/// The milliseconds [`encode_time`] stored.
+pub(super) fn decode_time(t: &[u8]) -> u32 {
+    let v = u32::from_le_bytes([t[0], t[1], t[2], 0]);
+    if v & IN_SECONDS == 0 {
+        v
+    } else {
+        (v & !IN_SECONDS).saturating_mul(1000)
+    }
+}
 
 impl Layout {
     fn of(row: &[u8]) -> Layout {
@@ -68,9 +96,7 @@ fn decode_slot(index: u32, slot: &[u8]) -> Option<StoredOutcome> {
         state,
         attempts: slot[1],
         node: u16::from_le_bytes([slot[2], slot[3]]),
-        final_ms: slot
-            .get(4..8)
-            .map_or(0, |t| u32::from_le_bytes(t.try_into().expect("4 bytes"))),
+        final_ms: slot.get(4..7).map_or(0, decode_time),
     })
 }
 
@@ -239,8 +265,8 @@ pub(super) fn check_row(id: u64, chunk: u32, row: &[u8]) -> Result<(), String> {
 }
 
 /// An outcome row with no outcome in it yet. A row is only as long as its
-/// last outcome needs (a one-message batch stores 8 bytes, not a chunk's
-/// 32 KiB); missing slots at its end have no outcome. Some stores written
+/// last outcome needs (a one-message batch stores 7 bytes, not a chunk's
+/// 28 KiB); missing slots at its end have no outcome. Some stores written
 /// before hold full rows, which read the same.
 pub(super) fn empty_row() -> Vec<u8> {
     Vec::new()
@@ -257,7 +283,7 @@ pub(super) fn write_slot(row: &mut Vec<u8>, o: &Outcome) {
     if !Layout::of(row).timed {
         let old = std::mem::take(row);
         for slot in UNTIMED_SLOTS.slots(&old) {
-            row.extend_from_slice(&[slot[0] | TIMED, slot[1], slot[2], slot[3], 0, 0, 0, 0]);
+            row.extend_from_slice(&[slot[0] | TIMED, slot[1], slot[2], slot[3], 0, 0, 0]);
         }
     }
     let at = (o.index % CHUNK) as usize * TIMED_SLOTS.width;
@@ -267,7 +293,7 @@ pub(super) fn write_slot(row: &mut Vec<u8>, o: &Outcome) {
     row[at] = o.state as u8 | TIMED;
     row[at + 1] = o.attempts;
     row[at + 2..at + 4].copy_from_slice(&o.node.to_le_bytes());
-    row[at + 4..at + 8].copy_from_slice(&o.final_ms.to_le_bytes());
+    row[at + 4..at + 7].copy_from_slice(&encode_time(o.final_ms));
 }
 
 /// Recipients per recipient row (and per client-reference row). The

@@ -54,12 +54,20 @@ fn stored_formats_are_pinned() {
     format::write_slot(&mut row, &far);
     assert_eq!(format::row_of(4097), 1);
     assert_eq!(format::row_of(4095), 0);
-    assert_eq!(row.len(), 16, "a row is as long as its last outcome needs");
-    assert_eq!(&row[..8], &[0x80, 0, 0, 0, 0, 0, 0, 0], "no outcome, timed");
+    assert_eq!(row.len(), 14, "a row is as long as its last outcome needs");
+    assert_eq!(&row[..7], &[0x80, 0, 0, 0, 0, 0, 0], "no outcome, timed");
     assert_eq!(
-        &row[8..16],
-        &[0x83, 2, 0x02, 0x01, 0xd2, 0x04, 0, 0],
-        "state | 0x80, attempts, node LE, final ms LE"
+        &row[7..14],
+        &[0x83, 2, 0x02, 0x01, 0xd2, 0x04, 0],
+        "state | 0x80, attempts, node LE, final time (24 bits LE)"
+    );
+    // Times: milliseconds below 2^23, then seconds with bit 23 set.
+    assert_eq!(format::encode_time(0x7f_ffff), [0xff, 0xff, 0x7f]);
+    assert_eq!(format::encode_time(10_000_000), [0x10, 0x27, 0x80]); // 10,000 s
+    assert_eq!(format::decode_time(&[0x10, 0x27, 0x80]), 10_000_000);
+    assert_eq!(
+        format::decode_time(&format::encode_time(u32::MAX)),
+        4_294_967_000
     );
     // A row written before final times: 4-byte slots, state bytes without
     // 0x80. It reads with no time, and a new outcome rewrites it timed.
@@ -75,7 +83,7 @@ fn stored_formats_are_pinned() {
     assert_eq!(
         old,
         [
-            0x80, 0, 0, 0, 0, 0, 0, 0, 0x84, 3, 1, 0, 0, 0, 0, 0, 0x83, 2, 1, 0, 0xd2, 0x04, 0, 0
+            0x80, 0, 0, 0, 0, 0, 0, 0x84, 3, 1, 0, 0, 0, 0, 0x83, 2, 1, 0, 0xd2, 0x04, 0
         ]
     );
     format::check_row(1, 0, &old).unwrap();
@@ -178,19 +186,14 @@ fn a_corrupt_outcome_row_is_refused_at_load() {
     let err = store.load().unwrap_err();
     assert!(err.to_string().contains("is 3 bytes"), "{err}");
 
-    // Timed rows: whole 8-byte slots, every state byte a known one with 0x80.
+    // Timed rows: whole 7-byte slots, every state byte a known one with 0x80.
     write_raw(&store, 9, 0, &[0x83, 1, 0, 0, 0, 0]);
     let err = store.load().unwrap_err();
     assert!(err.to_string().contains("is 6 bytes"), "{err}");
-    write_raw(
-        &store,
-        9,
-        0,
-        &[0x83, 1, 0, 0, 0, 0, 0, 0, 3, 1, 0, 0, 0, 0, 0, 0],
-    );
+    write_raw(&store, 9, 0, &[0x83, 1, 0, 0, 0, 0, 0, 3, 1, 0, 0, 0, 0, 0]);
     let err = store.load().unwrap_err();
     assert!(err.to_string().contains("state byte 3"), "{err}");
-    write_raw(&store, 9, 0, &[0x83, 1, 0, 0, 7, 0, 0, 0]);
+    write_raw(&store, 9, 0, &[0x83, 1, 0, 0, 7, 0, 0]);
     let loaded = store.load().unwrap();
     let o: Vec<_> = loaded.batches[0].outcomes().collect();
     assert_eq!((o.len(), o[0].final_ms), (1, 7));
