@@ -286,3 +286,61 @@ async fn a_frozen_leader_that_wakes_after_a_takeover_writes_nothing_and_steps_do
         taken.sent, b.sent, b.failed, b.resent
     );
 }
+
+/// A coordinator process on the database at `url` that also serves HTTP:
+/// (process, gRPC address, HTTP address).
+fn http_coordinator(url: &str) -> (Proc, SocketAddr, SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(smsmesh_testkit::bin("smscoord"))
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--insecure-no-auth", "--plaintext", "--data-dir"])
+        .arg(dir.path())
+        .args(["--database-url", url, "--lease-ttl", TTL])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc { child };
+    let addrs = smsmesh_testkit::stdout_addrs(
+        &mut proc.child,
+        &["smscoord listening on ", "smscoord http on "],
+    )
+    .unwrap();
+    (proc, addrs[0], addrs[1], dir)
+}
+
+/// `GET /v1/batches` at `http` with curl: (status, body).
+async fn http_list(http: SocketAddr) -> (String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .arg(format!("http://{http}/v1/batches"))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap_or_default();
+    (status.to_string(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_answers_http_with_503_until_it_leads() {
+    let Some(url) = database("http").await else {
+        return;
+    };
+    let (mut a, a_addr, a_http, _a_dir) = http_coordinator(&url);
+    wait_serving(a_addr, LONG).await;
+    let (_b, b_addr, b_http, _b_dir) = http_coordinator(&url);
+    let (status, body) = http_list(a_http).await;
+    assert_eq!(status, "200", "{body}");
+    // The standby answers at once, and says what it is.
+    let (status, body) = http_list(b_http).await;
+    assert_eq!(status, "503", "{body}");
+    assert!(
+        body.contains("UNAVAILABLE") && body.contains("standby"),
+        "{body}"
+    );
+    a.kill9();
+    wait_serving(b_addr, LONG).await;
+    let (status, body) = http_list(b_http).await;
+    assert_eq!(status, "200", "the new leader serves HTTP: {body}");
+}
