@@ -12,12 +12,14 @@ mod content;
 mod latency;
 pub mod recipients;
 mod slot;
+mod state_set;
 mod stats;
 
 pub use content::{Content, Trace};
 pub use latency::Latency;
 pub use recipients::Recipients;
 pub use slot::*;
+pub use state_set::StateSet;
 pub use stats::{Counts, NodeShare, NodeShares};
 
 use std::cmp::Reverse;
@@ -582,27 +584,6 @@ impl Batch {
             ST_FAILED => MessageState::Failed,
             _ => MessageState::Cancelled,
         }
-    }
-}
-
-/// A set of states (of messages or of batches), as a listing's filter asks
-/// for them: one bit per enum value (1 to 7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StateSet(u8);
-
-impl StateSet {
-    /// Every state.
-    pub const ALL: StateSet = StateSet(u8::MAX);
-
-    /// The states with these enum values; every state when none is given.
-    pub fn of(values: impl IntoIterator<Item = i32>) -> Self {
-        let mask = values.into_iter().fold(0u8, |m, v| m | 1 << (v & 7));
-        if mask == 0 { Self::ALL } else { StateSet(mask) }
-    }
-
-    /// Whether the state with enum value `value` is in the set.
-    pub fn contains(self, value: i32) -> bool {
-        self.0 & 1 << (value & 7) != 0
     }
 }
 
