@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::small::{fire, percentile_ms, wait_sent};
+use crate::small::{each_caller, fire, percentile_ms, wait_sent};
 use crate::{Run, Scenario, Setup, median, mesh, usage};
 
 /// `callers` concurrent callers POST `batches` one-message batches in all to
@@ -23,43 +23,30 @@ async fn fire_http(http: SocketAddr, callers: usize, batches: u64) -> anyhow::Re
         .pool_max_idle_per_host(callers)
         .build_http();
     let url = format!("http://{http}/v1/batches");
-    let per_caller = batches / callers as u64;
-    let tasks: Vec<_> = (0..callers)
-        .map(|c| {
-            let (client, url) = (client.clone(), url.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(per_caller as usize);
-                for i in 0..per_caller {
-                    let n = c as u64 * per_caller + i;
-                    let body = format!(
-                        r#"{{"messages":[{{"to":"+1555{:07}","body":"Your code is {:06}"}}]}}"#,
-                        n % 10_000_000,
-                        n % 1_000_000
-                    );
-                    let req = http::Request::post(&url)
-                        .header(http::header::CONTENT_TYPE, "application/json")
-                        .body(Full::new(Bytes::from(body)))?;
-                    let t = Instant::now();
-                    let resp = client.request(req).await?;
-                    let status = resp.status();
-                    let answer = resp.into_body().collect().await?.to_bytes();
-                    if !status.is_success() {
-                        bail!(
-                            "POST /v1/batches: {status}: {}",
-                            String::from_utf8_lossy(&answer)
-                        );
-                    }
-                    latencies.push(t.elapsed().as_micros() as u64);
-                }
-                anyhow::Ok(latencies)
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    Ok(latencies)
+    each_caller(callers, batches, 0, move |_, n| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let body = format!(
+                r#"{{"messages":[{{"to":"+1555{:07}","body":"Your code is {:06}"}}]}}"#,
+                n % 10_000_000,
+                n % 1_000_000
+            );
+            let req = http::Request::post(&url)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))?;
+            let resp = client.request(req).await?;
+            let status = resp.status();
+            let answer = resp.into_body().collect().await?.to_bytes();
+            if !status.is_success() {
+                bail!(
+                    "POST /v1/batches: {status}: {}",
+                    String::from_utf8_lossy(&answer)
+                );
+            }
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// One run: `batches` one-message batches from `callers` callers, over HTTP

@@ -117,40 +117,29 @@ pub(crate) fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
         .map_or(0.0, |us| *us as f64 / 1000.0)
 }
 
-/// `callers` concurrent callers (spread over `channels`, caller *c* with
-/// token *c* mod the tokens, if any) submit `batches` one-message batches in
-/// all, one after another; message numbers start at `offset`. Returns each
-/// SubmitBatch's latency in µs.
-pub(crate) async fn fire(
-    channels: &[tonic::transport::Channel],
-    tokens: &[String],
+/// `callers` concurrent callers make `batches` calls in all, one after
+/// another each: caller *c* makes `call(c, n)` for its share of message
+/// numbers *n* (caller *c*'s block, from `offset`). Returns each call's
+/// latency in µs.
+pub(crate) async fn each_caller<F, Fut>(
     callers: usize,
     batches: u64,
     offset: u64,
-) -> anyhow::Result<Vec<u64>> {
+    call: F,
+) -> anyhow::Result<Vec<u64>>
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     let per_caller = batches / callers as u64;
     let tasks: Vec<_> = (0..callers)
         .map(|c| {
-            let mut client = pb::coordinator_client::CoordinatorClient::new(
-                channels[c % channels.len()].clone(),
-            );
-            let token = (!tokens.is_empty()).then(|| tokens[c % tokens.len()].clone());
+            let call = call.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_caller as usize);
                 for i in 0..per_caller {
-                    let n = offset + c as u64 * per_caller + i;
-                    let req = pb::SubmitBatchRequest {
-                        messages: vec![pb::SmsMessage {
-                            to: format!("+1555{:07}", n % 10_000_000),
-                            body: format!("Your code is {:06}", n % 1_000_000),
-                            client_ref: String::new(),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    };
-                    let req = mesh::request(req, token.as_deref())?;
                     let t = Instant::now();
-                    client.submit_batch(req).await?;
+                    call(c, offset + c as u64 * per_caller + i).await?;
                     latencies.push(t.elapsed().as_micros() as u64);
                 }
                 anyhow::Ok(latencies)
@@ -162,6 +151,41 @@ pub(crate) async fn fire(
         latencies.extend(t.await??);
     }
     Ok(latencies)
+}
+
+/// `callers` concurrent callers (spread over `channels`, caller *c* with
+/// token *c* mod the tokens, if any) submit `batches` one-message batches in
+/// all, one after another; message numbers start at `offset`. Returns each
+/// SubmitBatch's latency in µs.
+pub(crate) async fn fire(
+    channels: &[tonic::transport::Channel],
+    tokens: &[String],
+    callers: usize,
+    batches: u64,
+    offset: u64,
+) -> anyhow::Result<Vec<u64>> {
+    let (channels, tokens) = (channels.to_vec(), tokens.to_vec());
+    each_caller(callers, batches, offset, move |c, n| {
+        let mut client =
+            pb::coordinator_client::CoordinatorClient::new(channels[c % channels.len()].clone());
+        let token = (!tokens.is_empty()).then(|| tokens[c % tokens.len()].clone());
+        async move {
+            let req = pb::SubmitBatchRequest {
+                messages: vec![pb::SmsMessage {
+                    to: format!("+1555{:07}", n % 10_000_000),
+                    body: format!("Your code is {:06}", n % 1_000_000),
+                    client_ref: String::new(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            client
+                .submit_batch(mesh::request(req, token.as_deref())?)
+                .await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Waits until the coordinator's `/metrics` at `metrics` counts `total` sent messages.
