@@ -234,8 +234,7 @@ impl Inner {
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| retry_after(v.to_str().ok()?, std::time::SystemTime::now()));
         let body = match tokio::time::timeout(self.config.timeout, response.bytes()).await {
             Ok(Ok(b)) => b,
             _ if status.is_success() => {
@@ -261,6 +260,19 @@ impl Inner {
             self.pause(retry_after.unwrap_or(self.config.throttle_pause));
         }
         outcome
+    }
+}
+
+/// How long a `Retry-After` value asks to wait: whole seconds, or until an
+/// HTTP date (none if that has passed, or the value reads as neither).
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .ok(),
     }
 }
 
@@ -316,6 +328,20 @@ fn describe(status: StatusCode, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        let now = httpdate::parse_http_date("Sun, 06 Dec 2026 04:00:00 GMT").unwrap();
+        assert_eq!(retry_after(" 3 ", now), Some(Duration::from_secs(3)));
+        let later = retry_after("Sun, 06 Dec 2026 04:00:30 GMT", now);
+        assert_eq!(later, Some(Duration::from_secs(30)));
+        assert_eq!(
+            retry_after("Sun, 06 Dec 2026 03:59:00 GMT", now),
+            None,
+            "passed"
+        );
+        assert_eq!(retry_after("soon", now), None);
+    }
 
     #[test]
     fn answers_map_to_outcome_classes() {
