@@ -24,6 +24,9 @@ struct Got {
     path: String,
     fields: Vec<(String, String)>,
     authorization: String,
+    /// Its `X-Signature` header, and its body.
+    signature: String,
+    body: Bytes,
 }
 
 impl Got {
@@ -72,6 +75,11 @@ async fn answer(
             .get(header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default(),
+        signature: headers
+            .get("x-signature")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default(),
+        body: body.clone(),
     };
     let to = got
         .field("To")
@@ -352,6 +360,8 @@ async fn a_generic_json_provider_with_a_bearer_token() {
             &hook.to_string(),
             "--http-webhook-secret-file",
             secret.to_str().unwrap(),
+            "--http-hmac-secret-file",
+            secret.to_str().unwrap(),
         ],
     )
     .unwrap();
@@ -386,6 +396,9 @@ async fn a_generic_json_provider_with_a_bearer_token() {
         ("/send", Some("+447700900007"))
     );
     assert_eq!(one.field("attempt"), Some("1"));
+    // Each request's body is signed with the HMAC secret.
+    let want = smsmesh_node::http::webhook::generic_signature(b"hook-secret-0123456789", &one.body);
+    assert_eq!(one.signature, want);
 
     // A signed JSON status callback decides its delivery; a forged one is refused.
     let body = format!(r#"{{"id":"{}","status":"delivered"}}"#, m.provider_ids[0]);

@@ -42,6 +42,14 @@ pub struct HttpArgs {
         env = "SMSMESH_HTTP_BEARER_FILE"
     )]
     pub bearer_file: Option<std::path::PathBuf>,
+    /// HTTP, generic profile: a file holding a secret each request's body is
+    /// signed with: `X-Signature: sha256=HEX`, the HMAC-SHA256 of the body.
+    #[arg(
+        id = "http_hmac_secret_file",
+        long = "http-hmac-secret-file",
+        env = "SMSMESH_HTTP_HMAC_SECRET_FILE"
+    )]
+    pub hmac_secret_file: Option<std::path::PathBuf>,
     /// HTTP: most requests a second on this connector; 0 for no limit [rate].
     #[arg(
         id = "http_rate",
@@ -118,6 +126,8 @@ pub struct HttpConfig {
     pub basic: Option<(String, String)>,
     /// A bearer token.
     pub bearer: Option<String>,
+    /// The secret request bodies are signed with.
+    pub hmac_secret: Option<Vec<u8>>,
     /// The JSON pointer of the provider's id in its answer.
     pub id_field: String,
     /// Requests a second; 0: no limit.
@@ -136,6 +146,16 @@ pub struct HttpConfig {
     pub webhook_listen: Option<std::net::SocketAddr>,
     /// The generic callbacks' secret.
     pub webhook_secret: Option<Vec<u8>>,
+}
+
+/// The secret in the file at `path` (given by `flag`), without surrounding whitespace.
+fn read_secret(path: Option<&std::path::Path>, flag: &str) -> Result<Option<String>, String> {
+    path.map(|f| {
+        std::fs::read_to_string(f)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("{flag} {}: {e}", f.display()))
+    })
+    .transpose()
 }
 
 fn percent_decoded(s: &str) -> String {
@@ -213,25 +233,14 @@ impl HttpConfig {
             url.set_path(&path);
             a.id_field = "/sid".into();
         }
-        let bearer = match &a.bearer_file {
-            Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| format!("--http-bearer-file {}: {e}", f.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
-        let webhook_secret = match &a.webhook_secret_file {
-            Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| format!("--http-webhook-secret-file {}: {e}", f.display()))?
-                    .trim()
-                    .as_bytes()
-                    .to_vec(),
-            ),
-            None => None,
-        };
+        let bearer = read_secret(a.bearer_file.as_deref(), "--http-bearer-file")?;
+        let hmac_secret = read_secret(a.hmac_secret_file.as_deref(), "--http-hmac-secret-file")?
+            .map(String::into_bytes);
+        let webhook_secret = read_secret(
+            a.webhook_secret_file.as_deref(),
+            "--http-webhook-secret-file",
+        )?
+        .map(String::into_bytes);
         if a.timeout.is_zero() {
             return Err("timeout must be more than 0".into());
         }
@@ -240,6 +249,7 @@ impl HttpConfig {
             profile,
             basic,
             bearer,
+            hmac_secret,
             id_field: a.id_field,
             rate: a.rate,
             timeout: a.timeout,
@@ -263,6 +273,7 @@ mod tests {
             format: "json".into(),
             id_field: "/id".into(),
             bearer_file: None,
+            hmac_secret_file: None,
             rate: 0,
             timeout: Duration::from_secs(10),
             throttle_pause: Duration::from_secs(1),

@@ -188,16 +188,27 @@ impl Inner {
                 if let Some(cb) = &c.status_callback {
                     fields.push(("callback_url", cb));
                 }
-                if json {
+                let (content_type, body) = if json {
                     let object: serde_json::Map<String, serde_json::Value> = fields
                         .into_iter()
                         .map(|(k, v)| (k.to_string(), v.into()))
                         .collect();
-                    r.header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(serde_json::Value::Object(object).to_string())
+                    let body = serde_json::Value::Object(object).to_string();
+                    ("application/json", body)
                 } else {
-                    r.form(&fields)
+                    let body = url::form_urlencoded::Serializer::new(String::new())
+                        .extend_pairs(fields)
+                        .finish();
+                    ("application/x-www-form-urlencoded", body)
+                };
+                if let Some(secret) = &c.hmac_secret {
+                    r = r.header(
+                        "x-signature",
+                        webhook::generic_signature(secret, body.as_bytes()),
+                    );
                 }
+                r.header(reqwest::header::CONTENT_TYPE, content_type)
+                    .body(body)
             }
         }
     }
