@@ -83,6 +83,21 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 /// rather than backing off as from a coordinator that is down.
 pub const STANDBY: &str = "this coordinator is a standby";
 
+/// Whether the coordinator on `channel` serves the API: its gRPC health for
+/// `smsmesh.v1.Coordinator` says SERVING (a standby's does not). Asks for at
+/// most `within`.
+pub async fn leads(channel: tonic::transport::Channel, within: Duration) -> bool {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = HealthCheckRequest {
+        service: crate::pb::coordinator_server::SERVICE_NAME.into(),
+    };
+    matches!(
+        tokio::time::timeout(within, health.check(request)).await,
+        Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+    )
+}
+
 /// Whether `status` is a standby coordinator's refusal.
 pub fn is_standby(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable && status.message().starts_with(STANDBY)

@@ -273,7 +273,7 @@ fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tr
         otel.name = method,
         otel.kind = "server",
         rpc.system = "grpc",
-        rpc.service = "smsmesh.v1.Coordinator",
+        rpc.service = smsmesh::pb::coordinator_server::SERVICE_NAME,
         rpc.method = method,
         batch_id = tracing::field::Empty,
         messages = tracing::field::Empty,

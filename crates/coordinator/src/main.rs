@@ -444,7 +444,7 @@ async fn health_check(args: &Args) -> ExitCode {
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
         // Readiness asks for the API itself, which only a leader serves.
         let service = if args.ready_check {
-            "smsmesh.v1.Coordinator"
+            smsmesh::pb::coordinator_server::SERVICE_NAME
         } else {
             ""
         };

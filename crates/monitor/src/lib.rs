@@ -107,7 +107,9 @@ impl Target {
                     continue;
                 }
             };
-            if addresses.len() > 1 && !leads(channel.clone()).await {
+            if addresses.len() > 1
+                && !smsmesh::client::leads(channel.clone(), std::time::Duration::from_secs(5)).await
+            {
                 why.push(format!("{coordinator} is a standby"));
                 continue;
             }
@@ -369,20 +371,6 @@ pub fn nodes_line(b: &pb::BatchStatus) -> String {
         );
     }
     s
-}
-
-/// Whether the coordinator on `channel` says it serves the API (a standby
-/// says it does not).
-async fn leads(channel: tonic::transport::Channel) -> bool {
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let request = HealthCheckRequest {
-        service: "smsmesh.v1.Coordinator".into(),
-    };
-    matches!(
-        health.check(request).await.map(|r| r.into_inner().status),
-        Ok(s) if s == ServingStatus::Serving as i32
-    )
 }
 
 #[cfg(test)]

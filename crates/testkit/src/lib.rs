@@ -480,7 +480,6 @@ pub async fn client_at(addr: SocketAddr) -> CoordinatorClient<Channel> {
 /// Whether the coordinator at `addr` (plaintext) serves the API: its gRPC
 /// health for `smsmesh.v1.Coordinator` says SERVING (a standby's does not).
 pub async fn leads(addr: SocketAddr) -> bool {
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
         return false;
     };
@@ -491,14 +490,7 @@ pub async fn leads(addr: SocketAddr) -> bool {
     else {
         return false;
     };
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let request = HealthCheckRequest {
-        service: "smsmesh.v1.Coordinator".into(),
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), health.check(request)).await,
-        Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
-    )
+    smsmesh::client::leads(channel, Duration::from_secs(2)).await
 }
 
 /// Waits until more than `sent` messages of the batch are sent.
