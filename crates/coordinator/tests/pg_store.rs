@@ -400,3 +400,15 @@ fn racing_takeovers_never_let_a_superseded_epoch_commit() {
         }
     }
 }
+
+#[test]
+fn a_store_dropped_on_a_tokio_runtime_closes_without_a_panic() {
+    let Some(url) = database("dropped") else {
+        return;
+    };
+    let store = Store::postgres(Pg::connect(&url, 0, std::time::Duration::from_secs(5)).unwrap());
+    // As when a coordinator that stepped down ends: its store goes on a runtime thread.
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move { drop(store) });
+}

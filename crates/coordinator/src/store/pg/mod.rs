@@ -31,11 +31,41 @@ pub struct Pg {
     /// The URL without its password, for messages.
     shown: String,
     /// The writer's connection (the store's writer thread is its only user).
-    writer: Mutex<Client>,
+    writer: Mutex<Conn>,
     /// Reads of folded batches.
-    reader: Mutex<Client>,
+    reader: Mutex<Conn>,
     /// The epoch this coordinator leads under.
     epoch: i64,
+}
+
+/// A connection that, when dropped on a Tokio runtime, closes on a thread of
+/// its own: the sync client's close blocks on a runtime of its own, which
+/// panics inside another (a coordinator that steps down drops its store
+/// there).
+struct Conn(Option<Client>);
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        self.0.as_ref().expect("a connection is open until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.0.as_mut().expect("a connection is open until dropped")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            std::thread::spawn(move || drop(client));
+        }
+    }
 }
 
 /// The URL with its password hidden, for logs and errors.
@@ -120,8 +150,8 @@ impl Pg {
     pub fn connect(url: &str, epoch: i64, idle: std::time::Duration) -> Result<Pg, StoreError> {
         Ok(Pg {
             shown: shown(url),
-            writer: Mutex::new(connect(url, idle)?),
-            reader: Mutex::new(connect(url, idle)?),
+            writer: Mutex::new(Conn(Some(connect(url, idle)?))),
+            reader: Mutex::new(Conn(Some(connect(url, idle)?))),
             epoch,
         })
     }
