@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::small::{each_caller, fire, percentile_ms, wait_sent};
+use crate::small::{each_caller, fire, submit_run, wait_sent};
 use crate::{Run, Scenario, Setup, median, mesh, usage};
 
 /// `callers` concurrent callers POST `batches` one-message batches in all to
@@ -69,7 +69,7 @@ async fn run(bin: &Path, callers: usize, batches: u64, http: bool) -> anyhow::Re
     let metrics = mesh.metrics.context("metrics address")?;
     let cpu_before = usage(mesh.coord.child.id()).0;
     let started = Instant::now();
-    let mut latencies = if http {
+    let latencies = if http {
         fire_http(mesh.http.context("http address")?, callers, batches).await?
     } else {
         let mut channels = Vec::new();
@@ -86,24 +86,16 @@ async fn run(bin: &Path, callers: usize, batches: u64, http: bool) -> anyhow::Re
     let total = latencies.len() as u64;
     wait_sent(metrics, total).await?;
     let (cpu_after, rss) = usage(mesh.coord.child.id());
-    latencies.sort_unstable();
-    let pct = |p: f64| percentile_ms(&latencies, p);
     mesh.nodes.clear();
     Ok(Run {
-        messages: total,
-        nodes: setup.nodes.len(),
-        node_processes: setup.nodes.len(),
-        durable: true,
-        seconds: submitted,
-        msgs_per_sec: total as f64 / submitted,
-        latency_p50_ms: pct(0.50),
-        latency_p95_ms: pct(0.95),
-        latency_p99_ms: pct(0.99),
-        coordinator_cpu_s_per_million: (cpu_after - cpu_before) / (total as f64 / 1e6),
-        coordinator_peak_rss_mib: rss,
-        sent: total,
         store: if http { "http".into() } else { String::new() },
-        ..Run::default()
+        ..submit_run(
+            latencies,
+            submitted,
+            setup.nodes.len(),
+            cpu_after - cpu_before,
+            rss,
+        )
     })
 }
 

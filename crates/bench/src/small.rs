@@ -74,7 +74,7 @@ pub(crate) async fn run(
     }
     let cpu_before = usage(mesh.coord.child.id()).0;
     let started = Instant::now();
-    let mut latencies = fire(&channels, &tokens, callers, batches, 0).await?;
+    let latencies = fire(&channels, &tokens, callers, batches, 0).await?;
     let submitted = started.elapsed().as_secs_f64();
     let total = latencies.len() as u64;
     wait_sent(metrics, total).await?;
@@ -85,29 +85,52 @@ pub(crate) async fn run(
         .iter()
         .map(|n| usage(n.child.id()).1)
         .fold(0.0, f64::max);
-    latencies.sort_unstable();
-    let pct = |p: f64| percentile_ms(&latencies, p);
     let run = Run {
-        messages: total,
-        nodes: setup.nodes.len(),
         node_processes: mesh.nodes.len(),
-        durable: true,
-        seconds: submitted,
-        msgs_per_sec: total as f64 / submitted,
-        latency_p50_ms: pct(0.50),
-        latency_p95_ms: pct(0.95),
-        latency_p99_ms: pct(0.99),
-        coordinator_cpu_s_per_million: (cpu_after - cpu_before) / (total as f64 / 1e6),
-        coordinator_peak_rss_mib: rss,
         node_peak_rss_mib: node_rss,
-        sent: total,
-        ..Run::default()
+        ..submit_run(
+            latencies,
+            submitted,
+            setup.nodes.len(),
+            cpu_after - cpu_before,
+            rss,
+        )
     };
     mesh.nodes.clear();
     Ok(Small {
         run,
         all_sent_seconds: all_sent,
     })
+}
+
+/// A durable run of one-message submits: their `latencies` (µs), the
+/// `seconds` they took, the `nodes`, the coordinator's CPU seconds and peak
+/// RSS over it. Each submit is one message, all of them sent.
+pub(crate) fn submit_run(
+    mut latencies: Vec<u64>,
+    seconds: f64,
+    nodes: usize,
+    cpu_s: f64,
+    rss_mib: f64,
+) -> Run {
+    latencies.sort_unstable();
+    let pct = |p: f64| percentile_ms(&latencies, p);
+    let total = latencies.len() as u64;
+    Run {
+        messages: total,
+        nodes,
+        node_processes: nodes,
+        durable: true,
+        seconds,
+        msgs_per_sec: total as f64 / seconds,
+        latency_p50_ms: pct(0.50),
+        latency_p95_ms: pct(0.95),
+        latency_p99_ms: pct(0.99),
+        coordinator_cpu_s_per_million: cpu_s / (total as f64 / 1e6),
+        coordinator_peak_rss_mib: rss_mib,
+        sent: total,
+        ..Run::default()
+    }
 }
 
 /// The `p` percentile of sorted latencies in µs, in milliseconds.

@@ -418,6 +418,20 @@ fn check_store(dir: &std::path::Path, database: Option<&str>) -> ExitCode {
     }
 }
 
+/// A listener on `addr`, if one is given (`what` it serves, for the error).
+async fn bind(
+    addr: Option<SocketAddr>,
+    what: &str,
+) -> Result<Option<tokio::net::TcpListener>, String> {
+    match addr {
+        None => Ok(None),
+        Some(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|e| format!("cannot serve {what} on {addr}: {e}")),
+    }
+}
+
 async fn health_check(args: &Args) -> ExitCode {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let mut addr = args.listen;
@@ -538,25 +552,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(69); // EX_UNAVAILABLE
         }
     };
-    let metrics = match args.metrics_listen {
-        None => None,
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("smscoord: cannot serve metrics on {addr}: {e}");
-                return ExitCode::from(69);
-            }
-        },
-    };
-    let http = match args.http_listen {
-        None => None,
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("smscoord: cannot serve HTTP on {addr}: {e}");
-                return ExitCode::from(69);
-            }
-        },
+    let (metrics, http) = match (
+        bind(args.metrics_listen, "metrics").await,
+        bind(args.http_listen, "HTTP").await,
+    ) {
+        (Ok(m), Ok(h)) => (m, h),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("smscoord: {e}");
+            return ExitCode::from(69);
+        }
     };
     // Scripts and tests read the addresses from here (useful with port 0).
     if let Ok(addr) = listener.local_addr() {
