@@ -150,6 +150,10 @@ impl CoordinatorApi {
         let fingerprint = new.fingerprint;
         new.idempotency_key = new.idempotency_key.map(|k| scoped_key(&tenant, k));
         new.tenant = tenant.clone();
+        new.callback_url = self
+            .config
+            .callbacks
+            .resolve(&tenant, new.callback_url.take())?;
         let gate = self.gate(&tenant);
         // A repeat of an accepted request is answered as before, whatever the limits say now.
         if let Some(key) = &new.idempotency_key
@@ -311,6 +315,7 @@ fn stored_batch(new: &NewBatch) -> StoredBatch {
             Class::Normal => 0, // as stored before classes
             c => c.to_proto() as u32,
         },
+        callback_url: new.callback_url.as_deref().unwrap_or_default().to_string(),
     }
 }
 

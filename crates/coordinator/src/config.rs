@@ -97,6 +97,8 @@ pub struct Config {
     /// TLS for the gRPC listener. None: plaintext. Default: None (the `smscoord`
     /// binary requires choosing explicitly).
     pub tls: Option<Tls>,
+    /// Status callbacks to clients: secrets, default URLs, pacing. Default: none configured.
+    pub callbacks: crate::callbacks::CallbackConfig,
 }
 
 /// TLS material, PEM encoded.
@@ -156,6 +158,7 @@ impl Default for Config {
             node_max_frames_per_sec: 50_000,
             max_messages_per_request: 1_000_000,
             tls: None,
+            callbacks: crate::callbacks::CallbackConfig::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`config`]: what can be tuned, with defaults.
 //! - [`auth`]: client JWTs and tenants, node join tokens, per-tenant limits.
 //! - [`batch`]: one batch's per-message state, queues and statistics.
+//! - [`callbacks`]: status callbacks to clients' URLs, signed, retried, durable.
 //! - [`core`]: the scheduling state and its `on_*` event functions, with no I/O.
 //! - [`reactor`]: the task that owns the core, and the [`reactor::Handle`] to it.
 //! - [`api`]: the client-facing `Coordinator` gRPC service and request validation.
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod batch;
+pub mod callbacks;
 pub mod config;
 pub mod core;
 pub mod history;

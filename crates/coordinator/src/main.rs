@@ -193,6 +193,8 @@ struct Args {
         default_value_t = 1_000_000
     )]
     max_messages_per_request: u64,
+    #[command(flatten)]
+    callbacks: smsmesh_coordinator::callbacks::flags::CallbackFlags,
     /// Check the health of the coordinator listening on --listen and exit: 0 if its
     /// gRPC health service says SERVING (the process works: a leader or a standby),
     /// 1 if not. For container liveness checks.
@@ -354,6 +356,7 @@ impl Args {
             node_max_frames_per_sec: self.node_max_frames_per_sec,
             max_messages_per_request: self.max_messages_per_request,
             tls,
+            callbacks: self.callbacks.config()?,
             ..Config::default()
         })
     }

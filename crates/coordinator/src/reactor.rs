@@ -61,6 +61,8 @@ pub enum Event {
     Shutdown,
     /// The store committed a group (or failed).
     Committed(Result<Stored, String>),
+    /// Callback rows delivered (or given up): to remove from the store.
+    CallbacksDone(Vec<u64>),
 }
 
 /// A cheap, cloneable way to talk to the reactor.
@@ -222,6 +224,12 @@ impl Handle {
         self.progress.clone()
     }
 
+    /// Callback rows delivered (or given up): removed from the store with
+    /// the next group. False once the reactor has stopped.
+    pub async fn callbacks_done(&self, seqs: Vec<u64>) -> bool {
+        self.events.send(Event::CallbacksDone(seqs)).await.is_ok()
+    }
+
     /// A registry of every coordinator metric, read from this reactor.
     pub fn metrics_registry(&self) -> prometheus_client::registry::Registry {
         crate::metrics::registry(self.progress.clone(), self.commit_latency.clone())
@@ -230,12 +238,19 @@ impl Handle {
 
 /// Starts the reactor task. With a store, outcomes are group-committed to it
 /// and node results are acked only once stored. The task ends on
-/// [`Handle::shutdown`] (`Ok`) or when the store fails (`Err`).
+/// [`Handle::shutdown`] (`Ok`) or when the store fails (`Err`). Rows of
+/// callback events come out of the returned receiver once stored, for
+/// [`crate::callbacks::sender::run`].
 pub fn spawn(
     core: Core,
     store: Option<Store>,
-) -> (Handle, tokio::task::JoinHandle<Result<(), String>>) {
+) -> (
+    Handle,
+    tokio::task::JoinHandle<Result<(), String>>,
+    mpsc::UnboundedReceiver<crate::callbacks::sender::Rows>,
+) {
     let (tx, rx) = mpsc::channel(4096);
+    let (callbacks_tx, callbacks_rx) = mpsc::unbounded_channel();
     let commit_latency = Arc::new(std::sync::Mutex::new(smsmesh::metrics::Buckets::new(
         &smsmesh::metrics::COMMIT_BUCKETS,
     )));
@@ -262,7 +277,7 @@ pub fn spawn(
     let handle = Handle { inserter, ..handle };
     let task = tokio::spawn(async move {
         let stop = writer.clone();
-        let result = run(core, rx, writer).await; // the reactor
+        let result = run(core, rx, writer, callbacks_tx).await; // the reactor
         // The writer commits what is queued and stops; the store is free when it has.
         if let Some(stop) = stop {
             let _ = stop.send(Job::Stop);
@@ -272,7 +287,7 @@ pub fn spawn(
         }
         result
     });
-    (handle, task)
+    (handle, task, callbacks_rx)
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -302,6 +317,8 @@ struct Reactor {
     last_commit: Instant,
     /// Replies that go out with the next group once it is stored.
     deferred: Deferred,
+    /// Where stored callback rows go (the callback sender).
+    callbacks: mpsc::UnboundedSender<crate::callbacks::sender::Rows>,
 }
 
 /// Whether the loop goes on after an event.
@@ -311,6 +328,7 @@ async fn run(
     core: Core,
     mut rx: mpsc::Receiver<Event>,
     writer: Option<WriterTx>,
+    callbacks: mpsc::UnboundedSender<crate::callbacks::sender::Rows>,
 ) -> Result<(), String> {
     let publish_interval = core.config().publish_interval;
     let commit_interval = core.config().commit_interval;
@@ -322,6 +340,7 @@ async fn run(
         committing: false,
         last_commit: now,
         deferred: Vec::new(),
+        callbacks,
     };
     // The first tick is now: a stall at any time after it is told from a node's silence.
     r.core.on_tick(now.into_std(), &mut r.outbox);
@@ -456,6 +475,7 @@ impl Reactor {
                 core.on_shutdown(now, outbox);
                 return Flow::Break(Ok(()));
             }
+            Event::CallbacksDone(seqs) => core.on_callbacks_done(seqs),
         }
         Flow::Continue(())
     }
@@ -487,7 +507,12 @@ impl Reactor {
     }
 
     /// A group is stored: what waited for it happens.
-    fn stored(&mut self, Stored(done, replies): Stored, now: std::time::Instant) {
+    fn stored(&mut self, Stored(mut done, replies): Stored, now: std::time::Instant) {
+        let rows = std::mem::take(&mut done.callbacks);
+        if !rows.is_empty() {
+            // The sender may have stopped (shutting down): the rows stay stored.
+            let _ = self.callbacks.send(rows);
+        }
         self.core.on_committed(done, now, &mut self.outbox);
         for (reply, result) in replies {
             let _ = reply.send(result);

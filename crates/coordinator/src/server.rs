@@ -148,12 +148,33 @@ pub async fn run_on(
             _ => std::future::pending().await,
         }
     });
-    let (core, mut reactor_task) = reactor::spawn(core, store.clone());
+    let callbacks_start = core.callbacks_start();
+    let (core, mut reactor_task, callback_rows) = reactor::spawn(core, store.clone());
+    let callback_stats = crate::callbacks::sender::CallbackStats::default();
+    let _callbacks = {
+        let core = core.clone();
+        let report: crate::callbacks::sender::Report = Box::new(move |seqs| {
+            let core = core.clone();
+            Box::pin(async move { core.callbacks_done(seqs).await })
+        });
+        tokio::spawn(crate::callbacks::sender::run(
+            config.callbacks.clone(),
+            store.as_ref().map(Store::reader),
+            callbacks_start,
+            callback_rows,
+            report,
+            callback_stats.clone(),
+        ))
+        .abort_handle()
+    };
+    let _callbacks = AbortOnDrop(_callbacks);
     // What /healthz says: serving until shutdown begins.
     let serving = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let _metrics = metrics.map(|listener| {
         let serving = serving.clone();
-        smsmesh::metrics::spawn(listener, core.metrics_registry(), move || {
+        let mut registry = core.metrics_registry();
+        callback_stats.register(&mut registry);
+        smsmesh::metrics::spawn(listener, registry, move || {
             serving.load(std::sync::atomic::Ordering::Relaxed)
         })
     });
@@ -329,4 +350,13 @@ pub(crate) fn builder(config: &Config) -> anyhow::Result<Server> {
         ),
     }
     Ok(builder)
+}
+
+/// Aborts a task when dropped (when [`run_on`] returns, however it returns).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

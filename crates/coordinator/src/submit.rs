@@ -68,6 +68,10 @@ pub fn fingerprint(req: &pb::SubmitBatchRequest) -> u64 {
         h.eat(b"\0priority");
         h.eat(&req.priority.to_le_bytes());
     }
+    if !req.callback_url.is_empty() {
+        h.eat(b"\0callback_url");
+        h.eat(req.callback_url.as_bytes());
+    }
     if let Some(s) = &req.synthetic {
         h.eat(&s.count.to_le_bytes());
         h.eat(&s.seed.map_or(u64::MAX, |x| x).to_le_bytes());
@@ -113,6 +117,7 @@ pub fn new_batch(content: Content, total: u32, max_attempts: u8, key: Option<Str
         tenant: Tenant::default(),
         accepted_unix_ms: unix_ms(),
         class: Class::Normal,
+        callback_url: None,
     }
 }
 
@@ -184,5 +189,6 @@ pub fn validate_submit(req: pb::SubmitBatchRequest, config: &Config) -> Result<N
     let key = idempotency_key(req.idempotency_key)?;
     let mut new = new_batch(content, total, max_attempts, key);
     new.class = class;
+    new.callback_url = crate::callbacks::parse_url("callback_url", &req.callback_url)?;
     Ok(new)
 }

@@ -31,6 +31,8 @@ pub struct Upload {
     max: u64,
     fingerprint: Fingerprint,
     started: Instant,
+    /// Where its callback events go, as the header asked.
+    callback_url: Option<std::sync::Arc<str>>,
 }
 
 impl Upload {
@@ -63,6 +65,12 @@ impl Upload {
             fingerprint.eat(b"\0priority");
             fingerprint.eat(&header.priority.to_le_bytes());
         }
+        let callback_url =
+            crate::callbacks::parse_url("header.callback_url", &header.callback_url)?;
+        if let Some(url) = &callback_url {
+            fingerprint.eat(b"\0callback_url");
+            fingerprint.eat(url.as_bytes());
+        }
         Ok(Upload {
             class,
             body: header.body,
@@ -74,6 +82,7 @@ impl Upload {
             max: config.max_batch_size.min(u64::from(u32::MAX)),
             fingerprint,
             started: Instant::now(),
+            callback_url,
         })
     }
 
@@ -145,6 +154,7 @@ impl Upload {
         let mut new = new_batch(content, n as u32, self.max_attempts, self.key);
         new.fingerprint = self.fingerprint.value();
         new.class = self.class;
+        new.callback_url = self.callback_url;
         Ok(new)
     }
 }

@@ -6,8 +6,8 @@ use smsmesh_coordinator::batch::Recipients;
 use smsmesh_coordinator::batch::recipients::pack;
 use smsmesh_coordinator::store::pg::{self, Pg};
 use smsmesh_coordinator::store::{
-    FinalState, NewRecord, Outcome, ReceiptWrite, Store, StoreError, StoredBatch, StoredBatchState,
-    StoredDelivery, StoredWait, WriteSet,
+    CallbackEvent, CallbackRow, FinalState, NewRecord, Outcome, ReceiptWrite, Store, StoreError,
+    StoredBatch, StoredBatchState, StoredDelivery, StoredWait, WriteSet,
 };
 
 /// A fresh database on the test server (None: skipped).
@@ -189,10 +189,29 @@ fn history(store: &Store) {
             ids: vec!["B1".into()],
         },
     });
+    // Callback rows: three made, the second delivered in a later group.
+    for seq in 1..=3u64 {
+        first.callbacks.push((
+            seq,
+            std::sync::Arc::new(CallbackRow {
+                url: format!("http://127.0.0.1:9/{seq}"),
+                tenant: "acme".into(),
+                created_unix_ms: seq,
+                events: vec![CallbackEvent {
+                    batch: HIGH,
+                    index: seq as u32,
+                    state: 3,
+                    to: "+15550001".into(),
+                    ..Default::default()
+                }],
+            }),
+        ));
+    }
     store.commit_group(&[&first, &second], &[]).unwrap();
 
     let mut retention = WriteSet::default();
     retention.deleted.push((GONE, Some("k-gone".into())));
+    retention.callbacks_done.push(2);
     store.commit(&retention).unwrap();
 }
 
@@ -217,6 +236,13 @@ fn seen(store: &Store) -> String {
         })
         .unwrap();
     out.push_str(&format!("failed: {failed:?}\n"));
+    let rows = store.callback_rows(0, u64::MAX, 10).unwrap();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(loaded.callback_next, 4);
+    out.push_str(&format!(
+        "callbacks: {rows:?} {:?}\n",
+        store.callback_row(3).unwrap()
+    ));
     out
 }
 
@@ -317,7 +343,7 @@ fn migrations_run_once_whoever_starts_first() {
         .query_one("SELECT count(*) FROM refinery_schema_history", &[])
         .unwrap()
         .get(0);
-    assert_eq!(n, 1, "one migration, applied once");
+    assert_eq!(n, 2, "two migrations (V1, V2), each applied once");
     let rows: i64 = admin
         .query_one("SELECT count(*) FROM smsmesh_leader", &[])
         .unwrap()

@@ -99,6 +99,11 @@ enum Command {
         /// smsmesh:emergency scope), high, normal or bulk.
         #[arg(long, default_value = "normal", value_parser = smsmesh::priority::Class::parse)]
         priority: smsmesh::priority::Class,
+        /// Where the coordinator POSTs the batch's events (each message's
+        /// outcome and delivery state, and the batch's end); default: the
+        /// tenant's, if the coordinator has one for it.
+        #[arg(long, default_value = "")]
+        callback_url: String,
         /// Then show the batch's progress until it ends.
         #[arg(long)]
         watch: bool,
@@ -161,6 +166,7 @@ async fn main() -> ExitCode {
             chunk_size,
             sender,
             priority,
+            callback_url,
             watch: then_watch,
         }) => {
             let upload = smsmesh_monitor::submit::Upload {
@@ -170,6 +176,7 @@ async fn main() -> ExitCode {
                 chunk: *chunk_size,
                 sender: sender.clone(),
                 class: *priority,
+                callback_url: callback_url.clone(),
             };
             match submit(&target, &upload, to_file).await {
                 Ok(id) if *then_watch => watch(&target, Some(&id), args.interval, &mut display)

@@ -26,6 +26,8 @@ pub struct Upload {
     pub sender: String,
     /// The batch's class.
     pub class: smsmesh::priority::Class,
+    /// Where the batch's events go ("" for the tenant's default).
+    pub callback_url: String,
 }
 
 /// One recipient read from the file, or why the file cannot be used.
@@ -94,6 +96,7 @@ pub async fn submit(
             idempotency_key: upload.idempotency_key.clone(),
             sender: upload.sender.clone(),
             priority: upload.class.to_proto() as i32,
+            callback_url: upload.callback_url.clone(),
         })),
     };
     let chunk_size = upload.chunk.max(1);

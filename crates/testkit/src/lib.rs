@@ -24,9 +24,11 @@ pub use smsmesh_coordinator::Config as CoordinatorConfig;
 mod caller;
 mod postgres;
 mod process;
+mod receiver;
 pub use caller::Caller;
 pub use postgres::{database, postgres_url};
 pub use process::{Proc, Proxy, bin, listening_addr, stdout_addrs};
+pub use receiver::{Receiver as CallbackReceiver, Seen as CallbacksSeen};
 
 /// A running in-process coordinator.
 pub struct Mesh {

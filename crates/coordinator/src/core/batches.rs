@@ -417,6 +417,11 @@ impl Batches {
             .filter_map(|id| self.get(*id))
     }
 
+    /// The batches that ended since [`states_taken`](Self::states_taken).
+    pub(super) fn ended_since_taken(&self) -> impl Iterator<Item = &Batch> {
+        self.ended_unstored.iter().filter_map(|id| self.get(*id))
+    }
+
     /// The states of [`unsettled`](Self::unsettled) batches were taken for the store.
     pub(super) fn states_taken(&mut self) {
         self.ended_unstored.clear();

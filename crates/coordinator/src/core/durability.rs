@@ -27,6 +27,8 @@ pub struct Committed {
     /// Completed batches retired before the group was taken: all their
     /// outcomes are stored once it is, so they may fold.
     pub fold: Vec<u64>,
+    /// Rows of callback events in the group, for the callback sender.
+    pub callbacks: Vec<(u64, std::sync::Arc<crate::store::CallbackRow>)>,
 }
 
 /// Acks of nodes' Results frames, per session, on their way: recorded, then
@@ -87,6 +89,8 @@ pub(super) struct Durability {
     pub(super) stored: FxHashMap<u64, StoredBatchState>,
     /// Acks on their way to nodes.
     pub(super) acks: Acks,
+    /// Callback events, stored with the outcomes they report.
+    pub(super) events: super::callbacks::Events,
 }
 
 impl Durability {
@@ -96,6 +100,7 @@ impl Durability {
             write: WriteSet::default(),
             stored: FxHashMap::default(),
             acks: Acks::default(),
+            events: super::callbacks::Events::default(),
         }
     }
 
@@ -116,6 +121,16 @@ impl Durability {
 
     /// Receipt waits and decided deliveries, to store.
     pub(super) fn receipts(&mut self, writes: Vec<crate::store::ReceiptWrite>) {
+        for w in &writes {
+            if let crate::store::ReceiptWrite::Final {
+                batch,
+                index,
+                delivery,
+            } = w
+            {
+                self.events.delivery(*batch, *index, delivery);
+            }
+        }
         if self.durable {
             self.write.receipts.extend(writes);
         }
@@ -124,8 +139,16 @@ impl Durability {
     /// A batch past its retention, to remove from the store.
     pub(super) fn deleted(&mut self, id: u64, key: Option<String>) {
         self.stored.remove(&id);
+        self.events.forget(id);
         if self.durable {
             self.write.deleted.push((id, key));
+        }
+    }
+
+    /// Callback rows delivered (or given up), to remove from the store.
+    pub(super) fn callbacks_done(&mut self, seqs: Vec<u64>) {
+        if self.durable {
+            self.write.callbacks_done.extend(seqs);
         }
     }
 
@@ -197,15 +220,23 @@ impl Core {
             d.stored.insert(state.id, state.clone());
             d.write.batches.push(state);
         }
+        for b in self.batches.ended_since_taken() {
+            d.events.ended(b);
+        }
         self.batches.states_taken();
         let acks = d.acks.take_due();
         let fold = self.batches.take_to_fold();
+        let callbacks = d.events.take();
+        if d.durable {
+            d.write.callbacks.extend(callbacks.iter().cloned());
+        }
         (
             std::mem::take(&mut d.write),
             Committed {
                 acks,
                 reservations,
                 fold,
+                callbacks,
             },
         )
     }
@@ -214,6 +245,7 @@ impl Core {
     pub fn has_writes(&self) -> bool {
         let d = &self.durability;
         !d.write.is_empty()
+            || d.events.any()
             || !d.acks.due.is_empty()
             || self.states_behind()
             || self.batches.folds_waiting()

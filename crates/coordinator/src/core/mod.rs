@@ -26,6 +26,7 @@
 //! `node.proto` does: Hello, then credit, results, heartbeats and GoingAway.
 
 mod batches;
+mod callbacks;
 mod dispatch;
 mod durability;
 mod folded;
@@ -60,7 +61,9 @@ pub use queries::{
     BatchQuery, FromCore, LIST_BATCHES_SCAN_LIMIT, LIST_SCAN_LIMIT, ListQuery, StateSet, StoredRef,
     key_reused, page_token, parse_batches_token, parse_page_token,
 };
-pub use receipts::{DeliveryCounts, ReceiptStats, overlay as overlay_delivery};
+pub use receipts::{
+    DeliveryCounts, ReceiptStats, overlay as overlay_delivery, state_word as receipt_state_word,
+};
 pub use recovery::unix_ms;
 pub use results::retry_delay;
 
@@ -105,6 +108,9 @@ pub struct NewBatch {
     pub accepted_unix_ms: u64,
     /// Its class of traffic.
     pub class: smsmesh::priority::Class,
+    /// Where its callback events go: as asked for by the request, then as
+    /// resolved for its tenant (see [`crate::callbacks::CallbackConfig::resolve`]).
+    pub callback_url: Option<std::sync::Arc<str>>,
 }
 
 /// The frame that acks a node's Results frames up to `seq`.
@@ -387,6 +393,18 @@ impl Core {
             tracing::debug!(batches = n, "removed batches past their retention");
         }
         n
+    }
+
+    /// The number of the first callback row this core makes: rows below it
+    /// were stored before it started.
+    pub fn callbacks_start(&self) -> u64 {
+        self.durability.events.next()
+    }
+
+    /// Callback rows were delivered (or given up): they are removed from the
+    /// store with the next group.
+    pub fn on_callbacks_done(&mut self, seqs: Vec<u64>) {
+        self.durability.callbacks_done(seqs);
     }
 
     /// Messages whose receipt is overdue at `unix_now_ms` end as delivery

@@ -58,6 +58,9 @@ impl Core {
         batch.class = new.class;
         batch.fingerprint = new.fingerprint;
         batch.accepted_unix_ms = new.accepted_unix_ms;
+        if let Some(url) = &new.callback_url {
+            self.durability.events.watch(id.0, &batch.tenant, url);
+        }
         if self.durability.is_durable() {
             batch.reserved = 0; // dispatch starts once a reservation is stored
         }

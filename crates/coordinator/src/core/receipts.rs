@@ -97,7 +97,7 @@ const EXPIRED: u32 = 3;
 const REJECTED: u32 = 8;
 
 /// The word an SMSC writes for a message_state (as in a receipt's `stat:`).
-pub(super) fn state_word(message_state: u32) -> &'static str {
+pub fn state_word(message_state: u32) -> &'static str {
     match message_state {
         1 => "ENROUTE",
         2 => "DELIVRD",

@@ -29,7 +29,13 @@ impl Core {
         if let Some(newest) = loaded.batches.iter().map(|lb| lb.batch.id).max() {
             BatchId::keep_after(newest);
         }
+        core.durability.events.number_from(loaded.callback_next);
         for mut lb in loaded.batches {
+            // Receipts for it may still come, days after it completed.
+            let tenant = Tenant::new(&lb.batch.tenant);
+            core.durability
+                .events
+                .watch(lb.batch.id, &tenant, &lb.batch.callback_url);
             // A completed batch is folded straight from its stored outcomes.
             if let Some(f) = folded_at_load(&lb) {
                 for s in f.nodes.iter() {

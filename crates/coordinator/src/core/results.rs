@@ -167,6 +167,9 @@ fn apply(
                 final_ms: slot.stamp(),
                 error: (state == crate::store::FinalState::Failed).then(|| res.error.clone()),
             });
+            durability
+                .events
+                .outcome(batch, res.index, state, &res.error);
         }
         if batch.check_end(now) {
             ended.push(res.batch);

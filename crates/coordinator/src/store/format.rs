@@ -141,6 +141,9 @@ pub struct StoredBatch {
     /// batch stored before classes is).
     #[prost(uint32, tag = "14")]
     pub priority: u32,
+    /// Where its callback events go ("" for nowhere), as resolved at submit.
+    #[prost(string, tag = "15")]
+    pub callback_url: String,
 }
 
 /// The small, changing part of a stored batch.

@@ -75,6 +75,8 @@ pub(super) struct Tables<'a> {
     pub(super) nodes: Vec<(u16, String)>,
     pub(super) waits: Vec<((u64, u32), Vec<u8>)>,
     pub(super) deliveries: Vec<((u64, u32), Vec<u8>)>,
+    /// The number after the highest callback row.
+    pub(super) callback_next: u64,
 }
 
 impl Store {
@@ -150,6 +152,7 @@ impl Store {
             nodes,
             waits,
             deliveries,
+            callback_next: self.next_callback_seq(&txn)?,
         };
         self.assemble(tables)
     }
@@ -218,6 +221,7 @@ impl Store {
         loaded.nodes = t.nodes;
         loaded.receipt_waits = self.decode_rows(t.waits, "receipt wait")?;
         loaded.deliveries = self.decode_rows(t.deliveries, "delivery")?;
+        loaded.callback_next = t.callback_next;
         format::check(&loaded).map_err(|what| self.corrupt(what))?;
         Ok(loaded)
     }

@@ -20,6 +20,8 @@
 //! - `receipt_waits`, `deliveries`: (batch id, index) → a sent message's
 //!   provider ids while it waits for delivery receipts, then what decided its
 //!   delivery ([`receipts`]).
+//! - `callbacks`: sequence number → a row of callback events waiting to be
+//!   delivered to a client's URL ([`callbacks`]).
 //!
 //! This module owns these formats: the rest of the coordinator sees decoded
 //! values ([`LoadedBatch::outcomes`]), never rows or stored bytes.
@@ -28,6 +30,7 @@
 //! The reactor acks a node's results only after the commit holding them, so
 //! a result is always either durable or still held by its node.
 
+mod callbacks;
 mod format;
 mod inserter;
 mod load;
@@ -37,6 +40,7 @@ mod receipts;
 mod writer;
 mod writes;
 
+pub use callbacks::{CallbackEvent, CallbackRow};
 pub use format::{FinalState, StoredBatch, StoredBatchState, StoredOutcome};
 pub use inserter::Inserter;
 pub use reads::StoredMessage;
@@ -212,6 +216,10 @@ pub struct WriteSet {
     pub deleted: Vec<(u64, Option<String>)>,
     /// Receipt waits and decided deliveries.
     pub receipts: Vec<ReceiptWrite>,
+    /// New rows of callback events, numbered.
+    pub callbacks: Vec<(u64, Arc<CallbackRow>)>,
+    /// Rows of callback events delivered (or given up), to remove.
+    pub callbacks_done: Vec<u64>,
 }
 
 impl WriteSet {
@@ -222,6 +230,8 @@ impl WriteSet {
             && self.batches.is_empty()
             && self.deleted.is_empty()
             && self.receipts.is_empty()
+            && self.callbacks.is_empty()
+            && self.callbacks_done.is_empty()
     }
 }
 
@@ -253,6 +263,8 @@ pub struct Loaded {
     pub receipt_waits: Rows<StoredWait>,
     /// Messages whose delivery is decided.
     pub deliveries: Rows<StoredDelivery>,
+    /// The number after the highest stored callback row (0 or 1: none).
+    pub callback_next: u64,
 }
 
 /// The open store.
@@ -416,6 +428,8 @@ impl Store {
             txn.open_table(receipts::RECEIPT_WAITS)
                 .map_err(|e| store.err(e))?;
             txn.open_table(receipts::DELIVERIES)
+                .map_err(|e| store.err(e))?;
+            txn.open_table(callbacks::CALLBACKS)
                 .map_err(|e| store.err(e))?;
         }
         txn.commit().map_err(|e| store.err(e))?;

@@ -148,6 +148,7 @@ impl Store {
             }
         }
         self.put_receipts(txn, &set.receipts)?;
+        self.put_callbacks(txn, set)?;
         if !set.deleted.is_empty() {
             self.delete_batches(txn, &set.deleted)?;
         }

@@ -285,6 +285,7 @@ impl World {
             tenant: Tenant::default(),
             accepted_unix_ms: 1_700_000_000_000,
             class: Default::default(),
+            callback_url: None,
         };
         self.core
             .on_submit(b, self.now)
@@ -312,6 +313,7 @@ impl World {
             tenant: Tenant::new(tenant),
             accepted_unix_ms: 1_700_000_000_000,
             class,
+            callback_url: None,
         };
         self.core
             .on_submit(b, self.now)

@@ -87,6 +87,13 @@ impl Pg {
             .into_iter()
             .map(|r| (r.get(0), unid(r.get(1))))
             .collect();
+        let callback_next: i64 = txn
+            .query_one(
+                "SELECT coalesce(max(seq), 0) + 1 FROM smsmesh_callbacks",
+                &[],
+            )
+            .map_err(e)?
+            .get(0);
         let mut nodes = Vec::new();
         for r in txn
             .query("SELECT idx, name FROM smsmesh_nodes ORDER BY idx", &[])
@@ -111,7 +118,31 @@ impl Pg {
             nodes,
             waits,
             deliveries,
+            callback_next: callback_next as u64,
         })
+    }
+
+    /// Stored callback rows numbered above `after` and below `below`, at most `limit`, in order.
+    pub(in crate::store) fn callback_rows(
+        &self,
+        store: &Store,
+        after: u64,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut client = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let below = i64::try_from(below).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(client
+            .query(
+                "SELECT seq, record FROM smsmesh_callbacks WHERE seq > $1 AND seq < $2 ORDER BY seq LIMIT $3",
+                &[&after, &below, &limit],
+            )
+            .map_err(|e| db_err(store, e))?
+            .into_iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
+            .collect())
     }
 
     /// Runs `f` over a read-only snapshot of the database.

@@ -147,6 +147,7 @@ impl Pg {
             &finals,
         )
         .map_err(e)?;
+        put_callbacks(&mut txn, sets).map_err(e)?;
         if !deleted.is_empty() {
             for table in [
                 "smsmesh_outcomes",
@@ -178,6 +179,38 @@ impl Pg {
         txn.commit().map_err(e)?;
         Ok(results)
     }
+}
+
+/// Writes the groups' new callback rows and removes delivered ones.
+fn put_callbacks(
+    txn: &mut postgres::Transaction<'_>,
+    sets: &[&WriteSet],
+) -> Result<(), postgres::Error> {
+    let mut seqs: Vec<i64> = Vec::new();
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    let mut done: Vec<i64> = Vec::new();
+    for set in sets {
+        for (seq, row) in &set.callbacks {
+            seqs.push(*seq as i64);
+            records.push(row.encode_to_vec());
+        }
+        done.extend(set.callbacks_done.iter().map(|s| *s as i64));
+    }
+    if !seqs.is_empty() {
+        let values: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        txn.execute(
+            "INSERT INTO smsmesh_callbacks (seq, record) SELECT * FROM unnest($1::bigint[], $2::bytea[]) \
+             ON CONFLICT (seq) DO UPDATE SET record = EXCLUDED.record",
+            &[&seqs, &values],
+        )?;
+    }
+    if !done.is_empty() {
+        txn.execute(
+            "DELETE FROM smsmesh_callbacks WHERE seq = ANY($1)",
+            &[&done],
+        )?;
+    }
+    Ok(())
 }
 
 /// Stores new batches (with their keys and list rows); a batch whose key is
