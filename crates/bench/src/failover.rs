@@ -125,6 +125,7 @@ pub(crate) async fn scenario(bin: &Path, messages: u64, repeat: u32) -> anyhow::
         smpp: Vec::new(),
         priority: None,
         failover: Some(runs_lost.into()),
+        callbacks: None,
     })
 }
 

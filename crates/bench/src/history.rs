@@ -197,5 +197,6 @@ pub(crate) async fn scenario(bin: &Path, total: u64) -> anyhow::Result<Scenario>
         smpp: Vec::new(),
         priority: None,
         failover: None,
+        callbacks: None,
     })
 }

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use serde::Serialize;
 use smsmesh::pb::{self, BatchState};
+mod callbacks;
 mod failover;
 mod history;
 mod http_provider;
@@ -28,7 +29,7 @@ use report::{fmt_shares, markdown, report};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run (a to n; (l) needs SMSMESH_TEST_POSTGRES, a PostgreSQL server).
+    /// Scenarios to run (a to o; (l) needs SMSMESH_TEST_POSTGRES, a PostgreSQL server).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
     scenarios: Vec<String>,
     /// Scale every batch size by this factor (e.g. 0.1 for a quick run).
@@ -119,6 +120,9 @@ pub(crate) struct Scenario {
     /// What the standby-coordinator scenario measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     failover: Option<Vec<failover::Failover>>,
+    /// What the callbacks scenario measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callbacks: Option<callbacks::Callbacks>,
 }
 
 #[tokio::main]
@@ -195,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
                         smpp: Vec::new(),
                         priority: None,
                         failover: None,
+                        callbacks: None,
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -232,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
                         smpp: Vec::new(),
                         priority: None,
                         failover: None,
+                        callbacks: None,
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -266,6 +272,7 @@ async fn main() -> anyhow::Result<()> {
                     smpp: Vec::new(),
                     priority: None,
                     failover: None,
+                    callbacks: None,
                 }
             }
             "d" => {
@@ -304,6 +311,7 @@ async fn main() -> anyhow::Result<()> {
                     smpp: Vec::new(),
                     priority: None,
                     failover: None,
+                    callbacks: None,
                 }
             }
             "e" => {
@@ -356,6 +364,7 @@ async fn main() -> anyhow::Result<()> {
                     smpp: Vec::new(),
                     priority: None,
                     failover: None,
+                    callbacks: None,
                 }
             }
             "f" => {
@@ -403,6 +412,7 @@ async fn main() -> anyhow::Result<()> {
                     smpp: Vec::new(),
                     priority: None,
                     failover: None,
+                    callbacks: None,
                 }
             }
             "g" => {
@@ -428,6 +438,7 @@ async fn main() -> anyhow::Result<()> {
                     smpp: Vec::new(),
                     priority: None,
                     failover: None,
+                    callbacks: None,
                 }
             }
             "h" => {
@@ -442,7 +453,11 @@ async fn main() -> anyhow::Result<()> {
             "l" => failover::scenario(&bin, scale(1_000_000), args.repeat).await?,
             "m" => rest::scenario(&bin, scale(100_000), args.repeat).await?,
             "n" => http_provider::scenario(&bin, scale(200_000), args.repeat).await?,
-            other => bail!("unknown scenario {other:?} (a to n)"),
+            "o" => {
+                let outage = Duration::from_secs_f64((60.0 * args.scale).clamp(5.0, 60.0));
+                callbacks::scenario(&bin, scale(1_000_000), outage).await?
+            }
+            other => bail!("unknown scenario {other:?} (a to o)"),
         };
         report(&scenario);
         results.push(scenario);

@@ -289,5 +289,6 @@ pub(crate) async fn scenario(
         smpp: Vec::new(),
         priority: Some(k),
         failover: None,
+        callbacks: None,
     })
 }

@@ -141,5 +141,6 @@ pub(crate) async fn scenario(bin: &Path, n: u64) -> anyhow::Result<Scenario> {
         smpp: vec![one, four, limited],
         priority: None,
         failover: None,
+        callbacks: None,
     })
 }

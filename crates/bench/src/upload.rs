@@ -157,5 +157,6 @@ pub(crate) async fn scenario(bin: &Path, n: u64, repeat: u32) -> anyhow::Result<
         smpp: Vec::new(),
         priority: None,
         failover: None,
+        callbacks: None,
     })
 }

@@ -88,6 +88,30 @@ impl Batch {
         }
     }
 
+    /// The number (into `to`) and client reference of message `index`,
+    /// without making its body.
+    pub fn recipient(&self, index: u32, to: &mut String) -> String {
+        to.clear();
+        match &self.content {
+            Content::Explicit(msgs) => {
+                let m = &msgs[index as usize];
+                to.push_str(&m.to);
+                m.client_ref.clone()
+            }
+            Content::List { recipients, .. } => {
+                recipients.number(index as usize, to);
+                recipients.client_ref(index as usize).to_string()
+            }
+            Content::Synthetic { seed, .. } => {
+                smsmesh::synth::phone(
+                    &mut smsmesh::synth::SplitMix64::for_message(*seed, index),
+                    to,
+                );
+                String::new()
+            }
+        }
+    }
+
     /// The number, body and client reference of message `index`.
     pub fn message(&self, index: u32, to: &mut String, body: &mut String) -> Option<String> {
         self.content(index, to, body);

@@ -104,8 +104,8 @@ impl Events {
         if !self.wanted(b.id.0) {
             return;
         }
-        let (mut to, mut body) = (String::new(), String::new());
-        let client_ref = b.message(index, &mut to, &mut body).unwrap_or_default();
+        let mut to = String::new();
+        let client_ref = b.recipient(index, &mut to);
         let state = match state {
             FinalState::Sent => pb::MessageState::Sent,
             FinalState::Failed => pb::MessageState::Failed,
