@@ -200,3 +200,84 @@ async fn events_outlive_a_dead_receiver_and_a_kill_9() {
     coord.term();
     let _ = coord.child.wait();
 }
+
+/// Over SMPP, receipts become delivery events: the test SMSC answers by the
+/// number's last digit (6 undelivered, 7 expired, 8 refused at submit, 9 a
+/// temporary error each time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_receipts_become_delivery_events() {
+    use smsmesh_smsc::{SmscConfig, SmscStats};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let smsc = SmscConfig {
+        by_last_digit: true,
+        ..SmscConfig::default()
+    };
+    tokio::spawn(smsmesh_smsc::serve(
+        listener,
+        smsc,
+        Arc::new(SmscStats::default()),
+    ));
+    let receiver = CallbackReceiver::start(SECRET).await.unwrap();
+    let mut config = config(None);
+    config.retry_base = Duration::from_millis(20);
+    let mesh = Mesh::start(config).await.unwrap();
+    let node =
+        mesh.node(NodeSpec::new("smpp").smpp(&format!("smpp://esme:secret@127.0.0.1:{port}")));
+    let mut c = mesh.client().await.unwrap();
+    let id = c
+        .submit_batch(pb::SubmitBatchRequest {
+            messages: (0..10)
+                .map(|d| pb::SmsMessage {
+                    to: format!("+4477009001{d:02}"),
+                    body: format!("code {d}"),
+                    client_ref: format!("c{d}"),
+                    ..Default::default()
+                })
+                .collect(),
+            max_attempts: Some(2),
+            callback_url: receiver.url(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    // 8 sent + 2 failed, the batch's end, then 8 delivery states.
+    wait_events(&receiver, 10 + 1 + 8).await;
+    receiver.seen(|seen| {
+        let count = |t: &str| seen.by_type.get(t).copied().unwrap_or(0);
+        assert_eq!(count("message.sent"), 8, "{:?}", seen.by_type);
+        assert_eq!(count("message.failed"), 2);
+        assert_eq!(count("message.delivered"), 6);
+        assert_eq!(count("message.undelivered"), 1);
+        assert_eq!(count("message.expired"), 1);
+        assert_eq!(count("batch.completed"), 1);
+        let of = |t: &str, i: u32| {
+            seen.samples
+                .iter()
+                .find(|e| e["type"] == t && e["message_id"] == format!("{id}.{i}"))
+                .unwrap_or_else(|| panic!("no {t} event of message {i}: {:?}", seen.samples))
+        };
+        let e = of("message.undelivered", 6);
+        assert_eq!(
+            (e["receipt_state"].as_str(), e["receipt_error"].as_str()),
+            (Some("UNDELIV"), Some("034"))
+        );
+        let e = of("message.failed", 8);
+        assert!(
+            e["error"].as_str().unwrap().contains("ESME_RINVDSTADR"),
+            "{e}"
+        );
+        assert_eq!(e["attempts"], 1);
+        let e = of("message.failed", 9);
+        assert_eq!(e["attempts"], 2);
+        let e = of("message.sent", 3);
+        assert_eq!(
+            (e["to"].as_str(), e["client_ref"].as_str()),
+            (Some("+447700900103"), Some("c3"))
+        );
+    });
+    node.stop(LONG).await.unwrap();
+    mesh.stop().await.unwrap();
+}

@@ -187,7 +187,7 @@ impl State {
             }
             *seen.by_type.entry(kind.clone()).or_default() += 1;
             seen.events.insert((kind, subject));
-            if seen.samples.len() < 16 {
+            if seen.samples.len() < 64 {
                 seen.samples.push(e.clone());
             }
         }
