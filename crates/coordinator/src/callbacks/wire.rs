@@ -8,7 +8,7 @@
 //! `X-Smsmesh-Timestamp` value (Unix seconds), a `.`, and the body.
 
 use hmac::{Hmac, Mac};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 use smsmesh::pb::{BatchState, MessageState};
 use smsmesh::{BatchId, MessageId};
 
@@ -38,60 +38,105 @@ pub fn event_type(e: &CallbackEvent) -> &'static str {
     }
 }
 
-/// One event as JSON; `id` names it among all events.
-pub fn event_json(id: String, e: &CallbackEvent) -> Value {
-    let mut m = Map::new();
-    m.insert("id".into(), id.into());
-    m.insert("type".into(), event_type(e).into());
-    m.insert("batch_id".into(), BatchId(e.batch).to_string().into());
-    m.insert("at_unix_ms".into(), e.unix_ms.into());
-    if e.batch_state != 0 {
-        let state = BatchState::try_from(e.batch_state as i32).unwrap_or(BatchState::Unspecified);
-        m.insert("state".into(), state.as_str_name().into());
-        for (name, n) in ["total", "sent", "failed", "cancelled"]
-            .iter()
-            .zip(&e.counts)
-        {
-            m.insert((*name).into(), (*n).into());
+/// One event as JSON (fields left out when empty or zero).
+#[derive(Serialize)]
+struct EventJson<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    batch_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+    state: &'static str,
+    at_unix_ms: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    to: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    client_ref: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    error: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    attempts: u32,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    receipt_state: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    receipt_error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancelled: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl<'a> EventJson<'a> {
+    /// Event `e`, named `id` among all events.
+    fn of(id: String, e: &'a CallbackEvent) -> Self {
+        let batch = e.batch_state != 0;
+        let count = |i: usize| {
+            if batch {
+                e.counts.get(i).copied()
+            } else {
+                None
+            }
+        };
+        EventJson {
+            id,
+            kind: event_type(e),
+            batch_id: BatchId(e.batch).to_string(),
+            message_id: (!batch).then(|| {
+                MessageId {
+                    batch: BatchId(e.batch),
+                    index: e.index,
+                }
+                .to_string()
+            }),
+            state: if batch {
+                BatchState::try_from(e.batch_state as i32)
+                    .unwrap_or(BatchState::Unspecified)
+                    .as_str_name()
+            } else {
+                MessageState::try_from(e.state as i32)
+                    .unwrap_or(MessageState::Unspecified)
+                    .as_str_name()
+            },
+            at_unix_ms: e.unix_ms,
+            to: &e.to,
+            client_ref: &e.client_ref,
+            error: &e.error,
+            attempts: e.attempts,
+            receipt_state: crate::core::receipt_state_word(e.receipt_state),
+            receipt_error: &e.receipt_error,
+            total: count(0),
+            sent: count(1),
+            failed: count(2),
+            cancelled: count(3),
         }
-        return Value::Object(m);
     }
-    let id = MessageId {
-        batch: BatchId(e.batch),
-        index: e.index,
-    };
-    m.insert("message_id".into(), id.to_string().into());
-    let state = MessageState::try_from(e.state as i32).unwrap_or(MessageState::Unspecified);
-    m.insert("state".into(), state.as_str_name().into());
-    let mut text = |name: &str, v: &str| {
-        if !v.is_empty() {
-            m.insert(name.into(), v.into());
-        }
-    };
-    text("to", &e.to);
-    text("client_ref", &e.client_ref);
-    text("error", &e.error);
-    text("receipt_error", &e.receipt_error);
-    let word = crate::core::receipt_state_word(e.receipt_state);
-    text("receipt_state", word);
-    if e.attempts > 0 {
-        m.insert("attempts".into(), e.attempts.into());
-    }
-    Value::Object(m)
 }
 
 /// The body of one request: the events of `rows`, each row with its number.
 pub fn body<'a>(rows: impl IntoIterator<Item = (u64, &'a CallbackRow)>) -> Vec<u8> {
-    let events: Vec<Value> = rows
+    #[derive(Serialize)]
+    struct Body<'a> {
+        events: Vec<EventJson<'a>>,
+    }
+    let events: Vec<EventJson<'a>> = rows
         .into_iter()
         .flat_map(|(seq, row)| {
             row.events
                 .iter()
                 .enumerate()
-                .map(move |(i, e)| event_json(format!("{seq}-{i}"), e))
+                .map(move |(i, e)| EventJson::of(format!("{seq}-{i}"), e))
         })
         .collect();
-    serde_json::to_vec(&json!({ "events": events })).expect("JSON values serialize")
+    serde_json::to_vec(&Body { events }).expect("events serialize")
 }
 
 /// The signature header's value for `body` sent at `timestamp` (Unix seconds).
@@ -148,7 +193,7 @@ mod tests {
                 },
             ],
         };
-        let v: Value = serde_json::from_slice(&body([(9, &row)])).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body([(9, &row)])).unwrap();
         let e = &v["events"];
         assert_eq!(e[0]["id"], "9-0");
         assert_eq!(e[0]["type"], "message.sent");
@@ -163,6 +208,10 @@ mod tests {
         assert_eq!(e[2]["type"], "batch.completed");
         assert_eq!(e[2]["state"], "BATCH_STATE_COMPLETED");
         assert_eq!(e[2]["sent"], 1);
+        assert_eq!(e[2]["failed"], 0);
+        assert!(e[2].get("message_id").is_none() && e[2].get("to").is_none());
+        assert!(e[1].get("to").is_none() && e[1].get("attempts").is_none());
+        assert!(e[0].get("total").is_none());
     }
 
     #[test]
