@@ -430,3 +430,152 @@ async fn a_generic_json_provider_with_a_bearer_token() {
         .unwrap();
     assert_eq!(m.state, MessageState::Delivered as i32, "{m:?}");
 }
+
+/// A provider with its own API: its field names (a body template), an API
+/// key header, success said in the body (`"status":"OK"`, else refused), a
+/// 400 that means "try again" and a 500 that means "bad number".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_with_its_own_field_names_headers_and_answers() {
+    let got: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+    let seen = got.clone();
+    let app = axum::Router::new().route(
+        "/api/sms",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let seen = seen.clone();
+            async move {
+                let key = headers
+                    .get("x-api-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let dest = v["destination"].as_str().unwrap_or_default().to_string();
+                let n = {
+                    let mut all = seen.lock().unwrap();
+                    all.push((key.clone(), v.clone()));
+                    all.iter()
+                        .filter(|(_, x)| x["destination"] == dest.as_str())
+                        .count()
+                };
+                if key != "k-123" {
+                    return (StatusCode::FORBIDDEN, "no key".to_string());
+                }
+                match dest.chars().last() {
+                    // Refused in a 200.
+                    Some('9') => (
+                        StatusCode::OK,
+                        r#"{"status":"REJECTED","reason":"blacklisted"}"#.into(),
+                    ),
+                    // A 400 the provider means as "busy, try again": fine the second time.
+                    Some('8') if n == 1 => {
+                        (StatusCode::BAD_REQUEST, r#"{"message":"busy"}"#.into())
+                    }
+                    // A 500 for a number it cannot serve.
+                    Some('7') => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        r#"{"message":"no route"}"#.into(),
+                    ),
+                    _ => (
+                        StatusCode::OK,
+                        format!(r#"{{"status":"OK","ref":{{"id":"p-{dest}"}}}}"#),
+                    ),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("body.json");
+    std::fs::write(
+        &template,
+        r#"{"destination": "{{to}}", "content": {"text": "{{body}}"}, "origin": "{{sender}}", "reference": "{{message_id}}"}"#,
+    )
+    .unwrap();
+    let mesh = Mesh::start(CoordinatorConfig {
+        retry_base: Duration::from_millis(20),
+        ..CoordinatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let gateway = format!("http://{addr}/api/sms?id_field=/ref/id&accept_if=/status=OK");
+    let _node = Proc::node(
+        &mesh.url(),
+        "http-own",
+        &[
+            "--gateway",
+            &gateway,
+            "--http-body-template",
+            template.to_str().unwrap(),
+            "--http-header",
+            "X-Api-Key: k-123",
+            "--http-temporary-status",
+            "400",
+            "--http-permanent-status",
+            "500",
+        ],
+    )
+    .unwrap();
+    let mut client = mesh.client().await.unwrap();
+    let numbers = [
+        "+14155550100",
+        "+14155550108",
+        "+14155550109",
+        "+14155550107",
+    ];
+    let mut req = batch(&numbers, "ACME");
+    req.messages[0].body = "Say \"hi\"\nbye".into();
+    let id = submit(&mut client, req).await;
+    let b = wait_until(Duration::from_secs(30), "the batch to end", || {
+        let (mut client, id) = (client.clone(), id.clone());
+        async move {
+            let b = batch_status(&mut client, &id).await.ok()?;
+            (b.state == pb::BatchState::Completed as i32).then_some(b)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!((b.sent, b.failed), (2, 2), "{b:?}");
+    let m = |i: u32| {
+        let (mut client, id) = (client.clone(), id.clone());
+        async move {
+            message_status(&mut client, &format!("{id}.{i}"))
+                .await
+                .unwrap()
+        }
+    };
+    let ok = m(0).await;
+    assert_eq!(ok.state, MessageState::Sent as i32);
+    let retried = m(1).await;
+    assert_eq!(
+        (retried.state, retried.attempts),
+        (MessageState::Sent as i32, 2),
+        "{retried:?}"
+    );
+    let refused = m(2).await;
+    assert_eq!(
+        (refused.state, refused.attempts),
+        (MessageState::Failed as i32, 1),
+        "{refused:?}"
+    );
+    assert!(refused.last_error.contains("REJECTED"), "{refused:?}");
+    let bad = m(3).await;
+    assert_eq!(
+        (bad.state, bad.attempts),
+        (MessageState::Failed as i32, 1),
+        "{bad:?}"
+    );
+    assert!(bad.last_error.contains("no route"), "{bad:?}");
+    // The provider got its own field names, the text escaped, and the key.
+    let all = got.lock().unwrap().clone();
+    let (key, first) = all
+        .iter()
+        .find(|(_, v)| v["destination"] == "+14155550100")
+        .unwrap();
+    assert_eq!(key, "k-123");
+    assert_eq!(first["content"]["text"], "Say \"hi\"\nbye");
+    assert_eq!(first["origin"], "ACME");
+    assert_eq!(first["reference"], format!("{id}.0"));
+}

@@ -101,6 +101,62 @@ pub struct HttpArgs {
         env = "SMSMESH_HTTP_WEBHOOK_SECRET_FILE"
     )]
     pub webhook_secret_file: Option<std::path::PathBuf>,
+    /// HTTP, generic profile: a file holding the request body with the
+    /// provider's own field names, where {{to}}, {{body}}, {{sender}},
+    /// {{message_id}}, {{attempt}} and {{callback_url}} stand for the
+    /// message's (escaped for JSON or for a form, as --http-format says).
+    #[arg(
+        id = "http_body_template",
+        long = "http-body-template",
+        env = "SMSMESH_HTTP_BODY_TEMPLATE"
+    )]
+    pub body_template: Option<std::path::PathBuf>,
+    /// HTTP: a header sent with every request, as 'NAME: VALUE' (repeat it),
+    /// e.g. an API key.
+    #[arg(id = "http_header", long = "http-header")]
+    pub headers: Vec<String>,
+    /// HTTP, generic profile: answers that count as accepted only when the
+    /// JSON at POINTER is VALUE [accept_if], e.g. /status=OK (others are
+    /// permanent failures, with the answer as their error).
+    #[arg(
+        id = "http_accept_if",
+        long = "http-accept-if",
+        env = "SMSMESH_HTTP_ACCEPT_IF"
+    )]
+    pub accept_if: Option<String>,
+    /// HTTP, generic profile: status codes that mean a temporary failure
+    /// (retried) [temporary_status], e.g. 400,409; by default 408, 425 and
+    /// 5xx but 503.
+    #[arg(
+        id = "http_temporary_status",
+        long = "http-temporary-status",
+        env = "SMSMESH_HTTP_TEMPORARY_STATUS",
+        value_delimiter = ','
+    )]
+    pub temporary_status: Vec<u16>,
+    /// HTTP, generic profile: status codes that mean a permanent failure
+    /// (never retried) [permanent_status], e.g. 500 for a provider that
+    /// answers it for a bad number; by default the other 4xx.
+    #[arg(
+        id = "http_permanent_status",
+        long = "http-permanent-status",
+        env = "SMSMESH_HTTP_PERMANENT_STATUS",
+        value_delimiter = ','
+    )]
+    pub permanent_status: Vec<u16>,
+}
+
+/// How the provider's answers are read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Answers {
+    /// The JSON pointer of the provider's id in its answer.
+    pub id_field: String,
+    /// A 2xx answer is accepted only if the JSON at this pointer is this value.
+    pub accept_if: Option<(String, String)>,
+    /// Statuses that are temporary failures, whatever the default says.
+    pub temporary: Vec<u16>,
+    /// Statuses that are permanent failures, whatever the default says.
+    pub permanent: Vec<u16>,
 }
 
 /// The provider's API.
@@ -128,8 +184,12 @@ pub struct HttpConfig {
     pub bearer: Option<String>,
     /// The secret request bodies are signed with.
     pub hmac_secret: Option<Vec<u8>>,
-    /// The JSON pointer of the provider's id in its answer.
-    pub id_field: String,
+    /// How its answers are read.
+    pub answers: Answers,
+    /// The generic profile's body template, if given.
+    pub template: Option<super::template::Template>,
+    /// Headers sent with every request.
+    pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
     /// Requests a second; 0: no limit.
     pub rate: u32,
     /// How long one request may take.
@@ -182,6 +242,19 @@ impl HttpConfig {
                 "profile" => a.profile = v,
                 "format" => a.format = v,
                 "id_field" => a.id_field = v,
+                "accept_if" => a.accept_if = Some(v),
+                "temporary_status" | "permanent_status" => {
+                    let codes = v
+                        .split(',')
+                        .map(|c| c.trim().parse::<u16>())
+                        .collect::<Result<Vec<u16>, _>>()
+                        .map_err(|_| format!("{k}={v}: status codes, e.g. 400,409"))?;
+                    if k == "temporary_status" {
+                        a.temporary_status = codes;
+                    } else {
+                        a.permanent_status = codes;
+                    }
+                }
                 "rate" => {
                     a.rate = v
                         .parse()
@@ -244,13 +317,67 @@ impl HttpConfig {
         if a.timeout.is_zero() {
             return Err("timeout must be more than 0".into());
         }
+        let template = match &a.body_template {
+            Some(path) if profile != Profile::Twilio => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--http-body-template {}: {e}", path.display()))?;
+                Some(
+                    super::template::Template::parse(&text)
+                        .map_err(|e| format!("--http-body-template {}: {e}", path.display()))?,
+                )
+            }
+            Some(_) => return Err("--http-body-template is for the generic profile".into()),
+            None => None,
+        };
+        let mut headers = Vec::new();
+        for h in &a.headers {
+            let (name, value) = h
+                .split_once(':')
+                .ok_or_else(|| format!("--http-header {h:?}: give 'NAME: VALUE'"))?;
+            let name = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|e| format!("--http-header {h:?}: {e}"))?;
+            let value = reqwest::header::HeaderValue::from_str(value.trim())
+                .map_err(|e| format!("--http-header {h:?}: {e}"))?;
+            headers.push((name, value));
+        }
+        let accept_if = match &a.accept_if {
+            Some(rule) => {
+                let (pointer, value) = rule.split_once('=').ok_or_else(|| {
+                    format!("accept_if {rule:?}: give POINTER=VALUE, e.g. /status=OK")
+                })?;
+                if !pointer.starts_with('/') {
+                    return Err(format!(
+                        "accept_if {rule:?}: a JSON pointer starts with /, e.g. /status=OK"
+                    ));
+                }
+                Some((pointer.to_string(), value.to_string()))
+            }
+            None => None,
+        };
+        if let Some(c) = a
+            .temporary_status
+            .iter()
+            .chain(&a.permanent_status)
+            .find(|c| !(400..=599).contains(*c))
+        {
+            return Err(format!(
+                "status {c}: only error answers (400 to 599) can be temporary or permanent"
+            ));
+        }
         Ok(HttpConfig {
             url,
             profile,
             basic,
             bearer,
             hmac_secret,
-            id_field: a.id_field,
+            answers: Answers {
+                id_field: a.id_field,
+                accept_if,
+                temporary: a.temporary_status,
+                permanent: a.permanent_status,
+            },
+            template,
+            headers,
             rate: a.rate,
             timeout: a.timeout,
             throttle_pause: a.throttle_pause,
@@ -281,6 +408,11 @@ mod tests {
             status_callback: None,
             webhook_listen: None,
             webhook_secret_file: None,
+            body_template: None,
+            headers: Vec::new(),
+            accept_if: None,
+            temporary_status: Vec::new(),
+            permanent_status: Vec::new(),
         }
     }
 
@@ -297,7 +429,12 @@ mod tests {
         );
         assert_eq!(c.basic, Some(("ACxx".into(), "tok@en".into())));
         assert_eq!(
-            (c.profile, c.rate, c.sender.as_str(), c.id_field.as_str()),
+            (
+                c.profile,
+                c.rate,
+                c.sender.as_str(),
+                c.answers.id_field.as_str()
+            ),
             (Profile::Twilio, 50, "ACME", "/sid")
         );
         let g = HttpConfig::parse("http://127.0.0.1:9/send?key=abc&format=form", &args()).unwrap();
@@ -312,6 +449,9 @@ mod tests {
             ("http://h?profile=nexmo", "generic or twilio"),
             ("http://h?rate=fast", "rate=fast"),
             ("https://api.twilio.com?profile=twilio", "account SID"),
+            ("http://h?accept_if=status", "POINTER=VALUE"),
+            ("http://h?temporary_status=4xx", "status codes"),
+            ("http://h?permanent_status=200", "400 to 599"),
         ] {
             let e = HttpConfig::parse(bad, &args()).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");

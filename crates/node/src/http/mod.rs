@@ -7,6 +7,7 @@
 //! attempt). A request with no answer in time has an unknown outcome.
 
 mod config;
+pub mod template;
 pub mod webhook;
 
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use reqwest::StatusCode;
 use smsmesh::pb;
 use tokio::sync::watch;
 
-pub use config::{HttpArgs, HttpConfig, Profile};
+pub use config::{Answers, HttpArgs, HttpConfig, Profile};
 
 use crate::gateway::{Accepted, Failure, FailureClass, Gateway, Outcome, Sending};
 
@@ -160,6 +161,9 @@ impl Inner {
         };
         let id = format!("{:016x}.{}", job.batch, job.index);
         let mut r = self.client.post(c.url.clone());
+        for (name, value) in &c.headers {
+            r = r.header(name, value);
+        }
         r = match (&c.basic, &c.bearer) {
             (_, Some(token)) => r.bearer_auth(token),
             (Some((user, password)), None) => r.basic_auth(user, Some(password)),
@@ -188,7 +192,25 @@ impl Inner {
                 if let Some(cb) = &c.status_callback {
                     fields.push(("callback_url", cb));
                 }
-                let (content_type, body) = if json {
+                let (content_type, body) = if let Some(t) = &c.template {
+                    let body = t.render(json, |f| {
+                        use template::Field as F;
+                        match f {
+                            F::To => job.to.clone(),
+                            F::Body => job.body.clone(),
+                            F::Sender => sender.to_string(),
+                            F::MessageId => id.clone(),
+                            F::Attempt => attempt.clone(),
+                            F::CallbackUrl => c.status_callback.clone().unwrap_or_default(),
+                        }
+                    });
+                    let kind = if json {
+                        "application/json"
+                    } else {
+                        "application/x-www-form-urlencoded"
+                    };
+                    (kind, body)
+                } else if json {
                     let object: serde_json::Map<String, serde_json::Value> = fields
                         .into_iter()
                         .map(|(k, v)| (k.to_string(), v.into()))
@@ -256,7 +278,7 @@ impl Inner {
             }
             _ => Default::default(),
         };
-        let mut outcome = classify(status, &body, &self.config.id_field);
+        let mut outcome = classify(status, &body, &self.config.answers);
         // Ids make the coordinator wait for receipts: only when the provider
         // was asked to post status.
         if self.config.status_callback.is_none()
@@ -287,24 +309,43 @@ pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> 
     }
 }
 
-/// What an answer says: accepted (with the id at `id_field` of its JSON
-/// body, if any), throttled (429, 503), temporary (408, 425, other 5xx) or
-/// permanent (other 4xx and the rest).
-pub fn classify(status: StatusCode, body: &[u8], id_field: &str) -> Outcome {
+/// What an answer says: accepted (with the id at `answers.id_field` of its
+/// JSON body, if any, and only if `answers.accept_if` holds), throttled (429,
+/// 503), temporary (408, 425, other 5xx) or permanent (other 4xx and the
+/// rest); `answers` may make a status temporary or permanent instead.
+pub fn classify(status: StatusCode, body: &[u8], answers: &Answers) -> Outcome {
     if status.is_success() {
-        let id = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| match v.pointer(id_field)? {
+        let json = serde_json::from_slice::<serde_json::Value>(body).ok();
+        if let Some((pointer, want)) = &answers.accept_if {
+            let got = json.as_ref().and_then(|v| match v.pointer(pointer)? {
                 serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                _ => None,
+                other => Some(other.to_string()),
             });
+            if got.as_deref() != Some(want.as_str()) {
+                return Err(Failure::new(
+                    FailureClass::Permanent,
+                    format!(
+                        "the provider did not accept it ({pointer} is {}, not {want:?}): {}",
+                        got.map_or("missing".into(), |g| format!("{g:?}")),
+                        describe(status, body)
+                    ),
+                ));
+            }
+        }
+        let id = json.and_then(|v| match v.pointer(&answers.id_field)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        });
         return Ok(Accepted {
             provider_ids: id.into_iter().collect(),
         });
     }
     let what = describe(status, body);
-    let class = match status.as_u16() {
+    let code = status.as_u16();
+    let class = match code {
+        _ if answers.temporary.contains(&code) => FailureClass::Temporary,
+        _ if answers.permanent.contains(&code) => FailureClass::Permanent,
         429 | 503 => FailureClass::Throttled,
         408 | 425 | 500..=599 => FailureClass::Temporary,
         _ => FailureClass::Permanent,
@@ -359,19 +400,19 @@ mod tests {
         let ok = classify(
             StatusCode::CREATED,
             br#"{"sid":"SM123","status":"queued"}"#,
-            "/sid",
+            &ids("/sid"),
         );
         assert_eq!(ok.unwrap().provider_ids, ["SM123"]);
-        let nested = classify(StatusCode::OK, br#"{"data":{"id":42}}"#, "/data/id");
+        let nested = classify(StatusCode::OK, br#"{"data":{"id":42}}"#, &ids("/data/id"));
         assert_eq!(nested.unwrap().provider_ids, ["42"]);
         assert!(
-            classify(StatusCode::OK, b"queued", "/id")
+            classify(StatusCode::OK, b"queued", &ids("/id"))
                 .unwrap()
                 .provider_ids
                 .is_empty()
         );
         let class = |s: u16| {
-            classify(StatusCode::from_u16(s).unwrap(), b"", "/id")
+            classify(StatusCode::from_u16(s).unwrap(), b"", &ids("/id"))
                 .unwrap_err()
                 .class
         };
@@ -382,10 +423,42 @@ mod tests {
         assert_eq!(class(400), FailureClass::Permanent);
         assert_eq!(class(401), FailureClass::Permanent);
         let twilio = br#"{"code": 21211, "message": "The 'To' number +1555 is not a valid phone number.", "status": 400}"#;
-        let f = classify(StatusCode::BAD_REQUEST, twilio, "/sid").unwrap_err();
+        let f = classify(StatusCode::BAD_REQUEST, twilio, &ids("/sid")).unwrap_err();
         assert_eq!(
             f.reason,
             "HTTP 400: 21211 The 'To' number +1555 is not a valid phone number."
         );
+        // A provider's own rules: success only with status OK; 400 temporary, 500 permanent.
+        let own = Answers {
+            id_field: "/msgid".into(),
+            accept_if: Some(("/status".into(), "OK".into())),
+            temporary: vec![400],
+            permanent: vec![500],
+        };
+        let ok = classify(StatusCode::OK, br#"{"status":"OK","msgid":7}"#, &own);
+        assert_eq!(ok.unwrap().provider_ids, ["7"]);
+        let no = classify(StatusCode::OK, br#"{"status":"REJECTED"}"#, &own).unwrap_err();
+        assert_eq!(no.class, FailureClass::Permanent);
+        assert!(no.reason.contains("REJECTED"), "{}", no.reason);
+        let c = |s: u16| {
+            classify(StatusCode::from_u16(s).unwrap(), b"", &own)
+                .unwrap_err()
+                .class
+        };
+        assert_eq!(
+            (c(400), c(500), c(429)),
+            (
+                FailureClass::Temporary,
+                FailureClass::Permanent,
+                FailureClass::Throttled
+            )
+        );
+    }
+
+    fn ids(field: &str) -> Answers {
+        Answers {
+            id_field: field.into(),
+            ..Answers::default()
+        }
     }
 }
