@@ -122,6 +122,25 @@ impl CoordinatorApi {
         Ok(())
     }
 
+    /// The configuration it serves with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Accepts an upload that another face read (the HTTP API's CSV
+    /// upload), for the caller of `request`, as SubmitBatchStream would.
+    pub async fn submit_upload(
+        &self,
+        request: Request<crate::core::NewBatch>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let tenant = Tenant::of(&request);
+        let grants = Grants::of(&request);
+        let r = self
+            .admit_and_accept(request.into_inner(), tenant, grants)
+            .await?;
+        Ok(Response::new(r))
+    }
+
     /// Accepts a batch: durably first when there is a store.
     async fn inner_submit(
         &self,

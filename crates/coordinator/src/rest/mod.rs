@@ -9,6 +9,7 @@ mod errors;
 mod json;
 mod listener;
 pub mod openapi;
+mod upload;
 
 use std::sync::{Arc, OnceLock};
 
@@ -92,6 +93,10 @@ impl Caller {
 pub fn router(rest: Rest, max_body: usize) -> Router {
     Router::new()
         .route("/v1/batches", post(submit).get(list_batches))
+        .route(
+            "/v1/batches/upload",
+            post(upload::upload).layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/batches/{batch_id}", get(batch))
         .route("/v1/batches/{batch_id}/cancel", post(cancel))
         .route("/v1/batches/{batch_id}/messages", get(list_messages))

@@ -24,6 +24,8 @@ pub struct Route {
     pub answer: &'static str,
     /// Whether it answers with Server-Sent Events.
     pub events: bool,
+    /// Whether its body is a CSV (`text/csv`) rather than JSON.
+    pub csv: bool,
 }
 
 const fn route(
@@ -41,11 +43,12 @@ const fn route(
         query: None,
         answer: "",
         events: false,
+        csv: false,
     }
 }
 
 /// Every route.
-pub const ROUTES: [Route; 8] = [
+pub const ROUTES: [Route; 9] = [
     Route {
         body: Some("SubmitBatchRequest"),
         answer: "SubmitBatchResponse",
@@ -54,6 +57,17 @@ pub const ROUTES: [Route; 8] = [
             "/v1/batches",
             "SubmitBatch",
             "Submit a batch: explicit messages or a synthetic one. Idempotent by idempotency_key.",
+        )
+    },
+    Route {
+        query: Some("UploadHeader"),
+        answer: "SubmitBatchResponse",
+        csv: true,
+        ..route(
+            "post",
+            "/v1/batches/upload",
+            "SubmitBatchStream",
+            "A broadcast to a CSV of numbers (the body: a number and an optional client_ref a line; a header row is skipped) as one batch; the query gives the UploadHeader's fields. Nothing is accepted unless every line is good.",
         )
     },
     Route {
@@ -236,6 +250,9 @@ pub fn document() -> Value {
                              "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
             }
         });
+        if r.csv {
+            op["requestBody"] = json!({ "required": true, "content": { "text/csv": { "schema": { "type": "string" } } } });
+        }
         if let Some(body) = r.body {
             let schema = kind_schema(&Kind::Message(descriptor(body)), &mut wanted);
             op["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": schema } } });
