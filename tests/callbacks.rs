@@ -286,3 +286,54 @@ async fn delivery_receipts_become_delivery_events() {
     node.stop(LONG).await.unwrap();
     mesh.stop().await.unwrap();
 }
+
+/// Receipts that come after a restart, for a batch the restarted coordinator
+/// only has folded (completed, read from its store), still become events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_after_a_restart_become_events_too() {
+    use smsmesh_smsc::{SmscConfig, SmscStats};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let smsc = SmscConfig {
+        receipt_delay: Duration::from_millis(1500),
+        ..SmscConfig::default()
+    };
+    let stats = Arc::new(SmscStats::default());
+    tokio::spawn(smsmesh_smsc::serve(listener, smsc, stats.clone()));
+    let receiver = CallbackReceiver::start(SECRET).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(Some(&receiver));
+    config.data_dir = Some(dir.path().into());
+    let mesh = Mesh::start(config.clone()).await.unwrap();
+    let addr = mesh.addr;
+    let node =
+        mesh.node(NodeSpec::new("smpp").smpp(&format!("smpp://esme:secret@127.0.0.1:{port}")));
+    let mut c = mesh.client().await.unwrap();
+    let id = c
+        .submit_batch(pb::SubmitBatchRequest {
+            messages: (0..50)
+                .map(|i| pb::SmsMessage {
+                    to: format!("+44770090{i:04}"),
+                    body: "hello".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    wait_ended(&mut c, &id, LONG).await.unwrap();
+    assert!(
+        stats.receipts.load(std::sync::atomic::Ordering::Relaxed) < 50,
+        "the restart must come before the receipts"
+    );
+    mesh.stop().await.unwrap();
+    let mesh = Mesh::start_on(addr, config).await.unwrap();
+    // 50 outcomes, the batch's end and 50 deliveries.
+    wait_events(&receiver, 101).await;
+    assert_eq!(receiver.seen(|s| s.by_type["message.delivered"]), 50);
+    drop(node);
+    mesh.stop().await.unwrap();
+}
