@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use smsmesh::pb::{self, MessageState};
 use smsmesh_testkit::{
-    CoordinatorConfig, Mesh, Proc, batch_status, message_status, submit, wait_until,
+    CoordinatorConfig, Mesh, Proc, batch_status, message_status, submit, wait_ended, wait_until,
 };
 
 /// A request the stub got: its path, fields and authorization header.
@@ -528,15 +528,10 @@ async fn a_provider_with_its_own_field_names_headers_and_answers() {
     let mut req = batch(&numbers, "ACME");
     req.messages[0].body = "Say \"hi\"\nbye".into();
     let id = submit(&mut client, req).await;
-    let b = wait_until(Duration::from_secs(30), "the batch to end", || {
-        let (mut client, id) = (client.clone(), id.clone());
-        async move {
-            let b = batch_status(&mut client, &id).await.ok()?;
-            (b.state == pb::BatchState::Completed as i32).then_some(b)
-        }
-    })
-    .await
-    .unwrap();
+    let b = wait_ended(&mut client, &id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(b.state, pb::BatchState::Completed as i32, "{b:?}");
     assert_eq!((b.sent, b.failed), (2, 2), "{b:?}");
     let m = |i: u32| {
         let (mut client, id) = (client.clone(), id.clone());
