@@ -207,6 +207,8 @@ impl CoordinatorApi {
         span.record("messages", new.total);
         new.trace = dispatch_trace(new.id, self.config.trace_message_ratio);
         if let Some(inserter) = &self.inserter {
+            // Stored with its first reservation: dispatch starts without another commit.
+            new.reserved = new.total.min(crate::core::INITIAL_RESERVATION);
             let stored = stored_batch(&new);
             let key = new.idempotency_key.clone();
             let list = match &new.content {
@@ -335,6 +337,7 @@ fn stored_batch(new: &NewBatch) -> StoredBatch {
             c => c.to_proto() as u32,
         },
         callback_url: new.callback_url.as_deref().unwrap_or_default().to_string(),
+        reserved: new.reserved,
     }
 }
 

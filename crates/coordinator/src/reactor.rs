@@ -70,6 +70,8 @@ pub enum Event {
 pub struct Handle {
     events: mpsc::Sender<Event>,
     progress: watch::Receiver<Arc<Snapshot>>,
+    /// Progress streams hold a receiver of it while open (see [`Core::watching`]).
+    watching: watch::Sender<()>,
     commit_latency: Arc<std::sync::Mutex<smsmesh::metrics::Buckets>>,
     /// Where new batches go to be stored, when there is a store.
     inserter: Option<Inserter>,
@@ -224,6 +226,12 @@ impl Handle {
         self.progress.clone()
     }
 
+    /// Held while a progress stream is open: snapshots carry batch statuses
+    /// only while one is held.
+    pub fn watching(&self) -> watch::Receiver<()> {
+        self.watching.subscribe()
+    }
+
     /// Callback rows delivered (or given up): removed from the store with
     /// the next group. False once the reactor has stopped.
     pub async fn callbacks_done(&self, seqs: Vec<u64>) -> bool {
@@ -257,6 +265,7 @@ pub fn spawn(
     let handle = Handle {
         events: tx.clone(),
         progress: core.subscribe(),
+        watching: core.watching(),
         commit_latency: commit_latency.clone(),
         inserter: None,
         store: store.as_ref().map(Store::reader),

@@ -118,6 +118,7 @@ pub fn new_batch(content: Content, total: u32, max_attempts: u8, key: Option<Str
         accepted_unix_ms: unix_ms(),
         class: Class::Normal,
         callback_url: None,
+        reserved: 0,
     }
 }
 

@@ -32,6 +32,7 @@ pub(crate) fn start(
         batch,
         batch_str: batch.map(|id| id.to_string()),
         progress: core.progress(),
+        _watching: core.watching(),
         core,
         tx,
         states: HashMap::new(),
@@ -54,6 +55,8 @@ struct Watcher {
     batch_str: Option<String>,
     core: Handle,
     progress: watch::Receiver<Arc<Snapshot>>,
+    /// Keeps batch statuses in the snapshots while this stream is open.
+    _watching: watch::Receiver<()>,
     tx: mpsc::Sender<Result<pb::ProgressUpdate, Status>>,
     /// Last state sent, per batch id.
     states: HashMap<String, i32>,

@@ -16,7 +16,7 @@ fn stored_mark(w: &World, id: smsmesh::BatchId) -> u32 {
         .batches
         .iter()
         .find(|b| b.batch.id == id.0)
-        .map_or(0, |b| b.state.dispatched)
+        .map_or(0, |b| b.state.dispatched.max(b.batch.reserved))
 }
 
 #[test]
@@ -103,6 +103,76 @@ fn nothing_is_dispatched_above_the_stored_reservation() {
     assert!(stored_mark(&w, id) > mark);
     w.dispatch();
     assert!(!w.out.take_jobs(a).is_empty());
+}
+
+#[test]
+fn a_batch_stored_with_its_reservation_dispatches_without_another_commit() {
+    let mut w = World::durable(config());
+    w.reserve = smsmesh_coordinator::core::INITIAL_RESERVATION;
+    let a = w.join("a", 300);
+    w.grant(a, 300);
+    w.commit(); // the node's name
+    let one = w.submit(1, 3);
+    w.dispatch();
+    let jobs = w.out.take_jobs(a).concat();
+    assert_eq!(jobs.len(), 1, "a one-message batch goes out at once");
+    assert!(
+        !w.core.has_writes(),
+        "and its state needs no commit before its result"
+    );
+    w.frame(a, 1, jobs.iter().map(|j| result(j, true)).collect(), 1);
+    w.commit();
+    assert_eq!(w.status(one).state, BatchState::Completed as i32);
+
+    // A bigger batch: its first 256 at once, then a reservation is due.
+    let big = w.submit(2_000, 3);
+    w.dispatch();
+    let jobs = w.out.take_jobs(a).concat();
+    assert_eq!(jobs.len(), 256, "up to the reservation stored with it");
+    assert!(jobs.iter().all(|j| j.index < 256));
+    assert!(
+        w.core.commit_urgent(),
+        "the next reservation is stored at once"
+    );
+    w.commit();
+    assert!(stored_mark(&w, big) > 256);
+    w.dispatch();
+    assert!(!w.out.take_jobs(a).is_empty(), "dispatch goes on");
+}
+
+#[test]
+fn a_crash_before_any_commit_counts_the_reserved_messages_as_possibly_sent() {
+    let mut w = World::durable(Config {
+        resume_grace: Duration::from_secs(2),
+        ..config()
+    });
+    w.reserve = smsmesh_coordinator::core::INITIAL_RESERVATION;
+    let id = w.submit(3, 3);
+    let a = w.join("a", 2);
+    w.grant(a, 2);
+    w.dispatch();
+    assert_eq!(
+        w.out.take_jobs(a).concat().len(),
+        2,
+        "dispatched, never committed"
+    );
+    assert_eq!(stored_mark(&w, id), 3, "the store says all 3 may have gone");
+    w.crash();
+    let a = w.join("a", 3);
+    w.grant(a, 3);
+    w.dispatch();
+    assert!(w.out.take_jobs(a).is_empty(), "none within the grace");
+    w.now += Duration::from_secs(3);
+    w.dispatch();
+    let again = w.out.take_jobs(a).concat();
+    assert_eq!(again.len(), 3);
+    w.frame(a, 1, again.iter().map(|j| result(j, true)).collect(), 0);
+    let s = w.status(id);
+    assert_eq!(
+        (s.sent, s.resent, s.state),
+        (3, 3, BatchState::Completed as i32),
+        "every reserved message counts as re-sent"
+    );
 }
 
 #[test]

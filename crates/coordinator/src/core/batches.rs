@@ -427,11 +427,10 @@ impl Batches {
         self.ended_unstored.clear();
     }
 
-    /// The batches watchers see, in submission order: every one not ended,
-    /// and those that ended within `keep`, at most [`MAX_SNAPSHOT`] (the
-    /// newest). Batches ended longer ago, or beyond the newest
-    /// [`MAX_SNAPSHOT`] ended ones, are retired here.
-    pub(super) fn watched(&mut self, now: Instant, keep: Duration) -> Vec<u64> {
+    /// Retires the batches that leave the snapshot: ended longer than `keep`
+    /// ago, or beyond the newest [`MAX_SNAPSHOT`] ended ones; and adds the
+    /// late changes of retired batches to the totals.
+    pub(super) fn retire_due(&mut self, now: Instant, keep: Duration) {
         while let Some(&(t, id)) = self.recently_ended.front() {
             if now.saturating_duration_since(t) <= keep && self.recently_ended.len() <= MAX_SNAPSHOT
             {
@@ -449,20 +448,26 @@ impl Batches {
             self.retired.counts.add_change(before, after);
             self.retired.by_class[class.index()].add_change(before, after);
         }
-        let mut ids: Vec<u64> = self
-            .running
-            .iter()
-            .chain(&self.stopping)
-            .chain(self.recently_ended.iter().map(|(_, id)| id))
-            .copied()
+    }
+
+    /// Batches that are not ended: running, or cancelled with jobs still out.
+    pub(super) fn unended(&self) -> impl Iterator<Item = u64> + '_ {
+        self.running.iter().chain(&self.stopping).copied()
+    }
+
+    /// The batches watchers see, in submission order: every one not ended,
+    /// and those that ended within the `keep` of the last
+    /// [`retire_due`](Self::retire_due), at most [`MAX_SNAPSHOT`] (the newest).
+    pub(super) fn watched(&self) -> Vec<u64> {
+        let mut ids: Vec<(Instant, u64)> = self
+            .unended()
+            .chain(self.recently_ended.iter().map(|(_, id)| *id))
+            .filter_map(|id| Some((self.get(id)?.accepted_at, id)))
             .collect();
-        let map = &self.map;
-        ids.sort_by_key(|id| map.get(id).and_then(Entry::full).map(|b| b.accepted_at));
-        ids.dedup();
-        if ids.len() > MAX_SNAPSHOT {
-            ids.drain(..ids.len() - MAX_SNAPSHOT);
-        }
-        ids
+        ids.sort_unstable();
+        ids.dedup_by_key(|(_, id)| *id);
+        let skip = ids.len().saturating_sub(MAX_SNAPSHOT);
+        ids.into_iter().skip(skip).map(|(_, id)| id).collect()
     }
 
     /// Whether a snapshot made now would be the last one again: nothing

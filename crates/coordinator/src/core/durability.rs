@@ -14,6 +14,12 @@ use super::{Core, Outbox, SessionId};
 use crate::batch::Batch;
 use crate::store::{Outcome, StoredBatchState, WriteSet};
 
+/// The dispatch reservation a new batch is stored with: its first messages,
+/// up to this many, may go out as soon as the batch itself is stored,
+/// without a commit of their own. It is the smallest reservation made later
+/// (see `reservation_due`).
+pub const INITIAL_RESERVATION: u32 = 256;
+
 /// Outcomes enough for a group commit to go without waiting for the commit interval.
 const URGENT_OUTCOMES: usize = 4096;
 
@@ -155,6 +161,20 @@ impl Durability {
     /// A node name seen for the first time, to store.
     pub(super) fn node_named(&mut self, n: u16, name: &str) {
         self.write.nodes.push((n, name.to_string()));
+    }
+
+    /// A new batch was stored with a reservation of `reserved` messages.
+    pub(super) fn stored_with(&mut self, id: u64, reserved: u32) {
+        if self.durable && reserved > 0 {
+            self.stored.insert(
+                id,
+                StoredBatchState {
+                    id,
+                    dispatched: reserved,
+                    ..Default::default()
+                },
+            );
+        }
     }
 
     /// Stores batch `b`'s state with the next group whatever else changes (a cancel).

@@ -56,6 +56,7 @@ use receipts::Receipts;
 use sessions::{Session, Sessions};
 
 pub use durability::Committed;
+pub use durability::INITIAL_RESERVATION;
 pub use progress::{MeshMetrics, NodeMetrics, Snapshot};
 pub use queries::{
     BatchQuery, FromCore, LIST_BATCHES_SCAN_LIMIT, LIST_SCAN_LIMIT, ListQuery, StateSet, StoredRef,
@@ -111,6 +112,9 @@ pub struct NewBatch {
     /// Where its callback events go: as asked for by the request, then as
     /// resolved for its tenant (see [`crate::callbacks::CallbackConfig::resolve`]).
     pub callback_url: Option<std::sync::Arc<str>>,
+    /// Messages it may dispatch at once: the reservation stored with it
+    /// (see [`INITIAL_RESERVATION`]); 0 in memory, or to wait for one.
+    pub reserved: u32,
 }
 
 /// The frame that acks a node's Results frames up to `seq`.
@@ -136,6 +140,9 @@ pub struct Core {
     /// Classes an operator paused (SetClassPaused), most urgent first.
     paused: [bool; smsmesh::priority::CLASSES],
     progress: watch::Sender<Arc<Snapshot>>,
+    /// Held by each open progress stream ([`Core::watching`]): statuses
+    /// are made for snapshots only while one is.
+    watching: watch::Sender<()>,
     /// When `on_tick` last ran: a long gap means this process stalled.
     last_tick: Option<Instant>,
     /// When job leases are next checked.
@@ -162,6 +169,7 @@ impl Core {
             dispatcher: Dispatcher::default(),
             paused: [false; smsmesh::priority::CLASSES],
             progress: watch::Sender::new(Arc::new(Snapshot::default())),
+            watching: watch::Sender::new(()),
             last_tick: None,
             next_lease_check: None,
         }
@@ -190,6 +198,12 @@ impl Core {
     /// A receiver of progress snapshots.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.progress.subscribe()
+    }
+
+    /// Where progress streams sign in: while a receiver subscribed from it
+    /// lives, snapshots carry batch statuses.
+    pub fn watching(&self) -> watch::Sender<()> {
+        self.watching.clone()
     }
 
     /// Nodes connected now.

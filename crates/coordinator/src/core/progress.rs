@@ -39,7 +39,8 @@ pub struct MeshMetrics {
     pub batches_completed: u64,
     /// Batches cancelled.
     pub batches_cancelled: u64,
-    /// Pending messages of each running batch: (batch id, pending).
+    /// Pending messages of each running batch: (batch id, pending), with
+    /// `--metrics-per-batch` only.
     pub pending_by_batch: Vec<(String, u64)>,
     /// Per node name, connected or not.
     pub nodes: Vec<NodeMetrics>,
@@ -128,14 +129,21 @@ impl Core {
         }
         self.batches.changed = false;
         self.sessions.changed = false;
-        let ids = self
-            .batches
-            .watched(now, self.config.keep_ended_in_progress);
-        for &id in &ids {
+        let keep = self.config.keep_ended_in_progress;
+        self.batches.retire_due(now, keep);
+        let unended: Vec<u64> = self.batches.unended().collect();
+        for id in unended {
             if let Some(b) = self.batches.get_mut(id) {
                 update_rate(b, now);
             }
         }
+        // Statuses are made only for someone to see them: with no progress
+        // stream open, a snapshot carries the figures for `/metrics` alone.
+        let ids = if self.watching.receiver_count() > 0 {
+            self.batches.watched()
+        } else {
+            Vec::new()
+        };
         let mut batches = Vec::with_capacity(ids.len());
         for &id in &ids {
             let Some(b) = self.batches.get_mut(id) else {
@@ -161,8 +169,12 @@ impl Core {
         metrics.receipts = self.receipts.stats;
         metrics.awaiting_receipt = self.receipts.awaiting() as u64;
         metrics.paused = self.paused;
-        if !self.config.metrics_per_batch {
-            metrics.pending_by_batch.clear();
+        if self.config.metrics_per_batch {
+            metrics.pending_by_batch = self
+                .batches
+                .running()
+                .map(|b| (b.id.to_string(), b.counts.pending()))
+                .collect();
         }
         self.progress.send_replace(Arc::new(Snapshot {
             batches,
@@ -200,10 +212,6 @@ fn mesh_metrics(batches: &Batches, sessions: &Sessions) -> MeshMetrics {
             pb::BatchState::Cancelled => m.batches_cancelled += 1,
             _ => {}
         }
-    }
-    for b in batches.running() {
-        m.pending_by_batch
-            .push((b.id.to_string(), b.counts.pending()));
     }
     m.batches_running = batches.running_ids().len() as u64;
     // Every name a job went to, and every node connected now.

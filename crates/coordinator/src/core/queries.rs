@@ -62,7 +62,10 @@ impl Core {
             self.durability.events.watch(id.0, &batch.tenant, url);
         }
         if self.durability.is_durable() {
-            batch.reserved = 0; // dispatch starts once a reservation is stored
+            // Dispatch goes up to the reservation stored with the batch, then
+            // waits for the next one to be stored.
+            batch.reserved = new.reserved.min(new.total);
+            self.durability.stored_with(id.0, batch.reserved);
         }
         tracing::info!(batch = %id, total = new.total, "batch accepted");
         self.batches.accepted += 1;

@@ -82,6 +82,8 @@ impl Core {
                 let error = errors.get(&o.index).copied();
                 b.restore(o.index, o.state, o.attempts, o.node, o.final_ms, error);
             }
+            // The reservation stored with the batch, if its state has none later.
+            lb.state.dispatched = lb.state.dispatched.max(sb.reserved);
             let state = &lb.state;
             b.counts.resent = state.resent;
             b.counts.requeued = state.requeued;

@@ -144,6 +144,11 @@ pub struct StoredBatch {
     /// Where its callback events go ("" for nowhere), as resolved at submit.
     #[prost(string, tag = "15")]
     pub callback_url: String,
+    /// Messages below this may have been dispatched once the batch was
+    /// stored: its first reservation, stored with it (0 in records written
+    /// before there was one). The batch's state may hold a later one.
+    #[prost(uint32, tag = "16")]
+    pub reserved: u32,
 }
 
 /// The small, changing part of a stored batch.
@@ -433,10 +438,10 @@ pub(super) fn check(loaded: &Loaded) -> Result<(), String> {
         {
             return bad("a list body without its recipients, or with a seed".into());
         }
-        if lb.state.id != id || lb.state.dispatched > b.total {
+        if lb.state.id != id || lb.state.dispatched > b.total || b.reserved > b.total {
             return bad(format!(
-                "its state (of {:016x}) has {} dispatched of {}",
-                lb.state.id, lb.state.dispatched, b.total
+                "its state (of {:016x}) has {} dispatched, and it was stored with {} reserved, of {}",
+                lb.state.id, lb.state.dispatched, b.reserved, b.total
             ));
         }
         let rows = b.total.div_ceil(CHUNK);

@@ -86,6 +86,10 @@ pub struct World {
     pub now: Instant,
     pub store: Option<Store>,
     pub config: Config,
+    /// The reservation each durable submit is stored with (as the API
+    /// layer does with `INITIAL_RESERVATION`); 0: none, dispatch waits
+    /// for one to be committed.
+    pub reserve: u32,
 }
 
 /// Small frames and a short backoff, so tests see each step.
@@ -123,6 +127,7 @@ impl World {
             now: Instant::now(),
             store: None,
             config,
+            reserve: 0,
         }
     }
 
@@ -136,6 +141,7 @@ impl World {
             now,
             store: Some(store),
             config,
+            reserve: 0,
         }
     }
 
@@ -248,6 +254,11 @@ impl World {
         fingerprint: u64,
     ) -> Result<BatchId, Error> {
         let id = BatchId::random();
+        let reserved = if self.store.is_some() {
+            self.reserve.min(total)
+        } else {
+            0
+        };
         if let Some(store) = &self.store {
             let stored = StoredBatch {
                 id: id.0,
@@ -261,6 +272,7 @@ impl World {
                 tenant: String::new(),
                 fingerprint,
                 list_body: None,
+                reserved,
                 ..Default::default()
             };
             if let Err(earlier) = store.insert_batch(&stored, key).unwrap() {
@@ -286,6 +298,7 @@ impl World {
             accepted_unix_ms: 1_700_000_000_000,
             class: Default::default(),
             callback_url: None,
+            reserved,
         };
         self.core
             .on_submit(b, self.now)
@@ -314,6 +327,7 @@ impl World {
             accepted_unix_ms: 1_700_000_000_000,
             class,
             callback_url: None,
+            reserved: 0,
         };
         self.core
             .on_submit(b, self.now)
