@@ -125,6 +125,11 @@ pub(crate) struct Scenario {
     callbacks: Option<callbacks::Callbacks>,
 }
 
+/// mimalloc rather than glibc's malloc: many small allocations per message,
+/// on many threads (BENCHMARKS.md, "Issue 16: the allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -162,6 +162,11 @@ fn default_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// mimalloc rather than glibc's malloc: many small allocations per message,
+/// on many threads (BENCHMARKS.md, "Issue 16: the allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     // A node's work is one task and its stream: one thread suits many small nodes on a host,
