@@ -143,6 +143,9 @@ pub struct Core {
     /// Held by each open progress stream ([`Core::watching`]): statuses
     /// are made for snapshots only while one is.
     watching: watch::Sender<()>,
+    /// Whether the last snapshot carried statuses: a stream that opens (or
+    /// the last that closes) makes a publish due.
+    statuses_published: bool,
     /// When `on_tick` last ran: a long gap means this process stalled.
     last_tick: Option<Instant>,
     /// When job leases are next checked.
@@ -170,6 +173,7 @@ impl Core {
             paused: [false; smsmesh::priority::CLASSES],
             progress: watch::Sender::new(Arc::new(Snapshot::default())),
             watching: watch::Sender::new(()),
+            statuses_published: false,
             last_tick: None,
             next_lease_check: None,
         }

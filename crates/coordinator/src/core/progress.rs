@@ -118,7 +118,12 @@ pub struct NodeMetrics {
 impl Core {
     /// Whether a state change is waiting to be published.
     pub fn publish_due(&self) -> bool {
-        self.batches.changed || self.sessions.changed
+        self.batches.changed || self.sessions.changed || self.watched() != self.statuses_published
+    }
+
+    /// Whether a progress stream is open.
+    fn watched(&self) -> bool {
+        self.watching.receiver_count() > 0
     }
 
     /// Publishes a progress snapshot to watchers (unless nothing in it can
@@ -129,6 +134,7 @@ impl Core {
         }
         self.batches.changed = false;
         self.sessions.changed = false;
+        self.statuses_published = self.watched();
         let keep = self.config.keep_ended_in_progress;
         self.batches.retire_due(now, keep);
         let unended: Vec<u64> = self.batches.unended().collect();
@@ -139,7 +145,7 @@ impl Core {
         }
         // Statuses are made only for someone to see them: with no progress
         // stream open, a snapshot carries the figures for `/metrics` alone.
-        let ids = if self.watching.receiver_count() > 0 {
+        let ids = if self.statuses_published {
             self.batches.watched()
         } else {
             Vec::new()
