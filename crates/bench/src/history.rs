@@ -40,6 +40,8 @@ pub(crate) struct History {
     pub(crate) restart_seconds: f64,
     /// RSS once the restarted coordinator answers, MiB.
     pub(crate) restart_rss_mib: f64,
+    /// RSS 5 s later, once what the load freed can have gone back, MiB.
+    pub(crate) settled_rss_mib: f64,
 }
 
 /// Resident memory of a process now, MiB.
@@ -156,11 +158,16 @@ pub(crate) async fn run(bin: &Path, total: u64) -> anyhow::Result<History> {
     }
     let restart = started.elapsed().as_secs_f64();
     let restart_rss = rss_now(coord.child.id());
+    // A measuring window, as in `measure`: the allocator returns freed
+    // memory to the OS after a delay.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let settled_rss = rss_now(coord.child.id());
     m.nodes.clear();
     Ok(History {
         points,
         restart_seconds: restart,
         restart_rss_mib: restart_rss,
+        settled_rss_mib: settled_rss,
     })
 }
 
@@ -178,17 +185,19 @@ pub(crate) async fn scenario(bin: &Path, total: u64) -> anyhow::Result<Scenario>
     let met = large.rss_mib <= 1024.0
         && large.submit_p99_ms <= small.submit_p99_ms.max(1.0) * 1.5 + 1.0
         && large.idle_cpu_percent <= small.idle_cpu_percent + 1.0
-        && h.restart_seconds <= 5.0;
+        && h.restart_seconds <= 5.0
+        && h.settled_rss_mib <= 1024.0;
     Ok(Scenario {
         id: "i".into(),
         title: format!("a history of {total} finished one-message batches, durable"),
-        target: "with 1,000,000: RSS ≤ 1 GiB; submit latency and idle CPU no worse than with 1,000; restart to serving ≤ 5 s".into(),
+        target: "with 1,000,000: RSS ≤ 1 GiB (running, and settled after a restart); submit latency and idle CPU no worse than with 1,000; restart to serving ≤ 5 s".into(),
         result: format!(
-            "{}; {}; restart after SIGKILL answered in {:.1} s (RSS then {:.0} MiB)",
+            "{}; {}; restart after SIGKILL answered in {:.1} s (RSS then {:.0} MiB, 5 s later {:.0} MiB)",
             line(small),
             line(large),
             h.restart_seconds,
-            h.restart_rss_mib
+            h.restart_rss_mib,
+            h.settled_rss_mib
         ),
         met,
         runs: Vec::new(),
