@@ -128,7 +128,7 @@ pub(crate) struct Scenario {
 /// mimalloc rather than glibc's malloc: many small allocations per message,
 /// on many threads (BENCHMARKS.md, "Issue 16: the allocator").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: smsmesh_alloc::MiMalloc = smsmesh_alloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

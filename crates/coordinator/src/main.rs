@@ -523,7 +523,7 @@ fn mint(args: &Args, tenant: &str) -> ExitCode {
 /// mimalloc: a fifth of the coordinator's CPU under many small submits was
 /// glibc's malloc and free (BENCHMARKS.md, "Issue 16: the allocator").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: smsmesh_alloc::MiMalloc = smsmesh_alloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -165,7 +165,7 @@ fn default_name() -> String {
 /// mimalloc rather than glibc's malloc: many small allocations per message,
 /// on many threads (BENCHMARKS.md, "Issue 16: the allocator").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: smsmesh_alloc::MiMalloc = smsmesh_alloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
