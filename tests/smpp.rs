@@ -534,3 +534,40 @@ async fn receipts_a_node_lost_before_they_were_stored_come_again() {
     assert_eq!((s.sent, s.delivered), (20, 20), "{s:?}");
     mesh.stop().await.unwrap();
 }
+
+/// A backlog of receipts, as an SMSC sends after an outage: the SMSC keeps
+/// every receipt until 5,000 messages were accepted, then sends them all at
+/// once, on two binds. None comes early, and every one is matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_receipts_sent_at_once_is_all_matched() {
+    let (url, stats) = smsc(SmscConfig {
+        receipts_after: 5_000,
+        ..SmscConfig::default()
+    })
+    .await;
+    let (_mesh, _nodes, mut client) = two_nodes(&url).await;
+    let first = smsmesh_testkit::submit(&mut client, smsmesh_testkit::synthetic(3_000, 3)).await;
+    let held = wait_until(Duration::from_secs(60), "the first batch sent", || {
+        let mut client = client.clone();
+        let first = first.clone();
+        async move {
+            let s = batch_status(&mut client, &first).await.ok()?;
+            (s.sent == 3_000).then_some(s)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (held.delivered, held.awaiting_receipt),
+        (0, 3_000),
+        "{held:?}"
+    );
+    assert_eq!(stats.receipts.load(Ordering::Relaxed), 0);
+    // The next 2,000 fill the backlog: all 5,000 receipts come at once.
+    let second = smsmesh_testkit::submit(&mut client, smsmesh_testkit::synthetic(2_000, 4)).await;
+    for (batch, n) in [(first, 3_000), (second, 2_000)] {
+        let s = settled(&client, &batch).await;
+        assert_eq!((s.sent, s.delivered), (n, n), "{s:?}");
+    }
+    assert_eq!(stats.receipts.load(Ordering::Relaxed), 5_000);
+}

@@ -6,7 +6,10 @@
 //! - four nodes: segments a second, receipts matched a second, and the
 //!   coordinator's peak RSS once every receipt is matched;
 //! - one node limited to R segments a second: the rate measured between 10%
-//!   and 90% of the batch, against R.
+//!   and 90% of the batch, against R;
+//! - four nodes again, the SMSC keeping every receipt until the last message
+//!   is accepted and then sending them all (`--receipts-after`): receipts
+//!   matched a second on their own, and the coordinator's peak RSS.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -25,6 +28,8 @@ pub(crate) struct SmppRun {
     pub(crate) messages: u64,
     /// The per-connector limit (0: none).
     pub(crate) rate_limit: u32,
+    /// Whether the SMSC kept every receipt until the last message was accepted.
+    pub(crate) receipts_backlog: bool,
     /// Messages (one segment each) sent a second, 10% to 90% of the batch.
     pub(crate) sent_per_sec: f64,
     /// Receipts matched a second, from the first receipt counted to the last.
@@ -71,11 +76,20 @@ pub(crate) fn rate(
     }
 }
 
-/// One run: `nodes` SMPP nodes, a synthetic batch of `messages`.
-async fn run(bin: &Path, nodes: usize, messages: u64, rate_limit: u32) -> anyhow::Result<SmppRun> {
+/// One run: `nodes` SMPP nodes, a synthetic batch of `messages`; with
+/// `backlog`, the SMSC sends every receipt once the last message is accepted.
+async fn run(
+    bin: &Path,
+    nodes: usize,
+    messages: u64,
+    rate_limit: u32,
+    backlog: bool,
+) -> anyhow::Result<SmppRun> {
+    let receipts_after = if backlog { messages } else { 0 };
     let mut smsc = Proc {
         child: Command::new(bin.join("smsmesh-smsc"))
             .args(["--listen", "127.0.0.1:0"])
+            .args(["--receipts-after", &receipts_after.to_string()])
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .spawn()?,
@@ -94,6 +108,7 @@ async fn run(bin: &Path, nodes: usize, messages: u64, rate_limit: u32) -> anyhow
         nodes,
         messages,
         rate_limit,
+        receipts_backlog: backlog,
         sent_per_sec: rate(&seen, messages, |s| s.1),
         receipts_per_sec: rate(&seen, messages, |s| s.2),
         all_delivered_seconds: (done - started).as_secs_f64(),
@@ -108,13 +123,14 @@ pub(crate) async fn scenario(bin: &Path, n: u64) -> anyhow::Result<Scenario> {
             "smsmesh-smsc not found next to smsmesh-bench: build with `cargo build --release --workspace --bins`"
         );
     }
-    let four = run(bin, 4, n, 0).await?;
-    let one = run(bin, 1, n, 0).await?;
+    let four = run(bin, 4, n, 0, false).await?;
+    let one = run(bin, 1, n, 0, false).await?;
     let limit = 2_000;
-    let limited = run(bin, 1, u64::from(limit) * 30, limit).await?;
+    let limited = run(bin, 1, u64::from(limit) * 30, limit, false).await?;
+    let backlog = run(bin, 4, n, 0, true).await?;
     let off = (limited.sent_per_sec - f64::from(limit)).abs() / f64::from(limit) * 100.0;
     let result = format!(
-        "1 node: {:.0} submit_sm/s, receipts matched {:.0}/s; 4 nodes: {:.0} segments/s, receipts matched {:.0}/s, {} delivered after {:.1} s, coordinator peak RSS {:.0} MiB; limit {limit}/s held at {:.0}/s ({off:.1}% off) over {:.0} s",
+        "1 node: {:.0} submit_sm/s, receipts matched {:.0}/s; 4 nodes: {:.0} segments/s, receipts matched {:.0}/s, {} delivered after {:.1} s, coordinator peak RSS {:.0} MiB; limit {limit}/s held at {:.0}/s ({off:.1}% off) over {:.0} s; a backlog of {} receipts matched at {:.0}/s, coordinator peak RSS {:.0} MiB",
         one.sent_per_sec,
         one.receipts_per_sec,
         four.sent_per_sec,
@@ -124,21 +140,26 @@ pub(crate) async fn scenario(bin: &Path, n: u64) -> anyhow::Result<Scenario> {
         four.coordinator_peak_rss_mib,
         limited.sent_per_sec,
         limited.all_delivered_seconds,
+        backlog.messages,
+        backlog.receipts_per_sec,
+        backlog.coordinator_peak_rss_mib,
     );
     Ok(Scenario {
         id: "j".into(),
         title: format!("SMPP to the test SMSC at zero delay, durable, one-segment messages ({n} per unlimited run)"),
-        target: "1 node ≥ 50,000 submit_sm/s; 4 nodes ≥ 150,000 segments/s; a limit held within 2% over 30 s; receipts matched ≥ 100,000/s with coordinator RSS ≤ 512 MiB (for 1,000,000)".into(),
+        target: "1 node ≥ 50,000 submit_sm/s; 4 nodes ≥ 150,000 segments/s; a limit held within 2% over 30 s; receipts matched ≥ 100,000/s with coordinator RSS ≤ 512 MiB (for 1,000,000; as sent and as a backlog)".into(),
         met: one.sent_per_sec >= 50_000.0
             && four.sent_per_sec >= 150_000.0
             && off <= 2.0
             && four.receipts_per_sec >= 100_000.0
-            && four.coordinator_peak_rss_mib <= 512.0,
+            && four.coordinator_peak_rss_mib <= 512.0
+            && backlog.receipts_per_sec >= 100_000.0
+            && backlog.coordinator_peak_rss_mib <= 512.0,
         result,
         runs: Vec::new(),
         uploads: Vec::new(),
         history: None,
-        smpp: vec![one, four, limited],
+        smpp: vec![one, four, limited, backlog],
         priority: None,
         failover: None,
         callbacks: None,

@@ -70,6 +70,11 @@ pub struct SmscConfig {
     /// Close a bind, without answering, at every Nth submit_sm on it (0: never).
     #[arg(long, default_value_t = 0)]
     pub disconnect_every: u64,
+    /// Keep the receipts of the first N accepted messages, then send them
+    /// all at once (0: send each when due): a backlog of receipts, as an
+    /// SMSC delivers after an outage, to measure matching on its own.
+    #[arg(long, default_value_t = 0)]
+    pub receipts_after: u64,
 }
 
 impl Default for SmscConfig {
@@ -84,6 +89,7 @@ impl Default for SmscConfig {
             by_last_digit: false,
             drop_response_every: 0,
             disconnect_every: 0,
+            receipts_after: 0,
         }
     }
 }
@@ -127,6 +133,10 @@ struct Shared {
     window: std::sync::Mutex<(u64, u32)>,
     /// Receipts waiting for a bind that can receive them.
     held: std::sync::Mutex<VecDeque<DeliverSm>>,
+    /// Receipts kept for `--receipts-after`, with the bind each came for.
+    backlog: std::sync::Mutex<Vec<(Outbound, DeliverSm)>>,
+    /// Whether the backlog went out: later receipts go when due.
+    backlog_sent: std::sync::atomic::AtomicBool,
 }
 
 /// Commands to one connection, with its next sequence number for deliver_sm
@@ -164,6 +174,8 @@ pub async fn serve(listener: tokio::net::TcpListener, config: SmscConfig, stats:
         turn: AtomicU64::new(0),
         window: std::sync::Mutex::new((0, 0)),
         held: std::sync::Mutex::new(VecDeque::new()),
+        backlog: std::sync::Mutex::new(Vec::new()),
+        backlog_sent: std::sync::atomic::AtomicBool::new(false),
     });
     let mut conn = 0u64;
     while let Ok((sock, _)) = listener.accept().await {
@@ -343,7 +355,7 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
         if c.receipt_first
             && let Some(r) = receipt.clone()
         {
-            send_receipt(shared, Some(out), r);
+            give_receipt(shared, out, r);
         }
         if !dropped {
             let _ = out.tx.send(resp);
@@ -351,7 +363,7 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
         if !c.receipt_first
             && let Some(r) = receipt
         {
-            send_receipt(shared, Some(out), r);
+            give_receipt(shared, out, r);
         }
         return;
     }
@@ -361,7 +373,7 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
         if c.receipt_first
             && let Some(r) = receipt.clone()
         {
-            send_receipt(&shared, Some(&out), r);
+            give_receipt(&shared, &out, r);
         }
         tokio::time::sleep(c.response_delay).await;
         if !dropped {
@@ -371,7 +383,7 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
             && let Some(r) = receipt
         {
             tokio::time::sleep(c.receipt_delay).await;
-            send_receipt(&shared, Some(&out), r);
+            give_receipt(&shared, &out, r);
         }
     });
 }
@@ -412,6 +424,34 @@ fn receipt_pdu(id: &str, to: &str, stat: &str, err: &str) -> DeliverSm {
 /// Sends a receipt on the submitting bind (`out`), or on the next bind that
 /// can receive (with `--receipt-any-bind`, or when the submitter cannot), or
 /// keeps it until a bind can.
+/// Sends a receipt due for the bind `out`, or keeps it for the backlog
+/// (`--receipts-after`), which goes out once it holds N.
+fn give_receipt(shared: &Arc<Shared>, out: &Outbound, r: DeliverSm) {
+    let after = shared.config.receipts_after;
+    if after == 0 || shared.backlog_sent.load(Ordering::Acquire) {
+        return send_receipt(shared, Some(out), r);
+    }
+    let all = {
+        let mut backlog = shared.backlog.lock().expect("backlog lock");
+        if shared.backlog_sent.load(Ordering::Acquire) {
+            drop(backlog);
+            return send_receipt(shared, Some(out), r);
+        }
+        backlog.push((out.clone(), r));
+        if (backlog.len() as u64) < after {
+            return;
+        }
+        shared.backlog_sent.store(true, Ordering::Release);
+        std::mem::take(&mut *backlog)
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        for (out, r) in all {
+            send_receipt(&shared, Some(&out), r);
+        }
+    });
+}
+
 fn send_receipt(shared: &Shared, out: Option<&Outbound>, r: DeliverSm) {
     let receivers = shared.receivers.lock().expect("receivers lock");
     let own = out.is_some_and(|out| receivers.iter().any(|(_, o)| o.tx.same_channel(&out.tx)));
