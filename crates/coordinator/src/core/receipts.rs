@@ -47,6 +47,41 @@ struct Waiting {
     ids: Box<[Box<str>]>,
 }
 
+/// A decided delivery as kept in memory: a [`StoredDelivery`] in fewer
+/// bytes (a million decided messages are kept), its ids those the message
+/// waited with, moved rather than copied.
+#[derive(Debug)]
+struct Decided {
+    unix_ms: u64,
+    /// A [`DeliveryState`].
+    state: u8,
+    message_state: u32,
+    error: Box<str>,
+    ids: Box<[Box<str>]>,
+}
+
+impl Decided {
+    fn of(d: StoredDelivery) -> Self {
+        Decided {
+            unix_ms: d.unix_ms,
+            state: d.state() as u8,
+            message_state: d.message_state,
+            error: d.error.into_boxed_str(),
+            ids: d.ids.into_iter().map(String::into_boxed_str).collect(),
+        }
+    }
+
+    fn stored(&self) -> StoredDelivery {
+        StoredDelivery {
+            state: u32::from(self.state),
+            message_state: self.message_state,
+            error: self.error.to_string(),
+            unix_ms: self.unix_ms,
+            ids: self.ids.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
 /// A batch's messages by delivery state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeliveryCounts {
@@ -81,7 +116,7 @@ pub(super) struct Receipts {
     hasher: (std::hash::RandomState, std::hash::RandomState),
     index: HashMap<u128, Segment, rustc_hash::FxBuildHasher>,
     waiting: BTreeMap<(u64, u32), Waiting>,
-    finals: BTreeMap<(u64, u32), StoredDelivery>,
+    finals: BTreeMap<(u64, u32), Decided>,
     counts: HashMap<u64, DeliveryCounts, rustc_hash::FxBuildHasher>,
     early: HashMap<u128, (pb::Receipt, Arc<str>), rustc_hash::FxBuildHasher>,
     early_order: VecDeque<(Instant, u128)>,
@@ -170,7 +205,7 @@ impl Receipts {
     /// it waits, its delivery state once decided.
     pub(super) fn message(&self, batch: u64, index: u32, status: &mut pb::MessageStatus) {
         if let Some(d) = self.finals.get(&(batch, index)) {
-            overlay(status, d);
+            overlay(status, &d.stored());
         } else if let Some(w) = self.waiting.get(&(batch, index)) {
             status.provider_ids = w.ids.iter().map(|s| s.to_string()).collect();
         }
@@ -183,7 +218,7 @@ impl Receipts {
             ..Default::default()
         };
         if let Some(d) = self.finals.get(&(batch, index)) {
-            overlay(&mut s, d);
+            overlay(&mut s, &d.stored());
         }
         s.state
     }
@@ -329,6 +364,7 @@ impl Receipts {
         let Some(w) = self.waiting.remove(&(batch, index)) else {
             return;
         };
+        self.compact_deadlines();
         for id in &w.ids {
             let key = self.key(&w.provider, id);
             self.index.remove(&key);
@@ -340,6 +376,13 @@ impl Receipts {
             unix_ms: r.received_unix_ms,
             ids: w.ids.iter().map(|s| s.to_string()).collect(),
         };
+        let decided = Decided {
+            unix_ms: r.received_unix_ms,
+            state: state as u8,
+            message_state: r.message_state,
+            error: r.error.as_str().into(),
+            ids: w.ids,
+        };
         let c = self.counts.entry(batch).or_default();
         c.awaiting = c.awaiting.saturating_sub(1);
         match state {
@@ -350,9 +393,9 @@ impl Receipts {
         writes.push(ReceiptWrite::Final {
             batch,
             index,
-            delivery: delivery.clone(),
+            delivery,
         });
-        self.finals.insert((batch, index), delivery);
+        self.finals.insert((batch, index), decided);
     }
 
     /// Periodic work: receipts that waited for their id too long are dropped,
@@ -396,6 +439,24 @@ impl Receipts {
             }
         }
         changed
+    }
+
+    /// Rebuilds the deadlines from the waiting messages once most are
+    /// stale (of messages decided since): the heap stays within twice what
+    /// waits, not everything sent in the last `--dlr-timeout`. A rebuild
+    /// costs what waits, after at least as many decisions.
+    fn compact_deadlines(&mut self) {
+        if self.deadlines.len() <= 2 * self.waiting.len() + 1024 {
+            return;
+        }
+        let timeout = self.timeout_ms;
+        self.deadlines = self
+            .waiting
+            .iter()
+            .map(|(&(batch, index), w)| {
+                Reverse((w.sent_unix_ms.saturating_add(timeout), batch, index))
+            })
+            .collect();
     }
 
     /// A batch was removed (retention): everything about it goes.
@@ -444,7 +505,7 @@ impl Receipts {
                 DeliveryState::Unknown => c.unknown += 1,
                 _ => c.undelivered += 1,
             }
-            self.finals.insert((batch, index), d);
+            self.finals.insert((batch, index), Decided::of(d));
         }
     }
 }
@@ -455,5 +516,43 @@ fn stored_wait(w: &Waiting) -> StoredWait {
         delivered: u32::from(w.delivered),
         provider: w.provider.to_string(),
         ids: w.ids.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deadlines of decided messages do not pile up for `--dlr-timeout`;
+    /// those still waiting still end as delivery unknown when due.
+    #[test]
+    fn decided_messages_leave_the_deadlines() {
+        let mut r = Receipts::new(Duration::from_secs(48 * 3600));
+        let provider: Arc<str> = "smsc".into();
+        let mut writes = Vec::new();
+        for i in 0..10_000u32 {
+            r.on_sent(7, i, &provider, &[format!("id{i}")], 1_000, &mut writes);
+        }
+        let now = Instant::now();
+        for i in 0..9_000u32 {
+            let receipt = pb::Receipt {
+                provider_id: format!("id{i}"),
+                message_state: DELIVERED,
+                ..Default::default()
+            };
+            r.on_receipt(&provider, &receipt, now, &mut writes);
+        }
+        assert_eq!(r.awaiting(), 1_000);
+        assert!(r.deadlines.len() <= 2 * 1_000 + 1024, "{}", r.deadlines.len());
+        assert!(r.on_tick(now, 1_000 + 48 * 3600 * 1000, &mut writes));
+        let c = r.counts(7);
+        assert_eq!((c.delivered, c.unknown, c.awaiting), (9_000, 1_000, 0));
+        assert!(r.deadlines.is_empty());
+        let mut status = pb::MessageStatus::default();
+        r.message(7, 3, &mut status);
+        assert_eq!(
+            (status.state, status.provider_ids.as_slice()),
+            (pb::MessageState::Delivered as i32, &["id3".to_string()][..])
+        );
     }
 }
