@@ -543,7 +543,11 @@ mod tests {
             r.on_receipt(&provider, &receipt, now, &mut writes);
         }
         assert_eq!(r.awaiting(), 1_000);
-        assert!(r.deadlines.len() <= 2 * 1_000 + 1024, "{}", r.deadlines.len());
+        assert!(
+            r.deadlines.len() <= 2 * 1_000 + 1024,
+            "{}",
+            r.deadlines.len()
+        );
         assert!(r.on_tick(now, 1_000 + 48 * 3600 * 1000, &mut writes));
         let c = r.counts(7);
         assert_eq!((c.delivered, c.unknown, c.awaiting), (9_000, 1_000, 0));
