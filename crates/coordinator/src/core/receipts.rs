@@ -53,8 +53,7 @@ struct Waiting {
 #[derive(Debug)]
 struct Decided {
     unix_ms: u64,
-    /// A [`DeliveryState`].
-    state: u8,
+    state: DeliveryState,
     message_state: u32,
     error: Box<str>,
     ids: Box<[Box<str>]>,
@@ -64,7 +63,7 @@ impl Decided {
     fn of(d: StoredDelivery) -> Self {
         Decided {
             unix_ms: d.unix_ms,
-            state: d.state() as u8,
+            state: d.state(),
             message_state: d.message_state,
             error: d.error.into_boxed_str(),
             ids: d.ids.into_iter().map(String::into_boxed_str).collect(),
@@ -73,7 +72,7 @@ impl Decided {
 
     fn stored(&self) -> StoredDelivery {
         StoredDelivery {
-            state: u32::from(self.state),
+            state: self.state as u32,
             message_state: self.message_state,
             error: self.error.to_string(),
             unix_ms: self.unix_ms,
@@ -146,16 +145,21 @@ pub fn state_word(message_state: u32) -> &'static str {
     }
 }
 
-/// What a message's status says of its delivery, from its stored record.
-pub fn overlay(status: &mut pb::MessageStatus, d: &StoredDelivery) {
+/// The message state a delivery state shows as.
+fn shown(state: DeliveryState) -> pb::MessageState {
     use pb::MessageState as S;
-    status.state = match d.state() {
+    match state {
         DeliveryState::Delivered => S::Delivered,
         DeliveryState::Undelivered => S::Undelivered,
         DeliveryState::Expired => S::Expired,
         DeliveryState::Rejected => S::Rejected,
         DeliveryState::Unknown => S::DeliveryUnknown,
-    } as i32;
+    }
+}
+
+/// What a message's status says of its delivery, from its stored record.
+pub fn overlay(status: &mut pb::MessageStatus, d: &StoredDelivery) {
+    status.state = shown(d.state()) as i32;
     status.receipt_state = state_word(d.message_state).to_string();
     status.receipt_error = d.error.clone();
     status.receipt_unix_ms = d.unix_ms;
@@ -213,14 +217,10 @@ impl Receipts {
 
     /// The message's state as listings filter it.
     pub(super) fn state(&self, batch: u64, index: u32, dispatch: pb::MessageState) -> i32 {
-        let mut s = pb::MessageStatus {
-            state: dispatch as i32,
-            ..Default::default()
-        };
-        if let Some(d) = self.finals.get(&(batch, index)) {
-            overlay(&mut s, &d.stored());
+        match self.finals.get(&(batch, index)) {
+            Some(d) => shown(d.state) as i32,
+            None => dispatch as i32,
         }
-        s.state
     }
 
     /// Message `index` of `batch` was sent and its provider gave `ids` (one
@@ -378,7 +378,7 @@ impl Receipts {
         };
         let decided = Decided {
             unix_ms: r.received_unix_ms,
-            state: state as u8,
+            state,
             message_state: r.message_state,
             error: r.error.as_str().into(),
             ids: w.ids,
