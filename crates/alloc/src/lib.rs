@@ -6,7 +6,10 @@
 //! mimalloc returns freed pages to the OS only after a delay, from the
 //! thread that owns them, when that thread allocates again: a thread that
 //! did a large job and then idles (loading a store) would keep them.
-//! [`release_freed`] is for the end of such a job.
+//! [`release_freed`] is for the end of such a job. mimalloc is built
+//! without transparent huge pages (`no_thp`): with them, first touches
+//! zeroed 2 MiB at a time, and the 14M-message scenario was 8% slower
+//! and a quarter bigger.
 
 /// The allocator a binary names as its `#[global_allocator]`.
 pub use mimalloc::MiMalloc;
