@@ -547,16 +547,9 @@ async fn a_backlog_of_receipts_sent_at_once_is_all_matched() {
     .await;
     let (_mesh, _nodes, mut client) = two_nodes(&url).await;
     let first = smsmesh_testkit::submit(&mut client, smsmesh_testkit::synthetic(3_000, 3)).await;
-    let held = wait_until(Duration::from_secs(60), "the first batch sent", || {
-        let mut client = client.clone();
-        let first = first.clone();
-        async move {
-            let s = batch_status(&mut client, &first).await.ok()?;
-            (s.sent == 3_000).then_some(s)
-        }
-    })
-    .await
-    .unwrap();
+    smsmesh_testkit::wait_sent(&client, &first, 2_999).await;
+    let held = batch_status(&mut client, &first).await.unwrap();
+    assert_eq!(held.sent, 3_000, "{held:?}");
     assert_eq!(
         (held.delivered, held.awaiting_receipt),
         (0, 3_000),
