@@ -3,12 +3,10 @@
 //! (UTF-16BE), split into exactly the segments [`crate::sms::segments`]
 //! counts, and the user data header that joins the parts of a long message.
 
-use crate::sms::{Encoding, GSM7_BASIC, GSM7_EXTENSION, segments};
+use crate::sms::{EXTENSION_CODES, Encoding, GSM7_BASIC, GSM7_EXTENSION, gsm7_code};
 
 /// The escape to the GSM 03.38 extension table.
 const ESCAPE: u8 = 0x1b;
-/// Extension-table codes of the characters of [`GSM7_EXTENSION`], in its order.
-const EXTENSION_CODES: [u8; 10] = [0x0a, 0x14, 0x28, 0x29, 0x2f, 0x3c, 0x3d, 0x3e, 0x40, 0x65];
 
 /// A body ready for the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,75 +21,62 @@ pub struct Encoded {
     pub parts: Vec<Vec<u8>>,
 }
 
-/// The GSM 03.38 code of every character: (code, whether it is in the
-/// extension table, sent after an escape). A character of both tables is
-/// sent as its basic code.
-fn gsm_table() -> &'static std::collections::HashMap<char, (u8, bool)> {
-    static TABLE: std::sync::OnceLock<std::collections::HashMap<char, (u8, bool)>> =
-        std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut t = std::collections::HashMap::new();
-        for (i, c) in GSM7_BASIC.chars().enumerate() {
-            if c != '\u{1b}' {
-                t.insert(c, (i as u8, false));
-            }
-        }
-        for (c, code) in GSM7_EXTENSION.chars().zip(EXTENSION_CODES) {
-            t.entry(c).or_insert((code, true));
-        }
-        t
-    })
-}
-
-/// Encodes `body` in the encoding [`segments`] chose for it and splits it
-/// where [`segments`] does: 160 septets or 70 code units in one SMS, else
+/// Encodes `body` in the encoding [`crate::sms::segments`] chose for it and
+/// splits it where that counter does: 160 septets or 70 code units in one SMS, else
 /// 153 or 67 a segment, never splitting an escape pair or a surrogate pair.
 pub fn encode(body: &str) -> Encoded {
-    let size = segments(body);
-    let (single, multi) = match size.encoding {
-        Encoding::Gsm7 => (160, 153),
-        Encoding::Ucs2 => (140, 134), // bytes: 70 or 67 code units of 2
-    };
-    // Each character's bytes, which a split never separates.
-    let units: Vec<([u8; 4], usize)> = match size.encoding {
-        Encoding::Gsm7 => {
-            let table = gsm_table();
-            body.chars()
-                .map(|c| match table.get(&c) {
-                    Some(&(code, false)) => ([code, 0, 0, 0], 1),
-                    Some(&(code, true)) => ([ESCAPE, code, 0, 0], 2),
-                    None => unreachable!("segments() chose GSM-7 for this body"),
-                })
-                .collect()
+    // One pass writes the bytes, falling back to UCS-2 at the first character
+    // without a GSM-7 form; a second splits them only when they need it.
+    let mut bytes = Vec::with_capacity(body.len());
+    let mut encoding = Encoding::Gsm7;
+    for c in body.chars() {
+        match gsm7_code(c) {
+            Some((code, false)) => bytes.push(code),
+            Some((code, true)) => bytes.extend_from_slice(&[ESCAPE, code]),
+            None => {
+                encoding = Encoding::Ucs2;
+                break;
+            }
         }
-        Encoding::Ucs2 => body
-            .chars()
-            .map(|c| {
-                let mut buf = [0u16; 2];
-                let mut bytes = [0u8; 4];
-                let n = c.encode_utf16(&mut buf).len();
-                for (i, u) in buf[..n].iter().enumerate() {
-                    bytes[2 * i..2 * i + 2].copy_from_slice(&u.to_be_bytes());
-                }
-                (bytes, 2 * n)
-            })
-            .collect(),
-    };
-    let total: usize = units.iter().map(|u| u.1).sum();
-    let limit = if total <= single { single } else { multi };
-    let mut parts = vec![Vec::with_capacity(total.min(limit))];
-    for (bytes, n) in &units {
-        if parts.last().expect("one part").len() + n > limit {
-            parts.push(Vec::with_capacity(multi));
-        }
-        parts
-            .last_mut()
-            .expect("one part")
-            .extend_from_slice(&bytes[..*n]);
     }
+    if encoding == Encoding::Ucs2 {
+        bytes.clear();
+        bytes.reserve(2 * body.len());
+        for u in body.encode_utf16() {
+            bytes.extend_from_slice(&u.to_be_bytes());
+        }
+    }
+    // A split never separates an escape pair (GSM-7) or a surrogate pair (UCS-2).
+    let (single, multi) = match encoding {
+        Encoding::Gsm7 => (160, 153),
+        Encoding::Ucs2 => (140, 134),
+    };
+    let unit_len = |b: &[u8]| match encoding {
+        Encoding::Gsm7 if b[0] == ESCAPE => 2,
+        Encoding::Ucs2 if (0xd8..0xdc).contains(&b[0]) => 4,
+        Encoding::Gsm7 => 1,
+        Encoding::Ucs2 => 2,
+    };
+    let parts = if bytes.len() <= single {
+        vec![bytes]
+    } else {
+        let mut parts = Vec::with_capacity(bytes.len().div_ceil(multi - 1));
+        let mut start = 0;
+        let mut at = 0;
+        while at < bytes.len() {
+            let n = unit_len(&bytes[at..]);
+            if at + n - start > multi {
+                parts.push(bytes[start..at].to_vec());
+                start = at;
+            }
+            at += n;
+        }
+        parts.push(bytes[start..].to_vec());
+        parts
+    };
     Encoded {
-        encoding: size.encoding,
-        data_coding: match size.encoding {
+        encoding,
+        data_coding: match encoding {
             Encoding::Gsm7 => 0x00,
             Encoding::Ucs2 => 0x08,
         },
@@ -140,6 +125,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::sms::segments;
 
     #[test]
     fn gsm_bodies_are_septets_and_extension_characters_take_an_escape() {
@@ -171,12 +157,19 @@ mod tests {
     proptest! {
         #[test]
         fn parts_match_the_segment_count_and_decode_to_the_body(
-            body in "[a-z€\\[ж😀 ]{1,700}"
+            body in "[a-z€\\[\\^{}ΔéÄ@ж😀 ]{1,700}"
         ) {
             let e = encode(&body);
             prop_assert_eq!(e.parts.len() as u32, segments(&body).count);
             let text: String = e.parts.iter().map(|p| decode(e.data_coding, p).expect("decodes")).collect();
             prop_assert_eq!(text, body);
+            let limit = match (e.data_coding, e.parts.len()) {
+                (0, 1) => 160,
+                (0, _) => 153,
+                (_, 1) => 140,
+                _ => 134,
+            };
+            prop_assert!(e.parts.iter().all(|p| p.len() <= limit && !p.is_empty()));
         }
     }
 }

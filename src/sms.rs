@@ -38,40 +38,96 @@ pub(crate) const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠ
 ¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
 pub(crate) const GSM7_EXTENSION: &str = "\u{0c}^{}\\[~]|€";
 
+/// Extension-table codes of the characters of [`GSM7_EXTENSION`], in its order.
+pub(crate) const EXTENSION_CODES: [u8; 10] =
+    [0x0a, 0x14, 0x28, 0x29, 0x2f, 0x3c, 0x3d, 0x3e, 0x40, 0x65];
+
+/// No GSM 03.38 code (an entry of [`GsmTable::ascii`]).
+const NO_CODE: u16 = u16::MAX;
+
+/// The GSM 03.38 code of every character, looked up per character of every
+/// body sent: ASCII by index, the few others by binary search. A character
+/// of both tables is sent as its basic code.
+struct GsmTable {
+    /// Code | 0x100 when it is an extension character, or [`NO_CODE`].
+    ascii: [u16; 128],
+    /// (character, code, extension) of the non-ASCII ones, by character.
+    other: Vec<(char, u8, bool)>,
+}
+
+fn gsm_table() -> &'static GsmTable {
+    static TABLE: std::sync::OnceLock<GsmTable> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = GsmTable {
+            ascii: [NO_CODE; 128],
+            other: Vec::new(),
+        };
+        let basic = GSM7_BASIC
+            .chars()
+            .enumerate()
+            .filter(|&(_, c)| c != '\u{1b}')
+            .map(|(i, c)| (c, i as u8, false));
+        let extension = GSM7_EXTENSION
+            .chars()
+            .zip(EXTENSION_CODES)
+            .map(|(c, code)| (c, code, true));
+        for (c, code, ext) in basic.chain(extension) {
+            if c.is_ascii() {
+                let slot = &mut t.ascii[c as usize];
+                if *slot == NO_CODE {
+                    *slot = u16::from(code) | if ext { 0x100 } else { 0 };
+                }
+            } else if !t.other.iter().any(|o| o.0 == c) {
+                t.other.push((c, code, ext));
+            }
+        }
+        t.other.sort_unstable_by_key(|o| o.0);
+        t
+    })
+}
+
+/// The GSM 03.38 code of `c` and whether it is in the extension table (sent
+/// after an escape, two septets), or `None` if it has no GSM-7 form.
+pub(crate) fn gsm7_code(c: char) -> Option<(u8, bool)> {
+    let t = gsm_table();
+    if c.is_ascii() {
+        let v = t.ascii[c as usize];
+        return (v != NO_CODE).then_some((v as u8, v & 0x100 != 0));
+    }
+    t.other
+        .binary_search_by_key(&c, |o| o.0)
+        .ok()
+        .map(|i| (t.other[i].1, t.other[i].2))
+}
+
 /// Septets a character takes in GSM-7, or `None` if it has no GSM-7 form.
 fn gsm7_septets(c: char) -> Option<u32> {
-    if c.is_ascii_alphanumeric() || c == ' ' {
-        return Some(1);
-    }
-    if c != '\u{1b}' && GSM7_BASIC.contains(c) {
-        Some(1)
-    } else if GSM7_EXTENSION.contains(c) {
-        Some(2)
-    } else {
-        None
-    }
+    gsm7_code(c).map(|(_, ext)| if ext { 2 } else { 1 })
 }
 
 /// Counts the segments of `body`.
 pub fn segments(body: &str) -> Segments {
-    let gsm: Option<Vec<u32>> = body.chars().map(gsm7_septets).collect();
-    let (encoding, costs, single, multi) = match gsm {
-        Some(costs) => (Encoding::Gsm7, costs, 160, 153),
+    let gsm: Option<u32> = body.chars().map(gsm7_septets).sum();
+    let (encoding, units, single, multi) = match gsm {
+        Some(units) => (Encoding::Gsm7, units, 160, 153),
         None => (
             Encoding::Ucs2,
-            body.chars().map(|c| c.len_utf16() as u32).collect(),
+            body.chars().map(|c| c.len_utf16() as u32).sum(),
             70,
             67,
         ),
     };
-    let units: u32 = costs.iter().sum();
+    let cost = |c: char| match encoding {
+        Encoding::Gsm7 => gsm7_septets(c).unwrap_or(1),
+        Encoding::Ucs2 => c.len_utf16() as u32,
+    };
     let count = if units == 0 {
         0
     } else if units <= single {
         1
     } else {
         let (mut count, mut used) = (1, 0);
-        for cost in costs {
+        for cost in body.chars().map(cost) {
             if used + cost > multi {
                 count += 1;
                 used = 0;

@@ -9,7 +9,6 @@
 //! 23,517/s at 100 ms. Its write loop stops after five PDUs per wake-up
 //! without waking itself again, which fits. It also flushed every PDU alone.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +16,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use rusmpp::tokio_codec::CommandCodec;
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
+use rustc_hash::FxHashMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
@@ -64,7 +64,7 @@ struct Inner {
     /// To the writer: a PDU, or `None`: write what came before, then close.
     out: mpsc::UnboundedSender<Option<Command>>,
     /// Requests awaiting their response, by sequence number; `None` once closed.
-    pending: Mutex<Option<HashMap<u32, oneshot::Sender<Command>>>>,
+    pending: Mutex<Option<FxHashMap<u32, oneshot::Sender<Command>>>>,
     /// Why the connection closed, once it has.
     closed: Mutex<Option<String>>,
     events: mpsc::UnboundedSender<Event>,
@@ -144,7 +144,7 @@ impl Session {
         let (events, events_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             out,
-            pending: Mutex::new(Some(HashMap::new())),
+            pending: Mutex::new(Some(FxHashMap::default())),
             closed: Mutex::new(None),
             events,
             seq: AtomicU32::new(1),
