@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 
 use super::{Core, Outbox, SessionId};
 use crate::batch::Batch;
-use crate::store::{Outcome, StoredBatchState, WriteSet};
+use crate::store::{Outcome, ReceiptWrite, StoredBatchState, WriteSet};
 
 /// The dispatch reservation a new batch is stored with: its first messages,
 /// up to this many, may go out as soon as the batch itself is stored,
@@ -91,6 +91,10 @@ pub(super) struct Durability {
     durable: bool,
     /// Changes not yet handed to the store.
     write: WriteSet,
+    /// Where in `write.receipts` each message's latest wait is: a later write
+    /// of the same message replaces it there, so a message sent and decided
+    /// within one group is stored once, not inserted and then removed.
+    waits_at: FxHashMap<(u64, u32), usize>,
     /// Batch state last handed to the store, per batch.
     pub(super) stored: FxHashMap<u64, StoredBatchState>,
     /// Acks on their way to nodes.
@@ -104,6 +108,7 @@ impl Durability {
         Durability {
             durable,
             write: WriteSet::default(),
+            waits_at: FxHashMap::default(),
             stored: FxHashMap::default(),
             acks: Acks::default(),
             events: super::callbacks::Events::default(),
@@ -126,9 +131,9 @@ impl Durability {
     }
 
     /// Receipt waits and decided deliveries, to store.
-    pub(super) fn receipts(&mut self, writes: Vec<crate::store::ReceiptWrite>) {
+    pub(super) fn receipts(&mut self, writes: Vec<ReceiptWrite>) {
         for w in &writes {
-            if let crate::store::ReceiptWrite::Final {
+            if let ReceiptWrite::Final {
                 batch,
                 index,
                 delivery,
@@ -137,9 +142,35 @@ impl Durability {
                 self.events.delivery(*batch, *index, delivery);
             }
         }
-        if self.durable {
-            self.write.receipts.extend(writes);
+        if !self.durable {
+            return;
         }
+        for w in writes {
+            let (ReceiptWrite::Wait { batch, index, .. }
+            | ReceiptWrite::Final { batch, index, .. }) = &w;
+            let key = (*batch, *index);
+            let receipts = &mut self.write.receipts;
+            match (self.waits_at.get(&key), &w) {
+                // Supersedes the wait not yet stored (a Final still removes a
+                // wait row an earlier group may have stored).
+                (Some(&at), ReceiptWrite::Wait { .. }) => receipts[at] = w,
+                (Some(&at), ReceiptWrite::Final { .. }) => {
+                    receipts[at] = w;
+                    self.waits_at.remove(&key);
+                }
+                (None, ReceiptWrite::Wait { .. }) => {
+                    self.waits_at.insert(key, receipts.len());
+                    receipts.push(w);
+                }
+                (None, ReceiptWrite::Final { .. }) => receipts.push(w),
+            }
+        }
+    }
+
+    /// Takes the changes not yet handed to the store.
+    fn take_write(&mut self) -> WriteSet {
+        self.waits_at.clear();
+        std::mem::take(&mut self.write)
     }
 
     /// A batch past its retention, to remove from the store.
@@ -251,7 +282,7 @@ impl Core {
             d.write.callbacks.extend(callbacks.iter().cloned());
         }
         (
-            std::mem::take(&mut d.write),
+            d.take_write(),
             Committed {
                 acks,
                 reservations,
@@ -319,5 +350,61 @@ impl Core {
             }
         }
         self.send_acks(now_due, now, outbox);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoredDelivery, StoredWait};
+
+    fn wait(index: u32, delivered: u32) -> ReceiptWrite {
+        ReceiptWrite::Wait {
+            batch: 7,
+            index,
+            wait: StoredWait {
+                delivered,
+                ids: vec![format!("id{index}")],
+                ..Default::default()
+            },
+        }
+    }
+
+    fn last(index: u32) -> ReceiptWrite {
+        ReceiptWrite::Final {
+            batch: 7,
+            index,
+            delivery: StoredDelivery {
+                state: 1,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn shown(d: &Durability) -> Vec<String> {
+        d.write
+            .receipts
+            .iter()
+            .map(|w| match w {
+                ReceiptWrite::Wait { index, wait, .. } => {
+                    format!("wait {index}/{}", wait.delivered)
+                }
+                ReceiptWrite::Final { index, .. } => format!("final {index}"),
+            })
+            .collect()
+    }
+
+    /// A message sent and decided before its group is stored is written once,
+    /// as decided; a wait that changed is written as it is last.
+    #[test]
+    fn a_wait_decided_within_its_group_is_stored_only_as_decided() {
+        let mut d = Durability::new(true);
+        d.receipts(vec![wait(1, 0), wait(2, 0), wait(3, 0)]);
+        d.receipts(vec![last(1), wait(2, 1)]);
+        assert_eq!(shown(&d), ["final 1", "wait 2/1", "wait 3/0"]);
+        d.take_write();
+        // Its wait went with the last group: the decision goes on its own.
+        d.receipts(vec![last(3), wait(4, 0), last(4)]);
+        assert_eq!(shown(&d), ["final 3", "final 4"]);
     }
 }
