@@ -11,7 +11,7 @@
 //! took but closed before its deliver_sm_resp) and sends it again when an
 //! ESME binds to receive.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,6 +24,7 @@ use rusmpp::tokio_codec::CommandCodec;
 use rusmpp::types::{COctetString, OctetString};
 use rusmpp::values::EsmClass;
 use rusmpp::{Command, CommandStatus, Pdu};
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
@@ -145,7 +146,7 @@ struct Shared {
 struct Outbound {
     tx: mpsc::UnboundedSender<Command>,
     seq: Arc<AtomicU32>,
-    unacked: Arc<std::sync::Mutex<HashMap<u32, DeliverSm>>>,
+    unacked: Arc<std::sync::Mutex<FxHashMap<u32, DeliverSm>>>,
 }
 
 impl Outbound {

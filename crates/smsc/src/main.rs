@@ -17,6 +17,11 @@ struct Args {
     config: smsmesh_smsc::SmscConfig,
 }
 
+/// mimalloc, as the coordinator and the nodes: a benchmark's SMSC should not
+/// spend its CPU in glibc's malloc and free (BENCHMARKS.md, "Issue 16: the allocator").
+#[global_allocator]
+static ALLOCATOR: smsmesh_alloc::MiMalloc = smsmesh_alloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
