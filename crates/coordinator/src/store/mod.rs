@@ -17,9 +17,9 @@
 //! - `client_refs`: (batch id, row) → their client references, when any was given.
 //! - `idempotency`: key → batch id.
 //! - `nodes`: node index → node name (so outcomes name their node after a restart).
-//! - `receipt_waits`, `deliveries`: (batch id, index) → a sent message's
-//!   provider ids while it waits for delivery receipts, then what decided its
-//!   delivery ([`receipts`]).
+//! - `receipt_waits`: (batch id, index) → a sent message's provider ids
+//!   while it waits for delivery receipts; `delivery_rows`: (batch id, row)
+//!   → what decided the delivery of 64 messages ([`receipts`]).
 //! - `callbacks`: sequence number → a row of callback events waiting to be
 //!   delivered to a client's URL ([`callbacks`]).
 //!
@@ -428,6 +428,8 @@ impl Store {
             txn.open_table(receipts::RECEIPT_WAITS)
                 .map_err(|e| store.err(e))?;
             txn.open_table(receipts::DELIVERIES)
+                .map_err(|e| store.err(e))?;
+            txn.open_table(receipts::DELIVERY_ROWS)
                 .map_err(|e| store.err(e))?;
             txn.open_table(callbacks::CALLBACKS)
                 .map_err(|e| store.err(e))?;

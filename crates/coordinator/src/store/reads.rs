@@ -35,9 +35,12 @@ pub struct StoredMessage {
     pub provider_ids: Vec<String>,
 }
 
+/// A stored row, if there is one.
+type StoredRow = Option<Vec<u8>>;
+
 /// Two optional stored rows: (numbers, references) of a list row, or
 /// (decided delivery, receipt wait) of a message.
-pub(super) type RowPair = (Option<Vec<u8>>, Option<Vec<u8>>);
+pub(super) type RowPair = (StoredRow, StoredRow);
 
 /// What reading messages back needs of a backend: rows by key, each as stored.
 pub(super) trait Lookup {
@@ -64,7 +67,11 @@ struct RedbLookup {
     numbers: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
     refs: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
     waits: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
+    /// Decided deliveries of stores written before `delivery_rows`.
     finals: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
+    delivery_rows: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
+    /// The `delivery_rows` row read last: a listing reads each row once.
+    delivery_row: Option<((u64, u32), StoredRow)>,
     path: std::path::PathBuf,
 }
 
@@ -121,10 +128,27 @@ impl Lookup for RedbLookup {
     }
 
     fn receipt(&mut self, id: u64, index: u32) -> Result<RowPair, StoreError> {
-        Ok((
-            self.bytes(&self.finals, (id, index))?,
-            self.bytes(&self.waits, (id, index))?,
-        ))
+        let key = (id, index / super::receipts::DELIVERIES_PER_ROW);
+        if self.delivery_row.as_ref().is_none_or(|(k, _)| *k != key) {
+            let row = self.bytes(&self.delivery_rows, key)?;
+            self.delivery_row = Some((key, row));
+        }
+        let row = self.delivery_row.as_ref().and_then(|(_, r)| r.as_deref());
+        let decided = match row.map(|r| super::receipts::row_record(r, index)) {
+            Some(Ok(record)) => record.map(<[u8]>::to_vec),
+            Some(Err(what)) => {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("{what}: message {id:016x}.{index}"),
+                });
+            }
+            None => None,
+        };
+        let decided = match decided {
+            Some(d) => Some(d),
+            None => self.bytes(&self.finals, (id, index))?,
+        };
+        Ok((decided, self.bytes(&self.waits, (id, index))?))
     }
 }
 
@@ -155,6 +179,10 @@ impl Store {
                         .open_table(super::receipts::RECEIPT_WAITS)
                         .map_err(open)?,
                     finals: txn.open_table(super::receipts::DELIVERIES).map_err(open)?,
+                    delivery_rows: txn
+                        .open_table(super::receipts::DELIVERY_ROWS)
+                        .map_err(open)?,
+                    delivery_row: None,
                     path: self.path.clone(),
                 };
                 self.messages(&mut lookup, id, from, to, limit, keep)

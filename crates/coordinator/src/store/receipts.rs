@@ -1,8 +1,18 @@
 //! The stored form of delivery receipts: for each sent message that waits
 //! for receipts, the provider's ids and the segments delivered so far
-//! (`receipt_waits`); for each message whose delivery is decided, what
-//! decided it (`deliveries`). Both are keyed by (batch id, index), written
+//! (`receipt_waits`, keyed by (batch id, index)); for each message whose
+//! delivery is decided, what decided it (`delivery_rows`, keyed by (batch id,
+//! index / [`DELIVERIES_PER_ROW`]): a group commit of thousands of decisions
+//! rewrites a few rows rather than inserting a row each). Both are written
 //! in the reactor's group commits and removed with their batch.
+//!
+//! A row of `delivery_rows` is a run of entries: the message index (u32
+//! LE), the length of its record (u32 LE), and the [`StoredDelivery`]
+//! record. A later entry for an index replaces an earlier one. Stores
+//! written before these rows keep one row per message in `deliveries`,
+//! still read and removed.
+
+use std::collections::BTreeMap;
 
 use prost::Message;
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
@@ -11,8 +21,58 @@ use super::{Store, StoreError};
 
 pub(super) const RECEIPT_WAITS: TableDefinition<'_, (u64, u32), &[u8]> =
     TableDefinition::new("receipt_waits");
+/// Decided deliveries one row per message, as stores before `delivery_rows` kept them.
 pub(super) const DELIVERIES: TableDefinition<'_, (u64, u32), &[u8]> =
     TableDefinition::new("deliveries");
+pub(super) const DELIVERY_ROWS: TableDefinition<'_, (u64, u32), &[u8]> =
+    TableDefinition::new("delivery_rows");
+
+/// Messages whose decided deliveries share a row of `delivery_rows`.
+pub(super) const DELIVERIES_PER_ROW: u32 = 64;
+
+/// The entries of a `delivery_rows` row: (index, record), in the order written.
+fn row_entries(row: &[u8]) -> impl Iterator<Item = Option<(u32, &[u8])>> {
+    let mut rest = row;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let entry = (|| {
+            let index = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+            let len = u32::from_le_bytes(rest.get(4..8)?.try_into().ok()?) as usize;
+            let record = rest.get(8..8 + len)?;
+            rest = &rest[8 + len..];
+            Some((index, record))
+        })();
+        if entry.is_none() {
+            rest = &[];
+        }
+        Some(entry)
+    })
+}
+
+/// An entry of a `delivery_rows` row: (message index, encoded record).
+type Entry = (u32, Vec<u8>);
+
+/// Appends an entry to a `delivery_rows` row.
+fn push_entry(row: &mut Vec<u8>, index: u32, record: &[u8]) {
+    row.extend_from_slice(&index.to_le_bytes());
+    row.extend_from_slice(&(record.len() as u32).to_le_bytes());
+    row.extend_from_slice(record);
+}
+
+/// The record of message `index` in a `delivery_rows` row (the last entry
+/// for it), or `Err` if the row is cut short.
+pub(super) fn row_record(row: &[u8], index: u32) -> Result<Option<&[u8]>, String> {
+    let mut found = None;
+    for entry in row_entries(row) {
+        let (i, record) = entry.ok_or("a delivery row cut short")?;
+        if i == index {
+            found = Some(record);
+        }
+    }
+    Ok(found)
+}
 
 /// A message's delivery, once decided. The values are the stored format.
 #[repr(u8)]
@@ -116,12 +176,13 @@ impl Store {
             return Ok(());
         }
         let mut waits = txn.open_table(RECEIPT_WAITS).map_err(|e| self.err(e))?;
-        let mut finals = txn.open_table(DELIVERIES).map_err(|e| self.err(e))?;
+        // Decisions by row, so each row is read and written once.
+        let mut decided: BTreeMap<(u64, u32), Vec<Entry>> = BTreeMap::new();
         let mut buf = Vec::new();
         for w in writes {
-            buf.clear();
             match w {
                 ReceiptWrite::Wait { batch, index, wait } => {
+                    buf.clear();
                     wait.encode(&mut buf).expect("a Vec grows");
                     waits
                         .insert((*batch, *index), buf.as_slice())
@@ -132,13 +193,33 @@ impl Store {
                     index,
                     delivery,
                 } => {
-                    delivery.encode(&mut buf).expect("a Vec grows");
                     waits.remove((*batch, *index)).map_err(|e| self.err(e))?;
-                    finals
-                        .insert((*batch, *index), buf.as_slice())
-                        .map_err(|e| self.err(e))?;
+                    decided
+                        .entry((*batch, index / DELIVERIES_PER_ROW))
+                        .or_default()
+                        .push((*index, delivery.encode_to_vec()));
                 }
             }
+        }
+        let mut rows = txn.open_table(DELIVERY_ROWS).map_err(|e| self.err(e))?;
+        for (key, entries) in decided {
+            let mut row = Vec::new();
+            if let Some(old) = rows.get(key).map_err(|e| self.err(e))? {
+                // Keeps the entries of messages not decided again in this group.
+                for entry in row_entries(old.value()) {
+                    let (index, record) = entry.ok_or_else(|| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        what: format!("delivery row {:016x}.{}: cut short", key.0, key.1),
+                    })?;
+                    if !entries.iter().any(|(i, _)| *i == index) {
+                        push_entry(&mut row, index, record);
+                    }
+                }
+            }
+            for (index, record) in &entries {
+                push_entry(&mut row, *index, record);
+            }
+            rows.insert(key, row.as_slice()).map_err(|e| self.err(e))?;
         }
         Ok(())
     }
@@ -148,7 +229,7 @@ impl Store {
         txn: &WriteTransaction,
         batch: u64,
     ) -> Result<(), StoreError> {
-        for t in [RECEIPT_WAITS, DELIVERIES] {
+        for t in [RECEIPT_WAITS, DELIVERIES, DELIVERY_ROWS] {
             txn.open_table(t)
                 .map_err(|e| self.err(e))?
                 .retain_in((batch, 0)..=(batch, u32::MAX), |_, _| false)
@@ -172,7 +253,17 @@ impl Store {
             }
             Ok(out)
         };
-        Ok((read(RECEIPT_WAITS)?, read(DELIVERIES)?))
+        let mut deliveries = read(DELIVERIES)?;
+        for ((batch, row), bytes) in read(DELIVERY_ROWS)? {
+            for entry in row_entries(&bytes) {
+                let (index, record) = entry.ok_or_else(|| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("delivery row {batch:016x}.{row}: cut short"),
+                })?;
+                deliveries.push(((batch, index), record.to_vec()));
+            }
+        }
+        Ok((read(RECEIPT_WAITS)?, deliveries))
     }
 
     /// Stored receipt rows, decoded.

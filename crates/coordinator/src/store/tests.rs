@@ -284,3 +284,114 @@ fn a_corrupt_recipient_row_is_refused_at_load() {
         assert!(err.to_string().contains(want), "{want}: {err}");
     }
 }
+
+fn decided(batch: u64, index: u32, state: u32) -> super::ReceiptWrite {
+    super::ReceiptWrite::Final {
+        batch,
+        index,
+        delivery: super::StoredDelivery {
+            state,
+            message_state: 2,
+            error: String::new(),
+            unix_ms: 5,
+            ids: vec![format!("p{index}")],
+        },
+    }
+}
+
+/// Decided deliveries share rows of 64 messages: each reads back as its own
+/// (in a load and in a listing), a later decision of a message replaces the
+/// earlier one, a store's older per-message rows are still read, and all of
+/// them go with their batch.
+#[test]
+fn decided_deliveries_share_rows_and_read_back_per_message() {
+    use super::receipts::{DELIVERIES, DELIVERY_ROWS, RECEIPT_WAITS};
+    let store = Store::in_memory().unwrap();
+    store.insert_batch(&batch(9, 200), None).unwrap().unwrap();
+    let mut first = WriteSet::default();
+    for index in [1, 2, 130] {
+        first.receipts.push(super::ReceiptWrite::Wait {
+            batch: 9,
+            index,
+            wait: super::StoredWait {
+                ids: vec![format!("p{index}")],
+                ..Default::default()
+            },
+        });
+    }
+    first.receipts.push(decided(9, 0, 1));
+    first.receipts.push(decided(9, 65, 1));
+    store.commit(&first).unwrap();
+    let mut second = WriteSet::default();
+    second.receipts.push(decided(9, 1, 1));
+    second.receipts.push(decided(9, 0, 2));
+    second.receipts.push(decided(9, 130, 4));
+    store.commit(&second).unwrap();
+    // A decision as a store written before delivery rows holds it.
+    let txn = store.db().begin_write().unwrap();
+    txn.open_table(DELIVERIES)
+        .unwrap()
+        .insert(
+            (9, 199),
+            super::StoredDelivery {
+                state: 3,
+                ..Default::default()
+            }
+            .encode_to_vec()
+            .as_slice(),
+        )
+        .unwrap();
+    txn.commit().unwrap();
+    let states = |rows: &[((u64, u32), super::StoredDelivery)]| {
+        let mut v: Vec<(u32, u32)> = rows.iter().map(|((_, i), d)| (*i, d.state)).collect();
+        v.sort_unstable();
+        v
+    };
+    let loaded = store.load().unwrap();
+    assert_eq!(
+        states(&loaded.deliveries),
+        [(0, 2), (1, 1), (65, 1), (130, 4), (199, 3)]
+    );
+    let waiting: Vec<u32> = loaded.receipt_waits.iter().map(|((_, i), _)| *i).collect();
+    assert_eq!(waiting, [2]);
+    // Rows 0, 1 and 2 of 64 messages each; row 0 holds messages 0 and 1.
+    let txn = store.db().begin_read().unwrap();
+    let rows = txn.open_table(DELIVERY_ROWS).unwrap();
+    assert_eq!(rows.len().unwrap(), 3);
+    let row0 = rows.get((9, 0)).unwrap().unwrap().value().to_vec();
+    assert_eq!(&row0[..4], &1u32.to_le_bytes(), "message 1 was kept first");
+    drop((rows, txn));
+    let (listed, _) = store
+        .read_messages(9, 0, 200, 1000, |_, _| true)
+        .unwrap()
+        .unwrap();
+    let shown: Vec<(u32, Option<u32>, Vec<String>)> = listed
+        .iter()
+        .filter(|m| m.delivery.is_some() || !m.provider_ids.is_empty())
+        .map(|m| {
+            let ids = m
+                .delivery
+                .as_ref()
+                .map_or(m.provider_ids.clone(), |d| d.ids.clone());
+            (m.index, m.delivery.as_ref().map(|d| d.state), ids)
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (0, Some(2), vec!["p0".to_string()]),
+            (1, Some(1), vec!["p1".to_string()]),
+            (2, None, vec!["p2".to_string()]),
+            (65, Some(1), vec!["p65".to_string()]),
+            (130, Some(4), vec!["p130".to_string()]),
+            (199, Some(3), vec![]),
+        ]
+    );
+    let mut gone = WriteSet::default();
+    gone.deleted.push((9, None));
+    store.commit(&gone).unwrap();
+    let txn = store.db().begin_read().unwrap();
+    for t in [DELIVERIES, DELIVERY_ROWS, RECEIPT_WAITS] {
+        assert_eq!(txn.open_table(t).unwrap().len().unwrap(), 0);
+    }
+}
