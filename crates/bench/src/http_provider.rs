@@ -34,7 +34,8 @@ async fn run(bin: &Path, messages: u64, concurrency: u32) -> anyhow::Result<Run>
     let (provider, count) = stub().await?;
     let gateway = format!("http://{provider}/send");
     let concurrency = concurrency.to_string();
-    let (mut m, nodes) = mesh::with_gateway(bin, &gateway, "http", 1, concurrency.parse()?).await?;
+    let (mut m, nodes) =
+        mesh::with_gateway(bin, &gateway, "http", (1, 0), concurrency.parse()?).await?;
     let pid = m.coord.child.id();
     let node = &nodes[0];
     let node_cpu = usage(node.child.id()).0;

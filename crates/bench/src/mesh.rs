@@ -147,12 +147,13 @@ pub(crate) fn request<T>(message: T, token: Option<&str>) -> anyhow::Result<toni
 }
 
 /// A durable coordinator and `nodes` `smsnode` processes of `concurrency`
-/// sending through `gateway` (named `PREFIX-0`, …), all joined.
+/// sending through `gateway` (named `PREFIX-0`, …), each with `threads`
+/// runtime threads (0: one per core), all joined.
 pub(crate) async fn with_gateway(
     bin: &Path,
     gateway: &str,
     prefix: &str,
-    nodes: usize,
+    (nodes, threads): (usize, usize),
     concurrency: u32,
 ) -> anyhow::Result<(Started, Vec<Proc>)> {
     let setup = Setup {
@@ -172,6 +173,8 @@ pub(crate) async fn with_gateway(
                     gateway,
                     "--concurrency",
                     &concurrency.to_string(),
+                    "--worker-threads",
+                    &threads.to_string(),
                 ])
                 .env(
                     "RUST_LOG",
