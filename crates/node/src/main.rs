@@ -171,18 +171,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // A node's work is one task and its stream: one thread suits many small nodes on a host,
     // two let a busy node run its sends and its connection side by side.
-    let runtime = match args.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-    };
+    let runtime = smsmesh::cli::runtime(args.worker_threads);
     match runtime {
         Ok(rt) => rt.block_on(node_main(args)),
         Err(e) => {

@@ -13,6 +13,10 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "SMSMESH_SMSC_LISTEN", default_value = "127.0.0.1:2775")]
     listen: String,
+    /// Runtime threads: 1 to run on one thread (a benchmark's SMSC beside
+    /// the nodes it serves), 0 for one per core.
+    #[arg(long, env = "SMSMESH_SMSC_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
     #[command(flatten)]
     config: smsmesh_smsc::SmscConfig,
 }
@@ -22,9 +26,12 @@ struct Args {
 #[global_allocator]
 static ALLOCATOR: smsmesh_alloc::MiMalloc = smsmesh_alloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    smsmesh::cli::runtime(args.worker_threads)?.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let _telemetry = smsmesh::telemetry::init("smsmesh-smsc", "info", None);
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
