@@ -467,7 +467,7 @@ impl Node {
                         self.state.finished(more, Instant::now());
                     }
                 }
-                Some(first) = next_receipt(&mut self.receipts_rx) => {
+                Some(first) = next_receipt(&mut self.receipts_rx), if self.state.takes_receipts() => {
                     let mut bunch = vec![first];
                     while bunch.len() < 10_000 && let Some(Ok(r)) = self.receipts_rx.as_mut().map(|rx| rx.try_recv()) {
                         bunch.push(r);

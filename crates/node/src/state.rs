@@ -36,10 +36,11 @@ pub struct NodeState {
     held: u64,
     /// Finished, not yet in a frame.
     done: Vec<Done>,
-    /// Delivery receipts from the gateway, not yet in a frame.
-    receipts: Vec<pb::Receipt>,
-    /// Who waits for those receipts to be stored.
-    receipt_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Delivery receipts from the gateway, not yet in a frame, each with
+    /// who waits for it to be stored.
+    receipts: Vec<crate::IncomingReceipt>,
+    /// Receipts in frames sent and not acked.
+    unacked_receipts: usize,
     /// Who waits for the receipts of the frames up to a seq to be acked.
     stored_waiters: BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<()>>>,
     /// Frames sent and not acked, by seq: their results and receipts.
@@ -77,7 +78,7 @@ impl NodeState {
             held: 0,
             done: Vec::new(),
             receipts: Vec::new(),
-            receipt_waiters: Vec::new(),
+            unacked_receipts: 0,
             stored_waiters: BTreeMap::new(),
             unacked: BTreeMap::new(),
             next_seq: 1,
@@ -195,7 +196,9 @@ impl NodeState {
 
     /// The coordinator stored every Results frame up to `seq`: they are forgotten.
     pub fn on_ack(&mut self, seq: u64) {
-        self.unacked = self.unacked.split_off(&(seq + 1));
+        let later = self.unacked.split_off(&(seq + 1));
+        let acked = std::mem::replace(&mut self.unacked, later);
+        self.unacked_receipts -= acked.values().map(|(_, r)| r.len()).sum::<usize>();
         let later = self.stored_waiters.split_off(&(seq + 1));
         for w in std::mem::replace(&mut self.stored_waiters, later)
             .into_values()
@@ -223,10 +226,14 @@ impl NodeState {
     /// Each waiter is told once the coordinator has acked the frame that
     /// carried its receipt.
     pub fn on_receipts(&mut self, receipts: impl IntoIterator<Item = crate::IncomingReceipt>) {
-        for (r, waiter) in receipts {
-            self.receipts.push(r);
-            self.receipt_waiters.extend(waiter);
-        }
+        self.receipts.extend(receipts);
+    }
+
+    /// Whether the node takes more receipts from the gateway now: not while
+    /// [`MAX_UNACKED_RECEIPTS`] wait for a frame. The gateway then holds
+    /// them (an SMPP session leaves its deliver_sm unanswered).
+    pub fn takes_receipts(&self) -> bool {
+        self.receipts.len() < MAX_UNACKED_RECEIPTS
     }
 
     /// Whether the gateway can send: while it cannot, no credit is granted
@@ -280,10 +287,15 @@ impl NodeState {
                 });
             }
         }
-        let receipts = std::mem::take(&mut self.receipts);
+        // Receipts go while fewer than MAX_UNACKED_RECEIPTS wait for their ack: the
+        // coordinator stores each group of them before it acks, and holds them until then.
+        let room = MAX_UNACKED_RECEIPTS.saturating_sub(self.unacked_receipts);
+        let n = room.min(self.receipts.len());
+        let (receipts, waiters): (Vec<pb::Receipt>, Vec<_>) = self.receipts.drain(..n).unzip();
         for chunk in receipts.chunks(RECEIPTS_PER_FRAME) {
             let seq = self.next_seq;
             self.next_seq += 1;
+            self.unacked_receipts += chunk.len();
             self.unacked.insert(seq, (Vec::new(), chunk.to_vec()));
             frames.push(pb::Results {
                 seq,
@@ -293,11 +305,10 @@ impl NodeState {
         }
         if !receipts.is_empty() {
             // Acks are cumulative: the last receipt frame's ack covers them all.
-            let waiters = std::mem::take(&mut self.receipt_waiters);
             self.stored_waiters
                 .entry(self.next_seq - 1)
                 .or_default()
-                .extend(waiters);
+                .extend(waiters.into_iter().flatten());
         }
         // The grant counts capacity freed by every result above, so it rides on the last
         // frame (the coordinator applies results before the grant), or goes alone.
@@ -326,6 +337,11 @@ impl NodeState {
 
 /// Most receipts in one frame.
 const RECEIPTS_PER_FRAME: usize = 10_000;
+
+/// Most receipts sent and not acked, and most waiting for a frame: a
+/// backlog of receipts (an SMSC's after an outage) reaches the coordinator
+/// as fast as it stores them, not all at once.
+pub const MAX_UNACKED_RECEIPTS: usize = 20_000;
 
 fn going_away() -> pb::NodeToCoordinator {
     frame(node_to_coordinator::Update::GoingAway(pb::GoingAway {}))

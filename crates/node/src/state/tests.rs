@@ -180,3 +180,53 @@ fn receipts_go_in_frames_of_their_own_and_are_handed_in_again_until_acked() {
         "stored: the receipt may be answered"
     );
 }
+
+/// A backlog of receipts goes to the coordinator a bounded number at a
+/// time: the rest wait for acks, each still told only once stored.
+#[test]
+fn receipts_in_flight_are_bounded_and_follow_the_acks() {
+    let max = super::MAX_UNACKED_RECEIPTS;
+    let now = Instant::now();
+    let mut s = state(1, 1);
+    s.flush(now);
+    let mut told = Vec::new();
+    let backlog = (0..max + 5).map(|i| {
+        let (stored, rx) = tokio::sync::oneshot::channel();
+        told.push(rx);
+        let r = pb::Receipt {
+            provider_id: format!("id{i}"),
+            message_state: 2,
+            ..Default::default()
+        };
+        (r, Some(stored))
+    });
+    s.on_receipts(backlog);
+    assert!(!s.takes_receipts(), "a full backlog waits for frames");
+    let in_frames = |frames: &[pb::NodeToCoordinator]| -> Vec<(u64, usize)> {
+        frames
+            .iter()
+            .filter_map(|f| match f.update.as_ref()? {
+                Update::Results(r) => Some((r.seq, r.receipts.len())),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = in_frames(&s.flush(now));
+    assert_eq!(first.iter().map(|f| f.1).sum::<usize>(), max);
+    assert!(
+        in_frames(&s.flush(now)).is_empty(),
+        "none more before an ack"
+    );
+    assert!(s.takes_receipts());
+    let last_seq = first.last().unwrap().0;
+    s.on_ack(last_seq);
+    assert!(told[..max].iter_mut().all(|rx| rx.try_recv().is_ok()));
+    assert!(
+        told[max..].iter_mut().all(|rx| rx.try_recv().is_err()),
+        "not sent yet: not told"
+    );
+    assert_eq!(in_frames(&s.flush(now)), [(last_seq + 1, 5)]);
+    s.on_ack(last_seq + 1);
+    assert!(told[max..].iter_mut().all(|rx| rx.try_recv().is_ok()));
+    assert!(s.is_empty());
+}
