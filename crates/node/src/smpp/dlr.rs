@@ -55,17 +55,24 @@ impl DlrState {
 
     /// From the `stat:` word of a receipt's text.
     pub fn from_text(s: &str) -> Option<DlrState> {
-        Some(match s.to_ascii_uppercase().as_str() {
-            "ENROUTE" => DlrState::Enroute,
-            "DELIVRD" | "DELIVERED" => DlrState::Delivered,
-            "EXPIRED" => DlrState::Expired,
-            "DELETED" => DlrState::Deleted,
-            "UNDELIV" | "UNDELIVERABLE" => DlrState::Undeliverable,
-            "ACCEPTD" | "ACCEPTED" => DlrState::Accepted,
-            "UNKNOWN" => DlrState::Unknown,
-            "REJECTD" | "REJECTED" => DlrState::Rejected,
-            _ => return None,
-        })
+        const WORDS: [(&str, DlrState); 12] = [
+            ("DELIVRD", DlrState::Delivered),
+            ("DELIVERED", DlrState::Delivered),
+            ("ENROUTE", DlrState::Enroute),
+            ("EXPIRED", DlrState::Expired),
+            ("DELETED", DlrState::Deleted),
+            ("UNDELIV", DlrState::Undeliverable),
+            ("UNDELIVERABLE", DlrState::Undeliverable),
+            ("ACCEPTD", DlrState::Accepted),
+            ("ACCEPTED", DlrState::Accepted),
+            ("UNKNOWN", DlrState::Unknown),
+            ("REJECTD", DlrState::Rejected),
+            ("REJECTED", DlrState::Rejected),
+        ];
+        WORDS
+            .iter()
+            .find(|(w, _)| w.eq_ignore_ascii_case(s))
+            .map(|&(_, state)| state)
     }
 
     /// The word a receipt's text uses.
@@ -112,12 +119,10 @@ pub fn parse(
     message_state: Option<u8>,
 ) -> Result<Receipt, String> {
     let text = String::from_utf8_lossy(short_message);
-    let fields = text_fields(&text);
     let field = |name: &str| {
-        fields
-            .iter()
+        text_fields(&text)
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v)
+            .map(|(_, v)| v)
     };
     let id = match receipted_id {
         Some(id) if !id.is_empty() => id.to_string(),
@@ -143,23 +148,21 @@ pub fn parse(
 
 /// The `key:value` words of a receipt text, where "submit date" and
 /// "done date" are keys of two words and `text:` runs to the end.
-fn text_fields(text: &str) -> Vec<(&str, &str)> {
-    let mut out = Vec::new();
+fn text_fields(text: &str) -> impl Iterator<Item = (&str, &str)> {
     let mut rest = text.trim();
-    while !rest.is_empty() {
-        let Some(colon) = rest.find(':') else { break };
+    std::iter::from_fn(move || {
+        let colon = rest.find(':')?;
         let key = rest[..colon].trim();
         let after = &rest[colon + 1..];
         if key.eq_ignore_ascii_case("text") {
-            out.push((key, after.trim()));
-            break;
+            rest = "";
+            return Some((key, after.trim()));
         }
         // The value runs to the next space before another key (or the end).
         let end = after.find(' ').unwrap_or(after.len());
-        out.push((key, after[..end].trim()));
         rest = after[end..].trim_start();
-    }
-    out
+        Some((key, after[..end].trim()))
+    })
 }
 
 /// The text of a receipt for `id`, as SMSCs write it.
@@ -187,6 +190,15 @@ mod tests {
                 error: "000".into()
             }
         );
+        for (stat, state) in [
+            ("delivrd", DlrState::Delivered),
+            ("Rejected", DlrState::Rejected),
+            ("ACCEPTD", DlrState::Accepted),
+        ] {
+            let text = format!("id:5 stat:{stat}");
+            assert_eq!(parse(text.as_bytes(), None, None).unwrap().state, state);
+        }
+        assert!(parse(b"id:5 stat:DELIVERE", None, None).is_err());
         let r = parse(b"id:77 stat:UNDELIV err:034", None, None).unwrap();
         assert_eq!(
             (r.state, r.error.as_str()),

@@ -186,11 +186,13 @@ async fn submit(
     let destination = COctetString::from_string(destination.to_string())
         .map_err(|e| Failure::new(FailureClass::Permanent, format!("destination {to:?}: {e}")))?;
     // Its TON/NPI come from its form, as the default sender's do.
+    let own;
     let sender = if sender.is_empty() {
-        c.sender.clone()
+        &c.sender
     } else {
-        config::Sender::parse(sender, None, None)
-            .map_err(|e| Failure::new(FailureClass::Permanent, e))?
+        own = config::Sender::parse(sender, None, None)
+            .map_err(|e| Failure::new(FailureClass::Permanent, e))?;
+        &own
     };
     let source = COctetString::from_string(sender.addr.clone())
         .map_err(|e| Failure::new(FailureClass::Permanent, format!("sender: {e}")))?;
@@ -198,15 +200,15 @@ async fn submit(
     let parts = encoded.parts.len();
     let reference = shared.reference.fetch_add(1, Ordering::Relaxed);
     let mut ids = Vec::with_capacity(parts);
-    for (i, part) in encoded.parts.iter().enumerate() {
+    for (i, part) in encoded.parts.into_iter().enumerate() {
         let (esm, bytes) = if parts == 1 {
             // Set from its byte: default mode and message type, no UDHI.
-            (EsmClass::from(0x00), part.clone())
+            (EsmClass::from(0x00), part)
         } else {
             let udh = smsmesh::encode::concat_udh(reference, parts as u8, i as u8 + 1);
             (
                 EsmClass::from(0x40), // UDHI: the short_message starts with a header
-                [udh.as_slice(), part].concat(),
+                [udh.as_slice(), &part].concat(),
             )
         };
         let short_message = OctetString::from_vec(bytes).map_err(|e| {
