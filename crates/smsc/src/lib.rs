@@ -150,18 +150,15 @@ struct Outbound {
 }
 
 impl Outbound {
-    fn deliver(&self, pdu: DeliverSm) -> bool {
+    /// Sends a receipt, kept until answered; gives it back if the connection is gone.
+    fn deliver(&self, pdu: DeliverSm) -> Option<DeliverSm> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut unacked = self.unacked.lock().expect("unacked lock");
         unacked.insert(seq, pdu.clone());
-        let sent = self
-            .tx
-            .send(Command::new(CommandStatus::EsmeRok, seq, pdu))
-            .is_ok();
-        if !sent {
-            unacked.remove(&seq);
+        match self.tx.send(Command::new(CommandStatus::EsmeRok, seq, pdu)) {
+            Ok(()) => None,
+            Err(_) => unacked.remove(&seq),
         }
-        sent
     }
 }
 
@@ -299,7 +296,7 @@ fn receiver(shared: &Shared, conn: u64, out: &Outbound) {
         .fetch_sub(held.len() as u64, Ordering::Relaxed);
     for r in held {
         shared.stats.redelivered.fetch_add(1, Ordering::Relaxed);
-        if out.deliver(r) {
+        if out.deliver(r).is_none() {
             shared.stats.receipts.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -471,9 +468,8 @@ fn send_receipt(shared: &Shared, out: Option<&Outbound>, r: DeliverSm) {
         receivers[i].1.clone()
     };
     drop(receivers);
-    if target.deliver(r.clone()) {
-        shared.stats.receipts.fetch_add(1, Ordering::Relaxed);
-    } else {
-        send_receipt(shared, None, r); // that bind has just closed
+    match target.deliver(r) {
+        None => drop(shared.stats.receipts.fetch_add(1, Ordering::Relaxed)),
+        Some(r) => send_receipt(shared, None, r), // that bind has just closed
     }
 }
