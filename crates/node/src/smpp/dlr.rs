@@ -119,14 +119,26 @@ pub fn parse(
     message_state: Option<u8>,
 ) -> Result<Receipt, String> {
     let text = String::from_utf8_lossy(short_message);
-    let field = |name: &str| {
-        text_fields(&text)
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    };
+    // One pass for the three fields read (the first of each name counts).
+    let (mut id_field, mut stat_field, mut err_field) = (None, None, None);
+    for (k, v) in text_fields(&text) {
+        let slot = if k.eq_ignore_ascii_case("id") {
+            &mut id_field
+        } else if k.eq_ignore_ascii_case("stat") {
+            &mut stat_field
+        } else if k.eq_ignore_ascii_case("err") {
+            &mut err_field
+        } else {
+            continue;
+        };
+        slot.get_or_insert(v);
+        if id_field.is_some() && stat_field.is_some() && err_field.is_some() {
+            break;
+        }
+    }
     let id = match receipted_id {
         Some(id) if !id.is_empty() => id.to_string(),
-        _ => field("id")
+        _ => id_field
             .filter(|v| !v.is_empty())
             .ok_or("a delivery receipt without receipted_message_id or id:")?
             .to_string(),
@@ -134,7 +146,7 @@ pub fn parse(
     let state = match message_state.and_then(DlrState::from_tlv) {
         Some(s) => s,
         None => {
-            let stat = field("stat").ok_or("a delivery receipt without message_state or stat:")?;
+            let stat = stat_field.ok_or("a delivery receipt without message_state or stat:")?;
             DlrState::from_text(stat)
                 .ok_or_else(|| format!("a delivery receipt with stat:{stat}"))?
         }
@@ -142,7 +154,7 @@ pub fn parse(
     Ok(Receipt {
         id,
         state,
-        error: field("err").unwrap_or("").to_string(),
+        error: err_field.unwrap_or("").to_string(),
     })
 }
 
