@@ -564,3 +564,23 @@ async fn a_backlog_of_receipts_sent_at_once_is_all_matched() {
     }
     assert_eq!(stats.receipts.load(Ordering::Relaxed), 5_000);
 }
+
+/// A backlog larger than a node sends on before acks (20,000 receipts): the
+/// node takes the rest from its bind as the coordinator stores the first,
+/// and every receipt is matched once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_beyond_a_nodes_receipts_in_flight_is_all_matched() {
+    let n = smsmesh_node::state::MAX_UNACKED_RECEIPTS as u64 + 5_000;
+    let (url, stats) = smsc(SmscConfig {
+        receipts_after: n,
+        ..SmscConfig::default()
+    })
+    .await;
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    let _node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
+    let mut client = mesh.client().await.unwrap();
+    let batch = smsmesh_testkit::submit(&mut client, smsmesh_testkit::synthetic(n, 5)).await;
+    let s = settled(&client, &batch).await;
+    assert_eq!((s.sent, s.delivered, s.undelivered), (n, n, 0), "{s:?}");
+    assert_eq!(stats.receipts.load(Ordering::Relaxed), n);
+}
