@@ -49,7 +49,7 @@ pub fn encode(body: &str) -> Encoded {
     // A split never separates an escape pair (GSM-7) or a surrogate pair (UCS-2).
     let (single, multi) = match encoding {
         Encoding::Gsm7 => (160, 153),
-        Encoding::Ucs2 => (140, 134),
+        Encoding::Ucs2 => (140, 134), // bytes: 70 or 67 code units of 2
     };
     let unit_len = |b: &[u8]| match encoding {
         Encoding::Gsm7 if b[0] == ESCAPE => 2,

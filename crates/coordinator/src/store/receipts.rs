@@ -167,6 +167,14 @@ pub enum ReceiptWrite {
 pub type Rows<T> = Vec<((u64, u32), T)>;
 
 impl Store {
+    /// The error for `delivery_rows` row `key` when its entries run past its end.
+    fn cut_short(&self, (batch, row): (u64, u32)) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what: format!("delivery row {batch:016x}.{row}: cut short"),
+        }
+    }
+
     pub(super) fn put_receipts(
         &self,
         txn: &WriteTransaction,
@@ -207,10 +215,7 @@ impl Store {
             if let Some(old) = rows.get(key).map_err(|e| self.err(e))? {
                 // Keeps the entries of messages not decided again in this group.
                 for entry in row_entries(old.value()) {
-                    let (index, record) = entry.ok_or_else(|| StoreError::Corrupt {
-                        path: self.path.clone(),
-                        what: format!("delivery row {:016x}.{}: cut short", key.0, key.1),
-                    })?;
+                    let (index, record) = entry.ok_or_else(|| self.cut_short(key))?;
                     if !entries.iter().any(|(i, _)| *i == index) {
                         push_entry(&mut row, index, record);
                     }
@@ -256,10 +261,7 @@ impl Store {
         let mut deliveries = read(DELIVERIES)?;
         for ((batch, row), bytes) in read(DELIVERY_ROWS)? {
             for entry in row_entries(&bytes) {
-                let (index, record) = entry.ok_or_else(|| StoreError::Corrupt {
-                    path: self.path.clone(),
-                    what: format!("delivery row {batch:016x}.{row}: cut short"),
-                })?;
+                let (index, record) = entry.ok_or_else(|| self.cut_short((batch, row)))?;
                 deliveries.push(((batch, index), record.to_vec()));
             }
         }
