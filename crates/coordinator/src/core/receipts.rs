@@ -369,13 +369,6 @@ impl Receipts {
             let key = self.key(&w.provider, id);
             self.index.remove(&key);
         }
-        let delivery = StoredDelivery {
-            state: state as u32,
-            message_state: r.message_state,
-            error: r.error.clone(),
-            unix_ms: r.received_unix_ms,
-            ids: w.ids.iter().map(|s| s.to_string()).collect(),
-        };
         let decided = Decided {
             unix_ms: r.received_unix_ms,
             state,
@@ -383,6 +376,7 @@ impl Receipts {
             error: r.error.as_str().into(),
             ids: w.ids,
         };
+        let delivery = decided.stored();
         let c = self.counts.entry(batch).or_default();
         c.awaiting = c.awaiting.saturating_sub(1);
         match state {
