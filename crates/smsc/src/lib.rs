@@ -419,9 +419,6 @@ fn receipt_pdu(id: &str, to: &str, stat: &str, err: &str) -> DeliverSm {
         .build()
 }
 
-/// Sends a receipt on the submitting bind (`out`), or on the next bind that
-/// can receive (with `--receipt-any-bind`, or when the submitter cannot), or
-/// keeps it until a bind can.
 /// Sends a receipt due for the bind `out`, or keeps it for the backlog
 /// (`--receipts-after`), which goes out once it holds N.
 fn give_receipt(shared: &Arc<Shared>, out: &Outbound, r: DeliverSm) {
@@ -450,6 +447,9 @@ fn give_receipt(shared: &Arc<Shared>, out: &Outbound, r: DeliverSm) {
     });
 }
 
+/// Sends a receipt on the submitting bind (`out`), or on the next bind that
+/// can receive (with `--receipt-any-bind`, or when the submitter cannot), or
+/// keeps it until a bind can.
 fn send_receipt(shared: &Shared, out: Option<&Outbound>, r: DeliverSm) {
     let receivers = shared.receivers.lock().expect("receivers lock");
     let own = out.is_some_and(|out| receivers.iter().any(|(_, o)| o.tx.same_channel(&out.tx)));
