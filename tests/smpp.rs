@@ -462,7 +462,16 @@ async fn receipts_due_while_no_bind_can_take_them_come_on_the_next_bind() {
         ..SmscConfig::default()
     })
     .await;
-    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
+    // A durable coordinator whose group commits wait: receipts arrive faster
+    // than they are acked, so the node reaches its bound and holds the rest.
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = Mesh::start(CoordinatorConfig {
+        data_dir: Some(dir.path().into()),
+        commit_interval: Duration::from_secs(1),
+        ..CoordinatorConfig::default()
+    })
+    .await
+    .unwrap();
     let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
     let mut client = mesh.client().await.unwrap();
     let batch = smsmesh_testkit::submit(&mut client, numbered(30, "held")).await;
@@ -576,11 +585,33 @@ async fn a_backlog_beyond_a_nodes_receipts_in_flight_is_all_matched() {
         ..SmscConfig::default()
     })
     .await;
-    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
-    let _node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
+    // A durable coordinator whose group commits wait: receipts arrive faster
+    // than they are acked, so the node reaches its bound and holds the rest.
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = Mesh::start(CoordinatorConfig {
+        data_dir: Some(dir.path().into()),
+        commit_interval: Duration::from_secs(1),
+        ..CoordinatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
     let mut client = mesh.client().await.unwrap();
     let batch = smsmesh_testkit::submit(&mut client, smsmesh_testkit::synthetic(n, 5)).await;
     let s = settled(&client, &batch).await;
     assert_eq!((s.sent, s.delivered, s.undelivered), (n, n, 0), "{s:?}");
     assert_eq!(stats.receipts.load(Ordering::Relaxed), n);
+    // The bound was reached and held, and once every receipt is stored
+    // (acked after its group commit, a little after it counts) none is left held.
+    let ns = &node.stats;
+    let held = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    wait_until(Duration::from_secs(30), "every receipt acked", || async {
+        (held(&ns.receipts_waiting) + held(&ns.receipts_unacked) == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        held(&ns.max_receipts_unacked),
+        smsmesh_node::state::MAX_UNACKED_RECEIPTS as u64
+    );
 }

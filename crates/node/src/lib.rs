@@ -158,6 +158,13 @@ pub struct Stats {
     pub gateway_down: std::sync::atomic::AtomicBool,
     /// The SMPP connector's counters, when the gateway is SMPP.
     pub smpp: std::sync::OnceLock<Arc<smpp::SmppStats>>,
+    /// Delivery receipts taken from the gateway and not yet in a frame now.
+    pub receipts_waiting: AtomicU64,
+    /// Delivery receipts sent to the coordinator and not yet acked now.
+    pub receipts_unacked: AtomicU64,
+    /// Most receipts sent and not acked at once (bounded by
+    /// [`state::MAX_UNACKED_RECEIPTS`]).
+    pub max_receipts_unacked: AtomicU64,
 }
 
 /// Send time of every attempt, in Prometheus buckets.

@@ -118,6 +118,18 @@ impl Collector for NodeCollector {
         )?;
         gauge(
             e,
+            "smsnode_receipts_waiting",
+            "Delivery receipts taken from the gateway and not yet sent to the coordinator.",
+            &|n| get(&n.stats.receipts_waiting) as i64,
+        )?;
+        gauge(
+            e,
+            "smsnode_receipts_unacked",
+            "Delivery receipts sent to the coordinator and not yet stored (acked) by it.",
+            &|n| get(&n.stats.receipts_unacked) as i64,
+        )?;
+        gauge(
+            e,
             "smsnode_connected",
             "1 while a stream to the coordinator is open.",
             &|n| i64::from(n.stats.connected.load(Ordering::Relaxed)),

@@ -199,6 +199,7 @@ impl NodeState {
         let later = self.unacked.split_off(&(seq + 1));
         let acked = std::mem::replace(&mut self.unacked, later);
         self.unacked_receipts -= acked.values().map(|(_, r)| r.len()).sum::<usize>();
+        self.count_receipts();
         let later = self.stored_waiters.split_off(&(seq + 1));
         for w in std::mem::replace(&mut self.stored_waiters, later)
             .into_values()
@@ -227,6 +228,17 @@ impl NodeState {
     /// carried its receipt.
     pub fn on_receipts(&mut self, receipts: impl IntoIterator<Item = crate::IncomingReceipt>) {
         self.receipts.extend(receipts);
+        self.count_receipts();
+    }
+
+    /// The receipt gauges of [`Stats`] follow the receipts held now.
+    fn count_receipts(&self) {
+        let s = &self.stats;
+        let unacked = self.unacked_receipts as u64;
+        s.receipts_waiting
+            .store(self.receipts.len() as u64, Ordering::Relaxed);
+        s.receipts_unacked.store(unacked, Ordering::Relaxed);
+        s.max_receipts_unacked.fetch_max(unacked, Ordering::Relaxed);
     }
 
     /// Whether the node takes more receipts from the gateway now: not while
@@ -304,6 +316,7 @@ impl NodeState {
             });
         }
         if !receipts.is_empty() {
+            self.count_receipts();
             // Acks are cumulative: the last receipt frame's ack covers them all.
             self.stored_waiters
                 .entry(self.next_seq - 1)

@@ -1,6 +1,7 @@
 //! The node's protocol state driven by hand: frames in, frames out, no sockets.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use smsmesh::pb::{self, node_to_coordinator::Update};
@@ -213,6 +214,16 @@ fn receipts_in_flight_are_bounded_and_follow_the_acks() {
     };
     let first = in_frames(&s.flush(now));
     assert_eq!(first.iter().map(|f| f.1).sum::<usize>(), max);
+    let gauges = |s: &NodeState| {
+        let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as usize;
+        let st = &s.stats;
+        (
+            g(&st.receipts_waiting),
+            g(&st.receipts_unacked),
+            g(&st.max_receipts_unacked),
+        )
+    };
+    assert_eq!(gauges(&s), (5, max, max));
     assert!(
         in_frames(&s.flush(now)).is_empty(),
         "none more before an ack"
@@ -226,7 +237,9 @@ fn receipts_in_flight_are_bounded_and_follow_the_acks() {
         "not sent yet: not told"
     );
     assert_eq!(in_frames(&s.flush(now)), [(last_seq + 1, 5)]);
+    assert_eq!(gauges(&s), (0, 5, max));
     s.on_ack(last_seq + 1);
     assert!(told[max..].iter_mut().all(|rx| rx.try_recv().is_ok()));
     assert!(s.is_empty());
+    assert_eq!(gauges(&s), (0, 0, max));
 }
