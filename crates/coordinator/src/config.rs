@@ -60,6 +60,10 @@ pub struct Config {
     /// the next one (fewer, larger commits when traffic is light; a full group,
     /// a cancel, a new batch state or node goes at once). Default: 2 ms.
     pub commit_interval: Duration,
+    /// New batches wait up to this long after the last group commit began to
+    /// join the next one (many submits share an fsync; a lone submit goes at
+    /// once, and a reactor group takes them along). Default: 1 ms.
+    pub submit_interval: Duration,
     /// Largest gRPC request accepted, in bytes (a SubmitBatch with explicit messages). Default: 64 MiB.
     pub max_request_bytes: usize,
     /// How long an ended batch stays in the all-batches progress stream. Default: 60 s.
@@ -144,6 +148,7 @@ impl Default for Config {
             max_node_concurrency: 100_000,
             publish_interval: Duration::from_millis(200),
             commit_interval: Duration::from_millis(2),
+            submit_interval: Duration::from_millis(1),
             max_request_bytes: 64 << 20,
             keep_ended_in_progress: Duration::from_secs(60),
             retention: Duration::from_secs(7 * 24 * 3600),

@@ -103,6 +103,10 @@ struct Args {
     /// next one (a full group, a cancel or a new batch state goes at once).
     #[arg(long, env = "SMSMESH_COMMIT_INTERVAL", default_value = "2ms", value_parser = humantime::parse_duration)]
     commit_interval: Duration,
+    /// New batches wait up to this long after the last group commit began, to share
+    /// the next one (under many submits, fewer fsyncs; a lone submit goes at once).
+    #[arg(long, env = "SMSMESH_SUBMIT_INTERVAL", default_value = "1ms", value_parser = humantime::parse_duration)]
+    submit_interval: Duration,
     /// Most jobs in one frame to a node.
     #[arg(long, env = "SMSMESH_MAX_JOBS_PER_FRAME", default_value_t = 512)]
     max_jobs_per_frame: usize,
@@ -341,6 +345,7 @@ impl Args {
             retention: self.retention,
             dlr_timeout: self.dlr_timeout,
             commit_interval: self.commit_interval,
+            submit_interval: self.submit_interval,
             trace_message_ratio: self.trace_message_ratio,
             client_auth,
             node_token,

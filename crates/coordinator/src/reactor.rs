@@ -271,7 +271,7 @@ pub fn spawn(
         store: store.as_ref().map(Store::reader),
     };
     let writer = store.map(|store| {
-        Writer::spawn(store, move |r, stats| {
+        Writer::spawn(store, core.config().submit_interval, move |r, stats| {
             if let Ok(mut h) = commit_latency.lock() {
                 h.observe(stats.last.as_secs_f64());
             }
