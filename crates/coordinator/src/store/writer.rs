@@ -6,7 +6,8 @@
 //! the last one began: under many submits each fsync serves more of them
 //! (fewer, larger commits, less CPU per batch); a lone submit goes at once.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use super::inserter::{Insert, Inserter};
@@ -57,10 +58,15 @@ impl Writer {
         let (tx, rx) = mpsc::channel::<Job<T>>();
         let (new_tx, new_rx) = mpsc::channel::<Insert>();
         let wake = tx.clone();
+        // Set while the writer waits for work: only then does a new batch wake it.
+        let idle = Arc::new(AtomicBool::new(false));
+        let asleep = idle.clone();
         let inserter = Inserter::new(
             new_tx,
             move || {
-                let _ = wake.send(Job::Wake);
+                if asleep.swap(false, Ordering::SeqCst) {
+                    let _ = wake.send(Job::Wake);
+                }
             },
             store.failure_record(),
         );
@@ -69,9 +75,9 @@ impl Writer {
             .spawn(move || {
                 let mut stats = CommitStats::default();
                 let mut last_start: Option<Instant> = None;
-                while let Ok(first) = rx.recv() {
+                while let Some((first, carried)) = wait_for_work(&rx, &new_rx, &idle) {
                     let due = last_start.map(|s| s + submit_interval);
-                    let Group { sets, new, stop } = gather(first, &rx, &new_rx, due);
+                    let Group { sets, new, stop } = gather(first, carried, &rx, &new_rx, due);
                     if !new.is_empty() || !sets.is_empty() {
                         let start = Instant::now();
                         last_start = Some(start);
@@ -92,6 +98,29 @@ impl Writer {
     }
 }
 
+/// Blocks until there is work: a job, or a new batch (given back beside a
+/// [`Job::Wake`]). New batches wake the writer only while it waits here
+/// (`idle` set), not once per batch while it commits or waits out the submit
+/// interval.
+fn wait_for_work<T>(
+    rx: &mpsc::Receiver<Job<T>>,
+    new_rx: &mpsc::Receiver<Insert>,
+    idle: &AtomicBool,
+) -> Option<(Job<T>, Option<Insert>)> {
+    idle.store(true, Ordering::SeqCst);
+    // A batch queued before the flag was set sent no wake: look once more
+    // (the fence orders the flag before the look, as the inserter's swap
+    // orders its batch before the flag).
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if let Ok(insert) = new_rx.try_recv() {
+        idle.store(false, Ordering::SeqCst);
+        return Some((Job::Wake, Some(insert)));
+    }
+    let job = rx.recv().ok();
+    idle.store(false, Ordering::SeqCst);
+    job.map(|job| (job, None))
+}
+
 /// What one commit stores.
 struct Group<T> {
     sets: Vec<(WriteSet, T)>,
@@ -106,13 +135,14 @@ struct Group<T> {
 /// group, a stop or a full group goes at once.
 fn gather<T>(
     first: Job<T>,
+    carried: Option<Insert>,
     rx: &mpsc::Receiver<Job<T>>,
     new_rx: &mpsc::Receiver<Insert>,
     due: Option<Instant>,
 ) -> Group<T> {
     let mut group = Group {
         sets: Vec::new(),
-        new: Vec::new(),
+        new: carried.into_iter().collect(),
         stop: false,
     };
     let mut next = Some(first);
@@ -227,11 +257,11 @@ mod tests {
     fn a_lone_submit_after_the_interval_goes_at_once() {
         let (_tx, rx, new_tx, new_rx) = channels();
         new_tx.send(insert()).unwrap();
-        let g = gather(Job::Wake, &rx, &new_rx, None);
+        let g = gather(Job::Wake, None, &rx, &new_rx, None);
         assert_eq!((g.new.len(), g.sets.len(), g.stop), (1, 0, false));
         let past = Instant::now() - Duration::from_millis(5);
         new_tx.send(insert()).unwrap();
-        let g = gather(Job::Wake, &rx, &new_rx, Some(past));
+        let g = gather(Job::Wake, None, &rx, &new_rx, Some(past));
         assert_eq!(g.new.len(), 1);
     }
 
@@ -246,7 +276,7 @@ mod tests {
             tx.send(Job::Wake).unwrap();
             tx
         });
-        let g = gather(Job::Wake, &rx, &new_rx, Some(start + interval));
+        let g = gather(Job::Wake, None, &rx, &new_rx, Some(start + interval));
         assert!(start.elapsed() >= interval, "new batches alone wait");
         let _tx = later.join().unwrap();
         assert_eq!((g.new.len(), g.sets.len()), (2, 0));
@@ -261,14 +291,76 @@ mod tests {
             tx.send(Job::Commit(WriteSet::default(), ())).unwrap();
             tx
         });
-        let g = gather(Job::Wake, &rx, &new_rx, Some(far));
+        let g = gather(Job::Wake, None, &rx, &new_rx, Some(far));
         assert_eq!((g.new.len(), g.sets.len()), (1, 1));
         let tx = sender.join().unwrap();
         new_tx.send(insert()).unwrap();
-        let g = gather(Job::Stop, &rx, &new_rx, Some(far));
+        let g = gather(Job::Stop, None, &rx, &new_rx, Some(far));
         assert_eq!((g.new.len(), g.stop), (1, true));
         drop(tx);
-        let g = gather(Job::Wake, &rx, &new_rx, Some(far));
+        let g = gather(Job::Wake, None, &rx, &new_rx, Some(far));
         assert!(g.stop, "every sender gone: the writer stops");
+    }
+}
+
+/// The writer thread on a real store, with inserts from many threads.
+#[cfg(test)]
+mod stored {
+    use super::*;
+    use crate::store::StoredBatch;
+
+    /// Every insert is answered, whether it came while the writer waited,
+    /// committed or waited out the interval: no wake is lost.
+    #[test]
+    fn every_insert_from_many_threads_is_stored_and_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        let (tx, thread, inserter) =
+            Writer::spawn::<()>(store, Duration::from_millis(1), |_, _| {});
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (threads, each) = (8u64, 250u64);
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let inserter = inserter.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    for i in 0..each {
+                        let batch = StoredBatch {
+                            id: 1 + t * each + i,
+                            total: 1,
+                            max_attempts: 3,
+                            synthetic_seed: Some(7),
+                            accepted_unix_ms: 1,
+                            tenant: "t".into(),
+                            ..StoredBatch::default()
+                        };
+                        let answer = rt.block_on(inserter.insert(batch, None, None));
+                        assert!(matches!(answer, Ok(Ok(()))), "{answer:?}");
+                    }
+                })
+            })
+            .collect();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                for w in workers {
+                    tokio::task::spawn_blocking(move || w.join().unwrap())
+                        .await
+                        .unwrap();
+                }
+            })
+            .await
+            .expect("every insert answered within a minute");
+        });
+        tx.send(Job::Stop).unwrap();
+        thread.join().unwrap();
+        let loaded = Store::open(dir.path(), false).unwrap().load().unwrap();
+        let mut ids: Vec<u64> = loaded.batches.iter().map(|b| b.batch.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=threads * each).collect::<Vec<_>>());
     }
 }
