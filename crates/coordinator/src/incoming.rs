@@ -12,13 +12,15 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::gathered::Gathered;
+
 /// Bytes a client sends before anything else: the HTTP/2 connection preface
 /// is 24, and a TLS ClientHello is longer.
 const OPENING: usize = 24;
 
 /// An accepted connection with a deadline for its opening bytes.
 pub struct Timely {
-    inner: TcpStream,
+    inner: Gathered<TcpStream>,
     /// Until the opening bytes arrived: when the connection is closed.
     deadline: Option<Pin<Box<Sleep>>>,
     /// Bytes read so far, until the opening is complete.
@@ -29,7 +31,7 @@ impl Timely {
     /// `stream`, which must send its opening bytes within `timeout`.
     pub fn new(stream: TcpStream, timeout: Duration) -> Self {
         Timely {
-            inner: stream,
+            inner: Gathered::new(stream),
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             seen: 0,
         }
@@ -52,7 +54,7 @@ impl AsyncRead for Timely {
             )));
         }
         let before = buf.filled().len();
-        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = Pin::new(this.inner.get_mut()).poll_read(cx, buf);
         if this.deadline.is_some() && matches!(read, Poll::Ready(Ok(()))) {
             this.seen += buf.filled().len() - before;
             if this.seen >= OPENING {
@@ -97,6 +99,6 @@ impl Connected for Timely {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.inner.connect_info()
+        self.inner.get_ref().connect_info()
     }
 }

@@ -24,6 +24,7 @@ pub mod batch;
 pub mod callbacks;
 pub mod config;
 pub mod core;
+pub mod gathered;
 pub mod history;
 pub mod incoming;
 pub mod leader;
