@@ -427,7 +427,7 @@ async fn main() -> anyhow::Result<()> {
                 let (r, r4) = (&one.run, &four.run);
                 Scenario {
                     id: s.clone(),
-                    title: format!("one-message batches from {callers} concurrent callers, durable: of one tenant, then of 4"),
+                    title: format!("one-message batches from {callers} concurrent callers, durable, nodes of 1 runtime thread: of one tenant, then of 4"),
                     target: "≥ 20,000 batches/s and SubmitBatch p99 ≤ 25 ms with one tenant, at least half of that with 4; every message sent".into(),
                     result: format!(
                         "one tenant {:.0} batches/s ({} in {:.1} s), p50 {:.1} ms, p99 {:.1} ms, all sent after {:.1} s; 4 tenants {:.0} batches/s, p50 {:.1} ms, p99 {:.1} ms, all sent after {:.1} s",
