@@ -1,7 +1,7 @@
-//! A connection's writes gathered over one turn of the scheduler: a flush
-//! first lets the other ready tasks run (the answers a group commit released
-//! at once), then sends what they all wrote in one system call, instead of one
-//! `writev` per answer.
+//! A connection's writes gathered over one turn of the scheduler: a flush of
+//! a small answer first lets the other ready tasks run (the answers a group
+//! commit released at once), then sends what they all wrote in one system
+//! call, instead of one `writev` per answer.
 
 use std::io;
 use std::pin::Pin;
@@ -11,6 +11,11 @@ use tokio::io::AsyncWrite;
 
 /// Bytes held before they are written through without waiting for a flush.
 const HOLD: usize = 64 * 1024;
+
+/// Most bytes a flush waits a turn to add to: unary answers, a few hundred
+/// bytes each. More (a node's frame of jobs) goes at once: a stream that
+/// waits a turn per frame waits behind every other task, and its node with it.
+const SMALL: usize = 2048;
 
 /// A connection that can take bytes at once, without waiting: what is held
 /// when it is dropped goes that way (a TLS alert written just before a
@@ -26,9 +31,9 @@ impl SendNow for tokio::net::TcpStream {
     }
 }
 
-/// Writes to `inner`, gathered until a flush; the flush yields once to the
-/// scheduler before it writes, so that frames other tasks queue meanwhile go
-/// in the same write.
+/// Writes to `inner`, gathered until a flush; the flush of up to [`SMALL`]
+/// bytes yields once to the scheduler before it writes, so that frames other
+/// tasks queue meanwhile go in the same write.
 #[derive(Debug)]
 pub struct Gathered<T: SendNow> {
     inner: T,
@@ -128,7 +133,7 @@ impl<T: SendNow + AsyncWrite + Unpin> AsyncWrite for Gathered<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if !this.held.is_empty() {
-            if !this.yielded {
+            if !this.yielded && this.held.len() <= SMALL {
                 // Let the tasks that are ready now add their frames first.
                 this.yielded = true;
                 cx.waker().wake_by_ref();
@@ -213,6 +218,22 @@ mod tests {
         // Nothing held: a flush goes at once.
         g.flush().await.unwrap();
         assert_eq!(g.get_ref().flushes, 2);
+    }
+
+    #[tokio::test]
+    async fn a_flush_of_more_than_a_small_answer_goes_at_once() {
+        let mut g = Gathered::new(Recorder::default());
+        let frame = vec![3u8; SMALL + 1];
+        g.write_all(&frame).await.unwrap();
+        let mut polls = 0;
+        poll_fn(|cx| {
+            polls += 1;
+            Pin::new(&mut g).poll_flush(cx)
+        })
+        .await
+        .unwrap();
+        assert_eq!(polls, 1, "no yield");
+        assert_eq!(g.get_ref().writes.len(), 1);
     }
 
     #[tokio::test]
