@@ -126,6 +126,7 @@ pub(crate) async fn scenario(bin: &Path, messages: u64, repeat: u32) -> anyhow::
         priority: None,
         failover: Some(runs_lost.into()),
         callbacks: None,
+        machine: None,
     })
 }
 

@@ -207,5 +207,6 @@ pub(crate) async fn scenario(bin: &Path, total: u64) -> anyhow::Result<Scenario>
         priority: None,
         failover: None,
         callbacks: None,
+        machine: None,
     })
 }

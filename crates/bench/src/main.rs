@@ -17,6 +17,7 @@ mod history;
 mod http_provider;
 mod mesh;
 mod priority;
+mod probe;
 mod report;
 mod rest;
 mod small;
@@ -123,6 +124,9 @@ pub(crate) struct Scenario {
     /// What the callbacks scenario measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     callbacks: Option<callbacks::Callbacks>,
+    /// How fast the machine was just before the scenario ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    machine: Option<probe::Probe>,
 }
 
 /// mimalloc rather than glibc's malloc: many small allocations per message,
@@ -149,7 +153,8 @@ async fn main() -> anyhow::Result<()> {
     let zero = Duration::ZERO;
     let mut results = Vec::new();
     for s in &args.scenarios {
-        let scenario = match s.as_str() {
+        let machine = Some(probe::measure().await?);
+        let mut scenario = match s.as_str() {
             "a" | "b" => {
                 if results
                     .iter()
@@ -205,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
                         priority: None,
                         failover: None,
                         callbacks: None,
+                        machine,
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -243,6 +249,7 @@ async fn main() -> anyhow::Result<()> {
                         priority: None,
                         failover: None,
                         callbacks: None,
+                        machine,
                     };
                     report(&scenario);
                     results.push(scenario);
@@ -278,6 +285,7 @@ async fn main() -> anyhow::Result<()> {
                     priority: None,
                     failover: None,
                     callbacks: None,
+                    machine: None,
                 }
             }
             "d" => {
@@ -317,6 +325,7 @@ async fn main() -> anyhow::Result<()> {
                     priority: None,
                     failover: None,
                     callbacks: None,
+                    machine: None,
                 }
             }
             "e" => {
@@ -370,6 +379,7 @@ async fn main() -> anyhow::Result<()> {
                     priority: None,
                     failover: None,
                     callbacks: None,
+                    machine: None,
                 }
             }
             "f" => {
@@ -418,6 +428,7 @@ async fn main() -> anyhow::Result<()> {
                     priority: None,
                     failover: None,
                     callbacks: None,
+                    machine: None,
                 }
             }
             "g" => {
@@ -444,6 +455,7 @@ async fn main() -> anyhow::Result<()> {
                     priority: None,
                     failover: None,
                     callbacks: None,
+                    machine: None,
                 }
             }
             "h" => {
@@ -464,6 +476,7 @@ async fn main() -> anyhow::Result<()> {
             }
             other => bail!("unknown scenario {other:?} (a to o)"),
         };
+        scenario.machine = machine;
         report(&scenario);
         results.push(scenario);
     }

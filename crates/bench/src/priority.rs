@@ -290,5 +290,6 @@ pub(crate) async fn scenario(
         priority: Some(k),
         failover: None,
         callbacks: None,
+        machine: None,
     })
 }

@@ -13,6 +13,9 @@ pub(crate) fn report(scenario: &Scenario) {
         scenario.target,
         if scenario.met { "met" } else { "NOT met" }
     );
+    if let Some(m) = &scenario.machine {
+        println!("    machine just before: {m}");
+    }
 }
 
 pub(crate) fn fmt_shares(v: &[f64]) -> String {
@@ -70,6 +73,16 @@ pub(crate) fn markdown(results: &[Scenario]) -> String {
                 u.coordinator_peak_rss_mib,
             ));
         }
+    }
+    let probes: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.machine.map(|m| format!("({}) {m}", r.id)))
+        .collect();
+    if !probes.is_empty() {
+        s.push_str(&format!(
+            "\nThe machine just before each scenario (lower is faster): {}.\n",
+            probes.join("; ")
+        ));
     }
     s
 }

@@ -179,5 +179,6 @@ pub(crate) async fn scenario(bin: &Path, n: u64) -> anyhow::Result<Scenario> {
         priority: None,
         failover: None,
         callbacks: None,
+        machine: None,
     })
 }

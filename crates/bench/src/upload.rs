@@ -158,5 +158,6 @@ pub(crate) async fn scenario(bin: &Path, n: u64, repeat: u32) -> anyhow::Result<
         priority: None,
         failover: None,
         callbacks: None,
+        machine: None,
     })
 }
