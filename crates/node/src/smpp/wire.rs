@@ -1,7 +1,9 @@
 //! One SMPP connection as an ESME: requests pipelined by sequence number over
 //! rusmpp's PDU codec. A request is registered before it is written, so no
-//! response can arrive unmatched; writes are gathered and flushed together;
-//! enquire_link is sent every interval and answered when the SMSC sends it.
+//! response can arrive unmatched; each PDU is encoded by its sender straight
+//! into the connection's out-buffer, and the writer sends all that gathered
+//! in one write; enquire_link is sent every interval and answered when the
+//! SMSC sends it.
 //!
 //! Written here rather than taken from rusmppc 0.4, whose connection task
 //! under a full window could sit idle until its enquire_link timer woke it:
@@ -13,16 +15,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use rusmpp::tokio_codec::CommandCodec;
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use rustc_hash::FxHashMap;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::Framed;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::bytes::BytesMut;
+use tokio_util::codec::{Encoder, FramedRead};
 
-/// PDUs written before one flush, at most.
-const WRITE_BATCH: usize = 256;
+/// Bytes of PDUs the out-buffer starts with room for.
+const OUT_CAPACITY: usize = 16 * 1024;
 
 /// Why a request got no answer it could use.
 #[derive(Debug)]
@@ -60,9 +63,18 @@ pub(super) enum Event {
 /// How long a closing writer may take to write what was queued before it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// PDUs encoded and not yet taken by the writer.
+struct Out {
+    buf: BytesMut,
+    /// Write what is in `buf`, then close; nothing more is taken.
+    closing: bool,
+}
+
 struct Inner {
-    /// To the writer: a PDU, or `None`: write what came before, then close.
-    out: mpsc::UnboundedSender<Option<Command>>,
+    /// To the writer: PDUs encoded, and whether to close after them.
+    out: Mutex<Out>,
+    /// Wakes the writer when `out` gains its first bytes or is closing.
+    out_ready: Notify,
     /// Requests awaiting their response, by sequence number; `None` once closed.
     pending: Mutex<Option<FxHashMap<u32, oneshot::Sender<Command>>>>,
     /// Why the connection closed, once it has.
@@ -90,7 +102,8 @@ impl Inner {
         for t in self.tasks.lock().expect("tasks lock").drain(..) {
             t.abort();
         }
-        let _ = self.out.send(None);
+        self.out.lock().expect("out lock").closing = true;
+        self.out_ready.notify_one();
         if let Some(w) = self.writer.lock().expect("writer lock").take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => drop(rt.spawn(async move {
@@ -108,6 +121,24 @@ impl Inner {
             .expect("closed lock")
             .clone()
             .unwrap_or_else(|| "the connection closed".into())
+    }
+
+    /// Encodes `cmd` into the out-buffer, waking the writer if it was empty.
+    /// False if the connection is closing (the PDU is not sent).
+    fn send(&self, cmd: &Command) -> bool {
+        let mut out = self.out.lock().expect("out lock");
+        if out.closing {
+            return false;
+        }
+        let was_empty = out.buf.is_empty();
+        if CommandCodec::new().encode(cmd, &mut out.buf).is_err() {
+            return false; // encoding into memory does not fail
+        }
+        drop(out);
+        if was_empty {
+            self.out_ready.notify_one();
+        }
+        true
     }
 }
 
@@ -139,11 +170,15 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let (mut sink, mut source) = Framed::new(stream, CommandCodec::new()).split();
-        let (out, mut queue) = mpsc::unbounded_channel::<Option<Command>>();
+        let (read, mut write) = tokio::io::split(stream);
+        let mut source = FramedRead::new(read, CommandCodec::new());
         let (events, events_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            out,
+            out: Mutex::new(Out {
+                buf: BytesMut::with_capacity(OUT_CAPACITY),
+                closing: false,
+            }),
+            out_ready: Notify::new(),
             pending: Mutex::new(Some(FxHashMap::default())),
             closed: Mutex::new(None),
             events,
@@ -154,24 +189,26 @@ impl Session {
         let writer = {
             let inner = inner.clone();
             tokio::spawn(async move {
-                let mut batch = Vec::with_capacity(WRITE_BATCH);
-                while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-                    let mut end = false;
-                    for out in batch.drain(..) {
-                        match out {
-                            Some(c) if !end => {
-                                if let Err(e) = sink.feed(c).await {
-                                    return inner.shut(format!("write: {e}"));
-                                }
-                            }
-                            _ => end = true,
+                // Two buffers, swapped: senders fill one while the other is written.
+                let mut spare = BytesMut::with_capacity(OUT_CAPACITY);
+                loop {
+                    inner.out_ready.notified().await;
+                    let closing = {
+                        let mut out = inner.out.lock().expect("out lock");
+                        std::mem::swap(&mut out.buf, &mut spare);
+                        out.closing
+                    };
+                    if !spare.is_empty() {
+                        if let Err(e) = write.write_all(&spare).await {
+                            return inner.shut(format!("write: {e}"));
+                        }
+                        spare.clear();
+                        if let Err(e) = write.flush().await {
+                            return inner.shut(format!("write: {e}"));
                         }
                     }
-                    if let Err(e) = sink.flush().await {
-                        return inner.shut(format!("write: {e}"));
-                    }
-                    if end {
-                        let _ = sink.close().await;
+                    if closing {
+                        let _ = write.shutdown().await;
                         return;
                     }
                 }
@@ -201,7 +238,7 @@ impl Session {
                         }
                     } else if cmd.id() == CommandId::EnquireLink {
                         let resp = Command::new(CommandStatus::EsmeRok, seq, Pdu::EnquireLinkResp);
-                        let _ = inner.out.send(Some(resp));
+                        inner.send(&resp);
                     } else {
                         let _ = inner.events.send(Event::Incoming(Box::new(cmd)));
                     }
@@ -262,7 +299,10 @@ impl Session {
             None => return Err(WireError::NotSent(self.inner.why_closed())),
         };
         let cmd = Command::new(CommandStatus::EsmeRok, seq, pdu.into());
-        if self.inner.out.send(Some(cmd)).is_err() {
+        if !self.inner.send(&cmd) {
+            if let Some(p) = self.inner.pending.lock().expect("pending lock").as_mut() {
+                p.remove(&seq);
+            }
             return Err(WireError::NotSent(self.inner.why_closed()));
         }
         match tokio::time::timeout(timeout, rx).await {
@@ -280,9 +320,6 @@ impl Session {
 
     /// Answers the SMSC's request `seq`.
     pub(super) fn respond(&self, seq: u32, status: CommandStatus, pdu: impl Into<Pdu>) {
-        let _ = self
-            .inner
-            .out
-            .send(Some(Command::new(status, seq, pdu.into())));
+        self.inner.send(&Command::new(status, seq, pdu.into()));
     }
 }
