@@ -47,6 +47,11 @@ pub(crate) struct SmppRun {
     /// From the submit until every message was delivered.
     pub(crate) all_delivered_seconds: f64,
     pub(crate) coordinator_peak_rss_mib: f64,
+    /// CPU seconds (user + system) per million messages, from the submit to
+    /// the last receipt: all nodes together, the coordinator, the test SMSC.
+    pub(crate) node_cpu_s_per_million: f64,
+    pub(crate) coordinator_cpu_s_per_million: f64,
+    pub(crate) smsc_cpu_s_per_million: f64,
 }
 
 /// Polls the batch until `done` holds, recording (time, sent, delivered).
@@ -112,14 +117,20 @@ async fn run(
         .ok()
         .and_then(|c| c.parse().ok())
         .unwrap_or(NODE_CONCURRENCY);
-    let (mut m, _nodes) =
+    let (mut m, node_procs) =
         mesh::with_gateway(bin, &gateway, "smpp", (nodes, NODE_THREADS), concurrency).await?;
     let pid = m.coord.child.id();
+    let node_pids: Vec<u32> = node_procs.iter().map(|n| n.child.id()).collect();
+    let smsc_pid = smsc.child.id();
+    let cpu = |pids: &[u32]| pids.iter().map(|p| usage(*p).0).sum::<f64>();
+    let before = [cpu(&node_pids), cpu(&[pid]), cpu(&[smsc_pid])];
     let started = Instant::now();
     let batch =
         smsmesh_testkit::submit(&mut m.client, smsmesh_testkit::synthetic(messages, 7)).await;
     let seen = follow(&mut m.client, &batch, Duration::from_secs(600)).await?;
     let done = seen.last().map_or(started, |s| s.0);
+    let after = [cpu(&node_pids), cpu(&[pid]), cpu(&[smsc_pid])];
+    let per_million = |i: usize| (after[i] - before[i]) / (messages as f64 / 1e6);
     Ok(SmppRun {
         nodes,
         messages,
@@ -129,6 +140,9 @@ async fn run(
         receipts_per_sec: rate(&seen, messages, |s| s.2),
         all_delivered_seconds: (done - started).as_secs_f64(),
         coordinator_peak_rss_mib: usage(pid).1,
+        node_cpu_s_per_million: per_million(0),
+        coordinator_cpu_s_per_million: per_million(1),
+        smsc_cpu_s_per_million: per_million(2),
     })
 }
 
@@ -146,7 +160,7 @@ pub(crate) async fn scenario(bin: &Path, n: u64) -> anyhow::Result<Scenario> {
     let backlog = run(bin, 4, n, 0, true).await?;
     let off = (limited.sent_per_sec - f64::from(limit)).abs() / f64::from(limit) * 100.0;
     let result = format!(
-        "1 node: {:.0} submit_sm/s, receipts matched {:.0}/s; 4 nodes: {:.0} segments/s, receipts matched {:.0}/s, {} delivered after {:.1} s, coordinator peak RSS {:.0} MiB; limit {limit}/s held at {:.0}/s ({off:.1}% off) over {:.0} s; a backlog of {} receipts matched at {:.0}/s, coordinator peak RSS {:.0} MiB",
+        "1 node: {:.0} submit_sm/s, receipts matched {:.0}/s; 4 nodes: {:.0} segments/s, receipts matched {:.0}/s, {} delivered after {:.1} s, coordinator peak RSS {:.0} MiB, CPU s per M messages: nodes {:.1}, coordinator {:.1}, SMSC {:.1}; limit {limit}/s held at {:.0}/s ({off:.1}% off) over {:.0} s; a backlog of {} receipts matched at {:.0}/s, coordinator peak RSS {:.0} MiB",
         one.sent_per_sec,
         one.receipts_per_sec,
         four.sent_per_sec,
@@ -154,6 +168,9 @@ pub(crate) async fn scenario(bin: &Path, n: u64) -> anyhow::Result<Scenario> {
         four.messages,
         four.all_delivered_seconds,
         four.coordinator_peak_rss_mib,
+        four.node_cpu_s_per_million,
+        four.coordinator_cpu_s_per_million,
+        four.smsc_cpu_s_per_million,
         limited.sent_per_sec,
         limited.all_delivered_seconds,
         backlog.messages,
