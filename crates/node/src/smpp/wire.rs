@@ -3,7 +3,9 @@
 //! response can arrive unmatched; each PDU is encoded by its sender straight
 //! into the connection's out-buffer, and the writer sends all that gathered
 //! in one write; enquire_link is sent every interval and answered when the
-//! SMSC sends it.
+//! SMSC sends it. Requests are timed out by one sweep of the waiting ones
+//! every [`sweep_every`] rather than by a timer each: a request is given up
+//! between its timeout and its timeout plus one sweep.
 //!
 //! Written here rather than taken from rusmppc 0.4, whose connection task
 //! under a full window could sit idle until its enquire_link timer woke it:
@@ -13,7 +15,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rusmpp::tokio_codec::CommandCodec;
@@ -26,6 +28,20 @@ use tokio_util::codec::{Encoder, FramedRead};
 
 /// Bytes of PDUs the out-buffer starts with room for.
 const OUT_CAPACITY: usize = 16 * 1024;
+
+/// How often the waiting requests are checked for their timeouts: an eighth
+/// of the response timeout, between 5 ms and 250 ms.
+fn sweep_every(response_timeout: Duration) -> Duration {
+    (response_timeout / 8).clamp(Duration::from_millis(5), Duration::from_millis(250))
+}
+
+/// A request awaiting its response.
+struct Waiter {
+    tx: oneshot::Sender<Result<Command, WireError>>,
+    /// When the sweep gives it up.
+    deadline: Instant,
+    timeout: Duration,
+}
 
 /// Why a request got no answer it could use.
 #[derive(Debug)]
@@ -76,7 +92,7 @@ struct Inner {
     /// Wakes the writer when `out` gains its first bytes or is closing.
     out_ready: Notify,
     /// Requests awaiting their response, by sequence number; `None` once closed.
-    pending: Mutex<Option<FxHashMap<u32, oneshot::Sender<Command>>>>,
+    pending: Mutex<Option<FxHashMap<u32, Waiter>>>,
     /// Why the connection closed, once it has.
     closed: Mutex<Option<String>>,
     events: mpsc::UnboundedSender<Event>,
@@ -231,7 +247,7 @@ impl Session {
                             .as_mut()
                             .and_then(|p| p.remove(&seq));
                         match waiter {
-                            Some(w) => drop(w.send(cmd)),
+                            Some(w) => drop(w.tx.send(Ok(cmd))),
                             None => {
                                 tracing::debug!(seq, id = ?cmd.id(), "response to no waiting request (it timed out)")
                             }
@@ -248,7 +264,30 @@ impl Session {
         };
         let session = Session { inner };
         *session.inner.writer.lock().expect("writer lock") = Some(writer.abort_handle());
-        let mut tasks = vec![reader.abort_handle()];
+        let sweeper = {
+            let inner = session.inner.clone();
+            let every = sweep_every(response_timeout);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let now = Instant::now();
+                    let expired: Vec<Waiter> =
+                        match inner.pending.lock().expect("pending lock").as_mut() {
+                            Some(p) => p
+                                .extract_if(|_, w| w.deadline <= now)
+                                .map(|(_, w)| w)
+                                .collect(),
+                            None => return,
+                        };
+                    for w in expired {
+                        let _ = w.tx.send(Err(WireError::Timeout(w.timeout)));
+                    }
+                }
+            })
+        };
+        let mut tasks = vec![reader.abort_handle(), sweeper.abort_handle()];
         if !enquire_link.is_zero() {
             let s = session.clone();
             let keepalive = tokio::spawn(async move {
@@ -285,8 +324,8 @@ impl Session {
         self.inner.seq.fetch_add(1, Ordering::Relaxed) % 0x7FFF_FFFF + 1
     }
 
-    /// Sends a request and waits up to `timeout` for its response, which is
-    /// returned only if its command_status is ESME_ROK.
+    /// Sends a request and waits up to `timeout` (plus at most one sweep) for
+    /// its response, which is returned only if its command_status is ESME_ROK.
     pub(super) async fn request(
         &self,
         pdu: impl Into<Pdu>,
@@ -294,8 +333,13 @@ impl Session {
     ) -> Result<Command, WireError> {
         let seq = self.next_seq();
         let (tx, rx) = oneshot::channel();
+        let waiter = Waiter {
+            tx,
+            deadline: Instant::now() + timeout,
+            timeout,
+        };
         match self.inner.pending.lock().expect("pending lock").as_mut() {
-            Some(p) => p.insert(seq, tx),
+            Some(p) => p.insert(seq, waiter),
             None => return Err(WireError::NotSent(self.inner.why_closed())),
         };
         let cmd = Command::new(CommandStatus::EsmeRok, seq, pdu.into());
@@ -305,21 +349,98 @@ impl Session {
             }
             return Err(WireError::NotSent(self.inner.why_closed()));
         }
-        match tokio::time::timeout(timeout, rx).await {
+        // Answered by the reader, given up by the sweep, or dropped when the connection shuts.
+        match rx.await {
             Ok(Ok(resp)) if resp.status() == CommandStatus::EsmeRok => Ok(resp),
             Ok(Ok(resp)) => Err(WireError::Refused(u32::from(resp.status()))),
-            Ok(Err(_)) => Err(WireError::Lost(self.inner.why_closed())),
-            Err(_) => {
-                if let Some(p) = self.inner.pending.lock().expect("pending lock").as_mut() {
-                    p.remove(&seq);
-                }
-                Err(WireError::Timeout(timeout))
-            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(WireError::Lost(self.inner.why_closed())),
         }
     }
 
     /// Answers the SMSC's request `seq`.
     pub(super) fn respond(&self, seq: u32, status: CommandStatus, pdu: impl Into<Pdu>) {
         self.inner.send(&Command::new(status, seq, pdu.into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session over an in-memory pipe whose far end reads and never answers.
+    fn silent_peer() -> (Owner, tokio::task::JoinHandle<()>) {
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let drain = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while tokio::io::AsyncReadExt::read(&mut theirs, &mut buf)
+                .await
+                .is_ok_and(|n| n > 0)
+            {}
+        });
+        let (owner, _events) = Session::open(ours, Duration::ZERO, Duration::from_millis(40));
+        (owner, drain)
+    }
+
+    fn waiting(s: &Session) -> usize {
+        s.inner
+            .pending
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, |p| p.len())
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_request_times_out_by_the_sweep_and_leaves_nothing_waiting() {
+        let (owner, _drain) = silent_peer();
+        let s = owner.session.clone();
+        let t = Instant::now();
+        let r = s.request(Pdu::EnquireLink, Duration::from_millis(40)).await;
+        let took = t.elapsed();
+        assert!(
+            matches!(r, Err(WireError::Timeout(t)) if t == Duration::from_millis(40)),
+            "{r:?}"
+        );
+        // Given up between the timeout and the timeout plus one sweep (and a scheduling margin).
+        assert!(took >= Duration::from_millis(40), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(waiting(&s), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_abandoned_by_its_caller_is_swept_too() {
+        let (owner, _drain) = silent_peer();
+        let s = owner.session.clone();
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(1),
+            s.request(Pdu::EnquireLink, Duration::from_millis(40)),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the caller gave up first");
+        assert_eq!(waiting(&s), 1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while waiting(&s) > 0 {
+            assert!(Instant::now() < deadline, "still waiting after 5 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_after_the_close_are_not_sent_and_those_waiting_are_lost() {
+        let (owner, _drain) = silent_peer();
+        let s = owner.session.clone();
+        let waiting_one = tokio::spawn({
+            let s = s.clone();
+            async move { s.request(Pdu::EnquireLink, Duration::from_secs(30)).await }
+        });
+        while waiting(&s) == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(owner);
+        let r = waiting_one.await.unwrap();
+        assert!(matches!(r, Err(WireError::Lost(_))), "{r:?}");
+        let r = s.request(Pdu::EnquireLink, Duration::from_secs(30)).await;
+        assert!(matches!(r, Err(WireError::NotSent(_))), "{r:?}");
     }
 }
