@@ -38,7 +38,7 @@ pub struct SmppArgs {
     /// SMPP: enquire_link interval [enquire_link].
     #[arg(long = "smpp-enquire-link", env = "SMSMESH_SMPP_ENQUIRE_LINK", default_value = "30s", value_parser = humantime::parse_duration)]
     pub enquire_link: Duration,
-    /// SMPP: how long to wait for a response (submit_sm_resp, bind_resp) [response_timeout].
+    /// SMPP: how long to wait for a response (submit_sm_resp, bind_resp), checked every eighth of it (5-250 ms) [response_timeout].
     /// A submit_sm with no response by then has an unknown outcome.
     #[arg(long = "smpp-response-timeout", env = "SMSMESH_SMPP_RESPONSE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub response_timeout: Duration,
