@@ -155,15 +155,17 @@ async fn main() -> anyhow::Result<()> {
     let zero = Duration::ZERO;
     let mut results = Vec::new();
     for s in &args.scenarios {
+        let paired = s == "a" || s == "b";
+        if paired
+            && results
+                .iter()
+                .any(|r: &Scenario| r.id == "a" || r.id == "b")
+        {
+            continue; // run with the other, interleaved
+        }
         let machine = Some(probe::measure().await?);
         let mut scenario = match s.as_str() {
             "a" | "b" => {
-                if results
-                    .iter()
-                    .any(|r: &Scenario| r.id == "a" || r.id == "b")
-                {
-                    continue; // run with the other, interleaved
-                }
                 let want = |id: &str| args.scenarios.iter().any(|x| x == id);
                 let (mut durable, mut memory) = (Vec::new(), Vec::new());
                 for _ in 0..args.repeat {
