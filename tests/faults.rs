@@ -56,7 +56,6 @@ impl SmallDisk {
     }
 }
 
-/// Writes `path` until the disk is full.
 /// Whether a call failed because the server's GOAWAY (NO_ERROR) left its
 /// stream out: tonic reports it as an internal transport error.
 fn refused_by_goaway(s: &tonic::Status) -> bool {
@@ -64,6 +63,7 @@ fn refused_by_goaway(s: &tonic::Status) -> bool {
     s.code() == Code::Internal && text.contains("GoAway(") && text.contains("NO_ERROR")
 }
 
+/// Writes `path` until the disk is full.
 fn fill(path: &Path) {
     use std::io::Write;
     let mut f = std::fs::File::create(path).unwrap();
