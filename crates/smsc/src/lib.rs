@@ -13,10 +13,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use rusmpp::pdus::{
     BindReceiverResp, BindTransceiverResp, BindTransmitterResp, DeliverSm, SubmitSmResp,
 };
@@ -24,9 +24,11 @@ use rusmpp::tokio_codec::CommandCodec;
 use rusmpp::types::{COctetString, OctetString};
 use rusmpp::values::EsmClass;
 use rusmpp::{Command, CommandStatus, Pdu};
-use rustc_hash::FxHashMap;
-use tokio::sync::mpsc;
-use tokio_util::codec::Framed;
+use tokio_util::codec::FramedRead;
+
+mod outbound;
+
+use outbound::{Outbound, Receipt};
 
 /// How the SMSC writes its message ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -133,48 +135,32 @@ struct Shared {
     /// (second, submits in it) for the throttle.
     window: std::sync::Mutex<(u64, u32)>,
     /// Receipts waiting for a bind that can receive them.
-    held: std::sync::Mutex<VecDeque<DeliverSm>>,
+    held: std::sync::Mutex<VecDeque<Receipt>>,
     /// Receipts kept for `--receipts-after`, with the bind each came for.
-    backlog: std::sync::Mutex<Vec<(Outbound, DeliverSm)>>,
+    backlog: std::sync::Mutex<Vec<(Outbound, Receipt)>>,
     /// Whether the backlog went out: later receipts go when due.
     backlog_sent: std::sync::atomic::AtomicBool,
 }
 
-/// Commands to one connection, with its next sequence number for deliver_sm
-/// and the receipts it was sent and has not answered.
-#[derive(Clone)]
-struct Outbound {
-    tx: mpsc::UnboundedSender<Command>,
-    seq: Arc<AtomicU32>,
-    unacked: Arc<std::sync::Mutex<FxHashMap<u32, DeliverSm>>>,
-}
-
-impl Outbound {
-    /// Sends a receipt, kept until answered; gives it back if the connection is gone.
-    fn deliver(&self, pdu: DeliverSm) -> Option<DeliverSm> {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let mut unacked = self.unacked.lock().expect("unacked lock");
-        unacked.insert(seq, pdu.clone());
-        match self.tx.send(Command::new(CommandStatus::EsmeRok, seq, pdu)) {
-            Ok(()) => None,
-            Err(_) => unacked.remove(&seq),
+impl Shared {
+    fn new(config: SmscConfig, stats: Arc<SmscStats>) -> Shared {
+        Shared {
+            config,
+            stats,
+            next_id: AtomicU64::new(1),
+            receivers: std::sync::Mutex::new(Vec::new()),
+            turn: AtomicU64::new(0),
+            window: std::sync::Mutex::new((0, 0)),
+            held: std::sync::Mutex::new(VecDeque::new()),
+            backlog: std::sync::Mutex::new(Vec::new()),
+            backlog_sent: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
 /// Serves SMPP on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, config: SmscConfig, stats: Arc<SmscStats>) {
-    let shared = Arc::new(Shared {
-        config,
-        stats,
-        next_id: AtomicU64::new(1),
-        receivers: std::sync::Mutex::new(Vec::new()),
-        turn: AtomicU64::new(0),
-        window: std::sync::Mutex::new((0, 0)),
-        held: std::sync::Mutex::new(VecDeque::new()),
-        backlog: std::sync::Mutex::new(Vec::new()),
-        backlog_sent: std::sync::atomic::AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(config, stats));
     let mut conn = 0u64;
     while let Ok((sock, _)) = listener.accept().await {
         conn += 1;
@@ -184,32 +170,9 @@ pub async fn serve(listener: tokio::net::TcpListener, config: SmscConfig, stats:
 }
 
 async fn connection(shared: Arc<Shared>, conn: u64, sock: tokio::net::TcpStream) {
-    let (mut sink, mut stream) = Framed::new(sock, CommandCodec::new()).split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
-    let out = Outbound {
-        tx,
-        seq: Arc::new(AtomicU32::new(1)),
-        unacked: Arc::default(),
-    };
-    let writer = tokio::spawn(async move {
-        while let Some(cmd) = rx.recv().await {
-            let mut batch = vec![cmd];
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
-                if batch.len() >= 256 {
-                    break;
-                }
-            }
-            for c in batch {
-                if sink.feed(c).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    let (read, write) = sock.into_split();
+    let mut stream = FramedRead::new(read, CommandCodec::new());
+    let (out, writer) = Outbound::start(write);
     let mut submits = 0u64;
     while let Some(Ok(cmd)) = stream.next().await {
         let seq = cmd.sequence_number();
@@ -217,18 +180,22 @@ async fn connection(shared: Arc<Shared>, conn: u64, sock: tokio::net::TcpStream)
         let system_id = || COctetString::from_string("smsmesh-smsc".into()).expect("short");
         let reply = match cmd.pdu() {
             Some(Pdu::BindTransceiver(_)) => {
-                receiver(&shared, conn, &out);
-                Some(ok(BindTransceiverResp::builder()
+                // Answered before the receipts kept for a receiver go out on it.
+                out.send(&ok(BindTransceiverResp::builder()
                     .system_id(system_id())
                     .build()
-                    .into()))
+                    .into()));
+                receiver(&shared, conn, &out);
+                None
             }
             Some(Pdu::BindReceiver(_)) => {
-                receiver(&shared, conn, &out);
-                Some(ok(BindReceiverResp::builder()
+                // Answered before the receipts kept for a receiver go out on it.
+                out.send(&ok(BindReceiverResp::builder()
                     .system_id(system_id())
                     .build()
-                    .into()))
+                    .into()));
+                receiver(&shared, conn, &out);
+                None
             }
             Some(Pdu::BindTransmitter(_)) => {
                 shared.stats.binds.fetch_add(1, Ordering::Relaxed);
@@ -239,11 +206,11 @@ async fn connection(shared: Arc<Shared>, conn: u64, sock: tokio::net::TcpStream)
             }
             Some(Pdu::EnquireLink) => Some(ok(Pdu::EnquireLinkResp)),
             Some(Pdu::DeliverSmResp(_)) => {
-                out.unacked.lock().expect("unacked lock").remove(&seq);
+                out.answered(seq);
                 None
             }
             Some(Pdu::Unbind) => {
-                let _ = out.tx.send(ok(Pdu::UnbindResp));
+                out.send(&ok(Pdu::UnbindResp));
                 break;
             }
             Some(Pdu::SubmitSm(s)) => {
@@ -259,7 +226,7 @@ async fn connection(shared: Arc<Shared>, conn: u64, sock: tokio::net::TcpStream)
             _ => None,
         };
         if let Some(r) = reply
-            && out.tx.send(r).is_err()
+            && !out.send(&r)
         {
             break;
         }
@@ -270,11 +237,7 @@ async fn connection(shared: Arc<Shared>, conn: u64, sock: tokio::net::TcpStream)
         .expect("receivers lock")
         .retain(|(c, _)| *c != conn);
     // Receipts this bind did not answer go again, in the order they were sent.
-    let mut unanswered: Vec<(u32, DeliverSm)> =
-        out.unacked.lock().expect("unacked lock").drain().collect();
-    unanswered.sort_unstable_by_key(|(seq, _)| *seq);
-    drop(out);
-    for (_, r) in unanswered {
+    for r in out.close() {
         shared.stats.redelivered.fetch_add(1, Ordering::Relaxed);
         send_receipt(&shared, None, r);
     }
@@ -289,7 +252,7 @@ fn receiver(shared: &Shared, conn: u64, out: &Outbound) {
         .lock()
         .expect("receivers lock")
         .push((conn, out.clone()));
-    let held: Vec<DeliverSm> = shared.held.lock().expect("held lock").drain(..).collect();
+    let held: Vec<Receipt> = shared.held.lock().expect("held lock").drain(..).collect();
     shared
         .stats
         .held
@@ -343,7 +306,7 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
             (true, 7) => ("EXPIRED", "000"),
             _ => ("DELIVRD", "000"),
         };
-        receipt_pdu(&id, &to, stat, err)
+        Receipt::new(receipt_pdu(&id, &to, stat, err))
     });
     if status == CommandStatus::EsmeRok && !wants_receipt {
         shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -356,7 +319,7 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
             give_receipt(shared, out, r);
         }
         if !dropped {
-            let _ = out.tx.send(resp);
+            out.send(&resp);
         }
         if !c.receipt_first
             && let Some(r) = receipt
@@ -375,7 +338,7 @@ fn submit(shared: &Arc<Shared>, out: &Outbound, seq: u32, s: &rusmpp::pdus::Subm
         }
         tokio::time::sleep(c.response_delay).await;
         if !dropped {
-            let _ = out.tx.send(resp);
+            out.send(&resp);
         }
         if !c.receipt_first
             && let Some(r) = receipt
@@ -421,7 +384,7 @@ fn receipt_pdu(id: &str, to: &str, stat: &str, err: &str) -> DeliverSm {
 
 /// Sends a receipt due for the bind `out`, or keeps it for the backlog
 /// (`--receipts-after`), which goes out once it holds N.
-fn give_receipt(shared: &Arc<Shared>, out: &Outbound, r: DeliverSm) {
+fn give_receipt(shared: &Arc<Shared>, out: &Outbound, r: Receipt) {
     let after = shared.config.receipts_after;
     if after == 0 || shared.backlog_sent.load(Ordering::Acquire) {
         return send_receipt(shared, Some(out), r);
@@ -449,27 +412,73 @@ fn give_receipt(shared: &Arc<Shared>, out: &Outbound, r: DeliverSm) {
 
 /// Sends a receipt on the submitting bind (`out`), or on the next bind that
 /// can receive (with `--receipt-any-bind`, or when the submitter cannot), or
-/// keeps it until a bind can.
-fn send_receipt(shared: &Shared, out: Option<&Outbound>, r: DeliverSm) {
-    let receivers = shared.receivers.lock().expect("receivers lock");
-    let own = out.is_some_and(|out| receivers.iter().any(|(_, o)| o.tx.same_channel(&out.tx)));
-    let target = if let (true, false, Some(out)) = (own, shared.config.receipt_any_bind, out) {
-        out.clone()
-    } else if receivers.is_empty() {
-        // Kept while the receivers are locked, so a bind that comes now takes it.
-        let mut held = shared.held.lock().expect("held lock");
-        if held.len() < MAX_HELD {
-            held.push_back(r);
-            shared.stats.held.fetch_add(1, Ordering::Relaxed);
+/// keeps it until a bind can. A bind found closed is taken off the
+/// receivers, and the receipt tries the next.
+fn send_receipt(shared: &Shared, out: Option<&Outbound>, mut r: Receipt) {
+    let mut own = out;
+    loop {
+        let receivers = shared.receivers.lock().expect("receivers lock");
+        let mine = own.filter(|out| receivers.iter().any(|(_, o)| o.same(out)));
+        let target = match mine {
+            Some(out) if !shared.config.receipt_any_bind => out.clone(),
+            _ if receivers.is_empty() => {
+                // Kept while the receivers are locked, so a bind that comes now takes it.
+                let mut held = shared.held.lock().expect("held lock");
+                if held.len() < MAX_HELD {
+                    held.push_back(r);
+                    shared.stats.held.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            _ => {
+                let i = shared.turn.fetch_add(1, Ordering::Relaxed) as usize % receivers.len();
+                receivers[i].1.clone()
+            }
+        };
+        drop(receivers);
+        match target.deliver(r) {
+            None => {
+                shared.stats.receipts.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Some(back) => {
+                // That bind has just closed: it takes no more.
+                shared
+                    .receivers
+                    .lock()
+                    .expect("receivers lock")
+                    .retain(|(_, o)| !o.same(&target));
+                r = back;
+                own = None;
+            }
         }
-        return;
-    } else {
-        let i = shared.turn.fetch_add(1, Ordering::Relaxed) as usize % receivers.len();
-        receivers[i].1.clone()
-    };
-    drop(receivers);
-    match target.deliver(r) {
-        None => drop(shared.stats.receipts.fetch_add(1, Ordering::Relaxed)),
-        Some(r) => send_receipt(shared, None, r), // that bind has just closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receipt whose binds have all closed, their connections not yet
+    /// ended (a write failed, the reader still waits), is kept, and the
+    /// closed binds are no longer receivers. This once recursed from one
+    /// closed bind to the next until the stack overflowed.
+    #[tokio::test]
+    async fn a_receipt_with_only_closed_binds_to_take_it_is_kept() {
+        let shared = Shared::new(SmscConfig::default(), Arc::default());
+        let (a, _) = Outbound::start(tokio::io::sink());
+        let (b, _) = Outbound::start(tokio::io::sink());
+        assert!(a.close().is_empty() && b.close().is_empty());
+        shared
+            .receivers
+            .lock()
+            .expect("receivers lock")
+            .extend([(1, a.clone()), (2, b)]);
+        let r = Receipt::new(receipt_pdu("1", "4670000001", "DELIVRD", "000"));
+        send_receipt(&shared, Some(&a), r);
+        assert!(shared.receivers.lock().expect("receivers lock").is_empty());
+        assert_eq!(shared.held.lock().expect("held lock").len(), 1);
+        assert_eq!(shared.stats.held.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.stats.receipts.load(Ordering::Relaxed), 0);
     }
 }
