@@ -24,6 +24,7 @@ pub mod gateway;
 pub mod group;
 pub mod http;
 pub mod metrics;
+pub mod pace;
 pub mod pipeline;
 pub mod smpp;
 pub mod state;

@@ -22,9 +22,6 @@ pub use config::{Answers, HttpArgs, HttpConfig, Profile};
 
 use crate::gateway::{Accepted, Failure, FailureClass, Gateway, Outcome, Sending};
 
-/// Requests a second, as a limiter.
-type Limiter = governor::DefaultDirectRateLimiter;
-
 /// The HTTP gateway.
 pub struct Http {
     inner: Arc<Inner>,
@@ -33,7 +30,8 @@ pub struct Http {
 struct Inner {
     config: HttpConfig,
     client: reqwest::Client,
-    limiter: Option<Limiter>,
+    /// Requests a second.
+    limiter: Option<crate::pace::Pace>,
     /// Paused (throttled) until then.
     paused_until: Mutex<Option<Instant>>,
     ready: watch::Sender<bool>,
@@ -75,8 +73,8 @@ impl Http {
             .user_agent(concat!("smsmesh/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot make the HTTP client: {e}"))?;
-        let limiter = std::num::NonZeroU32::new(config.rate)
-            .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)));
+        let limiter =
+            std::num::NonZeroU32::new(config.rate).map(|r| crate::pace::Pace::per_second(r, r));
         Ok(Http {
             inner: Arc::new(Inner {
                 config,
@@ -238,7 +236,7 @@ impl Inner {
     /// Sends `request` when the rate allows, and reads what came of it.
     async fn send(self: Arc<Self>, request: reqwest::RequestBuilder) -> Outcome {
         if let Some(l) = &self.limiter {
-            l.until_ready().await;
+            l.ready().await;
         }
         let response = match request.send().await {
             Ok(r) => r,

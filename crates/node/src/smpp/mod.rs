@@ -60,7 +60,7 @@ struct Shared {
     ready: watch::Sender<bool>,
     /// One permit per submit_sm outstanding.
     window: Semaphore,
-    limiter: Option<governor::DefaultDirectRateLimiter>,
+    limiter: Option<crate::pace::Pace>,
     /// Until when the connector is paused after ESME_RTHROTTLED.
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// The next concatenation reference.
@@ -91,7 +91,7 @@ impl Smpp {
         let limiter = NonZeroU32::new(config.rate).map(|r| {
             // A burst of at most a tenth of a second's worth, so the rate holds over short spans.
             let burst = NonZeroU32::new((r.get() / 10).max(1)).expect("at least 1");
-            governor::RateLimiter::direct(governor::Quota::per_second(r).allow_burst(burst))
+            crate::pace::Pace::per_second(r, burst)
         });
         let (receipts, receipts_rx) = tokio::sync::mpsc::channel(RECEIPT_QUEUE);
         let shared = Arc::new(Shared {
@@ -253,7 +253,7 @@ async fn submit_one(
         tokio::time::sleep_until(until).await;
     }
     if let Some(limiter) = &shared.limiter {
-        limiter.until_ready().await;
+        limiter.ready().await;
     }
     let _permit = shared
         .window
