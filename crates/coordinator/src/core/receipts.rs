@@ -16,7 +16,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,7 +112,8 @@ pub struct ReceiptStats {
 
 /// The receipts sub-state of the core.
 pub(super) struct Receipts {
-    hasher: (std::hash::RandomState, std::hash::RandomState),
+    /// Keyed at random at start: ids are kept as their 128-bit hash.
+    hasher: siphasher::sip128::SipHasher13,
     index: HashMap<u128, Segment, rustc_hash::FxBuildHasher>,
     waiting: BTreeMap<(u64, u32), Waiting>,
     finals: BTreeMap<(u64, u32), Decided>,
@@ -169,7 +170,7 @@ pub fn overlay(status: &mut pb::MessageStatus, d: &StoredDelivery) {
 impl Receipts {
     pub(super) fn new(timeout: Duration) -> Self {
         Receipts {
-            hasher: Default::default(),
+            hasher: siphasher::sip128::SipHasher13::new_with_keys(rand::random(), rand::random()),
             index: HashMap::default(),
             waiting: BTreeMap::new(),
             finals: BTreeMap::new(),
@@ -182,17 +183,14 @@ impl Receipts {
         }
     }
 
-    /// The key of `id` at `provider`.
+    /// The key of `id` at `provider`: one pass of SipHash-1-3, 128 bits.
     fn key(&self, provider: &str, id: &str) -> u128 {
-        let h = |s: &std::hash::RandomState| {
-            use std::hash::Hasher;
-            let mut h = s.build_hasher();
-            h.write(provider.as_bytes());
-            h.write_u8(0);
-            h.write(id.as_bytes());
-            h.finish()
-        };
-        (u128::from(h(&self.hasher.0)) << 64) | u128::from(h(&self.hasher.1))
+        use siphasher::sip128::Hasher128;
+        let mut h = self.hasher;
+        h.write_usize(provider.len());
+        h.write(provider.as_bytes());
+        h.write(id.as_bytes());
+        h.finish128().into()
     }
 
     /// The delivery counts of a batch.
@@ -251,36 +249,30 @@ impl Receipts {
             index,
             wait: stored_wait(&w),
         });
-        self.wait(batch, index, w);
         // Receipts that came before these ids.
-        for (part, id) in ids.iter().enumerate() {
-            let key = self.key(provider, id);
-            if let Some((r, _)) = self.early.remove(&key) {
-                self.stats.early += 1;
-                self.apply(
-                    Segment {
-                        batch,
-                        index,
-                        part: part as u8,
-                    },
-                    &r,
-                    writes,
-                );
-            }
+        for (seg, r) in self.wait(batch, index, w) {
+            self.stats.early += 1;
+            self.apply(seg, &r, writes);
         }
     }
 
-    fn wait(&mut self, batch: u64, index: u32, w: Waiting) {
+    /// The message waits for receipts; gives back those that came before
+    /// its ids, each with the segment it names, to be applied.
+    fn wait(&mut self, batch: u64, index: u32, w: Waiting) -> Vec<(Segment, pb::Receipt)> {
+        let mut early = Vec::new();
         for (part, id) in w.ids.iter().enumerate() {
             let key = self.key(&w.provider, id);
-            self.index.insert(
-                key,
-                Segment {
-                    batch,
-                    index,
-                    part: part as u8,
-                },
-            );
+            let seg = Segment {
+                batch,
+                index,
+                part: part as u8,
+            };
+            self.index.insert(key, seg);
+            if !self.early.is_empty()
+                && let Some((r, _)) = self.early.remove(&key)
+            {
+                early.push((seg, r));
+            }
         }
         self.deadlines.push(Reverse((
             w.sent_unix_ms.saturating_add(self.timeout_ms),
@@ -289,6 +281,7 @@ impl Receipts {
         )));
         self.counts.entry(batch).or_default().awaiting += 1;
         self.waiting.insert((batch, index), w);
+        early
     }
 
     /// A receipt from a node of `provider`.
@@ -490,7 +483,9 @@ impl Receipts {
                 provider,
                 ids: w.ids.iter().map(|s| s.as_str().into()).collect(),
             };
-            self.wait(batch, index, waiting);
+            // Nothing waits early at a restart: the list is empty.
+            let early = self.wait(batch, index, waiting);
+            debug_assert!(early.is_empty());
         }
         for ((batch, index), d) in finals {
             let c = self.counts.entry(batch).or_default();
