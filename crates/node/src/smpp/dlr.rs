@@ -118,7 +118,11 @@ pub fn parse(
     receipted_id: Option<&str>,
     message_state: Option<u8>,
 ) -> Result<Receipt, String> {
-    let text = String::from_utf8_lossy(short_message);
+    // Valid UTF-8 (ASCII, as receipts are) is checked at once, not char by char.
+    let text = match std::str::from_utf8(short_message) {
+        Ok(t) => std::borrow::Cow::Borrowed(t),
+        Err(_) => String::from_utf8_lossy(short_message),
+    };
     // One pass for the three fields read (the first of each name counts).
     let (mut id_field, mut stat_field, mut err_field) = (None, None, None);
     for (k, v) in text_fields(&text) {
@@ -161,9 +165,11 @@ pub fn parse(
 /// The `key:value` words of a receipt text, where "submit date" and
 /// "done date" are keys of two words and `text:` runs to the end.
 fn text_fields(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    // Split at ASCII bytes, which never fall inside a multi-byte character.
+    let at = |s: &str, b: u8| s.bytes().position(|c| c == b);
     let mut rest = text.trim();
     std::iter::from_fn(move || {
-        let colon = rest.find(':')?;
+        let colon = at(rest, b':')?;
         let key = rest[..colon].trim();
         let after = &rest[colon + 1..];
         if key.eq_ignore_ascii_case("text") {
@@ -171,7 +177,7 @@ fn text_fields(text: &str) -> impl Iterator<Item = (&str, &str)> {
             return Some((key, after.trim()));
         }
         // The value runs to the next space before another key (or the end).
-        let end = after.find(' ').unwrap_or(after.len());
+        let end = at(after, b' ').unwrap_or(after.len());
         rest = after[end..].trim_start();
         Some((key, after[..end].trim()))
     })

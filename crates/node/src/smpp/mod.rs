@@ -168,7 +168,10 @@ async fn submit(
     class: smsmesh::priority::Class,
 ) -> Outcome {
     let c = &shared.config;
-    let client = {
+    let bound = shared.client.borrow().clone();
+    let client = if let Some(client) = bound {
+        client
+    } else {
         // A send that comes while the bind is down waits a little for it, then goes back.
         let mut rx = shared.client.subscribe();
         let bound = tokio::time::timeout(c.response_timeout, rx.wait_for(Option::is_some)).await;
