@@ -2,7 +2,8 @@
 //! of pipelined submit_sm keeps flowing, each with its own message id and
 //! receipt, and the SMSC's own requests are answered: enquire_link, requests
 //! the node does not serve (generic_nack), and unbind (after which the node
-//! binds again); and each class of traffic goes with its priority_flag.
+//! binds again); each class of traffic goes with its priority_flag; and a
+//! rate limit holds past its burst.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -95,6 +96,52 @@ async fn a_full_window_keeps_flowing_with_receipts_coming_back() {
     assert_eq!(distinct, N as usize, "each send got its own message id");
     assert_eq!(stats.submits.load(Ordering::Relaxed), u64::from(N));
     assert_eq!(stats.receipts.load(Ordering::Relaxed), u64::from(N));
+}
+
+/// `rate=100` (a burst of 10): 60 sends at once, after one that waited for
+/// the bind, reach the SMSC no faster than the limit allows, and all are
+/// accepted. Only a lower bound on the time is asserted: a slow machine
+/// cannot make the sends faster.
+#[tokio::test]
+async fn a_rate_limit_holds_past_its_burst() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stats = Arc::new(smsmesh_smsc::SmscStats::default());
+    tokio::spawn(smsmesh_smsc::serve(
+        listener,
+        smsmesh_smsc::SmscConfig::default(),
+        stats.clone(),
+    ));
+    let url = format!("smpp://esme:pw@127.0.0.1:{port}?rate=100");
+    let g = Arc::new(Smpp::start(
+        SmppConfig::parse(&url, &args()).unwrap(),
+        Duration::from_secs(1),
+    ));
+    let send = |i: u32| {
+        let g = g.clone();
+        async move {
+            match g.send(&job(i)) {
+                Sending::Pending(f) => f.await.expect("every submit_sm accepted"),
+                _ => panic!("an SMPP send is always in progress"),
+            }
+        }
+    };
+    send(0).await;
+    let start = std::time::Instant::now();
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 1..=60 {
+        sends.spawn(send(i));
+    }
+    while let Some(r) = sends.join_next().await {
+        r.unwrap();
+    }
+    let took = start.elapsed();
+    // At most 10 at once, then 100 a second: the other 50 take 500 ms.
+    assert!(
+        took >= Duration::from_millis(450),
+        "60 sends at 100/s with a burst of 10 took {took:?}"
+    );
+    assert_eq!(stats.submits.load(Ordering::Relaxed), 61);
 }
 
 /// Reads commands until one with `id`, answering nothing.
