@@ -22,6 +22,7 @@ pub mod encode;
 pub mod error;
 pub mod ids;
 pub mod metrics;
+pub mod outbuf;
 pub mod priority;
 pub mod sms;
 pub mod synth;

@@ -1,5 +1,5 @@
 //! One bind's way out: each PDU is encoded by its sender straight into the
-//! bind's out-buffer, one task writes all that gathered in one write, and
+//! bind's [`OutBuf`], one task writes all that gathered in one write, and
 //! the receipts sent on the bind are kept until their deliver_sm_resp.
 //!
 //! A receipt is encoded once, when it is made, with sequence number 0; each
@@ -13,13 +13,10 @@ use rusmpp::pdus::DeliverSm;
 use rusmpp::tokio_codec::CommandCodec;
 use rusmpp::{Command, CommandStatus};
 use rustc_hash::FxHashMap;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
+use smsmesh::outbuf::OutBuf;
+use tokio::io::AsyncWrite;
 use tokio_util::bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::codec::Encoder;
-
-/// Bytes of PDUs the out-buffer starts with room for.
-const OUT_CAPACITY: usize = 16 * 1024;
 
 /// Where the sequence number sits in a PDU's header.
 const SEQ_AT: std::ops::Range<usize> = 12..16;
@@ -39,17 +36,8 @@ impl Receipt {
     }
 }
 
-/// PDUs encoded and not yet taken by the writer.
-struct Out {
-    buf: BytesMut,
-    /// Nothing more is taken: the writer writes what is in `buf` and ends.
-    closed: bool,
-}
-
 struct Inner {
-    out: Mutex<Out>,
-    /// Wakes the writer when `out` gains its first bytes or closes.
-    ready: Notify,
+    out: OutBuf,
     /// The next deliver_sm's sequence number.
     seq: AtomicU32,
     /// Receipts sent and not answered, by sequence number.
@@ -69,41 +57,17 @@ impl Outbound {
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let inner = Arc::new(Inner {
-            out: Mutex::new(Out {
-                buf: BytesMut::with_capacity(OUT_CAPACITY),
-                closed: false,
+        let out = Outbound {
+            inner: Arc::new(Inner {
+                out: OutBuf::default(),
+                seq: AtomicU32::new(1),
+                unacked: Mutex::default(),
             }),
-            ready: Notify::new(),
-            seq: AtomicU32::new(1),
-            unacked: Mutex::default(),
-        });
-        let out = Outbound { inner };
+        };
         let writer = {
             let out = out.clone();
             tokio::spawn(async move {
-                // Two buffers, swapped: senders fill one while the other is written.
-                let mut spare = BytesMut::with_capacity(OUT_CAPACITY);
-                loop {
-                    out.inner.ready.notified().await;
-                    let closed = {
-                        let mut o = out.inner.out.lock().expect("out lock");
-                        std::mem::swap(&mut o.buf, &mut spare);
-                        o.closed
-                    };
-                    if !spare.is_empty() {
-                        let written = write.write_all(&spare).await;
-                        spare.clear();
-                        if written.is_err() {
-                            out.inner.out.lock().expect("out lock").closed = true;
-                            return;
-                        }
-                    }
-                    if closed {
-                        let _ = write.shutdown().await;
-                        return;
-                    }
-                }
+                let _ = out.inner.out.write_to(&mut write).await;
             })
         };
         (out, writer)
@@ -116,44 +80,31 @@ impl Outbound {
 
     /// Encodes `cmd` into the out-buffer; false if the bind has closed.
     pub(crate) fn send(&self, cmd: &Command) -> bool {
-        let mut out = self.inner.out.lock().expect("out lock");
-        if out.closed {
-            return false;
-        }
-        let was_empty = out.buf.is_empty();
-        CommandCodec::new()
-            .encode(cmd, &mut out.buf)
-            .expect("encoding into memory does not fail");
-        drop(out);
-        if was_empty {
-            self.inner.ready.notify_one();
-        }
-        true
+        self.inner
+            .out
+            .fill(|buf| {
+                CommandCodec::new()
+                    .encode(cmd, buf)
+                    .expect("encoding into memory does not fail")
+            })
+            .is_some()
     }
 
     /// Sends a receipt under the bind's next sequence number, kept until
     /// answered; gives it back if the bind has closed.
     pub(crate) fn deliver(&self, r: Receipt) -> Option<Receipt> {
-        let mut out = self.inner.out.lock().expect("out lock");
-        if out.closed {
-            return Some(r);
-        }
-        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-        let was_empty = out.buf.is_empty();
-        out.buf.extend_from_slice(&r.0[..SEQ_AT.start]);
-        out.buf.put_u32(seq);
-        out.buf.extend_from_slice(&r.0[SEQ_AT.end..]);
-        // Kept while `out` is locked, so a close either finds it or came first.
-        self.inner
-            .unacked
-            .lock()
-            .expect("unacked lock")
-            .insert(seq, r);
-        drop(out);
-        if was_empty {
-            self.inner.ready.notify_one();
-        }
-        None
+        let inner = &self.inner;
+        let mut r = Some(r);
+        inner.out.fill(|buf| {
+            let r = r.take().expect("filled once");
+            let seq = inner.seq.fetch_add(1, Ordering::Relaxed);
+            buf.extend_from_slice(&r.0[..SEQ_AT.start]);
+            buf.put_u32(seq);
+            buf.extend_from_slice(&r.0[SEQ_AT.end..]);
+            // Kept while the buffer is locked, so a close either finds it or came first.
+            inner.unacked.lock().expect("unacked lock").insert(seq, r);
+        });
+        r
     }
 
     /// The deliver_sm with this sequence number was answered.
@@ -169,8 +120,7 @@ impl Outbound {
     /// more is taken. Gives back the receipts it sent and had not had
     /// answered, in the order they were sent.
     pub(crate) fn close(&self) -> Vec<Receipt> {
-        self.inner.out.lock().expect("out lock").closed = true;
-        self.inner.ready.notify_one();
+        self.inner.out.close();
         let mut unanswered: Vec<(u32, Receipt)> = self
             .inner
             .unacked

@@ -21,13 +21,10 @@ use futures::StreamExt;
 use rusmpp::tokio_codec::CommandCodec;
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use rustc_hash::FxHashMap;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc, oneshot};
-use tokio_util::bytes::BytesMut;
+use smsmesh::outbuf::OutBuf;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Encoder, FramedRead};
-
-/// Bytes of PDUs the out-buffer starts with room for.
-const OUT_CAPACITY: usize = 16 * 1024;
 
 /// How often the waiting requests are checked for their timeouts: an eighth
 /// of the response timeout, between 5 ms and 250 ms.
@@ -79,18 +76,9 @@ pub(super) enum Event {
 /// How long a closing writer may take to write what was queued before it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// PDUs encoded and not yet taken by the writer.
-struct Out {
-    buf: BytesMut,
-    /// Write what is in `buf`, then close; nothing more is taken.
-    closing: bool,
-}
-
 struct Inner {
-    /// To the writer: PDUs encoded, and whether to close after them.
-    out: Mutex<Out>,
-    /// Wakes the writer when `out` gains its first bytes or is closing.
-    out_ready: Notify,
+    /// To the writer: PDUs encoded; closed when the connection shuts.
+    out: OutBuf,
     /// Requests awaiting their response, by sequence number; `None` once closed.
     pending: Mutex<Option<FxHashMap<u32, Waiter>>>,
     /// Why the connection closed, once it has.
@@ -118,8 +106,7 @@ impl Inner {
         for t in self.tasks.lock().expect("tasks lock").drain(..) {
             t.abort();
         }
-        self.out.lock().expect("out lock").closing = true;
-        self.out_ready.notify_one();
+        self.out.close();
         if let Some(w) = self.writer.lock().expect("writer lock").take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => drop(rt.spawn(async move {
@@ -142,19 +129,10 @@ impl Inner {
     /// Encodes `cmd` into the out-buffer, waking the writer if it was empty.
     /// False if the connection is closing (the PDU is not sent).
     fn send(&self, cmd: &Command) -> bool {
-        let mut out = self.out.lock().expect("out lock");
-        if out.closing {
-            return false;
-        }
-        let was_empty = out.buf.is_empty();
-        if CommandCodec::new().encode(cmd, &mut out.buf).is_err() {
-            return false; // encoding into memory does not fail
-        }
-        drop(out);
-        if was_empty {
-            self.out_ready.notify_one();
-        }
-        true
+        // Encoding into memory does not fail.
+        self.out
+            .fill(|buf| CommandCodec::new().encode(cmd, buf).is_ok())
+            .unwrap_or(false)
     }
 }
 
@@ -190,11 +168,7 @@ impl Session {
         let mut source = FramedRead::new(read, CommandCodec::new());
         let (events, events_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            out: Mutex::new(Out {
-                buf: BytesMut::with_capacity(OUT_CAPACITY),
-                closing: false,
-            }),
-            out_ready: Notify::new(),
+            out: OutBuf::default(),
             pending: Mutex::new(Some(FxHashMap::default())),
             closed: Mutex::new(None),
             events,
@@ -205,28 +179,8 @@ impl Session {
         let writer = {
             let inner = inner.clone();
             tokio::spawn(async move {
-                // Two buffers, swapped: senders fill one while the other is written.
-                let mut spare = BytesMut::with_capacity(OUT_CAPACITY);
-                loop {
-                    inner.out_ready.notified().await;
-                    let closing = {
-                        let mut out = inner.out.lock().expect("out lock");
-                        std::mem::swap(&mut out.buf, &mut spare);
-                        out.closing
-                    };
-                    if !spare.is_empty() {
-                        if let Err(e) = write.write_all(&spare).await {
-                            return inner.shut(format!("write: {e}"));
-                        }
-                        spare.clear();
-                        if let Err(e) = write.flush().await {
-                            return inner.shut(format!("write: {e}"));
-                        }
-                    }
-                    if closing {
-                        let _ = write.shutdown().await;
-                        return;
-                    }
+                if let Err(e) = inner.out.write_to(&mut write).await {
+                    inner.shut(format!("write: {e}"));
                 }
             })
         };
