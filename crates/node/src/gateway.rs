@@ -146,10 +146,36 @@ pub trait Gateway: Send + Sync + 'static {
     }
 }
 
-/// A receipt from the provider, and whom to tell once the coordinator has
+/// A receipt from the provider, and what to do once the coordinator has
 /// stored it (the SMPP gateway answers deliver_sm only then, so a receipt
 /// the node loses, say in a crash, is sent again by the SMSC).
-pub type IncomingReceipt = (pb::Receipt, Option<tokio::sync::oneshot::Sender<()>>);
+pub type IncomingReceipt = (pb::Receipt, Option<OnStored>);
+
+/// What is done once the coordinator has stored a receipt (answering its
+/// deliver_sm, say); dropped undone if the node loses the receipt first. Run
+/// by the node's task as the ack comes: it must not block.
+pub struct OnStored(Box<dyn FnOnce() + Send + Sync>);
+
+impl OnStored {
+    /// `f`, run once the receipt is stored.
+    pub fn new(f: impl FnOnce() + Send + Sync + 'static) -> Self {
+        OnStored(Box::new(f))
+    }
+
+    /// The receipt is stored.
+    pub fn stored(self) {
+        (self.0)();
+    }
+}
+
+/// Tells a waiting task that the receipt is stored.
+impl From<tokio::sync::oneshot::Sender<()>> for OnStored {
+    fn from(tx: tokio::sync::oneshot::Sender<()>) -> Self {
+        OnStored::new(move || {
+            let _ = tx.send(());
+        })
+    }
+}
 
 /// A gateway that only waits and sometimes fails: latency drawn from an
 /// exponential distribution around `mean_latency`, failures at `failure_rate`.

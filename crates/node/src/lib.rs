@@ -43,7 +43,8 @@ use group::{Inbound, Outbound};
 use state::{Done, NodeState};
 
 pub use gateway::{
-    Accepted, Failure, FailureClass, Gateway, IncomingReceipt, Outcome, Sending, Simulated,
+    Accepted, Failure, FailureClass, Gateway, IncomingReceipt, OnStored, Outcome, Sending,
+    Simulated,
 };
 
 /// What a node needs to run.

@@ -42,7 +42,7 @@ pub struct NodeState {
     /// Receipts in frames sent and not acked.
     unacked_receipts: usize,
     /// Who waits for the receipts of the frames up to a seq to be acked.
-    stored_waiters: BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<()>>>,
+    stored_waiters: BTreeMap<u64, Vec<crate::gateway::OnStored>>,
     /// Frames sent and not acked, by seq: their results and receipts.
     unacked: BTreeMap<u64, (Vec<pb::JobResult>, Vec<pb::Receipt>)>,
     next_seq: u64,
@@ -205,7 +205,7 @@ impl NodeState {
             .into_values()
             .flatten()
         {
-            let _ = w.send(());
+            w.stored();
         }
     }
 

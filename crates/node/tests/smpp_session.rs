@@ -84,8 +84,7 @@ async fn a_full_window_keeps_flowing_with_receipts_coming_back() {
             // deliver_sm is answered then.
             stored
                 .expect("an SMPP receipt waits to be stored")
-                .send(())
-                .unwrap();
+                .stored();
             matched += 1;
         }
         ids.len()

@@ -108,7 +108,11 @@ async fn hand_in(
             .map_or(0, |d| d.as_millis() as u64),
     };
     let (stored, is_stored) = oneshot::channel();
-    if w.receipts.send((receipt, Some(stored))).await.is_err() {
+    if w.receipts
+        .send((receipt, Some(stored.into())))
+        .await
+        .is_err()
+    {
         return (StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
     }
     match tokio::time::timeout(Duration::from_secs(10), is_stored).await {

@@ -65,6 +65,8 @@ struct Shared {
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// The next concatenation reference.
     reference: AtomicU8,
+    /// The default sender's source_addr, made once.
+    source: Result<COctetString<1, 21>, String>,
     stats: Arc<SmppStats>,
     /// Receipts to the node (a deliver_sm is answered once the coordinator
     /// has stored its receipt).
@@ -102,6 +104,7 @@ impl Smpp {
             limiter,
             paused_until: std::sync::Mutex::new(None),
             reference: AtomicU8::new(rand::random()),
+            source: c_string(&config.sender.addr).map_err(|e| e.to_string()),
             stats: Arc::default(),
             config,
         });
@@ -125,13 +128,15 @@ impl Gateway for Smpp {
     }
 
     fn send(&self, job: &pb::Job) -> Sending {
-        let shared = self.shared.clone();
-        let to = job.to.clone();
-        let body = job.body.clone();
-        let sender = job.sender.clone();
         let class = smsmesh::priority::Class::from_proto(job.priority as i32, "priority")
             .unwrap_or_default();
-        Sending::Pending(async move { submit(&shared, &to, &body, &sender, class).await }.boxed())
+        // Made into PDUs here, from the job's own fields: the send keeps only those.
+        let pdus = match submit_sms(&self.shared, &job.to, &job.body, &job.sender, class) {
+            Ok(pdus) => pdus,
+            Err(f) => return Sending::Done(Err(f)),
+        };
+        let shared = self.shared.clone();
+        Sending::Pending(async move { submit(&shared, pdus).await }.boxed())
     }
 
     /// A receiver bind cannot submit: its node takes no jobs.
@@ -158,15 +163,85 @@ impl Gateway for Smpp {
 /// before it is answered (the SMSC then holds the rest).
 const RECEIPT_QUEUE: usize = 100_000;
 
-/// Sends one message from `sender` (the default one if empty): each of its
-/// segments as a submit_sm, in order, with the `priority_flag` of its class.
-async fn submit(
+/// `s` as a C string of a PDU field, in one allocation.
+pub(super) fn c_string<const MIN: usize, const MAX: usize>(
+    s: &str,
+) -> Result<COctetString<MIN, MAX>, rusmpp::types::COctetStringError> {
+    let mut v = Vec::with_capacity(s.len() + 1);
+    v.extend_from_slice(s.as_bytes());
+    v.push(0);
+    COctetString::from_bytes(bytes::Bytes::from(v))
+}
+
+/// The submit_sm of each segment of a message to `to` from `sender` (the
+/// default one if empty), with the `priority_flag` of its class; a message
+/// that cannot be one fails at once, as permanent.
+fn submit_sms(
     shared: &Shared,
     to: &str,
     body: &str,
     sender: &str,
     class: smsmesh::priority::Class,
-) -> Outcome {
+) -> Result<Vec<SubmitSm>, Failure> {
+    let c = &shared.config;
+    let destination = to.strip_prefix('+').unwrap_or(to);
+    let destination: COctetString<1, 21> = c_string(destination)
+        .map_err(|e| Failure::new(FailureClass::Permanent, format!("destination {to:?}: {e}")))?;
+    // Its TON/NPI come from its form, as the default sender's do.
+    let own;
+    let (sender, source) = if sender.is_empty() {
+        (&c.sender, shared.source.clone())
+    } else {
+        own = config::Sender::parse(sender, None, None)
+            .map_err(|e| Failure::new(FailureClass::Permanent, e))?;
+        (&own, c_string(&own.addr).map_err(|e| e.to_string()))
+    };
+    let source =
+        source.map_err(|e| Failure::new(FailureClass::Permanent, format!("sender: {e}")))?;
+    let encoded = smsmesh::encode::encode(body);
+    let parts = encoded.parts.len();
+    let reference = shared.reference.fetch_add(1, Ordering::Relaxed);
+    let mut pdus = Vec::with_capacity(parts);
+    for (i, part) in encoded.parts.into_iter().enumerate() {
+        let (esm, bytes) = if parts == 1 {
+            // Set from its byte: default mode and message type, no UDHI.
+            (EsmClass::from(0x00), part)
+        } else {
+            let udh = smsmesh::encode::concat_udh(reference, parts as u8, i as u8 + 1);
+            (
+                EsmClass::from(0x40), // UDHI: the short_message starts with a header
+                [udh.as_slice(), &part].concat(),
+            )
+        };
+        let short_message = OctetString::from_bytes(bytes::Bytes::from(bytes)).map_err(|e| {
+            Failure::new(FailureClass::Permanent, format!("segment {}: {e}", i + 1))
+        })?;
+        pdus.push(
+            SubmitSm::builder()
+                .source_addr_ton(sender.ton)
+                .source_addr_npi(sender.npi)
+                .source_addr(source.clone())
+                .dest_addr_ton(Ton::International)
+                .dest_addr_npi(Npi::Isdn)
+                .destination_addr(destination.clone())
+                .esm_class(esm)
+                .priority_flag(PriorityFlag::from(class.smpp_priority_flag()))
+                .registered_delivery(if c.receipts {
+                    RegisteredDelivery::request_all()
+                } else {
+                    RegisteredDelivery::default()
+                })
+                .data_coding(DataCoding::from(encoded.data_coding))
+                .short_message(short_message)
+                .build(),
+        );
+    }
+    Ok(pdus)
+}
+
+/// Sends one message's submit_sm, in order, on the bind (waiting a little
+/// for one while it is down): the provider's id of each.
+async fn submit(shared: &Shared, pdus: Vec<SubmitSm>) -> Outcome {
     let c = &shared.config;
     let bound = shared.client.borrow().clone();
     let client = if let Some(client) = bound {
@@ -185,55 +260,9 @@ async fn submit(
             }
         }
     };
-    let destination = to.strip_prefix('+').unwrap_or(to);
-    let destination = COctetString::from_string(destination.to_string())
-        .map_err(|e| Failure::new(FailureClass::Permanent, format!("destination {to:?}: {e}")))?;
-    // Its TON/NPI come from its form, as the default sender's do.
-    let own;
-    let sender = if sender.is_empty() {
-        &c.sender
-    } else {
-        own = config::Sender::parse(sender, None, None)
-            .map_err(|e| Failure::new(FailureClass::Permanent, e))?;
-        &own
-    };
-    let source = COctetString::from_string(sender.addr.clone())
-        .map_err(|e| Failure::new(FailureClass::Permanent, format!("sender: {e}")))?;
-    let encoded = smsmesh::encode::encode(body);
-    let parts = encoded.parts.len();
-    let reference = shared.reference.fetch_add(1, Ordering::Relaxed);
+    let parts = pdus.len();
     let mut ids = Vec::with_capacity(parts);
-    for (i, part) in encoded.parts.into_iter().enumerate() {
-        let (esm, bytes) = if parts == 1 {
-            // Set from its byte: default mode and message type, no UDHI.
-            (EsmClass::from(0x00), part)
-        } else {
-            let udh = smsmesh::encode::concat_udh(reference, parts as u8, i as u8 + 1);
-            (
-                EsmClass::from(0x40), // UDHI: the short_message starts with a header
-                [udh.as_slice(), &part].concat(),
-            )
-        };
-        let short_message = OctetString::from_vec(bytes).map_err(|e| {
-            Failure::new(FailureClass::Permanent, format!("segment {}: {e}", i + 1))
-        })?;
-        let pdu = SubmitSm::builder()
-            .source_addr_ton(sender.ton)
-            .source_addr_npi(sender.npi)
-            .source_addr(source.clone())
-            .dest_addr_ton(Ton::International)
-            .dest_addr_npi(Npi::Isdn)
-            .destination_addr(destination.clone())
-            .esm_class(esm)
-            .priority_flag(PriorityFlag::from(class.smpp_priority_flag()))
-            .registered_delivery(if c.receipts {
-                RegisteredDelivery::request_all()
-            } else {
-                RegisteredDelivery::default()
-            })
-            .data_coding(DataCoding::from(encoded.data_coding))
-            .short_message(short_message)
-            .build();
+    for (i, pdu) in pdus.into_iter().enumerate() {
         ids.push(submit_one(shared, &client, pdu).await.map_err(|mut f| {
             if parts > 1 {
                 f.reason = format!("segment {} of {parts}: {}", i + 1, f.reason);

@@ -16,6 +16,7 @@ use super::Shared;
 use super::config::BindType;
 use super::dlr;
 use super::wire::{Event, Owner, Session, WireError};
+use crate::gateway::OnStored;
 
 /// Binds and keeps binding until the gateway is dropped (the task is aborted then).
 pub(super) async fn run(shared: Arc<Shared>, reconnect_max: Duration) {
@@ -137,7 +138,7 @@ fn text<const MIN: usize, const MAX: usize>(
     s: &str,
     what: &str,
 ) -> Result<COctetString<MIN, MAX>, String> {
-    COctetString::from_string(s.to_string()).map_err(|e| format!("{what}: {e}"))
+    super::c_string(s).map_err(|e| format!("{what}: {e}"))
 }
 
 /// Serves one bind until it ends; why it ended.
@@ -153,16 +154,13 @@ async fn serve(shared: &Shared, session: &Session, mut events: Events) -> String
                 // Answered once the coordinator has stored it: a receipt lost
                 // before that (the node stops, the bind breaks) the SMSC sends again.
                 Some(r) => {
-                    let (stored, told) = tokio::sync::oneshot::channel();
-                    if shared.receipts.send((r, Some(stored))).await.is_err() {
+                    let session = session.clone();
+                    let answer = OnStored::new(move || {
+                        session.respond(seq, CommandStatus::EsmeRok, DeliverSmResp::default());
+                    });
+                    if shared.receipts.send((r, Some(answer))).await.is_err() {
                         return "the node stopped".into();
                     }
-                    let session = session.clone();
-                    tokio::spawn(async move {
-                        if told.await.is_ok() {
-                            session.respond(seq, CommandStatus::EsmeRok, DeliverSmResp::default());
-                        }
-                    });
                 }
                 None => session.respond(seq, CommandStatus::EsmeRok, DeliverSmResp::default()),
             },

@@ -152,7 +152,7 @@ fn receipts_go_in_frames_of_their_own_and_are_handed_in_again_until_acked() {
         ..Default::default()
     };
     let (stored, mut told) = tokio::sync::oneshot::channel();
-    s.on_receipts([(r("a"), None), (r("b"), Some(stored))]);
+    s.on_receipts([(r("a"), None), (r("b"), Some(stored.into()))]);
     assert!(!s.is_empty(), "receipts are owed to the coordinator");
     let frames = s.flush(now);
     let sent: Vec<_> = frames
@@ -199,7 +199,7 @@ fn receipts_in_flight_are_bounded_and_follow_the_acks() {
             message_state: 2,
             ..Default::default()
         };
-        (r, Some(stored))
+        (r, Some(stored.into()))
     });
     s.on_receipts(backlog);
     assert!(!s.takes_receipts(), "a full backlog waits for frames");
