@@ -5,9 +5,13 @@
 
 use std::cmp::{Ordering as Order, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -21,8 +25,47 @@ use crate::{Gateway, Sending, Stats};
 /// Most results the executor reports in one bunch.
 const MAX_BUNCH: usize = 4096;
 
-/// A send in progress: resolves to its finished job.
-type Running = futures::future::BoxFuture<'static, Done>;
+pin_project_lite::pin_project! {
+    /// A send in progress: resolves to its finished job. Kept in the
+    /// executor's set as it is, not boxed again around the gateway's future.
+    struct Running {
+        #[pin]
+        send: Bounded,
+        started: Instant,
+        epoch: u64,
+        id: (u64, u32, u32),
+        span: Option<tracing::Span>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A gateway's send, given up at the send timeout when there is one.
+    #[project = BoundedProj]
+    enum Bounded {
+        Timed { #[pin] send: tokio::time::Timeout<BoxFuture<'static, Outcome>>, after: Duration },
+        Untimed { send: BoxFuture<'static, Outcome> },
+    }
+}
+
+impl Future for Running {
+    type Output = Done;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done> {
+        let this = self.project();
+        let outcome = match this.send.project() {
+            BoundedProj::Timed { send, after } => match send.poll(cx) {
+                Poll::Ready(r) => r.unwrap_or_else(|_| Err(timed_out(*after))),
+                Poll::Pending => return Poll::Pending,
+            },
+            BoundedProj::Untimed { send } => std::task::ready!(send.as_mut().poll(cx)),
+        };
+        let latency_us = this.started.elapsed().as_micros() as u64;
+        Poll::Ready((
+            *this.epoch,
+            job_result(*this.id, outcome, latency_us, this.span.take()),
+        ))
+    }
+}
 
 /// A send whose outcome is known and due at `due`: waits in the executor's
 /// timer queue, with no task or timer of its own.
@@ -250,17 +293,20 @@ fn start(
             if let Some(span) = &span {
                 send = Box::pin(tracing::Instrument::instrument(send, span.clone()));
             }
-            Started::Running(Box::pin(async move {
-                let start = Instant::now();
-                let outcome = match timeout {
-                    Some(t) => tokio::time::timeout(t, send)
-                        .await
-                        .unwrap_or_else(|_| Err(timed_out(t))),
-                    None => send.await,
-                };
-                let latency_us = start.elapsed().as_micros() as u64;
-                (epoch, job_result(id, outcome, latency_us, span))
-            }))
+            let send = match timeout {
+                Some(after) => Bounded::Timed {
+                    send: tokio::time::timeout_at((now + after).into(), send),
+                    after,
+                },
+                None => Bounded::Untimed { send },
+            };
+            Started::Running(Running {
+                send,
+                started: now,
+                epoch,
+                id,
+                span,
+            })
         }
     }
 }

@@ -285,8 +285,11 @@ impl NodeState {
             .fetch_add(handoff.len() as u64, Ordering::Relaxed);
         let mut frames: Vec<pb::Results> = Vec::new();
         for (results, handoff) in [(handoff, true), (current, false)] {
-            for chunk in results.chunks(self.max_results_per_frame) {
-                let results: Vec<pb::JobResult> = chunk.iter().map(|(_, r)| r.clone()).collect();
+            let mut left = results.into_iter().map(|(_, r)| r).peekable();
+            while left.peek().is_some() {
+                // Moved into the frame; the copy kept until the ack is the only one made.
+                let results: Vec<pb::JobResult> =
+                    left.by_ref().take(self.max_results_per_frame).collect();
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.unacked.insert(seq, (results.clone(), Vec::new()));
@@ -304,18 +307,21 @@ impl NodeState {
         let room = MAX_UNACKED_RECEIPTS.saturating_sub(self.unacked_receipts);
         let n = room.min(self.receipts.len());
         let (receipts, waiters): (Vec<pb::Receipt>, Vec<_>) = self.receipts.drain(..n).unzip();
-        for chunk in receipts.chunks(RECEIPTS_PER_FRAME) {
+        let any = !receipts.is_empty();
+        let mut left = receipts.into_iter().peekable();
+        while left.peek().is_some() {
+            let chunk: Vec<pb::Receipt> = left.by_ref().take(RECEIPTS_PER_FRAME).collect();
             let seq = self.next_seq;
             self.next_seq += 1;
             self.unacked_receipts += chunk.len();
-            self.unacked.insert(seq, (Vec::new(), chunk.to_vec()));
+            self.unacked.insert(seq, (Vec::new(), chunk.clone()));
             frames.push(pb::Results {
                 seq,
-                receipts: chunk.to_vec(),
+                receipts: chunk,
                 ..Default::default()
             });
         }
-        if !receipts.is_empty() {
+        if any {
             self.count_receipts();
             // Acks are cumulative: the last receipt frame's ack covers them all.
             self.stored_waiters

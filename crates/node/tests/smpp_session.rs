@@ -82,9 +82,7 @@ async fn a_full_window_keeps_flowing_with_receipts_coming_back() {
             );
             // As the node does once the coordinator has stored it: the
             // deliver_sm is answered then.
-            stored
-                .expect("an SMPP receipt waits to be stored")
-                .stored();
+            stored.expect("an SMPP receipt waits to be stored").stored();
             matched += 1;
         }
         ids.len()
