@@ -22,7 +22,7 @@ use crate::core::{
     BatchQuery, ListQuery, NewBatch, StateSet, key_reused, parse_batches_token, parse_page_token,
 };
 use crate::reactor::Handle;
-use crate::store::{Inserter, StoredBatch};
+use crate::store::{Inserter, StoreError, StoredBatch};
 use crate::submit::{fingerprint, validate_submit};
 
 /// RESOURCE_EXHAUSTED saying `msg`, with a RetryInfo detail of `wait`.
@@ -215,26 +215,37 @@ impl CoordinatorApi {
                 Content::List { recipients, .. } => Some(recipients.clone()),
                 _ => None,
             };
-            let r = inserter
-                .insert(stored, key, list)
-                .await
-                .map_err(|e| Error::Unavailable(format!("cannot store the batch: {e}")))?;
-            if let Err(existing) = r {
-                // The key made a batch meanwhile: a replay, or a different request.
-                let key = new.idempotency_key.as_deref().unwrap_or_default();
-                if let Some(known) = self.core.idempotent(key, new.fingerprint).await? {
-                    return Ok(known);
-                }
-                // Stored, and not in the reactor yet: the store's record tells.
-                if existing.fingerprint != 0 && existing.fingerprint != new.fingerprint {
-                    return Err(key_reused(key, BatchId(existing.id)));
-                }
-                return Ok(pb::SubmitBatchResponse {
-                    batch_id: BatchId(existing.id).to_string(),
-                    accepted: u64::from(new.total),
-                    replayed: true,
-                });
+            let (fingerprint, total) = (new.fingerprint, new.total);
+            let idempotency_key = new.idempotency_key.clone();
+            // Once stored, the writer hands the batch to the reactor itself:
+            // this call is woken once, by the reactor's answer.
+            let (hand_over, accepted) = self.core.submit_when_stored(new);
+            let not_stored = inserter.insert_then(stored, key, list, hand_over);
+            if let Ok(answer) = accepted.await {
+                return answer;
             }
+            // Not handed over: the batch was not stored, or the coordinator is stopping.
+            let existing = match not_stored.await {
+                Ok(Err(existing)) => existing,
+                Ok(Ok(())) | Err(StoreError::Stopped) => {
+                    return Err(Error::Unavailable("coordinator is shutting down".into()));
+                }
+                Err(e) => return Err(Error::Unavailable(format!("cannot store the batch: {e}"))),
+            };
+            // The key made a batch meanwhile: a replay, or a different request.
+            let key = idempotency_key.as_deref().unwrap_or_default();
+            if let Some(known) = self.core.idempotent(key, fingerprint).await? {
+                return Ok(known);
+            }
+            // Stored, and not in the reactor yet: the store's record tells.
+            if existing.fingerprint != 0 && existing.fingerprint != fingerprint {
+                return Err(key_reused(key, BatchId(existing.id)));
+            }
+            return Ok(pb::SubmitBatchResponse {
+                batch_id: BatchId(existing.id).to_string(),
+                accepted: u64::from(total),
+                replayed: true,
+            });
         }
         self.core.submit(new).await
     }

@@ -100,6 +100,28 @@ impl Handle {
         self.ask(|r| Event::Submit(b, r)).await
     }
 
+    /// Accepts a validated batch once it is stored: gives what hands it to
+    /// the reactor (for the store's writer to run, on its own thread, once
+    /// the batch is stored), and where the reactor's answer comes.
+    pub fn submit_when_stored(
+        &self,
+        b: NewBatch,
+    ) -> (
+        impl FnOnce() + Send + 'static,
+        oneshot::Receiver<Result<pb::SubmitBatchResponse, Error>>,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        let events = self.events.clone();
+        let hand_over = move || {
+            // The writer is no task: it waits for room, if it must, by blocking.
+            if let Err(mpsc::error::TrySendError::Full(ev)) = events.try_send(Event::Submit(b, tx))
+            {
+                let _ = events.blocking_send(ev);
+            }
+        };
+        (hand_over, rx)
+    }
+
     /// Status of a batch of `tenant`.
     pub async fn batch_status(
         &self,

@@ -199,7 +199,10 @@ fn commit<T>(
     match r {
         Ok(results) => {
             for (insert, r) in new.into_iter().zip(results) {
-                let _ = insert.reply.send(Ok(r));
+                match (r, insert.then) {
+                    (Ok(()), Some(then)) => then(),
+                    (r, _) => drop(insert.reply.send(Ok(r))),
+                }
             }
             for (_, token) in sets {
                 done(Ok(token), *stats);
@@ -237,6 +240,7 @@ mod tests {
             key: None,
             list: None,
             reply: tokio::sync::oneshot::channel().0,
+            then: None,
         }
     }
 
