@@ -249,6 +249,34 @@ async fn receipts_pending_across_a_coordinator_restart_are_all_matched() {
     );
     let s = settled(&client, &batch).await;
     assert_eq!((s.delivered, s.undelivered, s.sent), (50, 0, 50), "{s:?}");
+    // The batch completed before its receipts: the coordinator keeps their
+    // deliveries in its store, not in memory, and the store answers for each
+    // message (once the groups that hold them are stored).
+    wait_until(
+        Duration::from_secs(10),
+        "50 messages listed as delivered",
+        || {
+            let mut client = client.clone();
+            let request = pb::ListMessagesRequest {
+                batch_id: batch.clone(),
+                states: vec![MessageState::Delivered as i32],
+                ..Default::default()
+            };
+            async move {
+                let page = client.list_messages(request).await.ok()?.into_inner();
+                (page.messages.len() == 50).then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let mut reader = client.clone();
+    let m = message_status(&mut reader, &batch, 49).await;
+    assert_eq!(
+        (m.state, m.receipt_state.as_str(), m.provider_ids.len()),
+        (MessageState::Delivered as i32, "DELIVRD", 1),
+        "{m:?}"
+    );
     drop(node);
     mesh.stop().await.unwrap();
 }

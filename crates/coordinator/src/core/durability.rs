@@ -332,6 +332,8 @@ impl Core {
             if self.batches.fold(id) {
                 // Its state is stored and settled: nothing compares against it again.
                 self.durability.stored.remove(&id);
+                // The store answers for its messages, their deliveries included.
+                self.receipts.forget_decided(id);
             }
         }
         // An ack only lets the node forget results it keeps: it waits for the next Jobs

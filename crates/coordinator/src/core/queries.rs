@@ -70,6 +70,7 @@ impl Core {
         tracing::info!(batch = %id, total = new.total, "batch accepted");
         self.batches.accepted += 1;
         self.batches.insert(batch);
+        self.receipts.keep_decided(id.0);
         if let Some(key) = new.idempotency_key {
             self.batches.key(key, id);
         }

@@ -13,6 +13,11 @@
 //! waits here, in memory, for [`EARLY_WAIT`], and is applied when the id
 //! arrives. Every change that must survive a restart is returned as a
 //! [`ReceiptWrite`] for the store; a restart rebuilds this state from them.
+//!
+//! Decided deliveries are kept in memory only for the batches the core
+//! keeps whole; those of a folded batch (completed and stored) are read
+//! from the store when asked for, so that memory grows with the batches in
+//! progress and the messages that wait, not with every receipt ever applied.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -117,6 +122,9 @@ pub(super) struct Receipts {
     index: HashMap<u128, Segment, rustc_hash::FxBuildHasher>,
     waiting: BTreeMap<(u64, u32), Waiting>,
     finals: BTreeMap<(u64, u32), Decided>,
+    /// The batches whose decided deliveries go to `finals`: those the core
+    /// keeps whole (see [`Receipts::keep_decided`]).
+    kept: rustc_hash::FxHashSet<u64>,
     counts: HashMap<u64, DeliveryCounts, rustc_hash::FxBuildHasher>,
     early: HashMap<u128, (pb::Receipt, Arc<str>), rustc_hash::FxBuildHasher>,
     early_order: VecDeque<(Instant, u128)>,
@@ -174,6 +182,7 @@ impl Receipts {
             index: HashMap::default(),
             waiting: BTreeMap::new(),
             finals: BTreeMap::new(),
+            kept: rustc_hash::FxHashSet::default(),
             counts: HashMap::default(),
             early: HashMap::default(),
             early_order: VecDeque::new(),
@@ -191,6 +200,37 @@ impl Receipts {
         h.write(provider.as_bytes());
         h.write(id.as_bytes());
         h.finish128().into()
+    }
+
+    /// Decided deliveries of `batch` are kept in memory from now on: the
+    /// core keeps it whole, and answers for its messages from memory.
+    pub(super) fn keep_decided(&mut self, batch: u64) {
+        self.kept.insert(batch);
+    }
+
+    /// `batch` was folded: the store answers for its messages from now on,
+    /// so its decided deliveries leave memory (its counts stay).
+    pub(super) fn forget_decided(&mut self, batch: u64) {
+        if self.kept.remove(&batch) {
+            self.remove_finals(batch);
+        }
+    }
+
+    fn remove_finals(&mut self, batch: u64) {
+        let gone: Vec<_> = self
+            .finals
+            .range((batch, 0)..=(batch, u32::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            self.finals.remove(&k);
+        }
+    }
+
+    /// Decided deliveries kept in memory, in all.
+    #[cfg(test)]
+    fn kept_in_memory(&self) -> usize {
+        self.finals.len()
     }
 
     /// The delivery counts of a batch.
@@ -362,14 +402,13 @@ impl Receipts {
             let key = self.key(&w.provider, id);
             self.index.remove(&key);
         }
-        let decided = Decided {
-            unix_ms: r.received_unix_ms,
-            state,
+        let delivery = StoredDelivery {
+            state: state as u32,
             message_state: r.message_state,
-            error: r.error.as_str().into(),
-            ids: w.ids,
+            error: r.error.clone(),
+            unix_ms: r.received_unix_ms,
+            ids: w.ids.iter().map(|s| s.to_string()).collect(),
         };
-        let delivery = decided.stored();
         let c = self.counts.entry(batch).or_default();
         c.awaiting = c.awaiting.saturating_sub(1);
         match state {
@@ -377,12 +416,21 @@ impl Receipts {
             DeliveryState::Unknown => c.unknown += 1,
             _ => c.undelivered += 1,
         }
+        if self.kept.contains(&batch) {
+            let decided = Decided {
+                unix_ms: r.received_unix_ms,
+                state,
+                message_state: r.message_state,
+                error: r.error.as_str().into(),
+                ids: w.ids,
+            };
+            self.finals.insert((batch, index), decided);
+        }
         writes.push(ReceiptWrite::Final {
             batch,
             index,
             delivery,
         });
-        self.finals.insert((batch, index), decided);
     }
 
     /// Periodic work: receipts that waited for their id too long are dropped,
@@ -458,14 +506,13 @@ impl Receipts {
                 }
             }
         }
-        let gone: Vec<_> = self.finals.range(range).map(|(k, _)| *k).collect();
-        for k in gone {
-            self.finals.remove(&k);
-        }
+        self.remove_finals(batch);
+        self.kept.remove(&batch);
         self.counts.remove(&batch);
     }
 
-    /// Rebuilds the state from what the store holds (at start).
+    /// Rebuilds the state from what the store holds (at start), the batches
+    /// the core keeps whole already named by [`keep_decided`](Self::keep_decided).
     pub(super) fn restore(
         &mut self,
         waits: Vec<((u64, u32), StoredWait)>,
@@ -494,7 +541,9 @@ impl Receipts {
                 DeliveryState::Unknown => c.unknown += 1,
                 _ => c.undelivered += 1,
             }
-            self.finals.insert((batch, index), Decided::of(d));
+            if self.kept.contains(&batch) {
+                self.finals.insert((batch, index), Decided::of(d));
+            }
         }
     }
 }
@@ -517,6 +566,7 @@ mod tests {
     #[test]
     fn decided_messages_leave_the_deadlines() {
         let mut r = Receipts::new(Duration::from_secs(48 * 3600));
+        r.keep_decided(7);
         let provider: Arc<str> = "smsc".into();
         let mut writes = Vec::new();
         for i in 0..10_000u32 {
@@ -547,5 +597,50 @@ mod tests {
             (status.state, status.provider_ids.as_slice()),
             (pb::MessageState::Delivered as i32, &["id3".to_string()][..])
         );
+    }
+
+    /// A folded batch's decided deliveries leave memory (the store answers
+    /// for them), and those decided after it folded never enter it; its
+    /// counts and the receipts still awaited are kept.
+    #[test]
+    fn a_folded_batch_keeps_no_decided_deliveries_in_memory() {
+        let mut r = Receipts::new(Duration::from_secs(3600));
+        let provider: Arc<str> = "smsc".into();
+        let (mut writes, now) = (Vec::new(), Instant::now());
+        let receipt = |i: u32| pb::Receipt {
+            provider_id: format!("id{i}"),
+            message_state: DELIVERED,
+            ..Default::default()
+        };
+        r.keep_decided(3);
+        for i in 0..100u32 {
+            r.on_sent(3, i, &provider, &[format!("id{i}")], 1_000, &mut writes);
+        }
+        for i in 0..60u32 {
+            r.on_receipt(&provider, &receipt(i), now, &mut writes);
+        }
+        assert_eq!(r.kept_in_memory(), 60);
+
+        r.forget_decided(3);
+        assert_eq!(r.kept_in_memory(), 0);
+        for i in 60..90u32 {
+            r.on_receipt(&provider, &receipt(i), now, &mut writes);
+        }
+        assert_eq!(r.kept_in_memory(), 0, "decided after the fold");
+        let c = r.counts(3);
+        assert_eq!((c.delivered, c.awaiting), (90, 10));
+        // Every decision still went to the store, once each.
+        let finals = writes
+            .iter()
+            .filter(|w| matches!(w, ReceiptWrite::Final { .. }))
+            .count();
+        assert_eq!(finals, 90);
+        // A message still waiting shows its ids; a decided one, nothing from memory.
+        let mut status = pb::MessageStatus::default();
+        r.message(3, 95, &mut status);
+        assert_eq!(status.provider_ids, ["id95".to_string()]);
+        let mut status = pb::MessageStatus::default();
+        r.message(3, 5, &mut status);
+        assert!(status.provider_ids.is_empty());
     }
 }

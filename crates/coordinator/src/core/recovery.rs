@@ -105,6 +105,7 @@ impl Core {
             for (n, _) in b.nodes.iter() {
                 core.sessions.names.named(n);
             }
+            core.receipts.keep_decided(b.id.0);
             core.batches.insert(b);
         }
         // A stored name no batch names any more (retention removed them) is free.
