@@ -6,12 +6,10 @@
 //! answers GetStatus of the oldest batch is the restart time.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use smsmesh::pb;
-use smsmesh_testkit::{Proc, stdout_addrs};
 
 use crate::small::{fire, percentile_ms, wait_sent};
 use crate::{Scenario, Setup, mesh, usage};
@@ -123,45 +121,13 @@ pub(crate) async fn run(bin: &Path, total: u64) -> anyhow::Result<History> {
         wait_sent(metrics, sent).await?;
     }
     // SIGKILL, then the same store again on the same address.
-    m.coord.kill9();
-    let addr = m.url.trim_start_matches("http://").to_string();
-    let started = Instant::now();
-    let mut coord = Proc {
-        child: Command::new(bin.join("smscoord"))
-            .args(["--listen", &addr, "--plaintext", "--insecure-no-auth"])
-            .arg("--data-dir")
-            .arg(m._data.path())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()?,
-    };
-    stdout_addrs(&mut coord.child, &["smscoord listening on "])?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let answer = async {
-            let mut c = pb::coordinator_client::CoordinatorClient::connect(m.url.clone()).await?;
-            c.get_status(pb::GetStatusRequest {
-                target: Some(pb::get_status_request::Target::BatchId(first.clone())),
-            })
-            .await?;
-            anyhow::Ok(())
-        }
-        .await;
-        if answer.is_ok() {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the restarted coordinator did not answer within 120 s: {answer:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let restart = started.elapsed().as_secs_f64();
-    let restart_rss = rss_now(coord.child.id());
+    let (restart, _) = m.restart(bin, &first).await?;
+    let restart = restart.as_secs_f64();
+    let restart_rss = rss_now(m.coord.child.id());
     // A measuring window, as in `measure`: the allocator returns freed
     // memory to the OS after a delay.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let settled_rss = rss_now(coord.child.id());
+    let settled_rss = rss_now(m.coord.child.id());
     m.nodes.clear();
     Ok(History {
         points,

@@ -199,3 +199,49 @@ pub(crate) async fn with_gateway(
     .await?;
     Ok((m, procs))
 }
+
+impl Started {
+    /// Kills the coordinator with SIGKILL and starts it again on its store
+    /// and its address; returns once it answers GetStatus of `batch`, with
+    /// how long that took and the answer.
+    pub(crate) async fn restart(
+        &mut self,
+        bin: &Path,
+        batch: &str,
+    ) -> anyhow::Result<(Duration, pb::BatchStatus)> {
+        self.coord.kill9();
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let started = Instant::now();
+        self.coord = Proc {
+            child: Command::new(bin.join("smscoord"))
+                .args(["--listen", &addr, "--plaintext", "--insecure-no-auth"])
+                .arg("--data-dir")
+                .arg(self._data.path())
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::piped())
+                .spawn()?,
+        };
+        stdout_addrs(&mut self.coord.child, &["smscoord listening on "])?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let answer = async {
+                let mut c =
+                    pb::coordinator_client::CoordinatorClient::connect(self.url.clone()).await?;
+                anyhow::Ok(smsmesh_testkit::batch_status(&mut c, batch).await?)
+            }
+            .await;
+            match answer {
+                Ok(status) => {
+                    self.client =
+                        pb::coordinator_client::CoordinatorClient::connect(self.url.clone())
+                            .await?;
+                    return Ok((started.elapsed(), status));
+                }
+                Err(e) if Instant::now() > deadline => {
+                    bail!("the restarted coordinator did not answer within 120 s: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}

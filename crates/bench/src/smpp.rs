@@ -11,7 +11,11 @@
 //!   and 90% of the batch, against R;
 //! - four nodes again, the SMSC keeping every receipt until the last message
 //!   is accepted and then sending them all (`--receipts-after`): receipts
-//!   matched a second on their own, and the coordinator's peak RSS.
+//!   matched a second on their own, and the coordinator's peak RSS; then
+//!   the coordinator is killed with SIGKILL and started again on that store
+//!   (up to a million decided deliveries in it): the time until it answers,
+//!   its peak RSS, and the time until every message is counted delivered
+//!   again (receipts whose decisions were not committed come again).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -52,6 +56,15 @@ pub(crate) struct SmppRun {
     pub(crate) node_cpu_s_per_million: f64,
     pub(crate) coordinator_cpu_s_per_million: f64,
     pub(crate) smsc_cpu_s_per_million: f64,
+    /// The backlog run only (else 0): the coordinator killed with SIGKILL
+    /// once every receipt was matched and started again on its store, until
+    /// it answered GetStatus.
+    pub(crate) restart_seconds: f64,
+    /// The restarted coordinator's peak RSS (`VmHWM`) by then, MiB.
+    pub(crate) restart_peak_rss_mib: f64,
+    /// From the SIGKILL until every message counted delivered again (the
+    /// receipts whose decisions were not yet committed come again).
+    pub(crate) recounted_seconds: f64,
 }
 
 /// Polls the batch until `done` holds, recording (time, sent, delivered).
@@ -131,6 +144,25 @@ async fn run(
     let done = seen.last().map_or(started, |s| s.0);
     let after = [cpu(&node_pids), cpu(&[pid]), cpu(&[smsc_pid])];
     let per_million = |i: usize| (after[i] - before[i]) / (messages as f64 / 1e6);
+    let coordinator_peak_rss_mib = usage(pid).1;
+    let (mut restart_seconds, mut restart_peak_rss_mib, mut recounted_seconds) = (0.0, 0.0, 0.0);
+    if backlog {
+        // SIGKILL at once: decisions not yet committed are lost with it, and
+        // their receipts, unanswered to the SMSC, must come again.
+        let killed = Instant::now();
+        let (took, _) = m.restart(bin, &batch).await?;
+        restart_seconds = took.as_secs_f64();
+        restart_peak_rss_mib = usage(m.coord.child.id()).1;
+        follow(&mut m.client, &batch, Duration::from_secs(120)).await?;
+        recounted_seconds = killed.elapsed().as_secs_f64();
+        let status = smsmesh_testkit::batch_status(&mut m.client, &batch).await?;
+        if status.delivered != messages {
+            bail!(
+                "after a restart, {} of {messages} delivered: {status:?}",
+                status.delivered
+            );
+        }
+    }
     Ok(SmppRun {
         nodes,
         messages,
@@ -139,10 +171,13 @@ async fn run(
         sent_per_sec: rate(&seen, messages, |s| s.1),
         receipts_per_sec: rate(&seen, messages, |s| s.2),
         all_delivered_seconds: (done - started).as_secs_f64(),
-        coordinator_peak_rss_mib: usage(pid).1,
+        coordinator_peak_rss_mib,
         node_cpu_s_per_million: per_million(0),
         coordinator_cpu_s_per_million: per_million(1),
         smsc_cpu_s_per_million: per_million(2),
+        restart_seconds,
+        restart_peak_rss_mib,
+        recounted_seconds,
     })
 }
 
@@ -160,7 +195,7 @@ pub(crate) async fn scenario(bin: &Path, n: u64) -> anyhow::Result<Scenario> {
     let backlog = run(bin, 4, n, 0, true).await?;
     let off = (limited.sent_per_sec - f64::from(limit)).abs() / f64::from(limit) * 100.0;
     let result = format!(
-        "1 node: {:.0} submit_sm/s, receipts matched {:.0}/s; 4 nodes: {:.0} segments/s, receipts matched {:.0}/s, {} delivered after {:.1} s, coordinator peak RSS {:.0} MiB, CPU s per M messages: nodes {:.1}, coordinator {:.1}, SMSC {:.1}; limit {limit}/s held at {:.0}/s ({off:.1}% off) over {:.0} s; a backlog of {} receipts matched at {:.0}/s, coordinator peak RSS {:.0} MiB",
+        "1 node: {:.0} submit_sm/s, receipts matched {:.0}/s; 4 nodes: {:.0} segments/s, receipts matched {:.0}/s, {} delivered after {:.1} s, coordinator peak RSS {:.0} MiB, CPU s per M messages: nodes {:.1}, coordinator {:.1}, SMSC {:.1}; limit {limit}/s held at {:.0}/s ({off:.1}% off) over {:.0} s; a backlog of {} receipts matched at {:.0}/s, coordinator peak RSS {:.0} MiB; killed with SIGKILL then, restarted on its store answering in {:.2} s (peak RSS {:.0} MiB), every message counted delivered again {:.1} s after the kill",
         one.sent_per_sec,
         one.receipts_per_sec,
         four.sent_per_sec,
@@ -176,6 +211,9 @@ pub(crate) async fn scenario(bin: &Path, n: u64) -> anyhow::Result<Scenario> {
         backlog.messages,
         backlog.receipts_per_sec,
         backlog.coordinator_peak_rss_mib,
+        backlog.restart_seconds,
+        backlog.restart_peak_rss_mib,
+        backlog.recounted_seconds,
     );
     Ok(Scenario {
         id: "j".into(),
