@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use smsmesh::pb;
 
-use crate::store::{DeliveryState, ReceiptWrite, StoredDelivery, StoredWait};
+use crate::store::{DeliveryState, DeliveryTally, ReceiptWrite, StoredDelivery, StoredWait};
 
 /// How long a receipt whose id no message has (yet) waits for that id.
 pub(super) const EARLY_WAIT: Duration = Duration::from_secs(600);
@@ -97,6 +97,17 @@ pub struct DeliveryCounts {
     pub unknown: u64,
     /// Waiting for receipts.
     pub awaiting: u64,
+}
+
+impl DeliveryCounts {
+    /// Counts `n` messages decided as `state`.
+    fn add(&mut self, state: DeliveryState, n: u64) {
+        match state {
+            DeliveryState::Delivered => self.delivered += n,
+            DeliveryState::Unknown => self.unknown += n,
+            _ => self.undelivered += n,
+        }
+    }
 }
 
 /// Figures for `/metrics`.
@@ -411,11 +422,7 @@ impl Receipts {
         };
         let c = self.counts.entry(batch).or_default();
         c.awaiting = c.awaiting.saturating_sub(1);
-        match state {
-            DeliveryState::Delivered => c.delivered += 1,
-            DeliveryState::Unknown => c.unknown += 1,
-            _ => c.undelivered += 1,
-        }
+        c.add(state, 1);
         if self.kept.contains(&batch) {
             let decided = Decided {
                 unix_ms: r.received_unix_ms,
@@ -516,6 +523,7 @@ impl Receipts {
     pub(super) fn restore(
         &mut self,
         waits: Vec<((u64, u32), StoredWait)>,
+        tallies: &[(u64, DeliveryTally)],
         finals: Vec<((u64, u32), StoredDelivery)>,
     ) {
         let mut providers: HashMap<String, Arc<str>> = HashMap::new();
@@ -534,13 +542,13 @@ impl Receipts {
             let early = self.wait(batch, index, waiting);
             debug_assert!(early.is_empty());
         }
-        for ((batch, index), d) in finals {
-            let c = self.counts.entry(batch).or_default();
-            match d.state() {
-                DeliveryState::Delivered => c.delivered += 1,
-                DeliveryState::Unknown => c.unknown += 1,
-                _ => c.undelivered += 1,
+        for (batch, tally) in tallies {
+            let c = self.counts.entry(*batch).or_default();
+            for (state, n) in tally.states() {
+                c.add(state, n);
             }
+        }
+        for ((batch, index), d) in finals {
             if self.kept.contains(&batch) {
                 self.finals.insert((batch, index), Decided::of(d));
             }

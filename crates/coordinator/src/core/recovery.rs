@@ -115,8 +115,11 @@ impl Core {
         for (key, id) in loaded.idempotency {
             core.batches.key(key, BatchId(id));
         }
-        core.receipts
-            .restore(loaded.receipt_waits, loaded.deliveries);
+        core.receipts.restore(
+            loaded.receipt_waits,
+            &loaded.delivery_tallies,
+            loaded.deliveries,
+        );
         core.batches.sort_running();
         // The first snapshot (and /metrics) shows what was loaded.
         core.batches.changed = true;
@@ -128,10 +131,10 @@ impl Core {
 /// its outcome and it was not cancelled. What its outcomes do not say (send
 /// times, retried attempts) is not known after a restart.
 fn folded_at_load(lb: &LoadedBatch) -> Option<Folded> {
-    let (sb, state) = (&lb.batch, &lb.state);
-    if state.cancelled {
+    if !lb.completed() {
         return None;
     }
+    let (sb, state) = (&lb.batch, &lb.state);
     let (mut sent, mut failed) = (0u64, 0u64);
     let mut nodes: Vec<FoldedShare> = Vec::new();
     for o in lb.outcomes() {
@@ -159,9 +162,6 @@ fn folded_at_load(lb: &LoadedBatch) -> Option<Folded> {
                 nodes[at].failed_attempts += 1;
             }
         }
-    }
-    if sent + failed != u64::from(sb.total) {
-        return None;
     }
     nodes.sort_unstable_by_key(|s| s.node);
     Some(Folded {

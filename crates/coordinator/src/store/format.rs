@@ -235,6 +235,12 @@ impl LoadedBatch {
                 .filter_map(move |(i, slot)| decode_slot((base + i as u64) as u32, slot))
         })
     }
+
+    /// Whether it completed: every message has its outcome, and it was not
+    /// cancelled. The core keeps such a batch folded from the start.
+    pub fn completed(&self) -> bool {
+        !self.state.cancelled && self.outcomes().count() as u64 == u64::from(self.batch.total)
+    }
 }
 
 /// The outcome of message `index` in its outcome row `row` (checked at

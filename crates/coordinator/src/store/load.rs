@@ -1,7 +1,9 @@
 //! Loading the whole store at start. Every table is keyed by batch id
 //! first, so each is read once, in key order, beside the batches table (a
 //! merge), rather than looked up once per batch: a store of a million
-//! batches loads in one pass over each table.
+//! batches loads in one pass over each table. Of a completed batch's
+//! decided deliveries only their numbers by state are kept: each is read
+//! from the store when asked for.
 
 use std::iter::Peekable;
 
@@ -9,6 +11,7 @@ use prost::Message;
 use redb::{ReadableTable, TableError};
 
 use super::format::{self, StoredBatch, StoredBatchState};
+use super::receipts::{DELIVERIES, DELIVERY_ROWS};
 use super::{
     BATCH_STATE, BATCHES, CLIENT_REFS, ERRORS, IDEMPOTENCY, Loaded, LoadedBatch, NODES, OUTCOMES,
     RECIPIENTS, Store, StoreError,
@@ -74,7 +77,10 @@ pub(super) struct Tables<'a> {
     /// In index order.
     pub(super) nodes: Vec<(u16, String)>,
     pub(super) waits: Vec<((u64, u32), Vec<u8>)>,
-    pub(super) deliveries: Vec<((u64, u32), Vec<u8>)>,
+    /// Decided deliveries a record per message, keyed (batch, index).
+    pub(super) delivery_records: Ordered<'a, (u64, u32), Vec<u8>>,
+    /// Decided deliveries in runs (`delivery_rows`), keyed (batch, row).
+    pub(super) delivery_rows: Ordered<'a, (u64, u32), Vec<u8>>,
     /// The number after the highest callback row.
     pub(super) callback_next: u64,
 }
@@ -105,6 +111,8 @@ impl Store {
         let state_t = txn.open_table(BATCH_STATE).map_err(open)?;
         let numbers_t = txn.open_table(RECIPIENTS).map_err(open)?;
         let refs_t = txn.open_table(CLIENT_REFS).map_err(open)?;
+        let delivery_records_t = txn.open_table(DELIVERIES).map_err(open)?;
+        let delivery_rows_t = txn.open_table(DELIVERY_ROWS).map_err(open)?;
         let path = self.path.clone();
         let fail = move |e: redb::StorageError| StoreError::new(path.clone(), e.into());
         let bytes = |t| ordered(t, self.path.clone());
@@ -129,7 +137,7 @@ impl Store {
             let (k, v) = row.map_err(|e| self.err(e))?;
             nodes.push((k.value(), v.value().to_string()));
         }
-        let (waits, deliveries) = self.receipt_rows(&txn)?;
+        let waits = self.receipt_waits(&txn)?;
         let tables = Tables {
             batches: Box::new(
                 batches_t
@@ -151,7 +159,8 @@ impl Store {
             idempotency,
             nodes,
             waits,
-            deliveries,
+            delivery_records: bytes(&delivery_records_t)?,
+            delivery_rows: bytes(&delivery_rows_t)?,
             callback_next: self.next_callback_seq(&txn)?,
         };
         self.assemble(tables)
@@ -174,6 +183,12 @@ impl Store {
         };
         let mut states = Merge {
             rows: t.states.peekable(),
+        };
+        let mut delivery_records = Merge {
+            rows: t.delivery_records.peekable(),
+        };
+        let mut delivery_rows = Merge {
+            rows: t.delivery_rows.peekable(),
         };
         let mut loaded = Loaded::default();
         for row in t.batches {
@@ -209,18 +224,27 @@ impl Store {
                 ),
                 None => None,
             };
-            loaded.batches.push(LoadedBatch {
+            let lb = LoadedBatch {
                 errors: errors.take(id)?,
                 batch: b,
                 state,
                 chunks,
                 list,
-            });
+            };
+            // A completed batch's deliveries are read from the store when
+            // asked for: only their numbers are loaded.
+            self.load_deliveries(
+                id,
+                &delivery_records.take(id)?,
+                &delivery_rows.take(id)?,
+                !lb.completed(),
+                &mut loaded,
+            )?;
+            loaded.batches.push(lb);
         }
         loaded.idempotency = t.idempotency;
         loaded.nodes = t.nodes;
         loaded.receipt_waits = self.decode_rows(t.waits, "receipt wait")?;
-        loaded.deliveries = self.decode_rows(t.deliveries, "delivery")?;
         loaded.callback_next = t.callback_next;
         format::check(&loaded).map_err(|what| self.corrupt(what))?;
         Ok(loaded)

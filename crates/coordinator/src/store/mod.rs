@@ -44,7 +44,7 @@ pub use callbacks::{CallbackEvent, CallbackRow};
 pub use format::{FinalState, StoredBatch, StoredBatchState, StoredOutcome};
 pub use inserter::Inserter;
 pub use reads::StoredMessage;
-pub use receipts::{DeliveryState, ReceiptWrite, Rows, StoredDelivery, StoredWait};
+pub use receipts::{DeliveryState, DeliveryTally, ReceiptWrite, Rows, StoredDelivery, StoredWait};
 pub use writer::{CommitStats, Job, Writer};
 
 /// The batch an idempotency key already made.
@@ -261,8 +261,12 @@ pub struct Loaded {
     pub nodes: Vec<(u16, String)>,
     /// Sent messages waiting for receipts.
     pub receipt_waits: Rows<StoredWait>,
-    /// Messages whose delivery is decided.
+    /// Messages whose delivery is decided, of the batches not completed
+    /// (those the core keeps whole); a completed batch's are read when asked for.
     pub deliveries: Rows<StoredDelivery>,
+    /// How many messages of each batch ended in each delivery state (every
+    /// batch with a decided delivery).
+    pub delivery_tallies: Vec<(u64, DeliveryTally)>,
     /// The number after the highest stored callback row (0 or 1: none).
     pub callback_next: u64,
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use prost::Message;
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::{Store, StoreError};
+use super::{Loaded, Store, StoreError};
 
 pub(super) const RECEIPT_WAITS: TableDefinition<'_, (u64, u32), &[u8]> =
     TableDefinition::new("receipt_waits");
@@ -130,13 +130,48 @@ pub struct StoredDelivery {
 impl StoredDelivery {
     /// The state (a value no version wrote reads as unknown).
     pub fn state(&self) -> DeliveryState {
-        match self.state {
+        DeliveryState::stored(self.state)
+    }
+}
+
+impl DeliveryState {
+    /// The state a stored value means (a value no version wrote reads as unknown).
+    fn stored(value: u32) -> DeliveryState {
+        match value {
             1 => DeliveryState::Delivered,
             2 => DeliveryState::Undelivered,
             3 => DeliveryState::Expired,
             4 => DeliveryState::Rejected,
             _ => DeliveryState::Unknown,
         }
+    }
+}
+
+/// The state field of a [`StoredDelivery`] alone: decoding it skips the
+/// rest of the record without allocating.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredDeliveryState {
+    #[prost(uint32, tag = "1")]
+    state: u32,
+}
+
+/// How many of a batch's messages ended in each delivery state, as loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryTally {
+    by_state: [u64; 5],
+}
+
+impl DeliveryTally {
+    fn add(&mut self, state: DeliveryState) {
+        self.by_state[state as usize - 1] += 1;
+    }
+
+    /// Each state with its number of messages.
+    pub fn states(&self) -> impl Iterator<Item = (DeliveryState, u64)> + '_ {
+        self.by_state
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (DeliveryState::stored(i as u32 + 1), *n))
     }
 }
 
@@ -243,29 +278,63 @@ impl Store {
         Ok(())
     }
 
-    /// Every stored wait and decided delivery of the embedded store, as stored (at start).
-    #[allow(clippy::type_complexity)]
-    pub(super) fn receipt_rows(
+    /// Every stored wait of the embedded store, as stored (at start).
+    pub(super) fn receipt_waits(
         &self,
         txn: &redb::ReadTransaction,
-    ) -> Result<(Vec<((u64, u32), Vec<u8>)>, Vec<((u64, u32), Vec<u8>)>), StoreError> {
-        let read = |table: TableDefinition<'_, (u64, u32), &[u8]>| -> Result<Vec<((u64, u32), Vec<u8>)>, StoreError> {
-            let t = txn.open_table(table).map_err(|e| self.err(e))?;
-            let mut out = Vec::new();
-            for row in t.iter().map_err(|e| self.err(e))? {
-                let (k, v) = row.map_err(|e| self.err(e))?;
-                out.push((k.value(), v.value().to_vec()));
+    ) -> Result<Rows<Vec<u8>>, StoreError> {
+        let t = txn.open_table(RECEIPT_WAITS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The decided deliveries of batch `id` as loaded: one record per
+    /// message in `records` (the PostgreSQL store's rows and the embedded
+    /// store's older ones), runs of them in `rows` (`delivery_rows`). Every
+    /// one is counted in `loaded.delivery_tallies`; with `keep` (a batch the
+    /// core keeps whole) each is also decoded whole into `loaded.deliveries`,
+    /// and otherwise only its state is read.
+    pub(super) fn load_deliveries(
+        &self,
+        id: u64,
+        records: &[(u32, Vec<u8>)],
+        rows: &[(u32, Vec<u8>)],
+        keep: bool,
+        loaded: &mut Loaded,
+    ) -> Result<(), StoreError> {
+        let mut tally = DeliveryTally::default();
+        let mut one = |index: u32, record: &[u8]| -> Result<(), StoreError> {
+            let corrupt = |e: prost::DecodeError| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: format!("delivery of message {id:016x}.{index}: {e}"),
+            };
+            if keep {
+                let d = StoredDelivery::decode(record).map_err(corrupt)?;
+                tally.add(d.state());
+                loaded.deliveries.push(((id, index), d));
+            } else {
+                let s = StoredDeliveryState::decode(record).map_err(corrupt)?;
+                tally.add(DeliveryState::stored(s.state));
             }
-            Ok(out)
+            Ok(())
         };
-        let mut deliveries = read(DELIVERIES)?;
-        for ((batch, row), bytes) in read(DELIVERY_ROWS)? {
-            for entry in row_entries(&bytes) {
-                let (index, record) = entry.ok_or_else(|| self.cut_short((batch, row)))?;
-                deliveries.push(((batch, index), record.to_vec()));
+        for (index, record) in records {
+            one(*index, record)?;
+        }
+        for (row, bytes) in rows {
+            for entry in row_entries(bytes) {
+                let (index, record) = entry.ok_or_else(|| self.cut_short((id, *row)))?;
+                one(index, record)?;
             }
         }
-        Ok((read(RECEIPT_WAITS)?, deliveries))
+        if tally != DeliveryTally::default() {
+            loaded.delivery_tallies.push((id, tally));
+        }
+        Ok(())
     }
 
     /// Stored receipt rows, decoded.

@@ -352,6 +352,26 @@ fn decided_deliveries_share_rows_and_read_back_per_message() {
         states(&loaded.deliveries),
         [(0, 2), (1, 1), (65, 1), (130, 4), (199, 3)]
     );
+    let tally: Vec<(u64, Vec<(super::DeliveryState, u64)>)> = loaded
+        .delivery_tallies
+        .iter()
+        .map(|(b, t)| (*b, t.states().filter(|(_, n)| *n > 0).collect()))
+        .collect();
+    {
+        use super::DeliveryState::*;
+        assert_eq!(
+            tally,
+            [(
+                9,
+                vec![
+                    (Delivered, 2),
+                    (Undelivered, 1),
+                    (Expired, 1),
+                    (Rejected, 1)
+                ]
+            )]
+        );
+    }
     let waiting: Vec<u32> = loaded.receipt_waits.iter().map(|((_, i), _)| *i).collect();
     assert_eq!(waiting, [2]);
     // Rows 0, 1 and 2 of 64 messages each; row 0 holds messages 0 and 1.
@@ -394,4 +414,74 @@ fn decided_deliveries_share_rows_and_read_back_per_message() {
     for t in [DELIVERIES, DELIVERY_ROWS, RECEIPT_WAITS] {
         assert_eq!(txn.open_table(t).unwrap().len().unwrap(), 0);
     }
+}
+
+/// A completed batch's decided deliveries load as numbers only (the store
+/// answers for each when asked); a batch still running loads each whole.
+#[test]
+fn a_completed_batch_loads_the_numbers_of_its_deliveries_not_the_deliveries() {
+    completed_batch_loads_numbers_only(&Store::in_memory().unwrap());
+}
+
+/// The same on PostgreSQL (one record per message there), when `.ci/run`'s
+/// server is there.
+#[test]
+fn on_postgresql_a_completed_batch_loads_the_numbers_of_its_deliveries() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(url) = rt.block_on(smsmesh_testkit::database("tallies")) else {
+        return;
+    };
+    super::pg::migrate(&url).unwrap();
+    let lease = crate::leader::Lease {
+        url: url.clone(),
+        holder: "store-test".into(),
+        ttl: std::time::Duration::from_secs(60),
+    };
+    let (leader, _) = tokio::sync::watch::channel(String::new());
+    let held = rt.block_on(lease.acquire(&leader));
+    let pg = super::pg::Pg::connect(&url, held.epoch, std::time::Duration::from_secs(60)).unwrap();
+    completed_batch_loads_numbers_only(&Store::postgres(pg));
+}
+
+fn completed_batch_loads_numbers_only(store: &Store) {
+    store.insert_batch(&batch(1, 3), None).unwrap().unwrap();
+    store.insert_batch(&batch(2, 3), None).unwrap().unwrap();
+    let mut w = WriteSet::default();
+    for index in 0..3 {
+        w.outcomes.push(outcome(1, index, FinalState::Sent));
+        w.receipts.push(decided(1, index, 1 + index % 2));
+    }
+    // Batch 2 has two outcomes of three: it still runs.
+    for index in 0..2 {
+        w.outcomes.push(outcome(2, index, FinalState::Sent));
+        w.receipts.push(decided(2, index, 1));
+    }
+    w.nodes.push((0, "node-a".into()));
+    store.commit(&w).unwrap();
+    let loaded = store.load().unwrap();
+    let kept: Vec<(u64, u32)> = loaded.deliveries.iter().map(|(k, _)| *k).collect();
+    assert_eq!(kept, [(2, 0), (2, 1)]);
+    let tallies: Vec<(u64, u64, u64)> = loaded
+        .delivery_tallies
+        .iter()
+        .map(|(b, t)| {
+            let n = |s: super::DeliveryState| t.states().find(|(x, _)| *x == s).unwrap().1;
+            (
+                *b,
+                n(super::DeliveryState::Delivered),
+                n(super::DeliveryState::Undelivered),
+            )
+        })
+        .collect();
+    assert_eq!(tallies, [(1, 2, 1), (2, 2, 0)]);
+    // Each of the completed batch's deliveries is still read when asked for.
+    let (listed, _) = store
+        .read_messages(1, 0, 3, 1000, |_, _| true)
+        .unwrap()
+        .unwrap();
+    let states: Vec<Option<u32>> = listed
+        .iter()
+        .map(|m| m.delivery.as_ref().map(|d| d.state))
+        .collect();
+    assert_eq!(states, [Some(1), Some(2), Some(1)]);
 }

@@ -117,7 +117,8 @@ impl Pg {
             idempotency,
             nodes,
             waits,
-            deliveries,
+            delivery_records: Box::new(deliveries.into_iter().map(Ok)),
+            delivery_rows: Box::new(std::iter::empty()),
             callback_next: callback_next as u64,
         })
     }
