@@ -1,6 +1,7 @@
 //! Nothing accepted is ever lost. The coordinator runs as a real process on a
 //! data dir and is killed with SIGKILL; nodes run in this process with a
-//! recording gateway, so every send is seen from the gateway's side.
+//! recording gateway, so every send is seen from the gateway's side (or,
+//! for receipts, with an SMPP gateway to the test SMSC in this process).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -482,4 +483,85 @@ async fn a_cancel_is_stored_before_it_is_answered_and_survives_a_crash() {
         nodes[0].stats.jobs.load(Relaxed),
         "every job the node got has its outcome"
     );
+}
+
+/// A coordinator killed with SIGKILL while receipts stream in. The
+/// decisions it had made but not stored are lost with it, and the node never
+/// answered their deliver_sm; the node keeps what the coordinator did not
+/// acknowledge and sends it again after the restart. Every message ends
+/// delivered, counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_being_matched_when_the_coordinator_is_killed_are_each_counted_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let smsc_stats = std::sync::Arc::new(smsmesh_smsc::SmscStats::default());
+    tokio::spawn(smsmesh_smsc::serve(
+        listener,
+        smsmesh_smsc::SmscConfig::default(),
+        smsc_stats.clone(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let (mut coord, addr) = Proc::coordinator(dir.path(), &[]).unwrap();
+    let url = format!("http://{addr}");
+    // 1,000 a second: receipts stream in for 4 s, and the kill lands among them.
+    let gateway = format!("smpp://esme:secret@127.0.0.1:{port}?rate=1000");
+    let _node = Node::start(&url, NodeSpec::new("smpp-a").smpp(&gateway));
+    let total = 4000u64;
+    let id = client(addr)
+        .await
+        .submit_batch(synthetic(total, 41))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    let delivered = |at_least: u64, what: &'static str| {
+        let id = id.clone();
+        async move {
+            let c = client(addr).await;
+            wait_until(LONG, what, || {
+                let (mut c, id) = (c.clone(), id.clone());
+                async move {
+                    batch_status(&mut c, &id)
+                        .await
+                        .ok()
+                        .filter(|b| b.delivered >= at_least)
+                }
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let before = delivered(total / 4, "a quarter delivered").await;
+    coord.kill9();
+    assert!(
+        before.delivered < total,
+        "the kill must come while receipts stream in: {before:?}"
+    );
+    (coord, _) = Proc::coordinator_on(addr, dir.path(), &[]).unwrap();
+    let b = delivered(total, "every message delivered").await;
+    let c = client(addr).await;
+    let b = wait_until(LONG, "no receipt awaited", || {
+        let (mut c, id) = (c.clone(), b.batch_id.clone());
+        async move {
+            batch_status(&mut c, &id)
+                .await
+                .ok()
+                .filter(|b| b.awaiting_receipt == 0 && b.state == BatchState::Completed as i32)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (b.sent, b.delivered, b.undelivered, b.delivery_unknown),
+        (total, total, 0, 0),
+        "each message delivered once: {b:?}"
+    );
+    println!(
+        "kill -9 among receipts: {} delivered before it; the SMSC sent {} receipts ({} again) for {total} messages ({} submit_sm)",
+        before.delivered,
+        smsc_stats.receipts.load(Relaxed),
+        smsc_stats.redelivered.load(Relaxed),
+        smsc_stats.submits.load(Relaxed),
+    );
+    drop(coord);
 }
