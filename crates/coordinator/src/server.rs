@@ -52,10 +52,24 @@ fn open(config: Config, epoch: Option<i64>) -> anyhow::Result<(Option<Store>, Co
             return Ok((None, Core::new(config)));
         }
     };
+    let started = std::time::Instant::now();
     let loaded = store.load()?;
     let n = loaded.batches.len();
+    let decided: u64 = loaded
+        .delivery_tallies
+        .iter()
+        .flat_map(|(_, t)| t.states().map(|(_, n)| n))
+        .sum();
+    let waiting = loaded.receipt_waits.len();
     let core = Core::recover(config, loaded, std::time::Instant::now());
-    tracing::info!(path = %store.path().display(), batches = n, "store opened");
+    tracing::info!(
+        path = %store.path().display(),
+        batches = n,
+        deliveries_decided = decided,
+        receipts_awaited = waiting,
+        took = ?started.elapsed(),
+        "store opened"
+    );
     Ok((Some(store), core))
 }
 
