@@ -413,24 +413,18 @@ impl Receipts {
             let key = self.key(&w.provider, id);
             self.index.remove(&key);
         }
-        let delivery = StoredDelivery {
-            state: state as u32,
-            message_state: r.message_state,
-            error: r.error.clone(),
+        let decided = Decided {
             unix_ms: r.received_unix_ms,
-            ids: w.ids.iter().map(|s| s.to_string()).collect(),
+            state,
+            message_state: r.message_state,
+            error: r.error.as_str().into(),
+            ids: w.ids,
         };
+        let delivery = decided.stored();
         let c = self.counts.entry(batch).or_default();
         c.awaiting = c.awaiting.saturating_sub(1);
         c.add(state, 1);
         if self.kept.contains(&batch) {
-            let decided = Decided {
-                unix_ms: r.received_unix_ms,
-                state,
-                message_state: r.message_state,
-                error: r.error.as_str().into(),
-                ids: w.ids,
-            };
             self.finals.insert((batch, index), decided);
         }
         writes.push(ReceiptWrite::Final {
