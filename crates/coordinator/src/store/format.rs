@@ -239,6 +239,11 @@ impl LoadedBatch {
     /// Whether it completed: every message has its outcome, and it was not
     /// cancelled. The core keeps such a batch folded from the start.
     pub fn completed(&self) -> bool {
+        self.completed
+    }
+
+    /// Works out [`completed`](Self::completed) from its outcomes.
+    pub(super) fn all_outcomes_in(&self) -> bool {
         !self.state.cancelled && self.outcomes().count() as u64 == u64::from(self.batch.total)
     }
 }

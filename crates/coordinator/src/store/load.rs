@@ -224,13 +224,15 @@ impl Store {
                 ),
                 None => None,
             };
-            let lb = LoadedBatch {
+            let mut lb = LoadedBatch {
                 errors: errors.take(id)?,
                 batch: b,
                 state,
                 chunks,
                 list,
+                completed: false,
             };
+            lb.completed = lb.all_outcomes_in();
             // A completed batch's deliveries are read from the store when
             // asked for: only their numbers are loaded.
             self.load_deliveries(

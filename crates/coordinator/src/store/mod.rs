@@ -248,6 +248,8 @@ pub struct LoadedBatch {
     pub errors: Vec<(u32, String)>,
     /// The recipients of a list batch, checked at load.
     pub list: Option<crate::batch::Recipients>,
+    /// See [`LoadedBatch::completed`]: worked out once, at load.
+    completed: bool,
 }
 
 /// Everything stored, as loaded at start.
