@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 pub use smsmesh_coordinator::Config as CoordinatorConfig;
 
 mod caller;
+mod ports;
 mod postgres;
 mod process;
 mod receiver;

@@ -67,8 +67,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `smscoord --listen 127.0.0.1:0 --data-dir <data> <args>` and returns it
-    /// with its address.
+    /// Starts `smscoord --listen 127.0.0.1:<port> --data-dir <data> <args>` and
+    /// returns it with its address.
     pub fn coordinator(
         data: &std::path::Path,
         args: &[&str],
@@ -76,8 +76,33 @@ impl Proc {
         Self::coordinator_on("127.0.0.1:0".parse()?, data, args)
     }
 
-    /// Starts `smscoord` on `listen` (e.g. to restart it where its nodes look for it).
+    /// Starts `smscoord` on `listen` (e.g. to restart it where its nodes look
+    /// for it). Port 0 stands for a free port below the ephemeral range (see
+    /// `ports.rs`), so that a test can start it on the same address
+    /// again after killing it.
     pub fn coordinator_on(
+        listen: SocketAddr,
+        data: &std::path::Path,
+        args: &[&str],
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
+        if listen.port() != 0 {
+            return Self::start_coordinator(listen, data, args);
+        }
+        // The port is let go before smscoord binds it: should another test
+        // take it meanwhile, smscoord exits before printing its address, and
+        // another port is tried.
+        let mut last = None;
+        for _ in 0..5 {
+            let port = crate::ports::restartable_listener()?.local_addr()?.port();
+            match Self::start_coordinator(SocketAddr::new(listen.ip(), port), data, args) {
+                Ok(started) => return Ok(started),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("tried at least once"))
+    }
+
+    fn start_coordinator(
         listen: SocketAddr,
         data: &std::path::Path,
         args: &[&str],

@@ -39,33 +39,6 @@ struct State {
     seen: Mutex<Seen>,
 }
 
-/// A listener on 127.0.0.1 at a port below `ip_local_port_range`, which the
-/// kernel never gives to an outgoing connection: [`Receiver::restart`] can
-/// bind it again after a stop. (A port from `:0` may meanwhile become the
-/// local end of some connection, and the bind then fails with
-/// EADDRINUSE.) Falls back to `:0` if no such port is free.
-async fn restartable_listener() -> anyhow::Result<tokio::net::TcpListener> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let base = 10_000u16.min(low.saturating_sub(1));
-    let span = u32::from(low.saturating_sub(base).max(1));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    let mut seed = nanos ^ std::process::id().rotate_left(16);
-    for _ in 0..200 {
-        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        let port = base + ((seed >> 8) % span) as u16;
-        if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-            return Ok(l);
-        }
-    }
-    Ok(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
-}
-
 /// The receiver.
 pub struct Receiver {
     /// Where it listens.
@@ -84,7 +57,10 @@ impl Receiver {
             bad: AtomicU64::new(0),
             seen: Mutex::default(),
         });
-        let listener = restartable_listener().await?;
+        // A port below the ephemeral range, so that `restart` can bind it again.
+        let listener = crate::ports::restartable_listener()?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         let mut r = Receiver {
             addr,
