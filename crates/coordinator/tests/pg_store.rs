@@ -1,6 +1,7 @@
 //! The PostgreSQL store against a real server: the same writes give the
 //! same loaded state and the same messages read back as the embedded store,
-//! and a writer whose epoch was superseded commits nothing.
+//! a writer whose epoch was superseded commits nothing, and a long write does
+//! not hold up the lease.
 
 use smsmesh_coordinator::batch::Recipients;
 use smsmesh_coordinator::batch::recipients::pack;
@@ -321,6 +322,78 @@ fn a_deposed_writer_commits_nothing() {
         "nothing of the deposed write"
     );
     assert!(loaded.nodes.is_empty());
+}
+
+/// A write held up inside its transaction (here by a row lock another
+/// session holds) does not hold up the renewal of the lease: the writer
+/// takes its share lock on the leadership row only as it commits. Taken
+/// first, a long write (a list of 14 million recipients) kept the lease
+/// from being renewed until the leader stepped down.
+#[test]
+fn a_long_write_does_not_hold_up_the_lease() {
+    let Some(url) = database("long_write") else {
+        return;
+    };
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin
+        .execute("UPDATE smsmesh_leader SET epoch = 3, holder = 'a'", &[])
+        .unwrap();
+    let store = Store::postgres(Pg::connect(&url, 3, std::time::Duration::from_secs(5)).unwrap());
+    store.insert_batch(&batch(1, 10), None).unwrap().unwrap();
+    // Another session holds batch 1's state row: the write waits for it.
+    let mut blocker = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut hold = blocker.transaction().unwrap();
+    hold.execute(
+        "INSERT INTO smsmesh_batch_state (id, record) VALUES (1, ''::bytea) \
+         ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+        &[],
+    )
+    .unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut set = WriteSet::default();
+        set.batches.push(StoredBatchState {
+            id: 1,
+            dispatched: 5,
+            ..Default::default()
+        });
+        store.commit(&set)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never waited on the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The lease is renewed as the leader renews it, while the write waits.
+    admin.execute("SET lock_timeout = '2s'", &[]).unwrap();
+    let renewed = admin.execute(
+        "UPDATE smsmesh_leader SET expires_at = now() + interval '5 seconds' \
+         WHERE id = 1 AND epoch = 3",
+        &[],
+    );
+    assert_eq!(
+        renewed.map_err(|e| e.to_string()),
+        Ok(1),
+        "the lease renewed while a write is in progress"
+    );
+    hold.commit().unwrap();
+    writer
+        .join()
+        .unwrap()
+        .expect("the write commits once it has its row");
 }
 
 #[test]

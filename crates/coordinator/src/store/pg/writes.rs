@@ -68,7 +68,6 @@ impl Pg {
         let mut client = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let e = |e: postgres::Error| db_err(store, e);
         let mut txn = client.transaction().map_err(e)?;
-        fence(store, &mut txn, self.epoch)?;
         let results = put_batches(&mut txn, new).map_err(e)?;
         put_outcomes(&mut txn, sets).map_err(e)?;
         let mut nodes: BTreeMap<u16, &str> = BTreeMap::new();
@@ -176,6 +175,12 @@ impl Pg {
             )
             .map_err(e)?;
         }
+        // Fenced last: the share lock on the leadership row, which holds off
+        // the lease's renewal (and a takeover) until the commit, is held
+        // only from here. Taken first, a long write (a list of millions of
+        // recipients) kept the lease from being renewed for its whole
+        // length, and the leader stepped down.
+        fence(store, &mut txn, self.epoch)?;
         txn.commit().map_err(e)?;
         Ok(results)
     }
