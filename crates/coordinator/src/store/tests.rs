@@ -427,10 +427,17 @@ fn a_completed_batch_loads_the_numbers_of_its_deliveries_not_the_deliveries() {
 /// server is there.
 #[test]
 fn on_postgresql_a_completed_batch_loads_the_numbers_of_its_deliveries() {
+    if let Some((store, _rt)) = postgres_store("tallies") {
+        completed_batch_loads_numbers_only(&store);
+    }
+}
+
+/// A store on a fresh PostgreSQL database named after `name`, holding the
+/// lease, with the runtime the lease runs on; `None` without `.ci/run`'s
+/// server.
+fn postgres_store(name: &str) -> Option<(Store, tokio::runtime::Runtime)> {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let Some(url) = rt.block_on(smsmesh_testkit::database("tallies")) else {
-        return;
-    };
+    let url = rt.block_on(smsmesh_testkit::database(name))?;
     super::pg::migrate(&url).unwrap();
     let lease = crate::leader::Lease {
         url: url.clone(),
@@ -440,7 +447,83 @@ fn on_postgresql_a_completed_batch_loads_the_numbers_of_its_deliveries() {
     let (leader, _) = tokio::sync::watch::channel(String::new());
     let held = rt.block_on(lease.acquire(&leader));
     let pg = super::pg::Pg::connect(&url, held.epoch, std::time::Duration::from_secs(60)).unwrap();
-    completed_batch_loads_numbers_only(&Store::postgres(pg));
+    Some((Store::postgres(pg), rt))
+}
+
+/// Batches whose ids lie on both sides of 2^63 load in the ids' unsigned
+/// order, each with all its rows, however many pages a table takes (the
+/// PostgreSQL load fetches outcome rows 4,096 and recipient rows 64 at a
+/// time, and stores ids as signed `bigint`).
+#[test]
+fn batches_on_both_sides_of_2_to_the_63_load_whole_in_order() {
+    loads_whole_in_order(&Store::in_memory().unwrap());
+}
+
+/// The same on PostgreSQL, when `.ci/run`'s server is there.
+#[test]
+fn on_postgresql_batches_on_both_sides_of_2_to_the_63_load_whole_in_order() {
+    if let Some((store, _rt)) = postgres_store("paged") {
+        loads_whole_in_order(&store);
+    }
+}
+
+fn loads_whole_in_order(store: &Store) {
+    const HIGH: u64 = 1 << 63;
+    let synthetic = [u64::MAX - 1, 3, HIGH, HIGH - 1, HIGH + 5];
+    // 71 list batches of a row each, on both sides.
+    let lists: Vec<u64> = (0..70u64)
+        .map(|i| if i % 3 == 0 { HIGH + 100 + i } else { 100 + i })
+        .chain([u64::MAX])
+        .collect();
+    // 900 outcome rows per batch (4,500 in all), every other one failed
+    // (with an error).
+    let rows = 900u32;
+    let mut w = WriteSet::default();
+    w.nodes.push((0, "node-a".into()));
+    for &id in &synthetic {
+        store
+            .insert_batch(&batch(id, rows * format::CHUNK), None)
+            .unwrap()
+            .unwrap();
+        for row in 0..rows {
+            let state = [FinalState::Sent, FinalState::Failed][row as usize % 2];
+            w.outcomes.push(outcome(id, row * format::CHUNK, state));
+        }
+    }
+    store.commit(&w).unwrap();
+    let made: Vec<_> = lists.iter().map(|&id| list_batch(id, 5)).collect();
+    let records: Vec<NewRecord<'_>> = made
+        .iter()
+        .map(|(b, list)| NewRecord {
+            batch: b,
+            key: None,
+            list: Some(list),
+        })
+        .collect();
+    for r in store.commit_group(&[], &records).unwrap() {
+        r.unwrap();
+    }
+    let loaded = store.load().unwrap();
+    let mut want: Vec<u64> = synthetic.iter().chain(&lists).copied().collect();
+    want.sort_unstable();
+    let ids: Vec<u64> = loaded.batches.iter().map(|b| b.batch.id).collect();
+    assert_eq!(ids, want, "in unsigned order, none left out");
+    for b in &loaded.batches {
+        let id = b.batch.id;
+        if let Some((_, list)) = made.iter().find(|(m, _)| m.id == id) {
+            assert_eq!(b.list.as_ref(), Some(list), "batch {id:x}'s recipients");
+            continue;
+        }
+        let states: Vec<(u32, FinalState)> = b.outcomes().map(|o| (o.index, o.state)).collect();
+        let expected: Vec<(u32, FinalState)> = (0..rows)
+            .map(|row| {
+                let state = [FinalState::Sent, FinalState::Failed][row as usize % 2];
+                (row * format::CHUNK, state)
+            })
+            .collect();
+        assert_eq!(states, expected, "batch {id:x}'s outcomes");
+        assert_eq!(b.errors.len() as u32, rows / 2, "batch {id:x}'s errors");
+    }
 }
 
 fn completed_batch_loads_numbers_only(store: &Store) {

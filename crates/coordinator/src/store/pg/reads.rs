@@ -1,10 +1,13 @@
-//! Reading the PostgreSQL store: everything at start (each table in one
-//! query, put in the embedded store's key order), and a folded batch's
-//! messages on request, in one read-only snapshot, a chunk of rows at a time.
+//! Reading the PostgreSQL store: everything at start (each table through
+//! portals of one snapshot, a page of rows at a time, in the embedded
+//! store's key order), and a folded batch's messages on request, in one
+//! read-only snapshot, a chunk of rows at a time.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 
-use postgres::{IsolationLevel, Transaction};
+use postgres::types::FromSql;
+use postgres::{IsolationLevel, Portal, Row, Transaction};
 
 use super::{Pg, db_err, id, unid};
 use crate::store::format::CHUNK;
@@ -12,24 +15,92 @@ use crate::store::load::Tables;
 use crate::store::reads::{Lookup, RowPair};
 use crate::store::{Loaded, Store, StoreError};
 
-/// Every row of a table keyed (batch, sub), in key order (batch id unsigned).
-/// Rows keyed (batch, sub).
-type Keyed<V> = Vec<((u64, u32), V)>;
+/// Rows fetched at a time: a page of outcome rows (up to 16 KiB each) holds
+/// 64 MiB at most. Recipient rows (up to 512 KiB) come [`LIST_PAGE_ROWS`] at
+/// a time. Pages much smaller than this made a load of many small batches
+/// slower by a round trip per page.
+const PAGE_ROWS: i32 = 4096;
+/// Rows of recipients or client references fetched at a time (32 MiB at most).
+const LIST_PAGE_ROWS: i32 = 64;
 
-fn keyed<V: for<'a> postgres::types::FromSql<'a>>(
-    txn: &mut Transaction<'_>,
-    sql: &str,
-) -> Result<Keyed<V>, postgres::Error> {
-    let mut rows: Keyed<V> = txn
-        .query(sql, &[])?
-        .into_iter()
-        .map(|r| {
-            let sub: i32 = r.get(1);
-            ((unid(r.get(0)), sub as u32), r.get(2))
+/// A table's rows in key order, batch id unsigned, fetched a page at a time
+/// through portals of the load's transaction, so that the load holds a page
+/// of each table rather than every row. Ids are stored as `bigint`: those
+/// below 2^63 (stored non-negative) come first, then the others (stored
+/// negative), each part an index scan in order.
+struct Paged<'t, 'c, T> {
+    txn: &'t RefCell<Transaction<'c>>,
+    portals: VecDeque<Portal>,
+    page: i32,
+    rows: std::vec::IntoIter<Row>,
+    decode: fn(&Row) -> T,
+    fail: &'t dyn Fn(postgres::Error) -> StoreError,
+}
+
+impl<'t, 'c, T> Paged<'t, 'c, T> {
+    /// The rows of `select` (`SELECT columns FROM table`) in the order of
+    /// `order` (the batch id's column first), `page` rows at a time.
+    fn open(
+        txn: &'t RefCell<Transaction<'c>>,
+        select: &str,
+        order: &str,
+        page: i32,
+        decode: fn(&Row) -> T,
+        fail: &'t dyn Fn(postgres::Error) -> StoreError,
+    ) -> Result<Self, StoreError> {
+        let key = order.split(',').next().unwrap_or(order);
+        let mut portals = VecDeque::new();
+        for part in [">= 0", "< 0"] {
+            let sql = format!("{select} WHERE {key} {part} ORDER BY {order}");
+            portals.push_back(txn.borrow_mut().bind(sql.as_str(), &[]).map_err(fail)?);
+        }
+        Ok(Paged {
+            txn,
+            portals,
+            page,
+            rows: Vec::new().into_iter(),
+            decode,
+            fail,
         })
-        .collect();
-    rows.sort_unstable_by_key(|(k, _)| *k);
-    Ok(rows)
+    }
+}
+
+impl<T> Iterator for Paged<'_, '_, T> {
+    type Item = Result<T, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(row) = self.rows.next() {
+                return Some(Ok((self.decode)(&row)));
+            }
+            let portal = self.portals.front()?;
+            match self.txn.borrow_mut().query_portal(portal, self.page) {
+                Ok(rows) => {
+                    if rows.len() < self.page as usize {
+                        self.portals.pop_front();
+                    }
+                    self.rows = rows.into_iter();
+                }
+                Err(e) => {
+                    self.portals.clear();
+                    return Some(Err((self.fail)(e)));
+                }
+            }
+        }
+    }
+}
+
+/// A row keyed (batch, sub) and its value, from columns 0, 1 and 2. Sub
+/// keys (chunks, indexes, row numbers) are below 2^31, so their `int`
+/// order is their unsigned order.
+fn keyed<V: for<'a> FromSql<'a>>(r: &Row) -> ((u64, u32), V) {
+    let sub: i32 = r.get(1);
+    ((unid(r.get(0)), sub as u32), r.get(2))
+}
+
+/// A row keyed by batch id alone (as (batch, 0)) and its record.
+fn record(r: &Row) -> ((u64, u32), Vec<u8>) {
+    ((unid(r.get(0)), 0), r.get(1))
 }
 
 impl Pg {
@@ -43,44 +114,15 @@ impl Pg {
             .read_only(true)
             .start()
             .map_err(e)?;
-        let records =
-            |txn: &mut Transaction<'_>, sql: &str| -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-                let mut rows: Vec<(u64, Vec<u8>)> = txn
-                    .query(sql, &[])
-                    .map_err(e)?
-                    .into_iter()
-                    .map(|r| (unid(r.get(0)), r.get(1)))
-                    .collect();
-                rows.sort_unstable_by_key(|(k, _)| *k);
-                Ok(rows)
-            };
-        let batches = records(&mut txn, "SELECT id, record FROM smsmesh_batches")?;
-        let states = records(&mut txn, "SELECT id, record FROM smsmesh_batch_state")?;
-        let outcomes =
-            keyed::<Vec<u8>>(&mut txn, "SELECT batch, chunk, slots FROM smsmesh_outcomes")
-                .map_err(e)?;
-        let errors =
-            keyed::<String>(&mut txn, "SELECT batch, idx, error FROM smsmesh_errors").map_err(e)?;
-        let numbers = keyed::<Vec<u8>>(
-            &mut txn,
-            "SELECT batch, row_no, bytes FROM smsmesh_recipients",
-        )
-        .map_err(e)?;
-        let refs = keyed::<Vec<u8>>(
-            &mut txn,
-            "SELECT batch, row_no, bytes FROM smsmesh_client_refs",
-        )
-        .map_err(e)?;
-        let waits = keyed::<Vec<u8>>(
-            &mut txn,
-            "SELECT batch, idx, record FROM smsmesh_receipt_waits",
-        )
-        .map_err(e)?;
-        let deliveries = keyed::<Vec<u8>>(
-            &mut txn,
-            "SELECT batch, idx, record FROM smsmesh_deliveries",
-        )
-        .map_err(e)?;
+        // Messages waiting for receipts: work in progress, read at once, in
+        // key order as the embedded store gives them.
+        let mut waits: Vec<((u64, u32), Vec<u8>)> = txn
+            .query("SELECT batch, idx, record FROM smsmesh_receipt_waits", &[])
+            .map_err(e)?
+            .iter()
+            .map(keyed::<Vec<u8>>)
+            .collect();
+        waits.sort_unstable_by_key(|(k, _)| *k);
         let idempotency = txn
             .query("SELECT key, batch FROM smsmesh_idempotency", &[])
             .map_err(e)?
@@ -106,21 +148,61 @@ impl Pg {
             })?;
             nodes.push((idx, r.get(1)));
         }
-        txn.commit().map_err(e)?;
-        store.assemble(Tables {
-            batches: Box::new(batches.into_iter().map(Ok)),
-            states: Box::new(states.into_iter().map(|(k, v)| Ok(((k, 0), v)))),
-            outcomes: Box::new(outcomes.into_iter().map(Ok)),
-            errors: Box::new(errors.into_iter().map(Ok)),
-            numbers: Box::new(numbers.into_iter().map(Ok)),
-            refs: Box::new(refs.into_iter().map(Ok)),
-            idempotency,
-            nodes,
-            waits,
-            delivery_records: Box::new(deliveries.into_iter().map(Ok)),
-            delivery_rows: Box::new(std::iter::empty()),
-            callback_next: callback_next as u64,
-        })
+        let txn = RefCell::new(txn);
+        let loaded = {
+            let fail: &dyn Fn(postgres::Error) -> StoreError = &e;
+            let bytes = |select: &str, order: &str, page: i32| {
+                Paged::open(&txn, select, order, page, keyed::<Vec<u8>>, fail)
+            };
+            let records = |table: &str| {
+                let select = format!("SELECT id, record FROM {table}");
+                Paged::open(&txn, &select, "id", PAGE_ROWS, record, fail)
+            };
+            let errors = Paged::open(
+                &txn,
+                "SELECT batch, idx, error FROM smsmesh_errors",
+                "batch, idx",
+                PAGE_ROWS,
+                keyed::<String>,
+                fail,
+            )?;
+            let batches = records("smsmesh_batches")?;
+            store.assemble(Tables {
+                batches: Box::new(batches.map(|r| r.map(|((id, _), v)| (id, v)))),
+                states: Box::new(records("smsmesh_batch_state")?),
+                outcomes: Box::new(bytes(
+                    "SELECT batch, chunk, slots FROM smsmesh_outcomes",
+                    "batch, chunk",
+                    PAGE_ROWS,
+                )?),
+                errors: Box::new(errors),
+                numbers: Box::new(bytes(
+                    "SELECT batch, row_no, bytes FROM smsmesh_recipients",
+                    "batch, row_no",
+                    LIST_PAGE_ROWS,
+                )?),
+                refs: Box::new(bytes(
+                    "SELECT batch, row_no, bytes FROM smsmesh_client_refs",
+                    "batch, row_no",
+                    LIST_PAGE_ROWS,
+                )?),
+                idempotency,
+                nodes,
+                waits,
+                delivery_records: Box::new(bytes(
+                    "SELECT batch, idx, record FROM smsmesh_deliveries",
+                    "batch, idx",
+                    PAGE_ROWS,
+                )?),
+                delivery_rows: Box::new(std::iter::empty()),
+                callback_next: callback_next as u64,
+            })
+        };
+        // A read-only snapshot: its end matters only if the load went well.
+        let ended = txn.into_inner().commit();
+        let loaded = loaded?;
+        ended.map_err(e)?;
+        Ok(loaded)
     }
 
     /// Stored callback rows numbered above `after` and below `below`, at most `limit`, in order.
