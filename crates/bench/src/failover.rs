@@ -2,8 +2,12 @@
 //! against the embedded store's, run by run and interleaved; then a
 //! 1,000,000-message batch whose leader is killed with SIGKILL a third of the
 //! way through: how soon the standby serves, and whether the batch completes
-//! with nothing lost. Needs a PostgreSQL server (`SMSMESH_TEST_POSTGRES`;
-//! `.ci/postgres DIR PORT` starts one): each run gets a fresh database.
+//! with nothing lost. Then two restarts: on a list of 14 times as many
+//! recipients, uploaded without nodes, and on a history of a fifth as many
+//! finished one-message batches; for each, how soon the coordinator answers
+//! and its peak RSS (the load reads it all back). Needs a PostgreSQL server
+//! (`SMSMESH_TEST_POSTGRES`; `.ci/postgres DIR PORT` starts one): each run
+//! gets a fresh database.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,6 +20,31 @@ use smsmesh::pb::{self, BatchState};
 use smsmesh_testkit::{Proc, database, leads, postgres_url, stdout_addrs};
 
 use crate::{Run, Scenario, Setup, median, run_on};
+
+/// What scenario (l) measured besides throughput.
+#[derive(Debug, Serialize)]
+pub(crate) struct Standby {
+    /// The leader lost by SIGKILL, then by a cut.
+    runs: Vec<Failover>,
+    /// A restart on a stored list.
+    reload: Reload,
+    /// A restart on a history of finished one-message batches.
+    history: Reload,
+}
+
+/// A coordinator on PostgreSQL stopped and started again on what it
+/// stored: a list batch, or a history of finished batches.
+#[derive(Debug, Serialize)]
+pub(crate) struct Reload {
+    /// Recipients of the list, or batches of the history.
+    count: u64,
+    /// From the first submit to the answer to the last.
+    uploaded_s: f64,
+    /// From the restart's spawn until it answers GetStatus of the batch.
+    restart_seconds: f64,
+    /// Its peak RSS by then (`VmHWM`), MiB.
+    restart_peak_rss_mib: f64,
+}
 
 /// What a failover run measured.
 #[derive(Debug, Serialize)]
@@ -78,6 +107,8 @@ pub(crate) async fn scenario(bin: &Path, messages: u64, repeat: u32) -> anyhow::
         failover(bin, messages, false).await?,
         failover(bin, messages, true).await?,
     ];
+    let reload = reload(bin, 14 * messages).await?;
+    let history = reload_history(bin, messages / 5).await?;
     let ratio = median(&ratios);
     let met = ratio >= 0.30
         && runs_lost
@@ -110,13 +141,21 @@ pub(crate) async fn scenario(bin: &Path, messages: u64, repeat: u32) -> anyhow::
         title: format!("{messages} messages, 4 nodes, on PostgreSQL: throughput, and a standby taking over"),
         target: "PostgreSQL ≥ 30% of the embedded store's msg/s (median of interleaved pairs); after SIGKILL of the leader mid-batch the standby serves within 10 s and the batch completes, lost 0".into(),
         result: format!(
-            "PostgreSQL at median {:.0}% of embedded ({}) — embedded msg/s {}, PostgreSQL msg/s {}; failover by {}; by {}",
+            "PostgreSQL at median {:.0}% of embedded ({}) — embedded msg/s {}, PostgreSQL msg/s {}; failover by {}; by {}; a list of {} uploaded in {:.1} s, then a restart on it answering in {:.1} s (peak RSS {:.0} MiB); {} one-message batches submitted and sent in {:.1} s, then a restart on them answering in {:.1} s (peak RSS {:.0} MiB)",
             100.0 * ratio,
             ratios.iter().map(|r| format!("{:.0}%", 100.0 * r)).collect::<Vec<_>>().join(", "),
             rates(""),
             rates("postgres"),
             line(&runs_lost[0]),
             line(&runs_lost[1]),
+            reload.count,
+            reload.uploaded_s,
+            reload.restart_seconds,
+            reload.restart_peak_rss_mib,
+            history.count,
+            history.uploaded_s,
+            history.restart_seconds,
+            history.restart_peak_rss_mib,
         ),
         met,
         runs,
@@ -124,7 +163,11 @@ pub(crate) async fn scenario(bin: &Path, messages: u64, repeat: u32) -> anyhow::
         history: None,
         smpp: Vec::new(),
         priority: None,
-        failover: Some(runs_lost.into()),
+        failover: Some(Standby {
+            runs: runs_lost.into(),
+            reload,
+            history,
+        }),
         callbacks: None,
         machine: None,
     })
@@ -276,4 +319,104 @@ async fn failover(bin: &Path, messages: u64, cut: bool) -> anyhow::Result<Failov
         resent: end.resent,
         duplicates: end.duplicates,
     })
+}
+
+/// A list of `n` recipients uploaded to a coordinator on PostgreSQL without
+/// nodes (so the batch stays whole in the store), the coordinator stopped,
+/// then started again on it: how soon it answers, and its peak RSS by then.
+async fn reload(bin: &Path, n: u64) -> anyhow::Result<Reload> {
+    let url = database("reload").await.context("no PostgreSQL")?;
+    let (mut first, addr) = coordinator(bin, &url)?;
+    until(Duration::from_secs(60), "the coordinator leads", || async {
+        leads(addr).await.then_some(())
+    })
+    .await?;
+    let mut client =
+        pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}")).await?;
+    let started = Instant::now();
+    let r = client
+        .submit_batch_stream(tokio_stream::iter(crate::upload::parts(n)))
+        .await?
+        .into_inner();
+    let uploaded = started.elapsed().as_secs_f64();
+    if r.accepted != n {
+        bail!("accepted {} of {n}", r.accepted);
+    }
+    let (restart_seconds, restart_peak_rss_mib) =
+        stop_and_restart(bin, &url, &mut first, &r.batch_id).await?;
+    Ok(Reload {
+        count: n,
+        uploaded_s: uploaded,
+        restart_seconds,
+        restart_peak_rss_mib,
+    })
+}
+
+/// `n` one-message batches from 64 callers to a coordinator on PostgreSQL
+/// with 4 nodes, each sent; then the coordinator stopped and started again
+/// on them: how soon it answers GetStatus of the first, and its peak RSS.
+async fn reload_history(bin: &Path, n: u64) -> anyhow::Result<Reload> {
+    let url = database("history").await.context("no PostgreSQL")?;
+    let setup = Setup {
+        messages: n,
+        durable: true,
+        nodes: vec![(1000, Duration::ZERO); 4],
+        node_threads: 0,
+        per_process: 1,
+    };
+    let args = ["--database-url", &url, "--metrics-listen", "127.0.0.1:0"];
+    let mut m = crate::mesh::start(bin, &setup, &args, None).await?;
+    let metrics = m.metrics.context("metrics address")?;
+    let channel = tonic::transport::Endpoint::from_shared(m.url.clone())?
+        .connect()
+        .await?;
+    let started = Instant::now();
+    let first = m
+        .client
+        .submit_batch(pb::SubmitBatchRequest {
+            synthetic: Some(pb::SyntheticBatch {
+                count: 1,
+                body: None,
+                seed: Some(1),
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .batch_id;
+    let sent = 1 + crate::small::fire(&[channel], &[], 64, n - 1, 0)
+        .await?
+        .len() as u64;
+    crate::small::wait_sent(metrics, sent).await?;
+    let submitted = started.elapsed().as_secs_f64();
+    let (restart_seconds, restart_peak_rss_mib) =
+        stop_and_restart(bin, &url, &mut m.coord, &first).await?;
+    Ok(Reload {
+        count: n,
+        uploaded_s: submitted,
+        restart_seconds,
+        restart_peak_rss_mib,
+    })
+}
+
+/// Stops `coord` (SIGTERM: the lead is released, and the restart need not
+/// wait for it to run out), starts a coordinator on `url` again, and waits
+/// until it answers GetStatus of batch `id`: the seconds from its spawn, and
+/// its peak RSS (`VmHWM`, MiB) by then.
+async fn stop_and_restart(
+    bin: &Path,
+    url: &str,
+    coord: &mut Proc,
+    id: &str,
+) -> anyhow::Result<(f64, f64)> {
+    coord.term();
+    coord.wait(Duration::from_secs(60)).await?;
+    let started = Instant::now();
+    let (again, addr) = coordinator(bin, url)?;
+    until(Duration::from_secs(300), "the restart answers", || {
+        status(addr, id)
+    })
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((seconds, crate::usage(again.child.id()).1))
 }

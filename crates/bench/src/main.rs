@@ -122,7 +122,7 @@ pub(crate) struct Scenario {
     priority: Option<priority::Priority>,
     /// What the standby-coordinator scenario measured.
     #[serde(skip_serializing_if = "Option::is_none")]
-    failover: Option<Vec<failover::Failover>>,
+    failover: Option<failover::Standby>,
     /// What the callbacks scenario measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     callbacks: Option<callbacks::Callbacks>,

@@ -34,18 +34,10 @@ fn number(i: u64) -> String {
     format!("+1{:010}", 2_000_000_000 + i)
 }
 
-/// Streams an upload of `n` recipients to a fresh durable mesh and follows it.
-pub(crate) async fn run(bin: &Path, n: u64) -> anyhow::Result<Upload> {
-    let setup = Setup {
-        messages: n,
-        durable: true,
-        nodes: vec![(1000, Duration::ZERO); 4],
-        node_threads: 0,
-        per_process: 1,
-    };
-    let mut m = mesh::start(bin, &setup, &[], None).await?;
-    let pid = m.coord.child.id();
-    let cpu_before = usage(pid).0;
+/// The parts of an upload of `n` recipients with one body: a header, chunks
+/// of numbers, a commit. Made lazily, one chunk at a time, as the stream is
+/// sent.
+pub(crate) fn parts(n: u64) -> impl Iterator<Item = pb::SubmitBatchStreamRequest> + Send {
     let header = pb::SubmitBatchStreamRequest {
         part: Some(Part::Header(pb::UploadHeader {
             body: "Emergency alert: a storm warning is in effect for your area until 18:00. Stay indoors and away from windows.".into(),
@@ -64,10 +56,24 @@ pub(crate) async fn run(bin: &Path, n: u64) -> anyhow::Result<Upload> {
     let commit = pb::SubmitBatchStreamRequest {
         part: Some(Part::Commit(pb::UploadCommit { total: n })),
     };
-    // Made lazily, one chunk at a time, as the stream is sent.
-    let parts = std::iter::once(header)
+    std::iter::once(header)
         .chain(chunks)
-        .chain(std::iter::once(commit));
+        .chain(std::iter::once(commit))
+}
+
+/// Streams an upload of `n` recipients to a fresh durable mesh and follows it.
+pub(crate) async fn run(bin: &Path, n: u64) -> anyhow::Result<Upload> {
+    let setup = Setup {
+        messages: n,
+        durable: true,
+        nodes: vec![(1000, Duration::ZERO); 4],
+        node_threads: 0,
+        per_process: 1,
+    };
+    let mut m = mesh::start(bin, &setup, &[], None).await?;
+    let pid = m.coord.child.id();
+    let cpu_before = usage(pid).0;
+    let parts = parts(n);
     let started = Instant::now();
     let r = m
         .client
