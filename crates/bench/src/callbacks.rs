@@ -116,13 +116,7 @@ pub(crate) async fn scenario(bin: &Path, n: u64, outage: Duration) -> anyhow::Re
     let dir = tempfile::tempdir()?;
     let secrets = dir.path().join("secrets");
     std::fs::write(&secrets, format!("*={SECRET}\n"))?;
-    let setup = Setup {
-        messages: n,
-        durable: true,
-        nodes: vec![(1000, Duration::ZERO); 4],
-        node_threads: 0,
-        per_process: 1,
-    };
+    let setup = Setup::durable_four(n);
     let secrets = secrets.to_str().context("a UTF-8 path")?;
     let mut m = mesh::start(bin, &setup, &["--callback-secrets", secrets], None).await?;
     let pid = m.coord.child.id();

@@ -79,13 +79,7 @@ pub(crate) async fn scenario(bin: &Path, messages: u64, repeat: u32) -> anyhow::
             "scenario (l) needs a PostgreSQL server: SMSMESH_TEST_POSTGRES=postgres://USER@HOST:PORT/DB (.ci/postgres DIR PORT starts one)"
         );
     }
-    let setup = Setup {
-        messages,
-        durable: true,
-        nodes: vec![(1000, Duration::ZERO); 4],
-        node_threads: 0,
-        per_process: 1,
-    };
+    let setup = Setup::durable_four(messages);
     let mut runs: Vec<Run> = Vec::new();
     let mut ratios = Vec::new();
     for _ in 0..repeat {
@@ -357,13 +351,7 @@ async fn reload(bin: &Path, n: u64) -> anyhow::Result<Reload> {
 /// on them: how soon it answers GetStatus of the first, and its peak RSS.
 async fn reload_history(bin: &Path, n: u64) -> anyhow::Result<Reload> {
     let url = database("history").await.context("no PostgreSQL")?;
-    let setup = Setup {
-        messages: n,
-        durable: true,
-        nodes: vec![(1000, Duration::ZERO); 4],
-        node_threads: 0,
-        per_process: 1,
-    };
+    let setup = Setup::durable_four(n);
     let args = ["--database-url", &url, "--metrics-listen", "127.0.0.1:0"];
     let mut m = crate::mesh::start(bin, &setup, &args, None).await?;
     let metrics = m.metrics.context("metrics address")?;

@@ -76,13 +76,7 @@ async fn measure(pid: u32, url: &str, batches: u64) -> anyhow::Result<Point> {
 
 /// Runs the scenario up to `total` batches.
 pub(crate) async fn run(bin: &Path, total: u64) -> anyhow::Result<History> {
-    let setup = Setup {
-        messages: total,
-        durable: true,
-        nodes: vec![(1000, Duration::ZERO); 4],
-        node_threads: 0,
-        per_process: 1,
-    };
+    let setup = Setup::durable_four(total);
     let mut m = mesh::start(bin, &setup, &["--metrics-listen", "127.0.0.1:0"], None).await?;
     let metrics = m.metrics.context("metrics address")?;
     let mut channels = Vec::new();

@@ -70,6 +70,20 @@ pub(crate) struct Setup {
     per_process: usize,
 }
 
+impl Setup {
+    /// `messages` to a durable coordinator and 4 node processes of
+    /// concurrency 1000 at zero latency, one runtime thread per core each.
+    fn durable_four(messages: u64) -> Setup {
+        Setup {
+            messages,
+            durable: true,
+            nodes: vec![(1000, Duration::ZERO); 4],
+            node_threads: 0,
+            per_process: 1,
+        }
+    }
+}
+
 /// What one run measured.
 #[derive(Debug, Serialize, Default)]
 pub(crate) struct Run {

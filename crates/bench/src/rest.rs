@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -52,13 +52,7 @@ async fn fire_http(http: SocketAddr, callers: usize, batches: u64) -> anyhow::Re
 /// One run: `batches` one-message batches from `callers` callers, over HTTP
 /// when `http`, else over gRPC.
 async fn run(bin: &Path, callers: usize, batches: u64, http: bool) -> anyhow::Result<Run> {
-    let setup = Setup {
-        messages: batches,
-        durable: true,
-        nodes: vec![(1000, Duration::ZERO); 4],
-        node_threads: 0,
-        per_process: 1,
-    };
+    let setup = Setup::durable_four(batches);
     let args = [
         "--metrics-listen",
         "127.0.0.1:0",

@@ -63,13 +63,7 @@ pub(crate) fn parts(n: u64) -> impl Iterator<Item = pb::SubmitBatchStreamRequest
 
 /// Streams an upload of `n` recipients to a fresh durable mesh and follows it.
 pub(crate) async fn run(bin: &Path, n: u64) -> anyhow::Result<Upload> {
-    let setup = Setup {
-        messages: n,
-        durable: true,
-        nodes: vec![(1000, Duration::ZERO); 4],
-        node_threads: 0,
-        per_process: 1,
-    };
+    let setup = Setup::durable_four(n);
     let mut m = mesh::start(bin, &setup, &[], None).await?;
     let pid = m.coord.child.id();
     let cpu_before = usage(pid).0;
