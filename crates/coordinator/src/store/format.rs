@@ -358,42 +358,100 @@ pub(super) fn read_list(
     numbers: &[(u32, Vec<u8>)],
     refs: &[(u32, Vec<u8>)],
 ) -> Result<Recipients, String> {
-    let rows = (total as usize).div_ceil(LIST_ROW);
-    let bad = |what: String| Err(format!("recipients of batch {id:016x}: {what}"));
-    if numbers.len() != rows || !(refs.is_empty() || refs.len() == rows) {
-        return bad(format!(
-            "{} number rows and {} reference rows for {total} recipients ({rows} rows)",
-            numbers.len(),
-            refs.len()
-        ));
+    let mut list = ListReader::new(id, total);
+    for (row, bytes) in numbers {
+        list.number_row(*row, bytes)?;
     }
-    let mut packed = Vec::with_capacity(total as usize);
-    let (mut text, mut ends) = (String::new(), Vec::new());
-    for (expect, (row, bytes)) in numbers.iter().enumerate() {
-        let want = LIST_ROW.min(total as usize - expect * LIST_ROW);
-        if *row as usize != expect || bytes.len() != want * 8 {
-            return bad(format!(
+    for (row, bytes) in refs {
+        list.ref_row(*row, bytes)?;
+    }
+    list.finish()
+}
+
+/// A list read back a row at a time, as the load merges the tables: every
+/// number row in order, then every reference row in order, each decoded
+/// and dropped before the next, so that the rows are never all in memory
+/// beside the list they make.
+pub(super) struct ListReader {
+    id: u64,
+    total: u32,
+    /// Rows a list of `total` recipients has.
+    rows: usize,
+    number_rows: usize,
+    ref_rows: usize,
+    packed: Vec<u64>,
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl ListReader {
+    pub(super) fn new(id: u64, total: u32) -> Self {
+        ListReader {
+            id,
+            total,
+            rows: (total as usize).div_ceil(LIST_ROW),
+            number_rows: 0,
+            ref_rows: 0,
+            packed: Vec::with_capacity(total as usize),
+            text: String::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    fn bad(&self, what: String) -> String {
+        format!("recipients of batch {:016x}: {what}", self.id)
+    }
+
+    /// The numbers of row `row` (the rows must come in order). Rows beyond
+    /// the list's are counted, for [`finish`](Self::finish) to refuse.
+    pub(super) fn number_row(&mut self, row: u32, bytes: &[u8]) -> Result<(), String> {
+        let expect = self.number_rows;
+        self.number_rows += 1;
+        if expect >= self.rows {
+            return Ok(());
+        }
+        let want = LIST_ROW.min(self.total as usize - expect * LIST_ROW);
+        if row as usize != expect || bytes.len() != want * 8 {
+            return Err(self.bad(format!(
                 "number row {row} is {} bytes where row {expect} of {want} numbers was expected",
                 bytes.len()
-            ));
+            )));
         }
         for n in bytes.chunks_exact(8) {
             let n = u64::from_le_bytes(n.try_into().expect("8 bytes"));
             if !is_packed_number(n) {
-                return bad(format!(
+                return Err(self.bad(format!(
                     "recipient {} holds {n:#x}, which is no packed number",
-                    packed.len()
-                ));
+                    self.packed.len()
+                )));
             }
-            packed.push(n);
+            self.packed.push(n);
         }
-        if let Some((_, r)) = refs.get(expect) {
-            read_refs(r, want, &mut text, &mut ends).map_err(|what| {
-                format!("recipients of batch {id:016x}: reference row {expect}: {what}")
-            })?;
-        }
+        Ok(())
     }
-    Ok(Recipients::from_parts(packed, text, ends))
+
+    /// The client references of row `row`, after every number row.
+    pub(super) fn ref_row(&mut self, _row: u32, bytes: &[u8]) -> Result<(), String> {
+        let expect = self.ref_rows;
+        self.ref_rows += 1;
+        if expect >= self.rows || self.number_rows != self.rows {
+            return Ok(());
+        }
+        let want = LIST_ROW.min(self.total as usize - expect * LIST_ROW);
+        read_refs(bytes, want, &mut self.text, &mut self.ends)
+            .map_err(|what| self.bad(format!("reference row {expect}: {what}")))
+    }
+
+    /// The list, once its row counts are checked.
+    pub(super) fn finish(self) -> Result<Recipients, String> {
+        if self.number_rows != self.rows || !(self.ref_rows == 0 || self.ref_rows == self.rows) {
+            return Err(self.bad(format!(
+                "{} number rows and {} reference rows for {} recipients ({} rows)",
+                self.number_rows, self.ref_rows, self.total, self.rows
+            )));
+        }
+        Ok(Recipients::from_parts(self.packed, self.text, self.ends))
+    }
 }
 
 /// Appends the `n` references of one reference row to `text` and `ends`.

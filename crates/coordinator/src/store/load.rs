@@ -45,6 +45,32 @@ where
         }
         Ok(out)
     }
+
+    /// The next row of batch `id`, or `None` once its rows are done (rows
+    /// of batches before it are skipped as in [`take`](Self::take)): a
+    /// batch's rows one at a time, for a list that is decoded as it is read.
+    fn next_of(&mut self, id: u64) -> Option<Result<(u32, V), StoreError>> {
+        loop {
+            let key = match self.rows.peek()? {
+                Ok(((b, _), _)) => *b,
+                Err(_) => {
+                    return Some(Err(self
+                        .rows
+                        .next()
+                        .expect("peeked")
+                        .err()
+                        .expect("an error")));
+                }
+            };
+            if key > id {
+                return None;
+            }
+            let row = self.rows.next().expect("peeked");
+            if key == id {
+                return Some(row.map(|((_, sub), v)| (sub, v)));
+            }
+        }
+    }
 }
 
 /// A table's rows in key order, as a backend reads them.
@@ -86,6 +112,33 @@ pub(super) struct Tables<'a> {
 }
 
 impl Store {
+    /// The recipients of list batch `id`, decoded a row at a time as the
+    /// merge reads them (a list of 14M is 216 rows of 520 KB).
+    fn read_list<I, J>(
+        &self,
+        id: u64,
+        total: u32,
+        numbers: &mut Merge<I>,
+        refs: &mut Merge<J>,
+    ) -> Result<crate::batch::Recipients, StoreError>
+    where
+        I: Iterator<Item = Result<((u64, u32), Vec<u8>), StoreError>>,
+        J: Iterator<Item = Result<((u64, u32), Vec<u8>), StoreError>>,
+    {
+        let mut list = format::ListReader::new(id, total);
+        while let Some(row) = numbers.next_of(id) {
+            let (row, bytes) = row?;
+            list.number_row(row, &bytes)
+                .map_err(|what| self.corrupt(what))?;
+        }
+        while let Some(row) = refs.next_of(id) {
+            let (row, bytes) = row?;
+            list.ref_row(row, &bytes)
+                .map_err(|what| self.corrupt(what))?;
+        }
+        list.finish().map_err(|what| self.corrupt(what))
+    }
+
     fn corrupt(&self, what: String) -> StoreError {
         StoreError::Corrupt {
             path: self.path.clone(),
@@ -216,12 +269,8 @@ impl Store {
                     ..Default::default()
                 },
             };
-            let (number_rows, ref_rows) = (numbers.take(id)?, refs.take(id)?);
             let list = match b.list_body {
-                Some(_) => Some(
-                    format::read_list(id, b.total, &number_rows, &ref_rows)
-                        .map_err(|what| self.corrupt(what))?,
-                ),
+                Some(_) => Some(self.read_list(id, b.total, &mut numbers, &mut refs)?),
                 None => None,
             };
             let mut lb = LoadedBatch {

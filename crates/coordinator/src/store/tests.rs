@@ -250,6 +250,39 @@ fn a_list_batch_is_stored_in_rows_and_loaded_back_whole() {
     assert!(store.load().unwrap().batches.is_empty());
 }
 
+/// A list read back a row at a time still counts its rows: one missing, or
+/// one too many, is refused at load with the counts.
+#[test]
+fn a_list_with_a_row_missing_or_too_many_is_refused_at_load() {
+    let n = 2 * format::LIST_ROW as u32 + 7;
+    for (change, want) in [
+        (
+            None,
+            "2 number rows and 3 reference rows for 130007 recipients (3 rows)",
+        ),
+        (
+            Some(3),
+            "4 number rows and 3 reference rows for 130007 recipients (3 rows)",
+        ),
+    ] {
+        let store = Store::in_memory().unwrap();
+        let (b, list) = list_batch(11, n);
+        insert_list(&store, &b, &list);
+        let txn = store.db().begin_write().unwrap();
+        {
+            let mut t = txn.open_table(RECIPIENTS).unwrap();
+            match change {
+                None => drop(t.remove((11, 2)).unwrap()),
+                Some(row) => drop(t.insert((11, row), [0u8; 8].as_slice()).unwrap()),
+            }
+        }
+        txn.commit().unwrap();
+        let err = store.load().unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(want), "{want}: {err}");
+    }
+}
+
 #[test]
 fn a_corrupt_recipient_row_is_refused_at_load() {
     for (table, row, want) in [
