@@ -362,8 +362,8 @@ pub(super) fn read_list(
     for (row, bytes) in numbers {
         list.number_row(*row, bytes)?;
     }
-    for (row, bytes) in refs {
-        list.ref_row(*row, bytes)?;
+    for (_, bytes) in refs {
+        list.ref_row(bytes)?;
     }
     list.finish()
 }
@@ -430,8 +430,9 @@ impl ListReader {
         Ok(())
     }
 
-    /// The client references of row `row`, after every number row.
-    pub(super) fn ref_row(&mut self, _row: u32, bytes: &[u8]) -> Result<(), String> {
+    /// The client references of the next row, after every number row (as
+    /// before, a reference row's own number is not checked).
+    pub(super) fn ref_row(&mut self, bytes: &[u8]) -> Result<(), String> {
         let expect = self.ref_rows;
         self.ref_rows += 1;
         if expect >= self.rows || self.number_rows != self.rows {

@@ -29,25 +29,11 @@ where
     /// The rows of batch `id` (rows of batches before it, which have no
     /// batch record, are skipped: they are orphans of an interrupted delete).
     fn take(&mut self, id: u64) -> Result<Vec<(u32, V)>, StoreError> {
-        let mut out = Vec::new();
-        while let Some(row) = self.rows.peek() {
-            let key = match row {
-                Ok(((b, _), _)) => *b,
-                Err(_) => return Err(self.rows.next().expect("peeked").err().expect("an error")),
-            };
-            if key > id {
-                break;
-            }
-            let ((b, sub), v) = self.rows.next().expect("peeked")?;
-            if b == id {
-                out.push((sub, v));
-            }
-        }
-        Ok(out)
+        std::iter::from_fn(|| self.next_of(id)).collect()
     }
 
     /// The next row of batch `id`, or `None` once its rows are done (rows
-    /// of batches before it are skipped as in [`take`](Self::take)): a
+    /// of batches before it are skipped, as for [`take`](Self::take)): a
     /// batch's rows one at a time, for a list that is decoded as it is read.
     fn next_of(&mut self, id: u64) -> Option<Result<(u32, V), StoreError>> {
         loop {
@@ -132,9 +118,8 @@ impl Store {
                 .map_err(|what| self.corrupt(what))?;
         }
         while let Some(row) = refs.next_of(id) {
-            let (row, bytes) = row?;
-            list.ref_row(row, &bytes)
-                .map_err(|what| self.corrupt(what))?;
+            let (_, bytes) = row?;
+            list.ref_row(&bytes).map_err(|what| self.corrupt(what))?;
         }
         list.finish().map_err(|what| self.corrupt(what))
     }
