@@ -64,7 +64,7 @@ pub(crate) struct Setup {
     durable: bool,
     /// (concurrency, mean latency) of each node.
     nodes: Vec<(u32, Duration)>,
-    /// Runtime threads per node process (0: one per core).
+    /// Runtime threads per node process (1, smsnode's default; 0: one per core).
     node_threads: usize,
     /// Nodes per `smsnode` process (`--instances`): 1 for a process each.
     per_process: usize,
@@ -72,13 +72,13 @@ pub(crate) struct Setup {
 
 impl Setup {
     /// `messages` to a durable coordinator and 4 node processes of
-    /// concurrency 1000 at zero latency, one runtime thread per core each.
+    /// concurrency 1000 at zero latency, one runtime thread each.
     fn durable_four(messages: u64) -> Setup {
         Setup {
             messages,
             durable: true,
             nodes: vec![(1000, Duration::ZERO); 4],
-            node_threads: 0,
+            node_threads: 1,
             per_process: 1,
         }
     }
@@ -189,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
                                 messages: scale(1_000_000),
                                 durable: id == "a",
                                 nodes: vec![(1000, zero); 4],
-                                node_threads: 0,
+                                node_threads: 1,
                                 per_process: 1,
                             };
                             runs.push(run(&bin, &setup).await?);
@@ -281,7 +281,7 @@ async fn main() -> anyhow::Result<()> {
                         messages: scale(14_000_000),
                         durable: true,
                         nodes: vec![(1000, zero); 4],
-                        node_threads: 0,
+                        node_threads: 1,
                         per_process: 1,
                     },
                 )
@@ -314,7 +314,7 @@ async fn main() -> anyhow::Result<()> {
                         messages: scale(300_000),
                         durable: true,
                         nodes: vec![(1000, latency); 3],
-                        node_threads: 0,
+                        node_threads: 1,
                         per_process: 1,
                     },
                 )
@@ -360,7 +360,7 @@ async fn main() -> anyhow::Result<()> {
                         messages: scale(200_000),
                         durable: true,
                         nodes: nodes.clone(),
-                        node_threads: 0,
+                        node_threads: 1,
                         per_process: 1,
                     },
                 )

@@ -160,7 +160,7 @@ pub(crate) async fn with_gateway(
         messages: 0,
         durable: true,
         nodes: Vec::new(),
-        node_threads: 0,
+        node_threads: 1,
         per_process: 1,
     };
     let m = start(bin, &setup, &[], None).await?;

@@ -57,9 +57,8 @@ struct Args {
     /// Longest wait between reconnect attempts (backoff starts at 100ms and doubles).
     #[arg(long, env = "SMSMESH_RECONNECT_MAX", default_value = "5s", value_parser = humantime::parse_duration)]
     reconnect_max: Duration,
-    /// Runtime threads: 1 for a single-threaded node (many small nodes on one host),
-    /// 0 for one per core.
-    #[arg(long, env = "SMSMESH_WORKER_THREADS", default_value_t = 0)]
+    /// Runtime threads: 1 runs the node on one thread; 0 one per core; N that many.
+    #[arg(long, env = "SMSMESH_WORKER_THREADS", default_value_t = 1)]
     worker_threads: usize,
     /// On SIGTERM, how long to keep trying to hand in finished results.
     #[arg(long, env = "SMSMESH_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -169,8 +168,10 @@ static ALLOCATOR: smsmesh_alloc::MiMalloc = smsmesh_alloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // A node's work is one task and its stream: one thread suits many small nodes on a host,
-    // two let a busy node run its sends and its connection side by side.
+    // A node's work is one task, its stream and its gateway's connections: on one
+    // thread nothing is handed between threads. More threads only pay for that, at a
+    // connector's rate limit (each send wakes a parked thread) and at full speed
+    // beside other processes alike (BENCHMARKS.md).
     let runtime = smsmesh::cli::runtime(args.worker_threads);
     match runtime {
         Ok(rt) => rt.block_on(node_main(args)),
