@@ -57,28 +57,26 @@ struct Args {
 /// not the mesh.
 const F_PROCESSES: usize = 4;
 
-/// How the mesh of one run is made.
+/// How the mesh of one run is made. Nodes run on smsnode's default of one
+/// runtime thread.
 #[derive(Clone, Debug)]
 pub(crate) struct Setup {
     messages: u64,
     durable: bool,
     /// (concurrency, mean latency) of each node.
     nodes: Vec<(u32, Duration)>,
-    /// Runtime threads per node process (1, smsnode's default; 0: one per core).
-    node_threads: usize,
     /// Nodes per `smsnode` process (`--instances`): 1 for a process each.
     per_process: usize,
 }
 
 impl Setup {
     /// `messages` to a durable coordinator and 4 node processes of
-    /// concurrency 1000 at zero latency, one runtime thread each.
+    /// concurrency 1000 at zero latency.
     fn durable_four(messages: u64) -> Setup {
         Setup {
             messages,
             durable: true,
             nodes: vec![(1000, Duration::ZERO); 4],
-            node_threads: 1,
             per_process: 1,
         }
     }
@@ -189,7 +187,6 @@ async fn main() -> anyhow::Result<()> {
                                 messages: scale(1_000_000),
                                 durable: id == "a",
                                 nodes: vec![(1000, zero); 4],
-                                node_threads: 1,
                                 per_process: 1,
                             };
                             runs.push(run(&bin, &setup).await?);
@@ -281,7 +278,6 @@ async fn main() -> anyhow::Result<()> {
                         messages: scale(14_000_000),
                         durable: true,
                         nodes: vec![(1000, zero); 4],
-                        node_threads: 1,
                         per_process: 1,
                     },
                 )
@@ -314,7 +310,6 @@ async fn main() -> anyhow::Result<()> {
                         messages: scale(300_000),
                         durable: true,
                         nodes: vec![(1000, latency); 3],
-                        node_threads: 1,
                         per_process: 1,
                     },
                 )
@@ -360,7 +355,6 @@ async fn main() -> anyhow::Result<()> {
                         messages: scale(200_000),
                         durable: true,
                         nodes: nodes.clone(),
-                        node_threads: 1,
                         per_process: 1,
                     },
                 )
@@ -408,7 +402,6 @@ async fn main() -> anyhow::Result<()> {
                         messages: scale(100_000),
                         durable: true,
                         nodes: vec![(10, latency); 20],
-                        node_threads: 1,
                         per_process: 20 / F_PROCESSES,
                     },
                 )
@@ -419,7 +412,6 @@ async fn main() -> anyhow::Result<()> {
                         messages: scale(500_000),
                         durable: true,
                         nodes: vec![(10, latency); 200],
-                        node_threads: 1,
                         per_process: 200 / F_PROCESSES,
                     },
                 )

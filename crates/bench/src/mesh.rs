@@ -89,7 +89,6 @@ pub(crate) async fn start(
                     "--mean-latency",
                     &format!("{}ms", l.as_millis()),
                 ])
-                .args(["--worker-threads", &setup.node_threads.to_string()])
                 .args(["--instances", &group.len().to_string()])
                 .args(
                     join_token
@@ -160,7 +159,6 @@ pub(crate) async fn with_gateway(
         messages: 0,
         durable: true,
         nodes: Vec::new(),
-        node_threads: 1,
         per_process: 1,
     };
     let m = start(bin, &setup, &[], None).await?;

@@ -76,7 +76,6 @@ async fn start(bin: &Path, nodes: usize, tenants: &[&str]) -> anyhow::Result<Aut
         messages: 0,
         durable: true,
         nodes: vec![(500, Duration::from_millis(20)); nodes],
-        node_threads: 1,
         per_process: 1,
     };
     let args = [

@@ -32,9 +32,6 @@ pub(crate) async fn run(
         messages: batches,
         durable: true,
         nodes: vec![(1000, Duration::ZERO); 4],
-        // Six processes share 2 cores: a node's second runtime thread only
-        // passes its work back and forth (README, `--worker-threads`).
-        node_threads: 1,
         per_process: 1,
     };
     let secret = tempfile::NamedTempFile::new()?;
