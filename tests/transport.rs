@@ -55,20 +55,25 @@ fn trust(pki: &Pki) -> ClientTls {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_serves_verified_clients_and_refuses_plaintext() {
-    let pki = Pki::new("smsmesh test CA");
+/// A coordinator serving TLS with a certificate from `pki` for localhost;
+/// with `mutual`, nodes must show one from `pki` too.
+fn over_tls(pki: &Pki, mutual: bool) -> CoordinatorConfig {
     let (cert_pem, key_pem) = pki.issue(&["localhost", "127.0.0.1"]);
-    let mesh = Mesh::start(CoordinatorConfig {
+    CoordinatorConfig {
         tls: Some(Tls {
             cert_pem,
             key_pem,
-            client_ca_pem: None,
+            client_ca_pem: mutual.then(|| pki.ca_pem()),
         }),
+        require_node_cert: mutual,
         ..CoordinatorConfig::default()
-    })
-    .await
-    .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_verified_clients_and_refuses_plaintext() {
+    let pki = Pki::new("smsmesh test CA");
+    let mesh = Mesh::start(over_tls(&pki, false)).await.unwrap();
     assert!(mesh.url().starts_with("https://"));
 
     // A node and a client over TLS.
@@ -112,18 +117,7 @@ async fn tls_serves_verified_clients_and_refuses_plaintext() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_admits_only_nodes_with_a_certificate_from_the_ca() {
     let pki = Pki::new("smsmesh test CA");
-    let (cert_pem, key_pem) = pki.issue(&["localhost", "127.0.0.1"]);
-    let mesh = Mesh::start(CoordinatorConfig {
-        tls: Some(Tls {
-            cert_pem,
-            key_pem,
-            client_ca_pem: Some(pki.ca_pem()),
-        }),
-        require_node_cert: true,
-        ..CoordinatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let mesh = Mesh::start(over_tls(&pki, true)).await.unwrap();
     // No client certificate: the node is refused, clearly.
     let bare = mesh.node(NodeSpec::new("bare").tls(trust(&pki)));
     let e = bare.ended(LONG).await.unwrap().expect_err("refused");
