@@ -80,6 +80,9 @@ pub struct Config {
     pub send_timeout: Option<Duration>,
     /// Most results in one frame. Default: 512.
     pub max_results_per_frame: usize,
+    /// Least time between two frames of results or receipts while little
+    /// credit waits (see [`NodeState::set_frame_gap`]). Default: 5 ms.
+    pub frame_gap: Duration,
     /// The secret the coordinator asks of joining nodes. Default: none.
     pub join_token: Option<String>,
     /// TLS to the coordinator (needed for an `https://` URL). Default: none.
@@ -119,6 +122,7 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
             send_timeout: Some(Duration::from_secs(60)),
             max_results_per_frame: 512,
+            frame_gap: Duration::from_millis(5),
             join_token: None,
             tls: None,
             group: None,
@@ -217,6 +221,7 @@ pub async fn run(
         stats.clone(),
         Instant::now(),
     );
+    state.set_frame_gap(config.frame_gap);
     if !config.gateway.takes_jobs() {
         tracing::info!(node = %config.name, "the gateway only receives: this node takes no jobs and hands in receipts");
         state.set_receive_only();
@@ -484,6 +489,7 @@ impl Node {
                     self.state.on_receipts(bunch);
                 }
                 Ok(()) = changed(&mut self.ready) => self.gateway_changed(),
+                () = flush_at(self.state.flush_due()) => {}
                 _ = heartbeat.tick() => {
                     let beat = pb::NodeToCoordinator {
                         update: Some(node_to_coordinator::Update::Heartbeat(pb::Heartbeat {})),
@@ -528,6 +534,14 @@ impl Node {
 async fn next_receipt(rx: &mut Option<mpsc::Receiver<IncomingReceipt>>) -> Option<IncomingReceipt> {
     match rx {
         Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `due` (forever, if nothing is held back).
+async fn flush_at(due: Option<Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
     }
 }

@@ -67,6 +67,10 @@ struct Args {
     /// it like any failure. 0: no limit.
     #[arg(long, env = "SMSMESH_SEND_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     send_timeout: Duration,
+    /// Results and receipts go at most one frame per this long while little credit
+    /// waits: at a connector's rate limit, fewer, fuller frames (0: one per event).
+    #[arg(long, env = "SMSMESH_FRAME_GAP", default_value = "5ms", value_parser = humantime::parse_duration)]
+    frame_gap: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9101). Off by default.
     #[arg(long, env = "SMSMESH_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -267,6 +271,7 @@ async fn node_main(args: Args) -> ExitCode {
     let mut config = Config::new(args.coordinator, name, args.concurrency, gateway);
     config.drain_timeout = args.drain_timeout;
     config.send_timeout = (!args.send_timeout.is_zero()).then_some(args.send_timeout);
+    config.frame_gap = args.frame_gap;
     config.join_token = match (&args.join_token_file, &args.join_token) {
         (Some(f), _) => match std::fs::read_to_string(f) {
             Ok(t) => Some(t.trim().to_string()),

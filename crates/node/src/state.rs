@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use smsmesh::pb::{self, node_to_coordinator};
 
@@ -58,6 +58,11 @@ pub struct NodeState {
     receive_only: bool,
     /// The coordinator confirmed on this stream that no more jobs will come.
     drained: bool,
+    /// Least time between two frames of results or receipts, unless much
+    /// credit waits (see [`NodeState::next_flush`]).
+    frame_gap: Duration,
+    /// When the last frame went.
+    last_frame: Option<Instant>,
 }
 
 impl NodeState {
@@ -88,7 +93,18 @@ impl NodeState {
             gateway_down: false,
             receive_only: false,
             drained: false,
+            frame_gap: Duration::ZERO,
+            last_frame: None,
         }
+    }
+
+    /// Results go at most one frame per `gap`, unless a quarter of the
+    /// credit target is free or receipts go (they never wait, and the
+    /// results held go with them): at a connector's rate limit a frame then
+    /// carries several, and the coordinator handles fewer frames; a lone
+    /// result still goes at once. Zero: a frame per event.
+    pub fn set_frame_gap(&mut self, gap: Duration) {
+        self.frame_gap = gap;
     }
 
     /// Most jobs ever held at once: sends in progress plus the most prefetched
@@ -265,17 +281,53 @@ impl NodeState {
         (!std::mem::replace(&mut self.leaving, true)).then(going_away)
     }
 
-    /// The frames to send now: finished results (those of earlier streams
-    /// handed in), and the credit that is free, riding on the last frame.
-    pub fn flush(&mut self, now: Instant) -> Vec<pb::NodeToCoordinator> {
-        let free = if self.leaving || self.gateway_down || self.receive_only {
+    /// Credit to grant now.
+    fn free(&self) -> u64 {
+        if self.leaving || self.gateway_down || self.receive_only {
             0
         } else {
             u64::from(self.credit_target()).saturating_sub(self.held + self.unused_credit)
-        };
-        if self.done.is_empty() && self.receipts.is_empty() && free == 0 {
+        }
+    }
+
+    /// When what waits to be sent (results, receipts, credit) is due, if it
+    /// is held back by the frame gap; `None` when it goes at once or
+    /// nothing waits.
+    pub fn flush_due(&self) -> Option<Instant> {
+        let free = self.free();
+        self.waiting(free).then(|| self.next_flush(free)).flatten()
+    }
+
+    /// Whether anything waits that a frame would carry: results, receipts
+    /// with room to go, or credit.
+    fn waiting(&self, free: u64) -> bool {
+        let receipts = !self.receipts.is_empty() && self.unacked_receipts < MAX_UNACKED_RECEIPTS;
+        !self.done.is_empty() || receipts || free > 0
+    }
+
+    /// When the next frame may go, with `free` credit waiting: `None` at once.
+    /// Receipts never wait: the SMSC is answered once they are stored, and
+    /// its window of unanswered deliver_sm bounds how fast receipts come.
+    fn next_flush(&self, free: u64) -> Option<Instant> {
+        let receipts = !self.receipts.is_empty() && self.unacked_receipts < MAX_UNACKED_RECEIPTS;
+        if self.frame_gap.is_zero()
+            || self.leaving
+            || receipts
+            || free >= u64::from(self.credit_target() / 4).max(1)
+        {
+            return None;
+        }
+        self.last_frame.map(|t| t + self.frame_gap)
+    }
+
+    /// The frames to send now: finished results (those of earlier streams
+    /// handed in), and the credit that is free, riding on the last frame.
+    pub fn flush(&mut self, now: Instant) -> Vec<pb::NodeToCoordinator> {
+        let free = self.free();
+        if !self.waiting(free) || self.next_flush(free).is_some_and(|due| now < due) {
             return Vec::new();
         }
+        self.last_frame = Some(now);
         let epoch = self.epoch;
         let (current, handoff): (Vec<Done>, Vec<Done>) = std::mem::take(&mut self.done)
             .into_iter()

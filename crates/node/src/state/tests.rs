@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use smsmesh::pb::{self, node_to_coordinator::Update};
 
@@ -47,6 +47,17 @@ fn results(frames: &[pb::NodeToCoordinator]) -> Vec<(u64, Vec<u32>, u32, bool)> 
         .collect()
 }
 
+/// (seq, results, receipts) of each Results frame.
+fn carried(frames: &[pb::NodeToCoordinator]) -> Vec<(u64, usize, usize)> {
+    frames
+        .iter()
+        .filter_map(|f| match f.update.as_ref()? {
+            Update::Results(r) => Some((r.seq, r.results.len(), r.receipts.len())),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn credit_is_granted_up_to_the_target_and_never_beyond() {
     let now = Instant::now();
@@ -71,6 +82,61 @@ fn credit_is_granted_up_to_the_target_and_never_beyond() {
     let (seq, idx, grant, handoff) = &out[0];
     assert_eq!((*seq, idx.as_slice(), handoff), (1, &[0, 1][..], &false));
     assert_eq!(*grant, 1, "5 held at most: 4 still held");
+}
+
+#[test]
+fn with_little_credit_free_results_wait_for_the_frame_gap() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut s = state(16, 0);
+    s.set_frame_gap(ms(5));
+    assert_eq!(results(&s.flush(t0)), [(0, vec![], 16, false)]);
+    s.on_jobs(16, t0);
+    s.finished(vec![done(0, 0)], t0 + ms(1));
+    assert!(
+        s.flush(t0 + ms(1)).is_empty(),
+        "1 credit of 16 free: it waits"
+    );
+    assert_eq!(s.flush_due(), Some(t0 + ms(5)), "5 ms after the last frame");
+    s.finished(vec![done(0, 1)], t0 + ms(2));
+    assert_eq!(
+        results(&s.flush(t0 + ms(5))),
+        [(1, vec![0, 1], 2, false)],
+        "both in one frame, with the credit they freed"
+    );
+    assert_eq!(s.flush_due(), None, "nothing waits");
+    // A quarter of the credit target free goes at once, within the gap.
+    s.finished((2..6).map(|i| done(0, i)).collect(), t0 + ms(6));
+    let out = results(&s.flush(t0 + ms(6)));
+    assert_eq!(out, [(2, vec![2, 3], 0, false), (3, vec![4, 5], 4, false)]);
+    // So does everything once the node is leaving.
+    s.finished(vec![done(0, 6)], t0 + ms(7));
+    assert!(s.flush(t0 + ms(7)).is_empty());
+    assert!(s.leave().is_some());
+    assert_eq!(results(&s.flush(t0 + ms(7))), [(4, vec![6], 0, false)]);
+}
+
+#[test]
+fn receipts_never_wait_for_the_frame_gap_and_take_the_results_held() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut s = state(16, 0);
+    s.set_frame_gap(ms(5));
+    s.flush(t0); // the first grant
+    s.on_jobs(16, t0);
+    s.finished(vec![done(0, 0)], t0 + ms(1));
+    assert!(s.flush(t0 + ms(1)).is_empty(), "a result waits");
+    let r = pb::Receipt {
+        provider_id: "a".into(),
+        ..Default::default()
+    };
+    s.on_receipts([(r, None)]);
+    assert_eq!(
+        carried(&s.flush(t0 + ms(2))),
+        [(1, 1, 0), (2, 0, 1)],
+        "the receipt at once, the result with it"
+    );
+    assert_eq!(s.flush_due(), None);
 }
 
 #[test]
@@ -154,15 +220,7 @@ fn receipts_go_in_frames_of_their_own_and_are_handed_in_again_until_acked() {
     let (stored, mut told) = tokio::sync::oneshot::channel();
     s.on_receipts([(r("a"), None), (r("b"), Some(stored.into()))]);
     assert!(!s.is_empty(), "receipts are owed to the coordinator");
-    let frames = s.flush(now);
-    let sent: Vec<_> = frames
-        .iter()
-        .filter_map(|f| match f.update.as_ref()? {
-            Update::Results(r) => Some((r.seq, r.receipts.len(), r.results.len())),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(sent, [(1, 2, 0)]);
+    assert_eq!(carried(&s.flush(now)), [(1, 0, 2)]);
     // The stream breaks before the ack: the next stream hands them in again.
     s.on_stream_broken();
     let again = s.on_stream_open();
