@@ -79,21 +79,40 @@ async fn a_csv_of_numbers_uploads_as_one_batch() {
         .error(400, "INVALID_ARGUMENT", "colour");
 }
 
-/// An upload refused early (no token; a bad second line) over one raw
-/// HTTP/1.1 connection: the answer comes while the client still sends its
-/// body; the rest of the body is still read rather than the connection reset
-/// (curl would see "broken pipe" instead of the answer); and the connection
-/// then serves the next request.
+/// Requests refused before their body is read (an upload without a token,
+/// one with a bad second line, a JSON body over the size limit) over one
+/// raw HTTP/1.1 connection: the answer comes while the client still sends
+/// its body; the rest of the body is still read rather than the connection
+/// reset (curl would see "broken pipe" instead of the answer); and the
+/// connection then serves the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_upload_is_answered_while_its_body_still_comes() {
-    let mesh = Mesh::start(jwt_config()).await.unwrap();
+    let config = CoordinatorConfig {
+        max_request_bytes: 1 << 20,
+        ..jwt_config()
+    };
+    let mesh = Mesh::start(config).await.unwrap();
     let t = token("acme");
     let mut conn = BufReader::new(TcpStream::connect(mesh.http_addr).await.unwrap());
+    let upload = "/v1/batches/upload?body=x";
     let refusals = [
-        (None, "+447700900000\n", 401, "UNAUTHENTICATED"),
-        (Some(&t), "+447700900000\n07700 900000\n", 400, "line 2"),
+        (upload, None, "+447700900000\n", 401, "UNAUTHENTICATED"),
+        (
+            upload,
+            Some(&t),
+            "+447700900000\n07700 900000\n",
+            400,
+            "line 2",
+        ),
+        (
+            "/v1/batches",
+            Some(&t),
+            "{\"to\": [",
+            413,
+            "POST /v1/batches/upload",
+        ),
     ];
-    for (auth, start, status, says) in refusals {
+    for (path, auth, start, status, says) in refusals {
         // 8 MiB of numbers: more than the socket buffers hold.
         let mut body = start.as_bytes().to_vec();
         while body.len() < 8 << 20 {
@@ -101,12 +120,14 @@ async fn a_refused_upload_is_answered_while_its_body_still_comes() {
         }
         let auth = auth.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         let head = format!(
-            "POST /v1/batches/upload?body=x HTTP/1.1\r\nHost: smsmesh\r\n{auth}\
+            "POST {path} HTTP/1.1\r\nHost: smsmesh\r\n{auth}\
              Content-Type: text/csv\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         conn.write_all(head.as_bytes()).await.unwrap();
-        let (first, rest) = body.split_at(64 << 10);
+        // More than the 1 MiB a JSON body may have: the server stops
+        // reading and answers, while 6 MiB are still to come.
+        let (first, rest) = body.split_at(2 << 20);
         conn.write_all(first).await.unwrap();
         let (code, text) = answer(&mut conn).await;
         assert_eq!(code, status, "{text}");

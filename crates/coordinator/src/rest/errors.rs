@@ -1,7 +1,9 @@
 //! A gRPC status as an HTTP answer: the status code by the mapping Google's
 //! APIs use, and a JSON body with the gRPC code's name and the message.
-//! Every REST error passes here, so both faces say the same.
+//! Every REST error passes here, so both faces say the same; so does a
+//! request body a route could not take.
 
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tonic::{Code, Status};
@@ -39,6 +41,31 @@ pub(crate) fn body_of(status: &Status) -> serde_json::Value {
             "message": status.message(),
         }
     })
+}
+
+/// A request body a route could not take, as a JSON error: over the size
+/// limit, 413 with OUT_OF_RANGE (gRPC's code for a message over its limit);
+/// one that broke off, 400.
+pub(crate) fn body_refused(r: BytesRejection) -> Response {
+    let (http, name, message) = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let hint = "a list this long goes as an upload: POST /v1/batches/upload";
+        (
+            r.status(),
+            "OUT_OF_RANGE",
+            format!("{}; {hint}", r.body_text()),
+        )
+    } else {
+        (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", r.body_text())
+    };
+    let body = serde_json::json!({
+        "error": { "code": http.as_u16(), "status": name, "message": message }
+    });
+    (
+        http,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// How long a RESOURCE_EXHAUSTED status asks to wait, in whole seconds

@@ -7,6 +7,7 @@
 
 mod errors;
 mod json;
+mod linger;
 mod listener;
 pub mod openapi;
 mod upload;
@@ -15,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -107,6 +109,7 @@ pub fn router(rest: Rest, max_body: usize) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_request(linger::wrap))
         .with_state(rest)
 }
 
@@ -122,9 +125,13 @@ fn ok<T: prost::Message>(name: &str, message: &T) -> Response {
 async fn submit(
     State(rest): State<Rest>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failed> {
     let caller = rest.caller(&headers)?;
+    let body = match body {
+        Ok(body) => body,
+        Err(r) => return Ok(errors::body_refused(r)),
+    };
     let req: pb::SubmitBatchRequest = json::decode("SubmitBatchRequest", &body)?;
     let resp = caller
         .call(req, |api, r| async move { api.submit_batch(r).await })
@@ -217,9 +224,13 @@ async fn list_messages(
 async fn set_paused(
     State(rest): State<Rest>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failed> {
     let caller = rest.caller(&headers)?;
+    let body = match body {
+        Ok(body) => body,
+        Err(r) => return Ok(errors::body_refused(r)),
+    };
     let req: pb::SetClassPausedRequest = json::decode("SetClassPausedRequest", &body)?;
     let resp = caller
         .call(req, |api, r| async move { api.set_class_paused(r).await })

@@ -3,15 +3,12 @@
 //! SubmitBatchStream makes it ([`crate::upload::Upload`]): the query string
 //! gives the header's fields (`body`, `sender`, `priority`, …), each CSV line
 //! a number and an optional client_ref. Nothing is accepted unless every
-//! line is good; a bad one is named by its line number. A refused upload's
-//! answer reaches a client that is still sending.
+//! line is good; a bad one is named by its line number.
 
-use std::time::Duration;
-
-use axum::body::{Body, BodyDataStream};
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::StreamExt;
 use smsmesh::{pb, sms};
 use tonic::Status;
@@ -23,37 +20,16 @@ use crate::upload::Upload;
 /// Numbers handed to the upload at a time.
 const CHUNK: usize = 10_000;
 
-/// How long, and how much, of a refused upload's body is still read before
-/// the connection closes.
-const LINGER: Duration = Duration::from_secs(5);
-const LINGER_BYTES: usize = 64 << 20;
-
-/// The route.
+/// The route. A refused upload's body is still read while the answer goes
+/// out ([`super::linger`]).
 pub(super) async fn upload(
     State(rest): State<Rest>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Body,
-) -> Response {
-    let mut data = body.into_data_stream();
-    match read(&rest, &headers, query.as_deref(), &mut data).await {
-        Ok(response) => response,
-        Err(failed) => {
-            linger(data);
-            failed.into_response()
-        }
-    }
-}
-
-/// Reads the CSV and submits it as one batch.
-async fn read(
-    rest: &Rest,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    data: &mut BodyDataStream,
 ) -> Result<Response, Failed> {
-    let caller = rest.caller(headers)?;
-    let header = json::from_query("UploadHeader", query, &[])?;
+    let caller = rest.caller(&headers)?;
+    let header = json::from_query("UploadHeader", query.as_deref(), &[])?;
     let header: pb::UploadHeader = json::decode("UploadHeader", &header)?;
     let mut csv = Csv {
         upload: Upload::start(header, caller.api.config()).map_err(Status::from)?,
@@ -61,6 +37,7 @@ async fn read(
         line: 0,
     };
     let mut pending: Vec<u8> = Vec::new();
+    let mut data = body.into_data_stream();
     while let Some(bytes) = data.next().await {
         let bytes = bytes.map_err(|e| {
             Status::invalid_argument(format!(
@@ -90,24 +67,6 @@ async fn read(
         .call(new, |api, r| async move { api.submit_upload(r).await })
         .await?;
     Ok(ok("SubmitBatchResponse", &resp))
-}
-
-/// Reads and drops what is left of a refused upload's body, within
-/// [`LINGER`] and [`LINGER_BYTES`], while the answer goes out. Closing with
-/// the client's data unread would reset the connection, and a client still
-/// sending would see the reset instead of the answer (the "lingering close"
-/// of HTTP servers).
-fn linger(mut data: BodyDataStream) {
-    tokio::spawn(async move {
-        let until = tokio::time::Instant::now() + LINGER;
-        let mut read = 0;
-        while read < LINGER_BYTES {
-            match tokio::time::timeout_at(until, data.next()).await {
-                Ok(Some(Ok(bytes))) => read += bytes.len(),
-                _ => break,
-            }
-        }
-    });
 }
 
 /// An upload being read from CSV lines.
