@@ -80,8 +80,9 @@ pub struct Config {
     pub send_timeout: Option<Duration>,
     /// Most results in one frame. Default: 512.
     pub max_results_per_frame: usize,
-    /// Least time between two frames of results or receipts while little
-    /// credit waits (see [`NodeState::set_frame_gap`]). Default: 5 ms.
+    /// Least time between two frames of results while little credit is
+    /// free; receipts never wait (see [`NodeState::set_frame_gap`]).
+    /// Default: 5 ms.
     pub frame_gap: Duration,
     /// The secret the coordinator asks of joining nodes. Default: none.
     pub join_token: Option<String>,

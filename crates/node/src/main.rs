@@ -67,8 +67,8 @@ struct Args {
     /// it like any failure. 0: no limit.
     #[arg(long, env = "SMSMESH_SEND_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     send_timeout: Duration,
-    /// Results and receipts go at most one frame per this long while little credit
-    /// waits: at a connector's rate limit, fewer, fuller frames (0: one per event).
+    /// Results go at most one frame per this long while little credit is free (receipts
+    /// never wait): at a connector's rate limit, fewer, fuller frames (0: one per event).
     #[arg(long, env = "SMSMESH_FRAME_GAP", default_value = "5ms", value_parser = humantime::parse_duration)]
     frame_gap: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9101). Off by default.

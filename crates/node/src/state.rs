@@ -58,8 +58,8 @@ pub struct NodeState {
     receive_only: bool,
     /// The coordinator confirmed on this stream that no more jobs will come.
     drained: bool,
-    /// Least time between two frames of results or receipts, unless much
-    /// credit waits (see [`NodeState::next_flush`]).
+    /// Least time between two frames of results, unless much credit waits
+    /// or receipts go (see [`NodeState::next_flush`]).
     frame_gap: Duration,
     /// When the last frame went.
     last_frame: Option<Instant>,
@@ -301,18 +301,21 @@ impl NodeState {
     /// Whether anything waits that a frame would carry: results, receipts
     /// with room to go, or credit.
     fn waiting(&self, free: u64) -> bool {
-        let receipts = !self.receipts.is_empty() && self.unacked_receipts < MAX_UNACKED_RECEIPTS;
-        !self.done.is_empty() || receipts || free > 0
+        !self.done.is_empty() || self.receipts_to_send() || free > 0
+    }
+
+    /// Whether receipts wait that have room to go (see [`MAX_UNACKED_RECEIPTS`]).
+    fn receipts_to_send(&self) -> bool {
+        !self.receipts.is_empty() && self.unacked_receipts < MAX_UNACKED_RECEIPTS
     }
 
     /// When the next frame may go, with `free` credit waiting: `None` at once.
     /// Receipts never wait: the SMSC is answered once they are stored, and
     /// its window of unanswered deliver_sm bounds how fast receipts come.
     fn next_flush(&self, free: u64) -> Option<Instant> {
-        let receipts = !self.receipts.is_empty() && self.unacked_receipts < MAX_UNACKED_RECEIPTS;
         if self.frame_gap.is_zero()
             || self.leaving
-            || receipts
+            || self.receipts_to_send()
             || free >= u64::from(self.credit_target() / 4).max(1)
         {
             return None;
