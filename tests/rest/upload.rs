@@ -1,6 +1,6 @@
 //! `POST /v1/batches/upload`: a CSV of numbers streamed by curl as one
-//! batch, and an upload refused before its body is read, answered while the
-//! client still sends it.
+//! batch; and requests refused before their body is read (uploads, a JSON
+//! body over the limit), answered while the client still sends it.
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -86,7 +86,7 @@ async fn a_csv_of_numbers_uploads_as_one_batch() {
 /// reset (curl would see "broken pipe" instead of the answer); and the
 /// connection then serves the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_upload_is_answered_while_its_body_still_comes() {
+async fn a_refused_request_is_answered_while_its_body_still_comes() {
     let config = CoordinatorConfig {
         max_request_bytes: 1 << 20,
         ..jwt_config()
