@@ -1,8 +1,10 @@
 //! The SMPP connection itself, over real sockets on 127.0.0.1: a full window
 //! of pipelined submit_sm keeps flowing, each with its own message id and
 //! receipt, and the SMSC's own requests are answered: enquire_link, requests
-//! the node does not serve (generic_nack), and unbind (after which the node
-//! binds again); each class of traffic goes with its priority_flag; and a
+//! the node does not serve (generic_nack), a deliver_sm that does not
+//! decode (refused for good, ESME_RX_P_APPN, on a bind that stays up), and
+//! unbind (after which the node binds again); a submit_sm_resp that does not
+//! decode leaves its send's outcome unknown; each class of traffic goes with its priority_flag; and a
 //! rate limit holds past its burst.
 
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use rusmpp::types::COctetString;
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use smsmesh::pb;
 use smsmesh_node::smpp::{Smpp, SmppArgs, SmppConfig};
-use smsmesh_node::{Gateway, Sending};
+use smsmesh_node::{Gateway, Outcome, Sending};
 use tokio_util::codec::Framed;
 
 fn args() -> SmppArgs {
@@ -31,6 +33,15 @@ fn job(i: u32) -> pb::Job {
         to: format!("+4479{i:08}"),
         body: "window test".into(),
         ..Default::default()
+    }
+}
+
+/// What sending `job` through `g` came to (an SMPP send always waits for
+/// its response).
+async fn sent(g: Arc<Smpp>, job: pb::Job) -> Outcome {
+    match g.send(&job) {
+        Sending::Pending(f) => f.await,
+        _ => panic!("an SMPP send is always in progress"),
     }
 }
 
@@ -58,13 +69,7 @@ async fn a_full_window_keeps_flowing_with_receipts_coming_back() {
     const N: u32 = 5_000;
     let mut sends = tokio::task::JoinSet::new();
     for i in 0..N {
-        let g = g.clone();
-        sends.spawn(async move {
-            match g.send(&job(i)) {
-                Sending::Pending(f) => f.await,
-                _ => panic!("an SMPP send is always in progress"),
-            }
-        });
+        sends.spawn(sent(g.clone(), job(i)));
     }
     let all = async {
         let mut ids = std::collections::HashSet::new();
@@ -116,12 +121,7 @@ async fn a_rate_limit_holds_past_its_burst() {
     ));
     let send = |i: u32| {
         let g = g.clone();
-        async move {
-            match g.send(&job(i)) {
-                Sending::Pending(f) => f.await.expect("every submit_sm accepted"),
-                _ => panic!("an SMPP send is always in progress"),
-            }
-        }
+        async move { sent(g, job(i)).await.expect("every submit_sm accepted") }
     };
     send(0).await;
     let start = std::time::Instant::now();
@@ -179,15 +179,58 @@ async fn accept_bind(
     let resp = BindTransceiverResp::builder()
         .system_id(COctetString::from_string("hand".into()).unwrap())
         .build();
+    answer_ok(&mut framed, bind.sequence_number(), resp.into()).await;
     framed
-        .send(Command::new(
-            CommandStatus::EsmeRok,
-            bind.sequence_number(),
-            resp,
-        ))
+}
+
+/// Answers request `seq` with ESME_ROK and `pdu`.
+async fn answer_ok(framed: &mut Framed<tokio::net::TcpStream, CommandCodec>, seq: u32, pdu: Pdu) {
+    framed
+        .send(Command::new(CommandStatus::EsmeRok, seq, pdu))
         .await
         .unwrap();
-    framed
+}
+
+/// Accepts submit_sm `seq` as message `id`.
+async fn accept_submit(
+    framed: &mut Framed<tokio::net::TcpStream, CommandCodec>,
+    seq: u32,
+    id: String,
+) {
+    let resp = rusmpp::pdus::SubmitSmResp::builder()
+        .message_id(COctetString::from_string(id).unwrap())
+        .build();
+    answer_ok(framed, seq, resp.into()).await;
+}
+
+/// A gateway bound to an SMSC driven by hand, on a free port.
+async fn bound_by_hand() -> (Arc<Smpp>, Framed<tokio::net::TcpStream, CommandCodec>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = format!("smpp://esme:pw@127.0.0.1:{port}");
+    let g = Arc::new(Smpp::start(
+        SmppConfig::parse(&url, &args()).unwrap(),
+        Duration::from_millis(200),
+    ));
+    let framed = accept_bind(&listener).await;
+    (g, framed)
+}
+
+/// Writes a PDU of `body` as it is, whether it decodes or not.
+async fn write_raw(
+    framed: &mut Framed<tokio::net::TcpStream, CommandCodec>,
+    id: u32,
+    seq: u32,
+    body: &[u8],
+) {
+    let mut pdu = Vec::new();
+    for word in [16 + body.len() as u32, id, 0, seq] {
+        pdu.extend_from_slice(&word.to_be_bytes());
+    }
+    pdu.extend_from_slice(body);
+    tokio::io::AsyncWriteExt::write_all(framed.get_mut(), &pdu)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -225,6 +268,14 @@ async fn the_smscs_requests_are_answered_and_an_unbind_leads_to_a_new_bind() {
     assert_eq!(nack.sequence_number(), 78);
     assert_eq!(nack.status(), CommandStatus::EsmeRinvcmdid);
 
+    // A deliver_sm whose first field runs to its end with no NUL.
+    write_raw(&mut framed, 0x0000_0005, 80, b"abc").await;
+    let resp = next_of(&mut framed, CommandId::DeliverSmResp).await;
+    assert_eq!(resp.sequence_number(), 80);
+    assert_eq!(resp.status(), CommandStatus::EsmeRxPAppn);
+    assert_eq!(g.stats().bad_receipts.load(Ordering::Relaxed), 1);
+    assert!(*ready.borrow(), "the bind stays up");
+
     framed
         .send(Command::new(CommandStatus::EsmeRok, 79, Pdu::Unbind))
         .await
@@ -242,46 +293,92 @@ async fn the_smscs_requests_are_answered_and_an_unbind_leads_to_a_new_bind() {
         .unwrap();
 }
 
+/// A receipt in a deliver_sm with more TLVs than a receipt's usual few
+/// (here seven, and no text) is read from its TLVs, and answered once the
+/// coordinator has stored it.
+#[tokio::test]
+async fn a_receipt_with_many_tlvs_is_read_from_them() {
+    let (g, mut framed) = bound_by_hand().await;
+    let mut receipts = g.receipts().expect("the SMPP gateway hands over receipts");
+    // service_type, source and destination, esm_class 0x04 (a receipt), then
+    // the fields up to an sm_length of 0.
+    let mut body = vec![0, 1, 1, b'4', b'4', 0, 0, 0, b's', 0, 0x04];
+    body.extend_from_slice(&[0; 9]);
+    body.extend_from_slice(&[0x00, 0x1e, 0, 4, b'r', b'7', b'7', 0]); // receipted_message_id
+    body.extend_from_slice(&[0x04, 0x27, 0, 1, 2]); // message_state DELIVERED
+    for _ in 0..5 {
+        body.extend_from_slice(&[0x04, 0x23, 0, 3, 3, 0, 1]); // network_error_code
+    }
+    write_raw(&mut framed, 0x0000_0005, 90, &body).await;
+    let (r, stored) = tokio::time::timeout(Duration::from_secs(20), receipts.recv())
+        .await
+        .expect("a receipt within 20 s")
+        .expect("receipts keep coming");
+    assert_eq!((r.provider_id.as_str(), r.message_state), ("r77", 2));
+    stored.expect("an SMPP receipt waits to be stored").stored();
+    let resp = next_of(&mut framed, CommandId::DeliverSmResp).await;
+    assert_eq!(
+        (resp.sequence_number(), resp.status()),
+        (90, CommandStatus::EsmeRok)
+    );
+}
+
 #[tokio::test]
 async fn priority_flag_follows_the_jobs_class() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let url = format!("smpp://esme:pw@127.0.0.1:{port}");
-    let g = Arc::new(Smpp::start(
-        SmppConfig::parse(&url, &args()).unwrap(),
-        Duration::from_millis(200),
-    ));
-    let mut framed = accept_bind(&listener).await;
+    let (g, mut framed) = bound_by_hand().await;
     // (Job.priority, the priority_flag expected): emergency, high, normal, none given, bulk.
     for (priority, flag) in [(1, 3), (2, 2), (3, 0), (0, 0), (4, 0)] {
         let job = pb::Job {
             priority,
             ..job(priority)
         };
-        let g = g.clone();
-        let send = tokio::spawn(async move {
-            match g.send(&job) {
-                Sending::Pending(f) => f.await,
-                _ => panic!("an SMPP send is always in progress"),
-            }
-        });
+        let send = tokio::spawn(sent(g.clone(), job));
         let cmd = next_of(&mut framed, CommandId::SubmitSm).await;
         let Some(Pdu::SubmitSm(s)) = cmd.pdu() else {
             panic!("not a submit_sm: {cmd:?}");
         };
         assert_eq!(u8::from(s.priority_flag), flag, "Job.priority {priority}");
-        let resp = rusmpp::pdus::SubmitSmResp::builder()
-            .message_id(COctetString::from_string(format!("M{priority}")).unwrap())
-            .build();
-        framed
-            .send(Command::new(
-                CommandStatus::EsmeRok,
-                cmd.sequence_number(),
-                resp,
-            ))
-            .await
-            .unwrap();
+        accept_submit(&mut framed, cmd.sequence_number(), format!("M{priority}")).await;
         let accepted = send.await.unwrap().expect("accepted");
         assert_eq!(accepted.provider_ids, vec![format!("M{priority}")]);
     }
+}
+
+/// A submit_sm_resp whose message_id does not decode leaves its send's
+/// outcome unknown (the SMSC may have taken it), says why, and the bind goes
+/// on: the next submit_sm on it is accepted. One whose id reads is accepted
+/// whatever follows the id (here more TLVs than a PDU read may hold).
+#[tokio::test]
+async fn a_submit_sm_resp_that_does_not_decode_is_an_unknown_outcome_on_a_bind_that_goes_on() {
+    let (g, mut framed) = bound_by_hand().await;
+    let send = |i: u32| tokio::spawn(sent(g.clone(), job(i)));
+
+    let first = send(1);
+    let cmd = next_of(&mut framed, CommandId::SubmitSm).await;
+    // A submit_sm_resp whose message_id runs to its end with no NUL.
+    write_raw(&mut framed, 0x8000_0004, cmd.sequence_number(), b"abc").await;
+    let failure = first.await.unwrap().expect_err("no id to accept it by");
+    assert_eq!(failure.class, smsmesh_node::FailureClass::Unknown);
+    assert!(
+        failure.reason.contains("does not decode"),
+        "{}",
+        failure.reason
+    );
+
+    let second = send(2);
+    let cmd = next_of(&mut framed, CommandId::SubmitSm).await;
+    accept_submit(&mut framed, cmd.sequence_number(), "M2".into()).await;
+    let accepted = second.await.unwrap().expect("accepted on the same bind");
+    assert_eq!(accepted.provider_ids, vec!["M2".to_string()]);
+
+    let third = send(3);
+    let cmd = next_of(&mut framed, CommandId::SubmitSm).await;
+    // message_id "M3", then 30 network_error_code TLVs.
+    let mut body = b"M3\0".to_vec();
+    for _ in 0..30 {
+        body.extend_from_slice(&[0x04, 0x23, 0, 3, 3, 0, 1]);
+    }
+    write_raw(&mut framed, 0x8000_0004, cmd.sequence_number(), &body).await;
+    let accepted = third.await.unwrap().expect("accepted by its id");
+    assert_eq!(accepted.provider_ids, vec!["M3".to_string()]);
 }

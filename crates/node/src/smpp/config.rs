@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rusmpp::values::{Npi, Ton};
+use rusmpp_core::values::{Npi, Ton};
 
 /// Flags of the SMPP gateway; each may also be given in the `--gateway` URL's
 /// query under the name in brackets, e.g. `?window=32&rate=100`.

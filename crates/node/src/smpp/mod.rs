@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod dlr;
+mod frame;
 mod session;
 pub mod status;
 mod wire;
@@ -18,9 +19,9 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
-use rusmpp::pdus::SubmitSm;
-use rusmpp::types::{COctetString, OctetString};
-use rusmpp::values::{DataCoding, EsmClass, Npi, PriorityFlag, RegisteredDelivery, Ton};
+use rusmpp_core::pdus::borrowed::SubmitSm;
+use rusmpp_core::types::borrowed::{COctetString, OctetString};
+use rusmpp_core::values::{DataCoding, EsmClass, Npi, PriorityFlag, RegisteredDelivery, Ton};
 use smsmesh::pb;
 use tokio::sync::{Semaphore, watch};
 
@@ -65,8 +66,8 @@ struct Shared {
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// The next concatenation reference.
     reference: AtomicU8,
-    /// The default sender's source_addr, made once.
-    source: Result<COctetString<1, 21>, String>,
+    /// The default sender's source_addr, with its NUL.
+    source: Vec<u8>,
     stats: Arc<SmppStats>,
     /// Receipts to the node (a deliver_sm is answered once the coordinator
     /// has stored its receipt).
@@ -104,7 +105,7 @@ impl Smpp {
             limiter,
             paused_until: std::sync::Mutex::new(None),
             reference: AtomicU8::new(rand::random()),
-            source: c_string(&config.sender.addr).map_err(|e| e.to_string()),
+            source: frame::nul_terminated(&config.sender.addr),
             stats: Arc::default(),
             config,
         });
@@ -163,41 +164,31 @@ impl Gateway for Smpp {
 /// before it is answered (the SMSC then holds the rest).
 const RECEIPT_QUEUE: usize = 100_000;
 
-/// `s` as a C string of a PDU field, in one allocation.
-pub(super) fn c_string<const MIN: usize, const MAX: usize>(
-    s: &str,
-) -> Result<COctetString<MIN, MAX>, rusmpp::types::COctetStringError> {
-    let mut v = Vec::with_capacity(s.len() + 1);
-    v.extend_from_slice(s.as_bytes());
-    v.push(0);
-    COctetString::from_bytes(bytes::Bytes::from(v))
-}
-
 /// The submit_sm of each segment of a message to `to` from `sender` (the
-/// default one if empty), with the `priority_flag` of its class; a message
-/// that cannot be one fails at once, as permanent.
+/// default one if empty), with the `priority_flag` of its class, encoded;
+/// a message that cannot be one fails at once, as permanent.
 fn submit_sms(
     shared: &Shared,
     to: &str,
     body: &str,
     sender: &str,
     class: smsmesh::priority::Class,
-) -> Result<Vec<SubmitSm>, Failure> {
+) -> Result<Vec<frame::Prepared>, Failure> {
     let c = &shared.config;
-    let destination = to.strip_prefix('+').unwrap_or(to);
-    let destination: COctetString<1, 21> = c_string(destination)
+    let destination = frame::nul_terminated(to.strip_prefix('+').unwrap_or(to));
+    let destination = COctetString::<1, 21>::new(&destination)
         .map_err(|e| Failure::new(FailureClass::Permanent, format!("destination {to:?}: {e}")))?;
     // Its TON/NPI come from its form, as the default sender's do.
     let own;
-    let (sender, source) = if sender.is_empty() {
-        (&c.sender, shared.source.clone())
+    let (sender, own_addr) = if sender.is_empty() {
+        (&c.sender, None)
     } else {
         own = config::Sender::parse(sender, None, None)
             .map_err(|e| Failure::new(FailureClass::Permanent, e))?;
-        (&own, c_string(&own.addr).map_err(|e| e.to_string()))
+        (&own, Some(frame::nul_terminated(&own.addr)))
     };
-    let source =
-        source.map_err(|e| Failure::new(FailureClass::Permanent, format!("sender: {e}")))?;
+    let source = COctetString::<1, 21>::new(own_addr.as_deref().unwrap_or(&shared.source))
+        .map_err(|e| Failure::new(FailureClass::Permanent, format!("sender: {e}")))?;
     let encoded = smsmesh::encode::encode(body);
     let parts = encoded.parts.len();
     let reference = shared.reference.fetch_add(1, Ordering::Relaxed);
@@ -213,10 +204,10 @@ fn submit_sms(
                 [udh.as_slice(), &part].concat(),
             )
         };
-        let short_message = OctetString::from_bytes(bytes::Bytes::from(bytes)).map_err(|e| {
+        let short_message = OctetString::new(&bytes).map_err(|e| {
             Failure::new(FailureClass::Permanent, format!("segment {}: {e}", i + 1))
         })?;
-        pdus.push(
+        pdus.push(frame::Prepared::new(
             SubmitSm::builder()
                 .source_addr_ton(sender.ton)
                 .source_addr_npi(sender.npi)
@@ -234,14 +225,14 @@ fn submit_sms(
                 .data_coding(DataCoding::from(encoded.data_coding))
                 .short_message(short_message)
                 .build(),
-        );
+        ));
     }
     Ok(pdus)
 }
 
 /// Sends one message's submit_sm, in order, on the bind (waiting a little
 /// for one while it is down): the provider's id of each.
-async fn submit(shared: &Shared, pdus: Vec<SubmitSm>) -> Outcome {
+async fn submit(shared: &Shared, pdus: Vec<frame::Prepared>) -> Outcome {
     let c = &shared.config;
     let bound = shared.client.borrow().clone();
     let client = if let Some(client) = bound {
@@ -262,7 +253,7 @@ async fn submit(shared: &Shared, pdus: Vec<SubmitSm>) -> Outcome {
     };
     let parts = pdus.len();
     let mut ids = Vec::with_capacity(parts);
-    for (i, pdu) in pdus.into_iter().enumerate() {
+    for (i, pdu) in pdus.iter().enumerate() {
         ids.push(submit_one(shared, &client, pdu).await.map_err(|mut f| {
             if parts > 1 {
                 f.reason = format!("segment {} of {parts}: {}", i + 1, f.reason);
@@ -278,7 +269,7 @@ async fn submit(shared: &Shared, pdus: Vec<SubmitSm>) -> Outcome {
 async fn submit_one(
     shared: &Shared,
     session: &wire::Session,
-    pdu: SubmitSm,
+    pdu: &frame::Prepared,
 ) -> Result<String, Failure> {
     let pause = *shared.paused_until.lock().expect("pause lock");
     if let Some(until) = pause {
@@ -296,19 +287,30 @@ async fn submit_one(
     stats.submits.fetch_add(1, Ordering::Relaxed);
     let timeout = shared.config.response_timeout;
     match session.request(pdu, timeout).await {
-        Ok(resp) => match resp.pdu() {
-            Some(rusmpp::Pdu::SubmitSmResp(r)) => {
-                stats.accepted.fetch_add(1, Ordering::Relaxed);
-                Ok(shared.config.ids.normalise(r.message_id().as_str()))
+        Ok(resp) => {
+            let id = match resp.id() {
+                rusmpp_core::CommandId::SubmitSmResp => resp
+                    .message_id()
+                    .map(|id| shared.config.ids.normalise(id.as_str()))
+                    .map_err(|e| {
+                        format!("a submit_sm_resp whose message_id does not decode ({e})")
+                    }),
+                other => Err(format!("{other:?}")),
+            };
+            match id {
+                Ok(id) => {
+                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    Ok(id)
+                }
+                Err(what) => {
+                    stats.unknown.fetch_add(1, Ordering::Relaxed);
+                    Err(Failure::new(
+                        FailureClass::Unknown,
+                        format!("the SMSC answered a submit_sm with {what}"),
+                    ))
+                }
             }
-            other => {
-                stats.unknown.fetch_add(1, Ordering::Relaxed);
-                Err(Failure::new(
-                    FailureClass::Unknown,
-                    format!("the SMSC answered a submit_sm with {other:?}"),
-                ))
-            }
-        },
+        }
         Err(wire::WireError::Refused(code)) => {
             let class = status::class(code);
             if class == FailureClass::Throttled {

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rusmpp::pdus::{BindReceiver, BindTransceiver, BindTransmitter, DeliverSmResp};
-use rusmpp::tlvs::TlvValue;
-use rusmpp::types::COctetString;
-use rusmpp::values::InterfaceVersion;
-use rusmpp::{CommandStatus, Pdu};
+use rusmpp_core::pdus::borrowed::{BindReceiver, BindTransceiver, BindTransmitter, DeliverSmResp};
+use rusmpp_core::tlvs::borrowed::TlvValue;
+use rusmpp_core::types::borrowed::COctetString;
+use rusmpp_core::values::InterfaceVersion;
+use rusmpp_core::{CommandId, CommandStatus};
 
 use super::Shared;
 use super::config::BindType;
 use super::dlr;
+use super::frame::{self, DeliverSm, Pdu, Prepared};
 use super::wire::{Event, Owner, Session, WireError};
 use crate::gateway::OnStored;
 
@@ -75,14 +76,19 @@ async fn bind(shared: &Shared) -> Result<(Owner, Events), String> {
         Session::open(tcp, c.enquire_link, c.response_timeout)
     };
     let (id, password, system_type) = (
-        text(&c.system_id, "system_id")?,
-        text(&c.password, "password")?,
-        text(&c.system_type, "system_type")?,
+        frame::nul_terminated(&c.system_id),
+        frame::nul_terminated(&c.password),
+        frame::nul_terminated(&c.system_type),
+    );
+    let (id, password, system_type) = (
+        text(&id, "system_id")?,
+        text(&password, "password")?,
+        text(&system_type, "system_type")?,
     );
     // The three bind PDUs are types of their own with the same fields.
     macro_rules! bind {
         ($pdu:ident) => {
-            Pdu::from(
+            Prepared::new(
                 $pdu::builder()
                     .system_id(id)
                     .password(password)
@@ -97,7 +103,7 @@ async fn bind(shared: &Shared) -> Result<(Owner, Events), String> {
         BindType::Transmitter => bind!(BindTransmitter),
         BindType::Receiver => bind!(BindReceiver),
     };
-    match owner.session.request(pdu, c.response_timeout).await {
+    match owner.session.request(&pdu, c.response_timeout).await {
         Ok(_) => Ok((owner, events)),
         Err(WireError::Refused(code)) => {
             Err(format!("bind refused: {}", super::status::name(code)))
@@ -133,43 +139,51 @@ async fn tls_connect(
         .map_err(|e| format!("TLS handshake with {host_port}: {e}"))
 }
 
-/// `s` as a C string of a PDU field.
-fn text<const MIN: usize, const MAX: usize>(
-    s: &str,
+/// `s` (with its NUL) as a C string of a PDU field.
+fn text<'a, const MIN: usize, const MAX: usize>(
+    s: &'a [u8],
     what: &str,
-) -> Result<COctetString<MIN, MAX>, String> {
-    super::c_string(s).map_err(|e| format!("{what}: {e}"))
+) -> Result<COctetString<'a, MIN, MAX>, String> {
+    COctetString::new(s).map_err(|e| format!("{what}: {e}"))
 }
 
 /// Serves one bind until it ends; why it ended.
 async fn serve(shared: &Shared, session: &Session, mut events: Events) -> String {
     while let Some(event) = events.recv().await {
-        let cmd = match event {
-            Event::Incoming(cmd) => cmd,
+        let frame = match event {
+            Event::Incoming(frame) => frame,
             Event::Closed(why) => return why,
         };
-        let seq = cmd.sequence_number();
-        match cmd.pdu() {
-            Some(Pdu::DeliverSm(d)) => match on_deliver_sm(shared, d) {
-                // Answered once the coordinator has stored it: a receipt lost
-                // before that (the node stops, the bind breaks) the SMSC sends again.
-                Some(r) => {
-                    let session = session.clone();
-                    let answer = OnStored::new(move || {
-                        session.respond(seq, CommandStatus::EsmeRok, DeliverSmResp::default());
-                    });
-                    if shared.receipts.send((r, Some(answer))).await.is_err() {
-                        return "the node stopped".into();
-                    }
+        let seq = frame.sequence_number();
+        match frame.id() {
+            CommandId::DeliverSm => match frame.body::<DeliverSm<'_>>() {
+                // Refused for good: ESME_RX_P_APPN asks the SMSC not to send it again.
+                Err(e) => {
+                    shared.stats.bad_receipts.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(smsc = %shared.config.address, error = %e, "deliver_sm that does not decode; answered ESME_RX_P_APPN");
+                    session.respond(seq, CommandStatus::EsmeRxPAppn, DeliverSmResp::default());
                 }
-                None => session.respond(seq, CommandStatus::EsmeRok, DeliverSmResp::default()),
+                Ok(d) => match on_deliver_sm(shared, &d) {
+                    // Answered once the coordinator has stored it: a receipt lost
+                    // before that (the node stops, the bind breaks) the SMSC sends again.
+                    Some(r) => {
+                        let session = session.clone();
+                        let answer = OnStored::new(move || {
+                            session.respond(seq, CommandStatus::EsmeRok, DeliverSmResp::default());
+                        });
+                        if shared.receipts.send((r, Some(answer))).await.is_err() {
+                            return "the node stopped".into();
+                        }
+                    }
+                    None => session.respond(seq, CommandStatus::EsmeRok, DeliverSmResp::default()),
+                },
             },
-            Some(Pdu::Unbind) => {
+            CommandId::Unbind => {
                 session.respond(seq, CommandStatus::EsmeRok, Pdu::UnbindResp);
                 return "the SMSC unbound".into();
             }
             _ => {
-                tracing::debug!(id = ?cmd.id(), "SMPP request not supported; generic_nack");
+                tracing::debug!(id = ?frame.id(), "SMPP request not supported; generic_nack");
                 session.respond(seq, CommandStatus::EsmeRinvcmdid, Pdu::GenericNack);
             }
         }
@@ -179,7 +193,7 @@ async fn serve(shared: &Shared, session: &Session, mut events: Events) -> String
 
 /// A deliver_sm: a receipt is read, counted and returned for the node;
 /// anything else (a mobile-originated message) is answered and dropped.
-fn on_deliver_sm(shared: &Shared, d: &rusmpp::pdus::DeliverSm) -> Option<smsmesh::pb::Receipt> {
+fn on_deliver_sm(shared: &Shared, d: &DeliverSm<'_>) -> Option<smsmesh::pb::Receipt> {
     let esm = u8::from(d.esm_class);
     if !dlr::is_receipt(esm) {
         return None;

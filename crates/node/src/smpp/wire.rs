@@ -1,8 +1,9 @@
-//! One SMPP connection as an ESME: requests pipelined by sequence number over
-//! rusmpp's PDU codec. A request is registered before it is written, so no
-//! response can arrive unmatched; each PDU is encoded by its sender straight
-//! into the connection's out-buffer, and the writer sends all that gathered
-//! in one write; enquire_link is sent every interval and answered when the
+//! One SMPP connection as an ESME: requests pipelined by sequence number,
+//! their PDUs read and written as [`frame`](super::frame) says. A request is
+//! registered before it is written, so no response can arrive unmatched;
+//! each PDU is written by its sender straight into the connection's
+//! out-buffer, and the writer sends all that gathered in one write;
+//! enquire_link is sent every interval and answered when the
 //! SMSC sends it. Requests are timed out by one sweep of the waiting ones
 //! every [`sweep_every`] rather than by a timer each: a request is given up
 //! between its timeout and its timeout plus one sweep.
@@ -17,14 +18,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use rusmpp::tokio_codec::CommandCodec;
-use rusmpp::{Command, CommandId, CommandStatus, Pdu};
+use bytes::BytesMut;
+use rusmpp_core::{CommandId, CommandStatus};
 use rustc_hash::FxHashMap;
 use smsmesh::outbuf::OutBuf;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{Encoder, FramedRead};
+
+use super::frame::{self, Cmd, Frame, Pdu, Prepared};
+
+/// Room the reader keeps free for the next read.
+const READ_ROOM: usize = 16 * 1024;
 
 /// How often the waiting requests are checked for their timeouts: an eighth
 /// of the response timeout, between 5 ms and 250 ms.
@@ -34,7 +38,7 @@ fn sweep_every(response_timeout: Duration) -> Duration {
 
 /// A request awaiting its response.
 struct Waiter {
-    tx: oneshot::Sender<Result<Command, WireError>>,
+    tx: oneshot::Sender<Result<Frame, WireError>>,
     /// When the sweep gives it up.
     deadline: Instant,
     timeout: Duration,
@@ -68,7 +72,7 @@ impl std::fmt::Display for WireError {
 #[derive(Debug)]
 pub(super) enum Event {
     /// A request from the SMSC (deliver_sm, unbind, ...) to be answered.
-    Incoming(Box<Command>),
+    Incoming(Frame),
     /// The connection ended, and why.
     Closed(String),
 }
@@ -126,13 +130,34 @@ impl Inner {
             .unwrap_or_else(|| "the connection closed".into())
     }
 
-    /// Encodes `cmd` into the out-buffer, waking the writer if it was empty.
-    /// False if the connection is closing (the PDU is not sent).
-    fn send(&self, cmd: &Command) -> bool {
-        // Encoding into memory does not fail.
-        self.out
-            .fill(|buf| CommandCodec::new().encode(cmd, buf).is_ok())
-            .unwrap_or(false)
+    /// Encodes `cmd` into the out-buffer, waking the writer if it was empty
+    /// (nothing, if the connection is closing).
+    fn send(&self, cmd: &Cmd<'_>) {
+        self.out.fill(|buf| frame::put(buf, cmd));
+    }
+
+    /// A PDU read: a response to its waiting request, an enquire_link
+    /// answered, anything else to the owner.
+    fn take(&self, frame: Frame) {
+        let seq = frame.sequence_number();
+        if frame.id().is_response() {
+            let waiter = self
+                .pending
+                .lock()
+                .expect("pending lock")
+                .as_mut()
+                .and_then(|p| p.remove(&seq));
+            match waiter {
+                Some(w) => drop(w.tx.send(Ok(frame))),
+                None => {
+                    tracing::debug!(seq, id = ?frame.id(), "response to no waiting request (it timed out)")
+                }
+            }
+        } else if frame.id() == CommandId::EnquireLink {
+            self.send(&Cmd::new(CommandStatus::EsmeRok, seq, Pdu::EnquireLinkResp));
+        } else {
+            let _ = self.events.send(Event::Incoming(frame));
+        }
     }
 }
 
@@ -164,8 +189,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let (read, mut write) = tokio::io::split(stream);
-        let mut source = FramedRead::new(read, CommandCodec::new());
+        let (mut read, mut write) = tokio::io::split(stream);
         let (events, events_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             out: OutBuf::default(),
@@ -187,30 +211,24 @@ impl Session {
         let reader = {
             let inner = inner.clone();
             tokio::spawn(async move {
-                while let Some(next) = source.next().await {
-                    let cmd = match next {
-                        Ok(cmd) => cmd,
-                        Err(e) => return inner.shut(format!("unreadable PDU from the SMSC: {e}")),
-                    };
-                    let seq = cmd.sequence_number();
-                    if cmd.id().is_response() {
-                        let waiter = inner
-                            .pending
-                            .lock()
-                            .expect("pending lock")
-                            .as_mut()
-                            .and_then(|p| p.remove(&seq));
-                        match waiter {
-                            Some(w) => drop(w.tx.send(Ok(cmd))),
-                            None => {
-                                tracing::debug!(seq, id = ?cmd.id(), "response to no waiting request (it timed out)")
+                let mut buf = BytesMut::with_capacity(READ_ROOM);
+                loop {
+                    loop {
+                        match Frame::cut(&mut buf) {
+                            Ok(Some(frame)) => inner.take(frame),
+                            Ok(None) => break,
+                            Err(e) => {
+                                return inner.shut(format!("unreadable PDU from the SMSC: {e}"));
                             }
                         }
-                    } else if cmd.id() == CommandId::EnquireLink {
-                        let resp = Command::new(CommandStatus::EsmeRok, seq, Pdu::EnquireLinkResp);
-                        inner.send(&resp);
-                    } else {
-                        let _ = inner.events.send(Event::Incoming(Box::new(cmd)));
+                    }
+                    if buf.capacity() - buf.len() < READ_ROOM / 4 {
+                        buf.reserve(READ_ROOM);
+                    }
+                    match read.read_buf(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) => return inner.shut(format!("read from the SMSC: {e}")),
                     }
                 }
                 inner.shut("the SMSC closed the connection".into());
@@ -245,9 +263,10 @@ impl Session {
         if !enquire_link.is_zero() {
             let s = session.clone();
             let keepalive = tokio::spawn(async move {
+                let enquire = Prepared::new(Pdu::EnquireLink);
                 loop {
                     tokio::time::sleep(enquire_link).await;
-                    match s.request(Pdu::EnquireLink, response_timeout).await {
+                    match s.request(&enquire, response_timeout).await {
                         Ok(_) | Err(WireError::Refused(_)) => {}
                         Err(e) => return s.inner.shut(format!("enquire_link: {e}")),
                     }
@@ -282,9 +301,9 @@ impl Session {
     /// its response, which is returned only if its command_status is ESME_ROK.
     pub(super) async fn request(
         &self,
-        pdu: impl Into<Pdu>,
+        pdu: &Prepared,
         timeout: Duration,
-    ) -> Result<Command, WireError> {
+    ) -> Result<Frame, WireError> {
         let seq = self.next_seq();
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter {
@@ -296,8 +315,7 @@ impl Session {
             Some(p) => p.insert(seq, waiter),
             None => return Err(WireError::NotSent(self.inner.why_closed())),
         };
-        let cmd = Command::new(CommandStatus::EsmeRok, seq, pdu.into());
-        if !self.inner.send(&cmd) {
+        if self.inner.out.fill(|buf| pdu.put(buf, seq)).is_none() {
             if let Some(p) = self.inner.pending.lock().expect("pending lock").as_mut() {
                 p.remove(&seq);
             }
@@ -313,8 +331,8 @@ impl Session {
     }
 
     /// Answers the SMSC's request `seq`.
-    pub(super) fn respond(&self, seq: u32, status: CommandStatus, pdu: impl Into<Pdu>) {
-        self.inner.send(&Command::new(status, seq, pdu.into()));
+    pub(super) fn respond<'a>(&self, seq: u32, status: CommandStatus, pdu: impl Into<Pdu<'a>>) {
+        self.inner.send(&Cmd::new(status, seq, pdu));
     }
 }
 
@@ -350,7 +368,9 @@ mod tests {
         let (owner, _drain) = silent_peer();
         let s = owner.session.clone();
         let t = Instant::now();
-        let r = s.request(Pdu::EnquireLink, Duration::from_millis(40)).await;
+        let r = s
+            .request(&Prepared::new(Pdu::EnquireLink), Duration::from_millis(40))
+            .await;
         let took = t.elapsed();
         assert!(
             matches!(r, Err(WireError::Timeout(t)) if t == Duration::from_millis(40)),
@@ -368,7 +388,7 @@ mod tests {
         let s = owner.session.clone();
         let abandoned = tokio::time::timeout(
             Duration::from_millis(1),
-            s.request(Pdu::EnquireLink, Duration::from_millis(40)),
+            s.request(&Prepared::new(Pdu::EnquireLink), Duration::from_millis(40)),
         )
         .await;
         assert!(abandoned.is_err(), "the caller gave up first");
@@ -386,7 +406,10 @@ mod tests {
         let s = owner.session.clone();
         let waiting_one = tokio::spawn({
             let s = s.clone();
-            async move { s.request(Pdu::EnquireLink, Duration::from_secs(30)).await }
+            async move {
+                s.request(&Prepared::new(Pdu::EnquireLink), Duration::from_secs(30))
+                    .await
+            }
         });
         while waiting(&s) == 0 {
             tokio::task::yield_now().await;
@@ -394,7 +417,9 @@ mod tests {
         drop(owner);
         let r = waiting_one.await.unwrap();
         assert!(matches!(r, Err(WireError::Lost(_))), "{r:?}");
-        let r = s.request(Pdu::EnquireLink, Duration::from_secs(30)).await;
+        let r = s
+            .request(&Prepared::new(Pdu::EnquireLink), Duration::from_secs(30))
+            .await;
         assert!(matches!(r, Err(WireError::NotSent(_))), "{r:?}");
     }
 }
