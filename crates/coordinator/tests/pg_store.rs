@@ -140,26 +140,18 @@ fn history(store: &Store) {
         resent: 4,
         ..Default::default()
     });
-    first.receipts.push(ReceiptWrite::Wait {
-        batch: HIGH,
-        index: 1,
-        wait: StoredWait {
-            sent_unix_ms: 5,
-            delivered: 0,
-            provider: "smsc".into(),
-            ids: vec!["A1".into(), "A2".into()],
-        },
-    });
-    first.receipts.push(ReceiptWrite::Wait {
-        batch: HIGH,
-        index: 2,
-        wait: StoredWait {
-            sent_unix_ms: 6,
-            delivered: 0,
-            provider: "smsc".into(),
-            ids: vec!["B1".into()],
-        },
-    });
+    let wait = |sent_unix_ms, ids: &[&str]| StoredWait {
+        sent_unix_ms,
+        delivered: 0,
+        provider: "smsc".into(),
+        ids: ids.iter().map(|s| s.to_string()).collect(),
+    };
+    first
+        .receipts
+        .push(ReceiptWrite::wait(HIGH, 1, &wait(5, &["A1", "A2"])));
+    first
+        .receipts
+        .push(ReceiptWrite::wait(HIGH, 2, &wait(6, &["B1"])));
     // A second group in the same transaction rewrites rows the first wrote.
     let mut second = WriteSet::default();
     second.outcomes.push(outcome(HIGH, 8, FinalState::Sent, 2));
@@ -179,17 +171,16 @@ fn history(store: &Store) {
         dispatched: 4,
         ..Default::default()
     });
-    second.receipts.push(ReceiptWrite::Final {
-        batch: HIGH,
-        index: 2,
-        delivery: StoredDelivery {
-            state: 1,
-            message_state: 2,
-            error: "000".into(),
-            unix_ms: 9,
-            ids: vec!["B1".into()],
-        },
-    });
+    let delivery = StoredDelivery {
+        state: 1,
+        message_state: 2,
+        error: "000".into(),
+        unix_ms: 9,
+        ids: vec!["B1".into()],
+    };
+    second
+        .receipts
+        .push(ReceiptWrite::decided(HIGH, 2, &delivery));
     // Callback rows: three made, the second delivered in a later group.
     for seq in 1..=3u64 {
         first.callbacks.push((

@@ -131,10 +131,11 @@ impl Events {
     }
 
     /// Message `index` of batch `batch` has its delivery decided.
-    pub(super) fn delivery(&mut self, batch: u64, index: u32, d: &StoredDelivery) {
+    pub(super) fn delivery(&mut self, batch: u64, index: u32, record: &[u8]) {
         if !self.wanted(batch) {
             return;
         }
+        let d = StoredDelivery::of_record(record);
         let state = match d.state() {
             DeliveryState::Delivered => pb::MessageState::Delivered,
             DeliveryState::Undelivered => pb::MessageState::Undelivered,

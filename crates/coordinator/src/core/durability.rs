@@ -136,10 +136,10 @@ impl Durability {
             if let ReceiptWrite::Final {
                 batch,
                 index,
-                delivery,
+                record,
             } = w
             {
-                self.events.delivery(*batch, *index, delivery);
+                self.events.delivery(*batch, *index, record);
             }
         }
         if !self.durable {
@@ -359,28 +359,23 @@ impl Core {
 mod tests {
     use super::*;
     use crate::store::{StoredDelivery, StoredWait};
+    use prost::Message;
 
     fn wait(index: u32, delivered: u32) -> ReceiptWrite {
-        ReceiptWrite::Wait {
-            batch: 7,
-            index,
-            wait: StoredWait {
-                delivered,
-                ids: vec![format!("id{index}")],
-                ..Default::default()
-            },
-        }
+        let wait = StoredWait {
+            delivered,
+            ids: vec![format!("id{index}")],
+            ..Default::default()
+        };
+        ReceiptWrite::wait(7, index, &wait)
     }
 
     fn last(index: u32) -> ReceiptWrite {
-        ReceiptWrite::Final {
-            batch: 7,
-            index,
-            delivery: StoredDelivery {
-                state: 1,
-                ..Default::default()
-            },
-        }
+        let delivery = StoredDelivery {
+            state: 1,
+            ..Default::default()
+        };
+        ReceiptWrite::decided(7, index, &delivery)
     }
 
     fn shown(d: &Durability) -> Vec<String> {
@@ -388,7 +383,8 @@ mod tests {
             .receipts
             .iter()
             .map(|w| match w {
-                ReceiptWrite::Wait { index, wait, .. } => {
+                ReceiptWrite::Wait { index, record, .. } => {
+                    let wait = StoredWait::decode(record.as_slice()).unwrap();
                     format!("wait {index}/{}", wait.delivered)
                 }
                 ReceiptWrite::Final { index, .. } => format!("final {index}"),

@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 
 use smsmesh::pb;
 
-use crate::store::{DeliveryState, DeliveryTally, ReceiptWrite, StoredDelivery, StoredWait};
+use crate::store::{DeliveryState, DeliveryTally, ReceiptWrite, Rows, StoredDelivery, StoredWait};
+
+mod decided;
+use decided::{Decided, DecidedPages};
 
 /// How long a receipt whose id no message has (yet) waits for that id.
 pub(super) const EARLY_WAIT: Duration = Duration::from_secs(600);
@@ -52,37 +55,15 @@ struct Waiting {
     ids: Box<[Box<str>]>,
 }
 
-/// A decided delivery as kept in memory: a [`StoredDelivery`] in fewer
-/// bytes (a million decided messages are kept), its ids those the message
-/// waited with, moved rather than copied.
-#[derive(Debug)]
-struct Decided {
-    unix_ms: u64,
-    state: DeliveryState,
-    message_state: u32,
-    error: Box<str>,
-    ids: Box<[Box<str>]>,
-}
-
-impl Decided {
-    fn of(d: StoredDelivery) -> Self {
-        Decided {
-            unix_ms: d.unix_ms,
-            state: d.state(),
-            message_state: d.message_state,
-            error: d.error.into_boxed_str(),
-            ids: d.ids.into_iter().map(String::into_boxed_str).collect(),
-        }
-    }
-
-    fn stored(&self) -> StoredDelivery {
-        StoredDelivery {
-            state: self.state as u32,
-            message_state: self.message_state,
-            error: self.error.to_string(),
-            unix_ms: self.unix_ms,
-            ids: self.ids.iter().map(|s| s.to_string()).collect(),
-        }
+impl Waiting {
+    /// Its record, as the store keeps it.
+    fn record(&self) -> Vec<u8> {
+        StoredWait::record(
+            self.sent_unix_ms,
+            u32::from(self.delivered),
+            &self.provider,
+            self.ids.iter().map(|id| &**id),
+        )
     }
 }
 
@@ -132,10 +113,9 @@ pub(super) struct Receipts {
     hasher: siphasher::sip128::SipHasher13,
     index: HashMap<u128, Segment, rustc_hash::FxBuildHasher>,
     waiting: BTreeMap<(u64, u32), Waiting>,
-    finals: BTreeMap<(u64, u32), Decided>,
-    /// The batches whose decided deliveries go to `finals`: those the core
-    /// keeps whole (see [`Receipts::keep_decided`]).
-    kept: rustc_hash::FxHashSet<u64>,
+    /// Decided deliveries of the batches the core keeps whole (see
+    /// [`Receipts::keep_decided`]): only those batches have an entry.
+    finals: HashMap<u64, DecidedPages, rustc_hash::FxBuildHasher>,
     counts: HashMap<u64, DeliveryCounts, rustc_hash::FxBuildHasher>,
     early: HashMap<u128, (pb::Receipt, Arc<str>), rustc_hash::FxBuildHasher>,
     early_order: VecDeque<(Instant, u128)>,
@@ -192,8 +172,7 @@ impl Receipts {
             hasher: siphasher::sip128::SipHasher13::new_with_keys(rand::random(), rand::random()),
             index: HashMap::default(),
             waiting: BTreeMap::new(),
-            finals: BTreeMap::new(),
-            kept: rustc_hash::FxHashSet::default(),
+            finals: HashMap::default(),
             counts: HashMap::default(),
             early: HashMap::default(),
             early_order: VecDeque::new(),
@@ -216,32 +195,24 @@ impl Receipts {
     /// Decided deliveries of `batch` are kept in memory from now on: the
     /// core keeps it whole, and answers for its messages from memory.
     pub(super) fn keep_decided(&mut self, batch: u64) {
-        self.kept.insert(batch);
+        self.finals.entry(batch).or_default();
     }
 
     /// `batch` was folded: the store answers for its messages from now on,
     /// so its decided deliveries leave memory (its counts stay).
     pub(super) fn forget_decided(&mut self, batch: u64) {
-        if self.kept.remove(&batch) {
-            self.remove_finals(batch);
-        }
+        self.finals.remove(&batch);
     }
 
-    fn remove_finals(&mut self, batch: u64) {
-        let gone: Vec<_> = self
-            .finals
-            .range((batch, 0)..=(batch, u32::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in gone {
-            self.finals.remove(&k);
-        }
+    /// The decided delivery of a message, if its batch is kept whole.
+    fn decided(&self, batch: u64, index: u32) -> Option<&Decided> {
+        self.finals.get(&batch)?.get(index)
     }
 
     /// Decided deliveries kept in memory, in all.
     #[cfg(test)]
     fn kept_in_memory(&self) -> usize {
-        self.finals.len()
+        self.finals.values().map(DecidedPages::len).sum()
     }
 
     /// The delivery counts of a batch.
@@ -257,7 +228,7 @@ impl Receipts {
     /// What a message's status says of its delivery: its provider ids while
     /// it waits, its delivery state once decided.
     pub(super) fn message(&self, batch: u64, index: u32, status: &mut pb::MessageStatus) {
-        if let Some(d) = self.finals.get(&(batch, index)) {
+        if let Some(d) = self.decided(batch, index) {
             overlay(status, &d.stored());
         } else if let Some(w) = self.waiting.get(&(batch, index)) {
             status.provider_ids = w.ids.iter().map(|s| s.to_string()).collect();
@@ -266,7 +237,7 @@ impl Receipts {
 
     /// The message's state as listings filter it.
     pub(super) fn state(&self, batch: u64, index: u32, dispatch: pb::MessageState) -> i32 {
-        match self.finals.get(&(batch, index)) {
+        match self.decided(batch, index) {
             Some(d) => shown(d.state) as i32,
             None => dispatch as i32,
         }
@@ -286,7 +257,7 @@ impl Receipts {
         if ids.is_empty() || ids.len() > 16 || self.waiting.contains_key(&(batch, index)) {
             return;
         }
-        if self.finals.contains_key(&(batch, index)) {
+        if self.decided(batch, index).is_some() {
             return; // a second sent result of a message already decided
         }
         let w = Waiting {
@@ -298,7 +269,7 @@ impl Receipts {
         writes.push(ReceiptWrite::Wait {
             batch,
             index,
-            wait: stored_wait(&w),
+            record: w.record(),
         });
         // Receipts that came before these ids.
         for (seg, r) in self.wait(batch, index, w) {
@@ -388,7 +359,7 @@ impl Receipts {
                 writes.push(ReceiptWrite::Wait {
                     batch: seg.batch,
                     index: seg.index,
-                    wait: stored_wait(w),
+                    record: w.record(),
                 });
                 return;
             }
@@ -413,24 +384,24 @@ impl Receipts {
             let key = self.key(&w.provider, id);
             self.index.remove(&key);
         }
-        let decided = Decided {
-            unix_ms: r.received_unix_ms,
+        let record = StoredDelivery::record(
             state,
-            message_state: r.message_state,
-            error: r.error.as_str().into(),
-            ids: w.ids,
-        };
-        let delivery = decided.stored();
+            r.message_state,
+            &r.error,
+            r.received_unix_ms,
+            w.ids.iter().map(|id| &**id),
+        );
         let c = self.counts.entry(batch).or_default();
         c.awaiting = c.awaiting.saturating_sub(1);
         c.add(state, 1);
-        if self.kept.contains(&batch) {
-            self.finals.insert((batch, index), decided);
+        if let Some(kept) = self.finals.get_mut(&batch) {
+            let record = record.clone();
+            kept.insert(index, Decided { state, record });
         }
         writes.push(ReceiptWrite::Final {
             batch,
             index,
-            delivery,
+            record,
         });
     }
 
@@ -507,8 +478,7 @@ impl Receipts {
                 }
             }
         }
-        self.remove_finals(batch);
-        self.kept.remove(&batch);
+        self.finals.remove(&batch);
         self.counts.remove(&batch);
     }
 
@@ -518,7 +488,7 @@ impl Receipts {
         &mut self,
         waits: Vec<((u64, u32), StoredWait)>,
         tallies: &[(u64, DeliveryTally)],
-        finals: Vec<((u64, u32), StoredDelivery)>,
+        finals: Rows<(DeliveryState, Arc<[u8]>)>,
     ) {
         let mut providers: HashMap<String, Arc<str>> = HashMap::new();
         for ((batch, index), w) in waits {
@@ -542,20 +512,11 @@ impl Receipts {
                 c.add(state, n);
             }
         }
-        for ((batch, index), d) in finals {
-            if self.kept.contains(&batch) {
-                self.finals.insert((batch, index), Decided::of(d));
+        for ((batch, index), (state, record)) in finals {
+            if let Some(kept) = self.finals.get_mut(&batch) {
+                kept.insert(index, Decided { state, record });
             }
         }
-    }
-}
-
-fn stored_wait(w: &Waiting) -> StoredWait {
-    StoredWait {
-        sent_unix_ms: w.sent_unix_ms,
-        delivered: u32::from(w.delivered),
-        provider: w.provider.to_string(),
-        ids: w.ids.iter().map(|s| s.to_string()).collect(),
     }
 }
 

@@ -264,8 +264,9 @@ pub struct Loaded {
     /// Sent messages waiting for receipts.
     pub receipt_waits: Rows<StoredWait>,
     /// Messages whose delivery is decided, of the batches not completed
-    /// (those the core keeps whole); a completed batch's are read when asked for.
-    pub deliveries: Rows<StoredDelivery>,
+    /// (those the core keeps whole), each its state and its [`StoredDelivery`]
+    /// record as stored; a completed batch's are read when asked for.
+    pub deliveries: Rows<(DeliveryState, Arc<[u8]>)>,
     /// How many messages of each batch ended in each delivery state (every
     /// batch with a decided delivery).
     pub delivery_tallies: Vec<(u64, DeliveryTally)>,

@@ -13,8 +13,10 @@
 //! still read and removed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{Loaded, Store, StoreError};
@@ -52,7 +54,7 @@ fn row_entries(row: &[u8]) -> impl Iterator<Item = Option<(u32, &[u8])>> {
 }
 
 /// An entry of a `delivery_rows` row: (message index, encoded record).
-type Entry = (u32, Vec<u8>);
+type Entry<'a> = (u32, &'a [u8]);
 
 /// Appends an entry to a `delivery_rows` row.
 fn push_entry(row: &mut Vec<u8>, index: u32, record: &[u8]) {
@@ -127,11 +129,75 @@ pub struct StoredDelivery {
     pub ids: Vec<String>,
 }
 
+impl StoredWait {
+    /// The record of a wait, encoded from borrowed parts: the bytes
+    /// `encode_to_vec` gives for a [`StoredWait`] of them, without one.
+    pub fn record<'a>(
+        sent_unix_ms: u64,
+        delivered: u32,
+        provider: &str,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(48);
+        put_varint(1, sent_unix_ms, &mut buf);
+        put_varint(2, delivered.into(), &mut buf);
+        if !provider.is_empty() {
+            put_str(3, provider, &mut buf);
+        }
+        for id in ids {
+            put_str(4, id, &mut buf);
+        }
+        buf
+    }
+}
+
 impl StoredDelivery {
     /// The state (a value no version wrote reads as unknown).
     pub fn state(&self) -> DeliveryState {
         DeliveryState::stored(self.state)
     }
+
+    /// A record this process encoded (or loaded, and checked), decoded.
+    pub fn of_record(record: &[u8]) -> StoredDelivery {
+        StoredDelivery::decode(record).expect("a record encoded or checked by this process")
+    }
+
+    /// The record of a decided delivery, encoded from borrowed parts: the
+    /// bytes `encode_to_vec` gives for a [`StoredDelivery`] of them.
+    pub fn record<'a>(
+        state: DeliveryState,
+        message_state: u32,
+        error: &str,
+        unix_ms: u64,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Arc<[u8]> {
+        let mut buf = Vec::with_capacity(48);
+        put_varint(1, state as u64, &mut buf);
+        put_varint(2, message_state.into(), &mut buf);
+        if !error.is_empty() {
+            put_str(3, error, &mut buf);
+        }
+        put_varint(4, unix_ms, &mut buf);
+        for id in ids {
+            put_str(5, id, &mut buf);
+        }
+        buf.into()
+    }
+}
+
+/// A varint field as prost writes it (nothing for zero, proto3's default).
+fn put_varint(tag: u32, value: u64, buf: &mut Vec<u8>) {
+    if value != 0 {
+        encode_key(tag, WireType::Varint, buf);
+        encode_varint(value, buf);
+    }
+}
+
+/// A string field (or one element of a repeated one) as prost writes it.
+fn put_str(tag: u32, value: &str, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(value.len() as u64, buf);
+    buf.extend_from_slice(value.as_bytes());
 }
 
 impl DeliveryState {
@@ -175,7 +241,8 @@ impl DeliveryTally {
     }
 }
 
-/// A change of receipt state, to store with a group.
+/// A change of receipt state, to store with a group. Its record is encoded
+/// once, where the change is made; the store writes the bytes as they are.
 #[derive(Clone, Debug)]
 pub enum ReceiptWrite {
     /// The message waits (again, or with more segments delivered).
@@ -184,8 +251,8 @@ pub enum ReceiptWrite {
         batch: u64,
         /// Message index.
         index: u32,
-        /// What it waits with.
-        wait: StoredWait,
+        /// What it waits with: a [`StoredWait`], encoded.
+        record: Vec<u8>,
     },
     /// The message's delivery is decided: it waits no more.
     Final {
@@ -193,9 +260,30 @@ pub enum ReceiptWrite {
         batch: u64,
         /// Message index.
         index: u32,
-        /// What decided it.
-        delivery: StoredDelivery,
+        /// What decided it: a [`StoredDelivery`], encoded, shared with the
+        /// core while it keeps the message's batch whole.
+        record: Arc<[u8]>,
     },
+}
+
+impl ReceiptWrite {
+    /// Message `index` of `batch` waits with `wait`.
+    pub fn wait(batch: u64, index: u32, wait: &StoredWait) -> Self {
+        ReceiptWrite::Wait {
+            batch,
+            index,
+            record: wait.encode_to_vec(),
+        }
+    }
+
+    /// Message `index` of `batch` was decided as `delivery` says.
+    pub fn decided(batch: u64, index: u32, delivery: &StoredDelivery) -> Self {
+        ReceiptWrite::Final {
+            batch,
+            index,
+            record: delivery.encode_to_vec().into(),
+        }
+    }
 }
 
 /// Rows of one table as decoded (key, record).
@@ -220,27 +308,28 @@ impl Store {
         }
         let mut waits = txn.open_table(RECEIPT_WAITS).map_err(|e| self.err(e))?;
         // Decisions by row, so each row is read and written once.
-        let mut decided: BTreeMap<(u64, u32), Vec<Entry>> = BTreeMap::new();
-        let mut buf = Vec::new();
+        let mut decided: BTreeMap<(u64, u32), Vec<Entry<'_>>> = BTreeMap::new();
         for w in writes {
             match w {
-                ReceiptWrite::Wait { batch, index, wait } => {
-                    buf.clear();
-                    wait.encode(&mut buf).expect("a Vec grows");
+                ReceiptWrite::Wait {
+                    batch,
+                    index,
+                    record,
+                } => {
                     waits
-                        .insert((*batch, *index), buf.as_slice())
+                        .insert((*batch, *index), record.as_slice())
                         .map_err(|e| self.err(e))?;
                 }
                 ReceiptWrite::Final {
                     batch,
                     index,
-                    delivery,
+                    record,
                 } => {
                     waits.remove((*batch, *index)).map_err(|e| self.err(e))?;
                     decided
                         .entry((*batch, index / DELIVERIES_PER_ROW))
                         .or_default()
-                        .push((*index, delivery.encode_to_vec()));
+                        .push((*index, record));
                 }
             }
         }
@@ -296,8 +385,8 @@ impl Store {
     /// message in `records` (the PostgreSQL store's rows and the embedded
     /// store's older ones), runs of them in `rows` (`delivery_rows`). Every
     /// one is counted in `loaded.delivery_tallies`; with `keep` (a batch the
-    /// core keeps whole) each is also decoded whole into `loaded.deliveries`,
-    /// and otherwise only its state is read.
+    /// core keeps whole) each is also decoded whole, to be checked, and goes
+    /// to `loaded.deliveries` with its state; otherwise only its state is read.
     pub(super) fn load_deliveries(
         &self,
         id: u64,
@@ -313,9 +402,12 @@ impl Store {
                 what: format!("delivery of message {id:016x}.{index}: {e}"),
             };
             if keep {
-                let d = StoredDelivery::decode(record).map_err(corrupt)?;
-                tally.add(d.state());
-                loaded.deliveries.push(((id, index), d));
+                // Decoded whole to be checked, and kept as the bytes it is.
+                let state = StoredDelivery::decode(record).map_err(corrupt)?.state();
+                tally.add(state);
+                loaded
+                    .deliveries
+                    .push(((id, index), (state, record.into())));
             } else {
                 let s = StoredDeliveryState::decode(record).map_err(corrupt)?;
                 tally.add(DeliveryState::stored(s.state));

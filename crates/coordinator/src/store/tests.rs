@@ -200,16 +200,51 @@ fn a_corrupt_outcome_row_is_refused_at_load() {
 }
 
 fn decided(batch: u64, index: u32, state: u32) -> super::ReceiptWrite {
-    super::ReceiptWrite::Final {
-        batch,
-        index,
-        delivery: super::StoredDelivery {
-            state,
-            message_state: 2,
-            error: String::new(),
-            unix_ms: 5,
-            ids: vec![format!("p{index}")],
-        },
+    let delivery = super::StoredDelivery {
+        state,
+        message_state: 2,
+        error: String::new(),
+        unix_ms: 5,
+        ids: vec![format!("p{index}")],
+    };
+    super::ReceiptWrite::decided(batch, index, &delivery)
+}
+
+/// The receipt records the core encodes from borrowed parts are the bytes
+/// prost writes for the same records: fields at their defaults, empty ids
+/// and an id longer than a one-byte length included.
+#[test]
+fn receipt_records_are_encoded_as_prost_encodes_them() {
+    let long = "7".repeat(200);
+    let cases: [(u64, u32, &str, &str, Vec<&str>); 3] = [
+        (0, 0, "", "", vec![]),
+        (1_765_000_000_123, 5, "smsc-a", "0x45", vec!["", "0a1B"]),
+        (1, u32::MAX, "p", "e", vec![long.as_str(), "x"]),
+    ];
+    for (ms, n, provider, error, ids) in cases {
+        let owned: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        let wait = super::StoredWait {
+            sent_unix_ms: ms,
+            delivered: n,
+            provider: provider.into(),
+            ids: owned.clone(),
+        };
+        let record = super::StoredWait::record(ms, n, provider, ids.iter().copied());
+        assert_eq!(record, wait.encode_to_vec());
+        for state in [
+            super::DeliveryState::Delivered,
+            super::DeliveryState::Unknown,
+        ] {
+            let delivery = super::StoredDelivery {
+                state: state as u32,
+                message_state: n,
+                error: error.into(),
+                unix_ms: ms,
+                ids: owned.clone(),
+            };
+            let record = super::StoredDelivery::record(state, n, error, ms, ids.iter().copied());
+            assert_eq!(*record, *delivery.encode_to_vec());
+        }
     }
 }
 
@@ -224,14 +259,13 @@ fn decided_deliveries_share_rows_and_read_back_per_message() {
     store.insert_batch(&batch(9, 200), None).unwrap().unwrap();
     let mut first = WriteSet::default();
     for index in [1, 2, 130] {
-        first.receipts.push(super::ReceiptWrite::Wait {
-            batch: 9,
-            index,
-            wait: super::StoredWait {
-                ids: vec![format!("p{index}")],
-                ..Default::default()
-            },
-        });
+        let wait = super::StoredWait {
+            ids: vec![format!("p{index}")],
+            ..Default::default()
+        };
+        first
+            .receipts
+            .push(super::ReceiptWrite::wait(9, index, &wait));
     }
     first.receipts.push(decided(9, 0, 1));
     first.receipts.push(decided(9, 65, 1));
@@ -256,8 +290,8 @@ fn decided_deliveries_share_rows_and_read_back_per_message() {
         )
         .unwrap();
     txn.commit().unwrap();
-    let states = |rows: &[((u64, u32), super::StoredDelivery)]| {
-        let mut v: Vec<(u32, u32)> = rows.iter().map(|((_, i), d)| (*i, d.state)).collect();
+    let states = |rows: &super::Rows<(super::DeliveryState, std::sync::Arc<[u8]>)>| {
+        let mut v: Vec<(u32, u32)> = rows.iter().map(|((_, i), d)| (*i, d.0 as u32)).collect();
         v.sort_unstable();
         v
     };

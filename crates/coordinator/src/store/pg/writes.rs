@@ -16,7 +16,7 @@ fn upsert_keyed(
     txn: &mut postgres::Transaction<'_>,
     table: &str,
     columns: (&str, &str, &str),
-    rows: &BTreeMap<(u64, u32), Vec<u8>>,
+    rows: &BTreeMap<(u64, u32), impl AsRef<[u8]>>,
 ) -> Result<(), postgres::Error> {
     if rows.is_empty() {
         return Ok(());
@@ -24,7 +24,7 @@ fn upsert_keyed(
     let (a, b, c) = columns;
     let ids: Vec<i64> = rows.keys().map(|k| id(k.0)).collect();
     let subs: Vec<i32> = rows.keys().map(|k| k.1 as i32).collect();
-    let values: Vec<&[u8]> = rows.values().map(Vec::as_slice).collect();
+    let values: Vec<&[u8]> = rows.values().map(AsRef::as_ref).collect();
     txn.execute(
         &format!(
             "INSERT INTO {table} ({a}, {b}, {c}) SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[]) \
@@ -72,8 +72,8 @@ impl Pg {
         put_outcomes(&mut txn, sets).map_err(e)?;
         let mut nodes: BTreeMap<u16, &str> = BTreeMap::new();
         let mut states: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        let mut waits: BTreeMap<(u64, u32), Option<Vec<u8>>> = BTreeMap::new();
-        let mut finals: BTreeMap<(u64, u32), Vec<u8>> = BTreeMap::new();
+        let mut waits: BTreeMap<(u64, u32), Option<&[u8]>> = BTreeMap::new();
+        let mut finals: BTreeMap<(u64, u32), &[u8]> = BTreeMap::new();
         let mut deleted: Vec<i64> = Vec::new();
         let mut deleted_keys: Vec<&str> = Vec::new();
         for set in sets {
@@ -85,16 +85,20 @@ impl Pg {
             }
             for w in &set.receipts {
                 match w {
-                    ReceiptWrite::Wait { batch, index, wait } => {
-                        waits.insert((*batch, *index), Some(wait.encode_to_vec()));
+                    ReceiptWrite::Wait {
+                        batch,
+                        index,
+                        record,
+                    } => {
+                        waits.insert((*batch, *index), Some(record.as_slice()));
                     }
                     ReceiptWrite::Final {
                         batch,
                         index,
-                        delivery,
+                        record,
                     } => {
                         waits.insert((*batch, *index), None);
-                        finals.insert((*batch, *index), delivery.encode_to_vec());
+                        finals.insert((*batch, *index), &record[..]);
                     }
                 }
             }
@@ -128,7 +132,7 @@ impl Pg {
             )
             .map_err(e)?;
         }
-        let waiting: BTreeMap<(u64, u32), Vec<u8>> = waits
+        let waiting: BTreeMap<(u64, u32), &[u8]> = waits
             .into_iter()
             .filter_map(|(k, v)| Some((k, v?)))
             .collect();
