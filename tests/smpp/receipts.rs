@@ -1,10 +1,54 @@
 //! Receipts when things go wrong: pending across a coordinator restart
-//! (followed by smsmon until the last one is in), on a receiver bind of the
+//! (followed by smsmon until the last one is in), stored before the results
+//! that name their ids and applied after a restart, on a receiver bind of the
 //! same provider as the transmitter, due while no bind can take them, lost
 //! by a node before they were stored, and backlogs sent at once, within a
 //! node's receipts in flight and beyond.
 
 use super::*;
+
+/// Receipts that come before their submit_sm_resp (so before the results
+/// that name their ids), answered once the coordinator stored them; the
+/// coordinator stops before any result comes. The SMSC never sends them
+/// again, so they must have been stored: after the restart each is applied
+/// to the result that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_stored_before_their_ids_came_are_applied_after_a_restart() {
+    let (url, smsc_stats) = smsc(SmscConfig {
+        receipt_first: true,
+        response_delay: Duration::from_secs(4),
+        ..SmscConfig::default()
+    })
+    .await;
+    let (store, mesh) = Restartable::start().await;
+    let node = mesh.node(NodeSpec::new("smpp-a").smpp(&url));
+    let mut client = mesh.client().await.unwrap();
+    let batch = smsmesh_testkit::submit(&mut client, numbered(20, "hello")).await;
+    wait_until(Duration::from_secs(30), "every receipt stored", || {
+        let stats = node.stats.clone();
+        async move { (stats.receipts_acked.load(Ordering::Relaxed) == 20).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let before = batch_status(&mut client, &batch).await.unwrap();
+    assert_eq!(
+        (before.sent, before.delivered),
+        (0, 0),
+        "the stop must come before the results: {before:?}"
+    );
+    mesh.stop().await.unwrap();
+    let _mesh = store.restart().await;
+    let client = smsmesh_testkit::client_at(store.addr).await;
+    let s = settled(&client, &batch).await;
+    assert_eq!(
+        (s.sent, s.delivered, s.awaiting_receipt),
+        (20, 20, 0),
+        "{s:?}"
+    );
+    // The restart sent again what it had no result for (its grace is shorter
+    // than the SMSC's delay): those copies' receipts are more, never fewer.
+    assert!(smsc_stats.receipts.load(Ordering::Relaxed) >= 20);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_pending_across_a_coordinator_restart_are_all_matched() {

@@ -3,12 +3,13 @@
 //! a writer whose epoch was superseded commits nothing, and a long write does
 //! not hold up the lease.
 
+use prost::Message;
 use smsmesh_coordinator::batch::Recipients;
 use smsmesh_coordinator::batch::recipients::pack;
 use smsmesh_coordinator::store::pg::{self, Pg};
 use smsmesh_coordinator::store::{
     CallbackEvent, CallbackRow, FinalState, NewRecord, Outcome, ReceiptWrite, Store, StoreError,
-    StoredBatch, StoredBatchState, StoredDelivery, StoredWait, WriteSet,
+    StoredBatch, StoredBatchState, StoredDelivery, StoredEarly, StoredWait, WriteSet,
 };
 
 /// A fresh database on the test server (None: skipped).
@@ -199,6 +200,28 @@ fn history(store: &Store) {
             }),
         ));
     }
+    // Receipts that came before their ids: held, one replaced, one applied
+    // (removed) by the later group.
+    let early = |provider: &str, id: &str, state: u32| ReceiptWrite::Early {
+        provider: provider.into(),
+        id: id.into(),
+        record: StoredEarly {
+            provider: provider.into(),
+            provider_id: id.into(),
+            message_state: state,
+            error: String::new(),
+            received_unix_ms: 11,
+        }
+        .encode_to_vec(),
+    };
+    first.receipts.push(early("smsc", "E1", 2));
+    first.receipts.push(early("smsc", "E2", 2));
+    first.receipts.push(early("other", "E1", 5));
+    second.receipts.push(early("other", "E1", 3));
+    second.receipts.push(ReceiptWrite::EarlyGone {
+        provider: "smsc".into(),
+        id: "E2".into(),
+    });
     store.commit_group(&[&first, &second], &[]).unwrap();
 
     let mut retention = WriteSet::default();
@@ -250,7 +273,11 @@ fn postgres_holds_what_the_embedded_store_holds() {
     history(&postgres);
     let (want, got) = (seen(&embedded), seen(&postgres));
     assert!(
-        want.contains("evacuate now") && want.contains("no route 6") && want.contains("B1"),
+        want.contains("evacuate now")
+            && want.contains("no route 6")
+            && want.contains("B1")
+            && want.contains(r#"provider_id: "E1", message_state: 3"#)
+            && !want.contains(r#""E2""#),
         "{want}"
     );
     assert!(
@@ -407,7 +434,7 @@ fn migrations_run_once_whoever_starts_first() {
         .query_one("SELECT count(*) FROM refinery_schema_history", &[])
         .unwrap()
         .get(0);
-    assert_eq!(n, 2, "two migrations (V1, V2), each applied once");
+    assert_eq!(n, 3, "three migrations (V1 to V3), each applied once");
     let rows: i64 = admin
         .query_one("SELECT count(*) FROM smsmesh_leader", &[])
         .unwrap()

@@ -169,6 +169,8 @@ pub struct Stats {
     pub receipts_waiting: AtomicU64,
     /// Delivery receipts sent to the coordinator and not yet acked now.
     pub receipts_unacked: AtomicU64,
+    /// Delivery receipts the coordinator acked (stored), in all.
+    pub receipts_acked: AtomicU64,
     /// Most receipts sent and not acked at once (bounded by
     /// [`state::MAX_UNACKED_RECEIPTS`]).
     pub max_receipts_unacked: AtomicU64,

@@ -122,6 +122,12 @@ impl Collector for NodeCollector {
             "Delivery receipts taken from the gateway and not yet sent to the coordinator.",
             &|n| get(&n.stats.receipts_waiting) as i64,
         )?;
+        counter(
+            e,
+            "smsnode_receipts_acked",
+            "Delivery receipts the coordinator stored (acked), in all: each is answered to the SMSC once acked.",
+            &|s| get(&s.receipts_acked),
+        )?;
         gauge(
             e,
             "smsnode_receipts_unacked",

@@ -214,7 +214,11 @@ impl NodeState {
     pub fn on_ack(&mut self, seq: u64) {
         let later = self.unacked.split_off(&(seq + 1));
         let acked = std::mem::replace(&mut self.unacked, later);
-        self.unacked_receipts -= acked.values().map(|(_, r)| r.len()).sum::<usize>();
+        let receipts = acked.values().map(|(_, r)| r.len()).sum::<usize>();
+        self.unacked_receipts -= receipts;
+        self.stats
+            .receipts_acked
+            .fetch_add(receipts as u64, Ordering::Relaxed);
         self.count_receipts();
         let later = self.stored_waiters.split_off(&(seq + 1));
         for w in std::mem::replace(&mut self.stored_waiters, later)

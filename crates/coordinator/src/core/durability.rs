@@ -130,7 +130,7 @@ impl Durability {
         self.write.outcomes.push(o);
     }
 
-    /// Receipt waits and decided deliveries, to store.
+    /// Receipt waits, decided deliveries and early receipts, to store.
     pub(super) fn receipts(&mut self, writes: Vec<ReceiptWrite>) {
         for w in &writes {
             if let ReceiptWrite::Final {
@@ -146,23 +146,29 @@ impl Durability {
             return;
         }
         for w in writes {
-            let (ReceiptWrite::Wait { batch, index, .. }
-            | ReceiptWrite::Final { batch, index, .. }) = &w;
-            let key = (*batch, *index);
             let receipts = &mut self.write.receipts;
-            match (self.waits_at.get(&key), &w) {
+            let (key, wait) = match &w {
+                ReceiptWrite::Wait { batch, index, .. } => ((*batch, *index), true),
+                ReceiptWrite::Final { batch, index, .. } => ((*batch, *index), false),
+                // Early receipts are written and removed in order.
+                ReceiptWrite::Early { .. } | ReceiptWrite::EarlyGone { .. } => {
+                    receipts.push(w);
+                    continue;
+                }
+            };
+            match (self.waits_at.get(&key).copied(), wait) {
                 // Supersedes the wait not yet stored (a Final still removes a
                 // wait row an earlier group may have stored).
-                (Some(&at), ReceiptWrite::Wait { .. }) => receipts[at] = w,
-                (Some(&at), ReceiptWrite::Final { .. }) => {
+                (Some(at), true) => receipts[at] = w,
+                (Some(at), false) => {
                     receipts[at] = w;
                     self.waits_at.remove(&key);
                 }
-                (None, ReceiptWrite::Wait { .. }) => {
+                (None, true) => {
                     self.waits_at.insert(key, receipts.len());
                     receipts.push(w);
                 }
-                (None, ReceiptWrite::Final { .. }) => receipts.push(w),
+                (None, false) => receipts.push(w),
             }
         }
     }
@@ -388,6 +394,8 @@ mod tests {
                     format!("wait {index}/{}", wait.delivered)
                 }
                 ReceiptWrite::Final { index, .. } => format!("final {index}"),
+                ReceiptWrite::Early { id, .. } => format!("early {id}"),
+                ReceiptWrite::EarlyGone { id, .. } => format!("early gone {id}"),
             })
             .collect()
     }
@@ -404,5 +412,25 @@ mod tests {
         // Its wait went with the last group: the decision goes on its own.
         d.receipts(vec![last(3), wait(4, 0), last(4)]);
         assert_eq!(shown(&d), ["final 3", "final 4"]);
+    }
+
+    /// An early receipt held and then applied within one group is written,
+    /// then removed, in the order they happened; a wait it decides is still
+    /// written once.
+    #[test]
+    fn early_receipts_are_written_and_removed_in_order() {
+        let early = |id: &str| ReceiptWrite::Early {
+            provider: "p".into(),
+            id: id.into(),
+            record: Vec::new(),
+        };
+        let gone = |id: &str| ReceiptWrite::EarlyGone {
+            provider: "p".into(),
+            id: id.into(),
+        };
+        let mut d = Durability::new(true);
+        d.receipts(vec![early("a"), wait(1, 0), early("b")]);
+        d.receipts(vec![gone("a"), last(1)]);
+        assert_eq!(shown(&d), ["early a", "final 1", "early b", "early gone a"]);
     }
 }

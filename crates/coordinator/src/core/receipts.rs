@@ -10,9 +10,11 @@
 //!
 //! A receipt may come before the result that carries its id (an SMSC may
 //! send the receipt before the submit_sm_resp, on another node's bind): it
-//! waits here, in memory, for [`EARLY_WAIT`], and is applied when the id
-//! arrives. Every change that must survive a restart is returned as a
-//! [`ReceiptWrite`] for the store; a restart rebuilds this state from them.
+//! waits here for [`EARLY_WAIT`], and is applied when the id arrives. It is
+//! stored meanwhile, since its node answers its deliver_sm once the frame
+//! that brought it is stored. Every change that must survive a restart is
+//! returned as a [`ReceiptWrite`] for the store; a restart rebuilds this
+//! state from them.
 //!
 //! Decided deliveries are kept in memory only for the batches the core
 //! keeps whole; those of a folded batch (completed and stored) are read
@@ -27,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use smsmesh::pb;
 
-use crate::store::{DeliveryState, DeliveryTally, ReceiptWrite, Rows, StoredDelivery, StoredWait};
+use crate::store::{
+    DeliveryState, DeliveryTally, ReceiptWrite, Rows, StoredDelivery, StoredEarly, StoredWait,
+};
 
 mod decided;
 use decided::{Decided, DecidedPages};
@@ -274,6 +278,10 @@ impl Receipts {
         // Receipts that came before these ids.
         for (seg, r) in self.wait(batch, index, w) {
             self.stats.early += 1;
+            writes.push(ReceiptWrite::EarlyGone {
+                provider: provider.clone(),
+                id: r.provider_id.clone(),
+            });
             self.apply(seg, &r, writes);
         }
     }
@@ -320,18 +328,34 @@ impl Receipts {
             None => {
                 if self.early.len() >= EARLY_MAX
                     && let Some((_, old)) = self.early_order.pop_front()
-                    && self.early.remove(&old).is_some()
+                    && let Some((gone, provider)) = self.early.remove(&old)
                 {
                     self.stats.unmatched += 1;
+                    writes.push(ReceiptWrite::EarlyGone {
+                        provider,
+                        id: gone.provider_id,
+                    });
                 }
-                if self
-                    .early
-                    .insert(key, (r.clone(), provider.clone()))
-                    .is_none()
-                {
-                    self.early_order.push_back((now, key));
-                }
+                writes.push(ReceiptWrite::Early {
+                    provider: provider.clone(),
+                    id: r.provider_id.clone(),
+                    record: prost::Message::encode_to_vec(&StoredEarly {
+                        provider: provider.to_string(),
+                        provider_id: r.provider_id.clone(),
+                        message_state: r.message_state,
+                        error: r.error.clone(),
+                        received_unix_ms: r.received_unix_ms,
+                    }),
+                });
+                self.hold(key, provider.clone(), r.clone(), now);
             }
+        }
+    }
+
+    /// Holds a receipt whose id no message has (yet), as of `at`.
+    fn hold(&mut self, key: u128, provider: Arc<str>, r: pb::Receipt, at: Instant) {
+        if self.early.insert(key, (r, provider)).is_none() {
+            self.early_order.push_back((at, key));
         }
     }
 
@@ -422,6 +446,10 @@ impl Receipts {
             if let Some((r, provider)) = self.early.remove(&key) {
                 self.stats.unmatched += 1;
                 tracing::debug!(%provider, id = %r.provider_id, "a receipt whose id no message has");
+                writes.push(ReceiptWrite::EarlyGone {
+                    provider,
+                    id: r.provider_id,
+                });
             }
         }
         let mut changed = false;
@@ -484,11 +512,14 @@ impl Receipts {
 
     /// Rebuilds the state from what the store holds (at start), the batches
     /// the core keeps whole already named by [`keep_decided`](Self::keep_decided).
+    /// An early receipt whose id a stored wait has (none should) is applied.
     pub(super) fn restore(
         &mut self,
-        waits: Vec<((u64, u32), StoredWait)>,
+        (waits, early): (Rows<StoredWait>, Vec<StoredEarly>),
         tallies: &[(u64, DeliveryTally)],
         finals: Rows<(DeliveryState, Arc<[u8]>)>,
+        (now, unix_now_ms): (Instant, u64),
+        writes: &mut Vec<ReceiptWrite>,
     ) {
         let mut providers: HashMap<String, Arc<str>> = HashMap::new();
         for ((batch, index), w) in waits {
@@ -502,9 +533,37 @@ impl Receipts {
                 provider,
                 ids: w.ids.iter().map(|s| s.as_str().into()).collect(),
             };
-            // Nothing waits early at a restart: the list is empty.
+            // Nothing waits early yet: the list is empty.
             let early = self.wait(batch, index, waiting);
             debug_assert!(early.is_empty());
+        }
+        let mut early = early;
+        early.sort_unstable_by_key(|e| e.received_unix_ms);
+        for e in early {
+            let provider = providers
+                .entry(e.provider.clone())
+                .or_insert_with(|| e.provider.as_str().into())
+                .clone();
+            let key = self.key(&provider, &e.provider_id);
+            let r = pb::Receipt {
+                provider_id: e.provider_id,
+                message_state: e.message_state,
+                error: e.error,
+                received_unix_ms: e.received_unix_ms,
+            };
+            if let Some(&seg) = self.index.get(&key) {
+                self.stats.early += 1;
+                writes.push(ReceiptWrite::EarlyGone {
+                    provider,
+                    id: r.provider_id.clone(),
+                });
+                self.apply(seg, &r, writes);
+            } else {
+                // It waits out what is left of its EARLY_WAIT.
+                let age = Duration::from_millis(unix_now_ms.saturating_sub(e.received_unix_ms));
+                let at = now.checked_sub(age.min(EARLY_WAIT)).unwrap_or(now);
+                self.hold(key, provider, r, at);
+            }
         }
         for (batch, tally) in tallies {
             let c = self.counts.entry(*batch).or_default();

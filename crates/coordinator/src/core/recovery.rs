@@ -115,11 +115,15 @@ impl Core {
         for (key, id) in loaded.idempotency {
             core.batches.key(key, BatchId(id));
         }
+        let mut writes = Vec::new();
         core.receipts.restore(
-            loaded.receipt_waits,
+            (loaded.receipt_waits, loaded.early_receipts),
             &loaded.delivery_tallies,
             loaded.deliveries,
+            (now, unix_now),
+            &mut writes,
         );
+        core.durability.receipts(writes);
         core.batches.sort_running();
         // The first snapshot (and /metrics) shows what was loaded.
         core.batches.changed = true;

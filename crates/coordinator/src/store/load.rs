@@ -89,6 +89,8 @@ pub(super) struct Tables<'a> {
     /// In index order.
     pub(super) nodes: Vec<(u16, String)>,
     pub(super) waits: Vec<((u64, u32), Vec<u8>)>,
+    /// Early receipts' records.
+    pub(super) early: Vec<Vec<u8>>,
     /// Decided deliveries a record per message, keyed (batch, index).
     pub(super) delivery_records: Ordered<'a, (u64, u32), Vec<u8>>,
     /// Decided deliveries in runs (`delivery_rows`), keyed (batch, row).
@@ -176,6 +178,7 @@ impl Store {
             nodes.push((k.value(), v.value().to_string()));
         }
         let waits = self.receipt_waits(&txn)?;
+        let early = self.early_rows(&txn)?;
         let tables = Tables {
             batches: Box::new(
                 batches_t
@@ -197,6 +200,7 @@ impl Store {
             idempotency,
             nodes,
             waits,
+            early,
             delivery_records: bytes(&delivery_records_t)?,
             delivery_rows: bytes(&delivery_rows_t)?,
             callback_next: self.next_callback_seq(&txn)?,
@@ -281,6 +285,7 @@ impl Store {
         loaded.idempotency = t.idempotency;
         loaded.nodes = t.nodes;
         loaded.receipt_waits = self.decode_rows(t.waits, "receipt wait")?;
+        loaded.early_receipts = self.decode_early(t.early)?;
         loaded.callback_next = t.callback_next;
         format::check(&loaded).map_err(|what| self.corrupt(what))?;
         Ok(loaded)

@@ -19,7 +19,9 @@
 //! - `nodes`: node index → node name (so outcomes name their node after a restart).
 //! - `receipt_waits`: (batch id, index) → a sent message's provider ids
 //!   while it waits for delivery receipts; `delivery_rows`: (batch id, row)
-//!   → what decided the delivery of 64 messages ([`receipts`]).
+//!   → what decided the delivery of 64 messages ([`receipts`]);
+//!   `early_receipts`: (provider, provider id) → a receipt that came before
+//!   the result naming its id ([`early`]).
 //! - `callbacks`: sequence number → a row of callback events waiting to be
 //!   delivered to a client's URL ([`callbacks`]).
 //!
@@ -31,6 +33,7 @@
 //! a result is always either durable or still held by its node.
 
 mod callbacks;
+mod early;
 mod format;
 mod inserter;
 mod load;
@@ -41,6 +44,7 @@ mod writer;
 mod writes;
 
 pub use callbacks::{CallbackEvent, CallbackRow};
+pub use early::StoredEarly;
 pub use format::{FinalState, StoredBatch, StoredBatchState, StoredOutcome};
 pub use inserter::Inserter;
 pub use reads::StoredMessage;
@@ -214,7 +218,7 @@ pub struct WriteSet {
     /// Batches past their retention, to remove with everything about them
     /// (and the idempotency key that made each, if any).
     pub deleted: Vec<(u64, Option<String>)>,
-    /// Receipt waits and decided deliveries.
+    /// Receipt waits, decided deliveries and early receipts.
     pub receipts: Vec<ReceiptWrite>,
     /// New rows of callback events, numbered.
     pub callbacks: Vec<(u64, Arc<CallbackRow>)>,
@@ -267,6 +271,8 @@ pub struct Loaded {
     /// (those the core keeps whole), each its state and its [`StoredDelivery`]
     /// record as stored; a completed batch's are read when asked for.
     pub deliveries: Rows<(DeliveryState, Arc<[u8]>)>,
+    /// Receipts that came before the result naming their id.
+    pub early_receipts: Vec<StoredEarly>,
     /// How many messages of each batch ended in each delivery state (every
     /// batch with a decided delivery).
     pub delivery_tallies: Vec<(u64, DeliveryTally)>,
@@ -439,6 +445,8 @@ impl Store {
             txn.open_table(receipts::DELIVERY_ROWS)
                 .map_err(|e| store.err(e))?;
             txn.open_table(callbacks::CALLBACKS)
+                .map_err(|e| store.err(e))?;
+            txn.open_table(early::EARLY_RECEIPTS)
                 .map_err(|e| store.err(e))?;
         }
         txn.commit().map_err(|e| store.err(e))?;

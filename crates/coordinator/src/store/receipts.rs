@@ -264,6 +264,23 @@ pub enum ReceiptWrite {
         /// core while it keeps the message's batch whole.
         record: Arc<[u8]>,
     },
+    /// A receipt came before the result naming its id: it is held, stored,
+    /// until that result comes ([`super::early`]).
+    Early {
+        /// The provider of the node it came from.
+        provider: Arc<str>,
+        /// The provider's id it names.
+        id: String,
+        /// A [`StoredEarly`](super::StoredEarly), encoded.
+        record: Vec<u8>,
+    },
+    /// A held early receipt was applied, or given up.
+    EarlyGone {
+        /// The provider of the node it came from.
+        provider: Arc<str>,
+        /// The provider's id it names.
+        id: String,
+    },
 }
 
 impl ReceiptWrite {
@@ -309,8 +326,17 @@ impl Store {
         let mut waits = txn.open_table(RECEIPT_WAITS).map_err(|e| self.err(e))?;
         // Decisions by row, so each row is read and written once.
         let mut decided: BTreeMap<(u64, u32), Vec<Entry<'_>>> = BTreeMap::new();
+        let mut early = Vec::new();
         for w in writes {
             match w {
+                ReceiptWrite::Early {
+                    provider,
+                    id,
+                    record,
+                } => early.push((&**provider, id.as_str(), Some(record.as_slice()))),
+                ReceiptWrite::EarlyGone { provider, id } => {
+                    early.push((&**provider, id.as_str(), None));
+                }
                 ReceiptWrite::Wait {
                     batch,
                     index,
@@ -350,7 +376,7 @@ impl Store {
             }
             rows.insert(key, row.as_slice()).map_err(|e| self.err(e))?;
         }
-        Ok(())
+        self.put_early(txn, &early)
     }
 
     pub(super) fn delete_receipts(

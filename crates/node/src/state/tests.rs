@@ -279,9 +279,10 @@ fn receipts_in_flight_are_bounded_and_follow_the_acks() {
             g(&st.receipts_waiting),
             g(&st.receipts_unacked),
             g(&st.max_receipts_unacked),
+            g(&st.receipts_acked),
         )
     };
-    assert_eq!(gauges(&s), (5, max, max));
+    assert_eq!(gauges(&s), (5, max, max, 0));
     assert!(
         in_frames(&s.flush(now)).is_empty(),
         "none more before an ack"
@@ -295,9 +296,9 @@ fn receipts_in_flight_are_bounded_and_follow_the_acks() {
         "not sent yet: not told"
     );
     assert_eq!(in_frames(&s.flush(now)), [(last_seq + 1, 5)]);
-    assert_eq!(gauges(&s), (0, 5, max));
+    assert_eq!(gauges(&s), (0, 5, max, max));
     s.on_ack(last_seq + 1);
     assert!(told[max..].iter_mut().all(|rx| rx.try_recv().is_ok()));
     assert!(s.is_empty());
-    assert_eq!(gauges(&s), (0, 0, max));
+    assert_eq!(gauges(&s), (0, 0, max, max + 5));
 }

@@ -1,4 +1,5 @@
-//! The receipts sub-state's own tests: deadlines, and what a folded batch keeps.
+//! The receipts sub-state's own tests: deadlines, what a folded batch keeps,
+//! and early receipts stored while they wait.
 
 use super::*;
 
@@ -83,4 +84,108 @@ fn a_folded_batch_keeps_no_decided_deliveries_in_memory() {
     let mut status = pb::MessageStatus::default();
     r.message(3, 5, &mut status);
     assert!(status.provider_ids.is_empty());
+}
+
+/// What each write is, in order, for the early receipts' test.
+fn kinds(writes: &[ReceiptWrite]) -> Vec<String> {
+    writes
+        .iter()
+        .map(|w| match w {
+            ReceiptWrite::Wait { index, .. } => format!("wait {index}"),
+            ReceiptWrite::Final { index, .. } => format!("final {index}"),
+            ReceiptWrite::Early { id, .. } => format!("early {id}"),
+            ReceiptWrite::EarlyGone { id, .. } => format!("early gone {id}"),
+        })
+        .collect()
+}
+
+/// A receipt that comes before its id is stored while it waits, and
+/// removed when its id comes or it is given up; one stored at a restart is
+/// held again for what is left of its wait, and applied when its id comes.
+#[test]
+fn early_receipts_are_stored_until_applied_and_held_again_after_a_restart() {
+    let provider: Arc<str> = "smsc".into();
+    let now = Instant::now();
+    let receipt = |id: &str, at: u64| pb::Receipt {
+        provider_id: id.into(),
+        message_state: DELIVERED,
+        received_unix_ms: at,
+        ..Default::default()
+    };
+    let mut r = Receipts::new(Duration::from_secs(3600));
+    let mut writes = Vec::new();
+    r.on_receipt(&provider, &receipt("a", 1_000), now, &mut writes);
+    r.on_receipt(&provider, &receipt("b", 1_000), now, &mut writes);
+    assert_eq!(kinds(&writes), ["early a", "early b"]);
+    let ReceiptWrite::Early { record, .. } = &writes[0] else {
+        unreachable!()
+    };
+    let stored = <StoredEarly as prost::Message>::decode(record.as_slice()).unwrap();
+    assert_eq!(
+        (stored.provider.as_str(), stored.provider_id.as_str()),
+        ("smsc", "a")
+    );
+    writes.clear();
+    r.on_sent(1, 0, &provider, &["a".into()], 1_000, &mut writes);
+    assert_eq!(kinds(&writes), ["wait 0", "early gone a", "final 0"]);
+    writes.clear();
+    // Given up after EARLY_WAIT.
+    assert!(!r.on_tick(now + EARLY_WAIT, 1_000, &mut writes));
+    assert_eq!(kinds(&writes), ["early gone b"]);
+
+    // A restart: "c" came 599 s before it, "d" 1 s before; a wait of a
+    // message was stored too.
+    let early = |id: &str, at: u64| StoredEarly {
+        provider: "smsc".into(),
+        provider_id: id.into(),
+        message_state: DELIVERED,
+        error: String::new(),
+        received_unix_ms: at,
+    };
+    let unix_now = 1_000_000;
+    let wait = StoredWait {
+        sent_unix_ms: unix_now,
+        provider: "smsc".into(),
+        ids: vec!["e".into()],
+        ..Default::default()
+    };
+    let mut r = Receipts::new(Duration::from_secs(3600));
+    let mut writes = Vec::new();
+    r.restore(
+        (
+            vec![((2, 5), wait)],
+            vec![early("d", unix_now - 1_000), early("c", unix_now - 599_000)],
+        ),
+        &[],
+        Vec::new(),
+        (now, unix_now),
+        &mut writes,
+    );
+    assert!(writes.is_empty(), "{:?}", kinds(&writes));
+    r.on_sent(2, 6, &provider, &["d".into()], unix_now, &mut writes);
+    assert_eq!(kinds(&writes), ["wait 6", "early gone d", "final 6"]);
+    writes.clear();
+    r.on_tick(now + Duration::from_secs(2), unix_now, &mut writes);
+    assert_eq!(kinds(&writes), ["early gone c"], "c had 1 s left");
+    assert_eq!(r.counts(2).delivered, 1);
+
+    // An early receipt stored with the wait of its id (none should be) is
+    // applied as the state is restored.
+    let mut r = Receipts::new(Duration::from_secs(3600));
+    let mut writes = Vec::new();
+    let wait = StoredWait {
+        sent_unix_ms: unix_now,
+        provider: "smsc".into(),
+        ids: vec!["f".into()],
+        ..Default::default()
+    };
+    r.restore(
+        (vec![((3, 0), wait)], vec![early("f", unix_now)]),
+        &[],
+        Vec::new(),
+        (now, unix_now),
+        &mut writes,
+    );
+    assert_eq!(kinds(&writes), ["early gone f", "final 0"]);
+    assert_eq!(r.counts(3).delivered, 1);
 }

@@ -123,6 +123,15 @@ impl Pg {
             .map(keyed::<Vec<u8>>)
             .collect();
         waits.sort_unstable_by_key(|(k, _)| *k);
+        let early: Vec<Vec<u8>> = txn
+            .query(
+                r#"SELECT record FROM smsmesh_early_receipts ORDER BY provider COLLATE "C", provider_id COLLATE "C""#,
+                &[],
+            )
+            .map_err(e)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         let idempotency = txn
             .query("SELECT key, batch FROM smsmesh_idempotency", &[])
             .map_err(e)?
@@ -189,6 +198,7 @@ impl Pg {
                 idempotency,
                 nodes,
                 waits,
+                early,
                 delivery_records: Box::new(bytes(
                     "SELECT batch, idx, record FROM smsmesh_deliveries",
                     "batch, idx",

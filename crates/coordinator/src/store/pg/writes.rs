@@ -35,6 +35,44 @@ fn upsert_keyed(
     Ok(())
 }
 
+/// Early receipts written (`Some`) and removed (`None`), by (provider, id).
+fn put_early(
+    txn: &mut postgres::Transaction<'_>,
+    early: &BTreeMap<(&str, &str), Option<&[u8]>>,
+) -> Result<(), postgres::Error> {
+    let (mut gone_p, mut gone_i) = (Vec::new(), Vec::new());
+    let (mut p, mut i, mut records) = (Vec::new(), Vec::new(), Vec::new());
+    for (&(provider, id), record) in early {
+        match record {
+            Some(r) => {
+                p.push(provider);
+                i.push(id);
+                records.push(*r);
+            }
+            None => {
+                gone_p.push(provider);
+                gone_i.push(id);
+            }
+        }
+    }
+    if !gone_p.is_empty() {
+        txn.execute(
+            "DELETE FROM smsmesh_early_receipts e USING unnest($1::text[], $2::text[]) AS k(provider, provider_id) \
+             WHERE e.provider = k.provider AND e.provider_id = k.provider_id",
+            &[&gone_p, &gone_i],
+        )?;
+    }
+    if !p.is_empty() {
+        txn.execute(
+            "INSERT INTO smsmesh_early_receipts (provider, provider_id, record) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) \
+             ON CONFLICT (provider, provider_id) DO UPDATE SET record = EXCLUDED.record",
+            &[&p, &i, &records],
+        )?;
+    }
+    Ok(())
+}
+
 /// Upserts of (bigint, bytea) rows into `table`.
 fn upsert_records(
     txn: &mut postgres::Transaction<'_>,
@@ -74,6 +112,7 @@ impl Pg {
         let mut states: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         let mut waits: BTreeMap<(u64, u32), Option<&[u8]>> = BTreeMap::new();
         let mut finals: BTreeMap<(u64, u32), &[u8]> = BTreeMap::new();
+        let mut early: BTreeMap<(&str, &str), Option<&[u8]>> = BTreeMap::new();
         let mut deleted: Vec<i64> = Vec::new();
         let mut deleted_keys: Vec<&str> = Vec::new();
         for set in sets {
@@ -99,6 +138,16 @@ impl Pg {
                     } => {
                         waits.insert((*batch, *index), None);
                         finals.insert((*batch, *index), &record[..]);
+                    }
+                    ReceiptWrite::Early {
+                        provider,
+                        id,
+                        record,
+                    } => {
+                        early.insert((provider, id), Some(record));
+                    }
+                    ReceiptWrite::EarlyGone { provider, id } => {
+                        early.insert((provider, id), None);
                     }
                 }
             }
@@ -150,6 +199,7 @@ impl Pg {
             &finals,
         )
         .map_err(e)?;
+        put_early(&mut txn, &early).map_err(e)?;
         put_callbacks(&mut txn, sets).map_err(e)?;
         if !deleted.is_empty() {
             for table in [
