@@ -262,6 +262,9 @@ impl Durability {
 impl Core {
     /// Takes the changes to store, and what to do once they are stored.
     pub fn take_writes(&mut self) -> (WriteSet, Committed) {
+        let mut held = Vec::new();
+        self.receipts.store_held(&mut held);
+        self.durability.receipts(held);
         let capacity = self.sessions.capacity();
         let d = &mut self.durability;
         let mut reservations = Vec::new();

@@ -11,8 +11,8 @@
 //! A receipt may come before the result that carries its id (an SMSC may
 //! send the receipt before the submit_sm_resp, on another node's bind): it
 //! waits here for [`EARLY_WAIT`], and is applied when the id arrives. It is
-//! stored meanwhile, since its node answers its deliver_sm once the frame
-//! that brought it is stored. Every change that must survive a restart is
+//! stored meanwhile ([`early`]), since its node answers its deliver_sm once
+//! the frame that brought it is stored. Every change that must survive a restart is
 //! returned as a [`ReceiptWrite`] for the store; a restart rebuilds this
 //! state from them.
 //!
@@ -22,7 +22,7 @@
 //! progress and the messages that wait, not with every receipt ever applied.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ use crate::store::{
 };
 
 mod decided;
+mod early;
 use decided::{Decided, DecidedPages};
 
 /// How long a receipt whose id no message has (yet) waits for that id.
@@ -121,8 +122,8 @@ pub(super) struct Receipts {
     /// [`Receipts::keep_decided`]): only those batches have an entry.
     finals: HashMap<u64, DecidedPages, rustc_hash::FxBuildHasher>,
     counts: HashMap<u64, DeliveryCounts, rustc_hash::FxBuildHasher>,
-    early: HashMap<u128, (pb::Receipt, Arc<str>), rustc_hash::FxBuildHasher>,
-    early_order: VecDeque<(Instant, u128)>,
+    /// Receipts whose id no message has yet.
+    early: early::Held,
     /// (deadline, batch, index) of waiting messages, soonest first.
     deadlines: BinaryHeap<Reverse<(u64, u64, u32)>>,
     timeout_ms: u64,
@@ -178,8 +179,7 @@ impl Receipts {
             waiting: BTreeMap::new(),
             finals: HashMap::default(),
             counts: HashMap::default(),
-            early: HashMap::default(),
-            early_order: VecDeque::new(),
+            early: early::Held::default(),
             deadlines: BinaryHeap::new(),
             timeout_ms: timeout.as_millis() as u64,
             stats: ReceiptStats::default(),
@@ -276,19 +276,21 @@ impl Receipts {
             record: w.record(),
         });
         // Receipts that came before these ids.
-        for (seg, r) in self.wait(batch, index, w) {
+        for (seg, r) in self.wait(batch, index, w, writes) {
             self.stats.early += 1;
-            writes.push(ReceiptWrite::EarlyGone {
-                provider: provider.clone(),
-                id: r.provider_id.clone(),
-            });
             self.apply(seg, &r, writes);
         }
     }
 
     /// The message waits for receipts; gives back those that came before
     /// its ids, each with the segment it names, to be applied.
-    fn wait(&mut self, batch: u64, index: u32, w: Waiting) -> Vec<(Segment, pb::Receipt)> {
+    fn wait(
+        &mut self,
+        batch: u64,
+        index: u32,
+        w: Waiting,
+        writes: &mut Vec<ReceiptWrite>,
+    ) -> Vec<(Segment, pb::Receipt)> {
         let mut early = Vec::new();
         for (part, id) in w.ids.iter().enumerate() {
             let key = self.key(&w.provider, id);
@@ -298,9 +300,7 @@ impl Receipts {
                 part: part as u8,
             };
             self.index.insert(key, seg);
-            if !self.early.is_empty()
-                && let Some((r, _)) = self.early.remove(&key)
-            {
+            if let Some(r) = self.early.take(key, writes) {
                 early.push((seg, r));
             }
         }
@@ -326,37 +326,18 @@ impl Receipts {
         match self.index.get(&key) {
             Some(&seg) => self.apply(seg, r, writes),
             None => {
-                if self.early.len() >= EARLY_MAX
-                    && let Some((_, old)) = self.early_order.pop_front()
-                    && let Some((gone, provider)) = self.early.remove(&old)
-                {
+                let held = (provider.clone(), r.clone());
+                if self.early.hold(key, held, now, false, writes) {
                     self.stats.unmatched += 1;
-                    writes.push(ReceiptWrite::EarlyGone {
-                        provider,
-                        id: gone.provider_id,
-                    });
                 }
-                writes.push(ReceiptWrite::Early {
-                    provider: provider.clone(),
-                    id: r.provider_id.clone(),
-                    record: prost::Message::encode_to_vec(&StoredEarly {
-                        provider: provider.to_string(),
-                        provider_id: r.provider_id.clone(),
-                        message_state: r.message_state,
-                        error: r.error.clone(),
-                        received_unix_ms: r.received_unix_ms,
-                    }),
-                });
-                self.hold(key, provider.clone(), r.clone(), now);
             }
         }
     }
 
-    /// Holds a receipt whose id no message has (yet), as of `at`.
-    fn hold(&mut self, key: u128, provider: Arc<str>, r: pb::Receipt, at: Instant) {
-        if self.early.insert(key, (r, provider)).is_none() {
-            self.early_order.push_back((at, key));
-        }
+    /// A group is taken: receipts held for their id since the last one go
+    /// to the store with it (their frames' acks are in it).
+    pub(super) fn store_held(&mut self, writes: &mut Vec<ReceiptWrite>) {
+        self.early.write_new(writes);
     }
 
     /// Applies a receipt to the segment it names.
@@ -438,20 +419,7 @@ impl Receipts {
         unix_now_ms: u64,
         writes: &mut Vec<ReceiptWrite>,
     ) -> bool {
-        while let Some(&(at, key)) = self.early_order.front() {
-            if now.saturating_duration_since(at) < EARLY_WAIT {
-                break;
-            }
-            self.early_order.pop_front();
-            if let Some((r, provider)) = self.early.remove(&key) {
-                self.stats.unmatched += 1;
-                tracing::debug!(%provider, id = %r.provider_id, "a receipt whose id no message has");
-                writes.push(ReceiptWrite::EarlyGone {
-                    provider,
-                    id: r.provider_id,
-                });
-            }
-        }
+        self.stats.unmatched += self.early.expire(now, writes);
         let mut changed = false;
         while let Some(&Reverse((due, batch, index))) = self.deadlines.peek() {
             if due > unix_now_ms {
@@ -534,7 +502,7 @@ impl Receipts {
                 ids: w.ids.iter().map(|s| s.as_str().into()).collect(),
             };
             // Nothing waits early yet: the list is empty.
-            let early = self.wait(batch, index, waiting);
+            let early = self.wait(batch, index, waiting, writes);
             debug_assert!(early.is_empty());
         }
         let mut early = early;
@@ -562,7 +530,7 @@ impl Receipts {
                 // It waits out what is left of its EARLY_WAIT.
                 let age = Duration::from_millis(unix_now_ms.saturating_sub(e.received_unix_ms));
                 let at = now.checked_sub(age.min(EARLY_WAIT)).unwrap_or(now);
-                self.hold(key, provider, r, at);
+                self.early.hold(key, (provider, r), at, true, writes);
             }
         }
         for (batch, tally) in tallies {

@@ -99,9 +99,10 @@ fn kinds(writes: &[ReceiptWrite]) -> Vec<String> {
         .collect()
 }
 
-/// A receipt that comes before its id is stored while it waits, and
-/// removed when its id comes or it is given up; one stored at a restart is
-/// held again for what is left of its wait, and applied when its id comes.
+/// A receipt that comes before its id is stored with the next group taken
+/// while it waits (not if its id came first), and removed when its id comes
+/// or it is given up; one stored at a restart is held again for what is
+/// left of its wait, and applied when its id comes.
 #[test]
 fn early_receipts_are_stored_until_applied_and_held_again_after_a_restart() {
     let provider: Arc<str> = "smsc".into();
@@ -116,6 +117,13 @@ fn early_receipts_are_stored_until_applied_and_held_again_after_a_restart() {
     let mut writes = Vec::new();
     r.on_receipt(&provider, &receipt("a", 1_000), now, &mut writes);
     r.on_receipt(&provider, &receipt("b", 1_000), now, &mut writes);
+    r.on_receipt(&provider, &receipt("x", 1_000), now, &mut writes);
+    // Applied before a group is taken: never written.
+    r.on_sent(1, 9, &provider, &["x".into()], 1_000, &mut writes);
+    assert_eq!(kinds(&writes), ["wait 9", "final 9"]);
+    writes.clear();
+    // A group is taken: what is still held is written with it, once.
+    r.store_held(&mut writes);
     assert_eq!(kinds(&writes), ["early a", "early b"]);
     let ReceiptWrite::Early { record, .. } = &writes[0] else {
         unreachable!()
@@ -126,8 +134,15 @@ fn early_receipts_are_stored_until_applied_and_held_again_after_a_restart() {
         ("smsc", "a")
     );
     writes.clear();
+    r.store_held(&mut writes);
+    assert!(writes.is_empty());
     r.on_sent(1, 0, &provider, &["a".into()], 1_000, &mut writes);
     assert_eq!(kinds(&writes), ["wait 0", "early gone a", "final 0"]);
+    writes.clear();
+    // A second receipt for "b" replaces the stored one.
+    r.on_receipt(&provider, &receipt("b", 2_000), now, &mut writes);
+    r.store_held(&mut writes);
+    assert_eq!(kinds(&writes), ["early b"]);
     writes.clear();
     // Given up after EARLY_WAIT.
     assert!(!r.on_tick(now + EARLY_WAIT, 1_000, &mut writes));
