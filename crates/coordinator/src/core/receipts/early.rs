@@ -16,6 +16,8 @@ use crate::store::{ReceiptWrite, StoredEarly};
 struct Early {
     receipt: pb::Receipt,
     provider: Arc<str>,
+    /// When it came (its entry in `order`).
+    at: Instant,
     /// The store has a record under its key (written by a group taken before).
     in_store: bool,
     /// That record is this receipt (not one it replaced).
@@ -26,8 +28,10 @@ struct Early {
 #[derive(Default)]
 pub(super) struct Held {
     by_key: HashMap<u128, Early, rustc_hash::FxBuildHasher>,
-    /// Keys in the order they came, with when; a key applied since stays
-    /// here until it comes to the front.
+    /// Keys in the order they came, with when. An entry whose receipt was
+    /// applied since is stale (not in `by_key` with that time); stale
+    /// entries are dropped once they are most of the queue, so it stays
+    /// within twice what is held, not every receipt of the last EARLY_WAIT.
     order: VecDeque<(Instant, u128)>,
     /// Keys held or replaced since the last group was taken.
     unwritten: Vec<u128>,
@@ -46,22 +50,36 @@ impl Held {
         writes: &mut Vec<ReceiptWrite>,
     ) -> bool {
         let mut evicted = false;
-        if self.by_key.len() >= EARLY_MAX
-            && let Some((_, old)) = self.order.pop_front()
-        {
-            evicted = self.take(old, writes).is_some();
+        if self.by_key.len() >= EARLY_MAX && !self.by_key.contains_key(&key) {
+            // The oldest receipt still held makes room.
+            while let Some((when, old)) = self.order.pop_front() {
+                if self.live(when, old) {
+                    evicted = self.take(old, writes).is_some();
+                    break;
+                }
+            }
         }
         let new = Early {
             receipt: r,
             provider,
+            at,
             in_store: stored,
             written: stored,
         };
         match self.by_key.insert(key, new) {
-            None => self.order.push_back((at, key)),
-            // The store may hold the one it replaces: its record is rewritten.
+            None => {
+                self.order.push_back((at, key));
+                if self.order.len() > 2 * self.by_key.len() + 1024 {
+                    let by_key = &self.by_key;
+                    self.order
+                        .retain(|&(when, k)| by_key.get(&k).is_some_and(|e| e.at == when));
+                }
+            }
+            // A second receipt for the id replaces the first, and keeps its
+            // time; the store may hold the first: its record is rewritten.
             Some(old) => {
                 let e = self.by_key.get_mut(&key).expect("just inserted");
+                e.at = old.at;
                 e.in_store |= old.in_store;
             }
         }
@@ -69,6 +87,17 @@ impl Held {
             self.unwritten.push(key);
         }
         evicted
+    }
+
+    /// Whether `order`'s entry (`when`, `key`) is of a receipt still held.
+    fn live(&self, when: Instant, key: u128) -> bool {
+        self.by_key.get(&key).is_some_and(|e| e.at == when)
+    }
+
+    /// Receipts held now, and entries of the order queue (for tests).
+    #[cfg(test)]
+    pub(super) fn sizes(&self) -> (usize, usize) {
+        (self.by_key.len(), self.order.len())
     }
 
     /// Takes the receipt held under `key` (its id came, or it is given up).
@@ -98,6 +127,9 @@ impl Held {
                 break;
             }
             self.order.pop_front();
+            if !self.live(at, key) {
+                continue;
+            }
             if let Some(r) = self.take(key, writes) {
                 given_up += 1;
                 tracing::debug!(id = %r.provider_id, "a receipt whose id no message has");

@@ -204,3 +204,42 @@ fn early_receipts_are_stored_until_applied_and_held_again_after_a_restart() {
     assert_eq!(kinds(&writes), ["early gone f", "final 0"]);
     assert_eq!(r.counts(3).delivered, 1);
 }
+
+/// Early receipts applied soon after they came leave no trace in the order
+/// queue beyond a bound; when EARLY_MAX are held, the oldest still held
+/// makes room (an entry of one applied since is skipped).
+#[test]
+fn the_early_receipts_queue_stays_within_what_is_held() {
+    let provider: Arc<str> = "smsc".into();
+    let now = Instant::now();
+    let receipt = |id: String| pb::Receipt {
+        provider_id: id,
+        message_state: DELIVERED,
+        ..Default::default()
+    };
+    let mut r = Receipts::new(Duration::from_secs(3600));
+    let mut writes = Vec::new();
+    for i in 0..10_000u32 {
+        r.on_receipt(&provider, &receipt(format!("m{i}")), now, &mut writes);
+        r.on_sent(1, i, &provider, &[format!("m{i}")], 1_000, &mut writes);
+    }
+    assert_eq!(r.counts(1).delivered, 10_000);
+    let (held, queued) = r.early.sizes();
+    assert_eq!(held, 0);
+    assert!(queued <= 1_100, "{queued} entries for none held");
+
+    // Full: "first" is applied, then EARLY_MAX + 2 more come.
+    let mut r = Receipts::new(Duration::from_secs(3600));
+    r.on_receipt(&provider, &receipt("first".into()), now, &mut writes);
+    r.on_sent(2, 0, &provider, &["first".into()], 1_000, &mut writes);
+    for i in 0..EARLY_MAX as u32 + 2 {
+        r.on_receipt(&provider, &receipt(format!("e{i}")), now, &mut writes);
+    }
+    assert_eq!(r.early.sizes().0, EARLY_MAX);
+    assert_eq!(r.stats.unmatched, 2, "e0 and e1 gave way");
+    writes.clear();
+    r.on_sent(2, 1, &provider, &["e1".into()], 1_000, &mut writes);
+    r.on_sent(2, 2, &provider, &["e2".into()], 1_000, &mut writes);
+    assert_eq!(r.counts(2).delivered, 2, "first and e2");
+    assert_eq!(r.counts(2).awaiting, 1, "e1's receipt gave way");
+}
