@@ -36,6 +36,21 @@ async fn receipts_stored_before_their_ids_came_are_applied_after_a_restart() {
         (0, 0),
         "the stop must come before the results: {before:?}"
     );
+    // /metrics shows them held (as of its next snapshot).
+    wait_until(
+        Duration::from_secs(10),
+        "20 early receipts held",
+        || async {
+            let (_, m) = smsmesh_testkit::http_get(mesh.metrics_addr, "/metrics")
+                .await
+                .ok()?;
+            m.lines()
+                .any(|l| l == "smsmesh_early_receipts_held 20")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
     mesh.stop().await.unwrap();
     let _mesh = store.restart().await;
     let client = smsmesh_testkit::client_at(store.addr).await;

@@ -256,6 +256,12 @@ impl Collector for CoordinatorCollector {
             "Sent messages waiting for a final delivery receipt.",
             m.awaiting_receipt as i64,
         )?;
+        gauge(
+            e,
+            "smsmesh_early_receipts_held",
+            "Delivery receipts held now for an id no result has named yet (stored; given up after 10 minutes).",
+            m.early_receipts_held as i64,
+        )?;
         counter(
             e,
             "smsmesh_credits_granted",

@@ -64,6 +64,8 @@ pub struct MeshMetrics {
     pub receipts: super::ReceiptStats,
     /// Sent messages waiting for a final receipt now.
     pub awaiting_receipt: u64,
+    /// Receipts held now for an id no result has named yet.
+    pub early_receipts_held: u64,
     /// Message counters per class (most urgent first), over every batch.
     pub by_class: [batch::Counts; smsmesh::priority::CLASSES],
     /// Which classes are paused now.
@@ -90,6 +92,7 @@ impl Default for MeshMetrics {
             attempts_throttled: 0,
             receipts: super::ReceiptStats::default(),
             awaiting_receipt: 0,
+            early_receipts_held: 0,
             by_class: Default::default(),
             paused: [false; smsmesh::priority::CLASSES],
         }
@@ -174,6 +177,7 @@ impl Core {
         let mut metrics = mesh_metrics(&self.batches, &self.sessions);
         metrics.receipts = self.receipts.stats;
         metrics.awaiting_receipt = self.receipts.awaiting() as u64;
+        metrics.early_receipts_held = self.receipts.early_held() as u64;
         metrics.paused = self.paused;
         if self.config.metrics_per_batch {
             metrics.pending_by_batch = self

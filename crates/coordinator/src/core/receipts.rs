@@ -229,6 +229,11 @@ impl Receipts {
         self.waiting.len()
     }
 
+    /// Receipts held now for an id no message has yet.
+    pub(super) fn early_held(&self) -> usize {
+        self.early.len()
+    }
+
     /// What a message's status says of its delivery: its provider ids while
     /// it waits, its delivery state once decided.
     pub(super) fn message(&self, batch: u64, index: u32, status: &mut pb::MessageStatus) {

@@ -89,6 +89,11 @@ impl Held {
         evicted
     }
 
+    /// Receipts held now.
+    pub(super) fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
     /// Whether `order`'s entry (`when`, `key`) is of a receipt still held.
     fn live(&self, when: Instant, key: u128) -> bool {
         self.by_key.get(&key).is_some_and(|e| e.at == when)
