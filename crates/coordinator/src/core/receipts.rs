@@ -12,9 +12,9 @@
 //! send the receipt before the submit_sm_resp, on another node's bind): it
 //! waits here for [`EARLY_WAIT`], and is applied when the id arrives. It is
 //! stored meanwhile ([`early`]), since its node answers its deliver_sm once
-//! the frame that brought it is stored. Every change that must survive a restart is
-//! returned as a [`ReceiptWrite`] for the store; a restart rebuilds this
-//! state from them.
+//! the frame that brought it is stored. Every change that must survive a
+//! restart is returned as a [`ReceiptWrite`] for the store; a restart
+//! rebuilds this state from them.
 //!
 //! Decided deliveries are kept in memory only for the batches the core
 //! keeps whole; those of a folded batch (completed and stored) are read
