@@ -24,6 +24,15 @@ struct Early {
     written: bool,
 }
 
+/// Whether the order queue's entry (`when`, `key`) is of a receipt still held.
+fn live(
+    by_key: &HashMap<u128, Early, rustc_hash::FxBuildHasher>,
+    when: Instant,
+    key: u128,
+) -> bool {
+    by_key.get(&key).is_some_and(|e| e.at == when)
+}
+
 /// The receipts held, by key (the receipts sub-state's hash of provider and id).
 #[derive(Default)]
 pub(super) struct Held {
@@ -53,7 +62,7 @@ impl Held {
         if self.by_key.len() >= EARLY_MAX && !self.by_key.contains_key(&key) {
             // The oldest receipt still held makes room.
             while let Some((when, old)) = self.order.pop_front() {
-                if self.live(when, old) {
+                if live(&self.by_key, when, old) {
                     evicted = self.take(old, writes).is_some();
                     break;
                 }
@@ -71,8 +80,7 @@ impl Held {
                 self.order.push_back((at, key));
                 if self.order.len() > 2 * self.by_key.len() + 1024 {
                     let by_key = &self.by_key;
-                    self.order
-                        .retain(|&(when, k)| by_key.get(&k).is_some_and(|e| e.at == when));
+                    self.order.retain(|&(when, k)| live(by_key, when, k));
                 }
             }
             // A second receipt for the id replaces the first, and keeps its
@@ -92,11 +100,6 @@ impl Held {
     /// Receipts held now.
     pub(super) fn len(&self) -> usize {
         self.by_key.len()
-    }
-
-    /// Whether `order`'s entry (`when`, `key`) is of a receipt still held.
-    fn live(&self, when: Instant, key: u128) -> bool {
-        self.by_key.get(&key).is_some_and(|e| e.at == when)
     }
 
     /// Receipts held now, and entries of the order queue (for tests).
@@ -132,7 +135,7 @@ impl Held {
                 break;
             }
             self.order.pop_front();
-            if !self.live(at, key) {
+            if !live(&self.by_key, at, key) {
                 continue;
             }
             if let Some(r) = self.take(key, writes) {
